@@ -8,5 +8,8 @@
 #![deny(clippy::big_endian_bytes, clippy::host_endian_bytes)]
 
 mod error;
+pub mod format;
+mod ids;
 
 pub use error::{Error, Result};
+pub use ids::{EventId, JobId};
