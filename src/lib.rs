@@ -10,6 +10,7 @@
 mod error;
 pub mod format;
 mod ids;
+pub mod log;
 pub mod storage;
 
 pub use error::{Error, Result};

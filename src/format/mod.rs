@@ -23,15 +23,15 @@ pub use record::{
     PublishEntry, Record, RecordError, RecordKind, Retry, clip_message, validate_name,
 };
 
-/// Reads a little-endian `u16` at `at`. The caller has checked the bounds.
+/// Reads a little-endian `u16` at `at`. Panics when out of bounds: callers check first.
 #[inline]
-pub(crate) fn get_u16(bytes: &[u8], at: usize) -> u16 {
+pub fn get_u16(bytes: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([bytes[at], bytes[at + 1]])
 }
 
 /// Reads a little-endian `u32` at `at`. The caller has checked the bounds.
 #[inline]
-pub(crate) fn get_u32(bytes: &[u8], at: usize) -> u32 {
+pub fn get_u32(bytes: &[u8], at: usize) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&bytes[at..at + 4]);
     u32::from_le_bytes(b)
@@ -39,7 +39,7 @@ pub(crate) fn get_u32(bytes: &[u8], at: usize) -> u32 {
 
 /// Reads a little-endian `u64` at `at`. The caller has checked the bounds.
 #[inline]
-pub(crate) fn get_u64(bytes: &[u8], at: usize) -> u64 {
+pub fn get_u64(bytes: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[at..at + 8]);
     u64::from_le_bytes(b)
@@ -47,6 +47,6 @@ pub(crate) fn get_u64(bytes: &[u8], at: usize) -> u64 {
 
 /// Reads a little-endian `i64` at `at`. The caller has checked the bounds.
 #[inline]
-pub(crate) fn get_i64(bytes: &[u8], at: usize) -> i64 {
+pub fn get_i64(bytes: &[u8], at: usize) -> i64 {
     get_u64(bytes, at) as i64
 }

@@ -1,0 +1,418 @@
+//! The write-ahead segment log: durable appends with group commit, recovery on open, and
+//! reads of records by position.
+//!
+//! - `segment.rs`: segment files, their names, creation and the set readers map.
+//! - `writer.rs`: the writer thread and group commit.
+//! - `recovery.rs`: the scan on open, torn tails and corruption.
+
+mod recovery;
+mod segment;
+mod writer;
+
+pub use recovery::Recovery;
+pub use segment::{parse_segment_name, segment_name};
+
+use crate::error::{Error, Result};
+use crate::format::{FRAME_HEADER_LEN, Record, RecordKind, decode_frame, get_u32};
+use crate::storage::{LockGuard, Storage};
+use parking_lot::Mutex;
+use segment::{DATA_START, SegmentBytes, SegmentSlot, install, new_header, prepare_file};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use writer::{Active, Completion, Queue, Request, Shared, Writer};
+
+/// When an append counts as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// An append returns only once its record is on disk (`fdatasync` returned). Concurrent
+    /// appenders share one sync. The default.
+    #[default]
+    Sync,
+    /// An append returns once its record is written to the operating system; the log syncs at
+    /// least every interval. A crash of the machine (not of the process) can lose the
+    /// appends of the last interval. `flush` and `close` sync everything.
+    Periodic(Duration),
+}
+
+/// How the log is laid out and synced.
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// Size of each segment file, pre-allocated with zeros (default 64 MiB).
+    pub segment_bytes: u64,
+    /// When appends return.
+    pub durability: Durability,
+    /// Prepare the next segment on a background thread so a roll does not wait for
+    /// zero-filling (default true; crash tests turn it off so that the order of storage
+    /// operations is deterministic).
+    pub prepare_in_background: bool,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: 64 << 20,
+            durability: Durability::Sync,
+            prepare_in_background: true,
+        }
+    }
+}
+
+/// Smallest segment size accepted.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
+/// Where a record lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// The segment's id.
+    pub segment: u64,
+    /// Byte offset of the record's frame in the segment file.
+    pub offset: u64,
+    /// The record's sequence number.
+    pub seq: u64,
+}
+
+/// Counters of the log's work.
+#[derive(Debug, Default)]
+pub(crate) struct LogStats {
+    records: AtomicU64,
+    syncs: AtomicU64,
+    rolls: AtomicU64,
+}
+
+impl LogStats {
+    fn add_records(&self, n: u64) {
+        self.records.fetch_add(n, Ordering::Relaxed);
+    }
+    fn add_sync(&self) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+    fn add_roll(&self) {
+        self.rolls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the log's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogCounters {
+    /// Records written since open.
+    pub records: u64,
+    /// Data syncs since open.
+    pub syncs: u64,
+    /// Segments started since open.
+    pub rolls: u64,
+}
+
+/// A record read back from the log.
+#[derive(Debug)]
+pub struct RecordBytes {
+    bytes: SegmentBytes,
+    kind: RecordKind,
+    seq: u64,
+}
+
+impl RecordBytes {
+    /// The record's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The record's kind.
+    pub fn kind(&self) -> RecordKind {
+        self.kind
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[FRAME_HEADER_LEN..]
+    }
+
+    /// The decoded record.
+    pub fn record(&self) -> Result<Record<'_>> {
+        Record::decode(self.kind, self.payload()).map_err(|e| Error::invalid(e.to_string()))
+    }
+}
+
+/// The write-ahead log of one data directory.
+pub struct Log {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    _lock: LockGuard,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.shared.storage.path())
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Log {
+    /// Opens (recovers) the log in `storage`: takes the directory lock, scans every segment,
+    /// hands each record in order to `visit`, cuts a torn tail, and starts the writer.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        options: LogOptions,
+        mut visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
+    ) -> Result<(Log, Recovery)> {
+        if options.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(Error::LimitExceeded {
+                what: "segment bytes (minimum)",
+                found: options.segment_bytes,
+                max: MIN_SEGMENT_BYTES,
+            });
+        }
+        let dir = storage.path().to_path_buf();
+        let lock = storage
+            .try_lock()
+            .map_err(|e| Error::io("lock data directory", &dir, e))?
+            .ok_or(Error::Locked { dir: dir.clone() })?;
+        let recovered = recovery::recover(&*storage, false, &mut visit)?;
+        let report = recovered.report;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                next_seq: report.last_seq + 1,
+                ..Queue::default()
+            }),
+            work: Default::default(),
+            space: Default::default(),
+            storage: storage.clone(),
+            segments: Default::default(),
+            stats: Default::default(),
+        });
+        for slot in recovered.sealed {
+            shared.segments.insert(slot);
+        }
+        let active = match recovered.active {
+            Some((slot, _header, offset)) => {
+                let capacity = slot
+                    .file
+                    .len()
+                    .map_err(|e| Error::io("stat segment", &dir, e))?;
+                shared.segments.insert(slot.clone());
+                Active {
+                    id: slot.id,
+                    slot,
+                    offset,
+                    capacity,
+                }
+            }
+            None => {
+                let file = prepare_file(&*storage, 1, options.segment_bytes)?;
+                install(
+                    &*storage,
+                    &*file,
+                    &new_header(1, report.last_seq + 1, now_ms()),
+                )?;
+                let slot = Arc::new(SegmentSlot::active(1, file));
+                shared.segments.insert(slot.clone());
+                Active {
+                    id: 1,
+                    slot,
+                    offset: DATA_START,
+                    capacity: options.segment_bytes,
+                }
+            }
+        };
+        let spare = options.prepare_in_background.then(|| {
+            let (storage, id, len) = (storage.clone(), active.id + 1, options.segment_bytes);
+            std::thread::spawn(move || prepare_file(&*storage, id, len).map(|f| (id, f)))
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            active,
+            options,
+            clock_ms: now_ms,
+            spare,
+        };
+        let handle = std::thread::Builder::new()
+            .name("afterlog-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::io("start writer thread", &dir, e))?;
+        Ok((
+            Log {
+                shared,
+                writer: Mutex::new(Some(handle)),
+                _lock: lock,
+            },
+            report,
+        ))
+    }
+
+    /// Scans the log in `storage` without taking its lock or writing anything, handing each
+    /// record in order to `visit`. Works beside a running engine: a torn or in-progress tail
+    /// of the last segment is reported, not cut.
+    pub fn scan(
+        storage: &dyn Storage,
+        mut visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
+    ) -> Result<Recovery> {
+        Ok(recovery::recover(storage, true, &mut visit)?.report)
+    }
+
+    /// Appends one record; returns once it is durable (see [`Durability`]).
+    pub fn append(&self, record: &Record<'_>) -> Result<Position> {
+        let positions = self.append_all(std::slice::from_ref(record))?;
+        Ok(positions[0])
+    }
+
+    /// Appends records with consecutive sequence numbers; returns once all are durable.
+    /// Every record is validated first: on a bad one, nothing is written.
+    pub fn append_all(&self, records: &[Record<'_>]) -> Result<Vec<Position>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        if records.len() as u64 > writer::MAX_GROUP_RECORDS {
+            return Err(Error::LimitExceeded {
+                what: "records in one append",
+                found: records.len() as u64,
+                max: writer::MAX_GROUP_RECORDS,
+            });
+        }
+        let mut encoded = Vec::with_capacity(records.len());
+        let mut bytes = 0;
+        for record in records {
+            record.validate()?;
+            let mut payload = Vec::with_capacity(record.encoded_len());
+            record.encode(&mut payload);
+            bytes += payload.len() + FRAME_HEADER_LEN;
+            encoded.push((record.kind(), payload));
+        }
+        let done = Arc::new(Completion::default());
+        {
+            let mut q = self.shared.queue.lock();
+            loop {
+                if let Some(reason) = &q.poisoned {
+                    return Err(Error::Poisoned {
+                        reason: reason.clone(),
+                    });
+                }
+                if q.closing {
+                    return Err(Error::Closed);
+                }
+                if q.queued_bytes == 0 || q.queued_bytes + bytes <= writer::max_queued_bytes() {
+                    break;
+                }
+                self.shared.space.wait(&mut q);
+            }
+            let first_seq = q.next_seq;
+            q.next_seq += encoded.len() as u64;
+            q.queued_bytes += bytes;
+            q.requests.push(Request {
+                first_seq,
+                records: encoded,
+                done: done.clone(),
+            });
+        }
+        self.shared.work.notify_one();
+        done.wait()
+    }
+
+    /// Returns once everything appended before the call is durable.
+    pub fn flush(&self) -> Result<()> {
+        let done = Arc::new(Completion::default());
+        {
+            let mut q = self.shared.queue.lock();
+            if let Some(reason) = &q.poisoned {
+                return Err(Error::Poisoned {
+                    reason: reason.clone(),
+                });
+            }
+            if q.closing {
+                return Err(Error::Closed);
+            }
+            q.flushes.push(done.clone());
+        }
+        self.shared.work.notify_one();
+        done.wait().map(|_| ())
+    }
+
+    /// Reads the record whose frame starts at `offset` in `segment`, verifying its checksum.
+    pub fn read(&self, segment: u64, offset: u64) -> Result<RecordBytes> {
+        let storage = &*self.shared.storage;
+        let path = || storage.path().join(segment_name(segment));
+        let slot = self
+            .shared
+            .segments
+            .get(segment)
+            .ok_or_else(|| Error::Corrupt {
+                file: path(),
+                offset,
+                reason: "no such segment".into(),
+            })?;
+        let head = slot.read(storage, offset, FRAME_HEADER_LEN)?;
+        let len = get_u32(&head, 0) as usize;
+        if len == 0 || len > crate::format::MAX_PAYLOAD_LEN {
+            return Err(Error::Corrupt {
+                file: path(),
+                offset,
+                reason: format!("no frame here (length {len})"),
+            });
+        }
+        let bytes = slot.read(storage, offset, FRAME_HEADER_LEN + len)?;
+        let (kind, seq) = match decode_frame(&bytes, segment) {
+            Ok(Some(frame)) => (frame.kind, frame.seq),
+            Ok(None) => unreachable!("length checked above"),
+            Err(e) => {
+                return Err(Error::Corrupt {
+                    file: path(),
+                    offset,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        Ok(RecordBytes { bytes, kind, seq })
+    }
+
+    /// The reason the log is poisoned, if it is.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.queue.lock().poisoned.clone()
+    }
+
+    /// The log's counters.
+    pub fn counters(&self) -> LogCounters {
+        let s = &self.shared.stats;
+        LogCounters {
+            records: s.records.load(Ordering::Relaxed),
+            syncs: s.syncs.load(Ordering::Relaxed),
+            rolls: s.rolls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The ids of the segments, in order.
+    pub fn segment_ids(&self) -> Vec<u64> {
+        self.shared.segments.all().iter().map(|s| s.id).collect()
+    }
+
+    /// Syncs everything, stops the writer and releases the directory lock.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        let handle = self.writer.lock().take();
+        let Some(handle) = handle else { return Ok(()) };
+        let flushed = self.flush();
+        self.shared.queue.lock().closing = true;
+        self.shared.work.notify_one();
+        let joined = handle.join();
+        match (flushed, joined) {
+            (_, Err(_)) => Err(Error::invalid("the log writer thread panicked")),
+            (Err(Error::Closed), Ok(())) => Ok(()),
+            (result, Ok(())) => result,
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}

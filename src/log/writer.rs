@@ -1,0 +1,405 @@
+//! The writer thread and group commit.
+//!
+//! Appenders queue requests (one or more encoded records each) under a mutex, which also
+//! hands out sequence numbers, so queue order is sequence order. The writer takes everything
+//! queued, frames it into one buffer, writes it with one positioned write and makes it durable
+//! with one `fdatasync`: one sync serves every record waiting at that moment (a *sync group*).
+//! Then it completes each request with the positions of its records.
+//!
+//! Architecture Invariant: no request is completed with `Ok` before the sync that covers
+//! all of its records returned `Ok` (under `Durability::Sync`). A failed write or sync
+//! poisons the log: that request and every later one fails, and no sync is ever retried.
+
+use super::segment::{
+    DATA_START, SegmentSlot, install, new_header, prepare_file, segment_name, zero_fill,
+};
+use super::{Durability, LogOptions, Position};
+use crate::error::{Error, Result};
+use crate::format::{FRAME_HEADER_LEN, RecordKind, encode_frame};
+use crate::storage::{Storage, StorageFile};
+use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most records in one sync group: `sync_delta` is a u16.
+pub(crate) const MAX_GROUP_RECORDS: u64 = u16::MAX as u64 + 1;
+/// Most bytes framed before a write is issued; larger groups are written in pieces but still
+/// synced once.
+const MAX_WRITE_BYTES: usize = 8 << 20;
+/// Queued bytes beyond which appenders wait (only reachable under `Durability::Periodic`).
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// One appender's records, waiting to be written.
+pub(crate) struct Request {
+    pub first_seq: u64,
+    pub records: Vec<(RecordKind, Vec<u8>)>,
+    pub done: Arc<Completion>,
+}
+
+/// Where an appender waits for its request's outcome. Completed once; later completions
+/// are ignored, so an error path may fail everything it holds without tracking what was
+/// already completed.
+#[derive(Default)]
+pub(crate) struct Completion {
+    state: Mutex<(bool, Option<Result<Vec<Position>>>)>,
+    cv: Condvar,
+}
+
+impl Completion {
+    pub fn complete(&self, result: Result<Vec<Position>>) {
+        let mut state = self.state.lock();
+        if !state.0 {
+            *state = (true, Some(result));
+            self.cv.notify_one();
+        }
+    }
+
+    pub fn wait(&self) -> Result<Vec<Position>> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(result) = state.1.take() {
+                return result;
+            }
+            self.cv.wait(&mut state);
+        }
+    }
+}
+
+/// The queue shared by appenders and the writer.
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub next_seq: u64,
+    pub requests: Vec<Request>,
+    pub queued_bytes: usize,
+    pub closing: bool,
+    pub poisoned: Option<String>,
+    /// Requests for a sync of everything queued so far (`flush`).
+    pub flushes: Vec<Arc<Completion>>,
+}
+
+pub(crate) struct Shared {
+    pub queue: Mutex<Queue>,
+    /// Wakes the writer when work arrives.
+    pub work: Condvar,
+    /// Wakes appenders waiting for queue space.
+    pub space: Condvar,
+    pub storage: Arc<dyn Storage>,
+    pub segments: super::segment::SegmentSet,
+    pub stats: super::LogStats,
+}
+
+/// The writer's view of the active segment.
+pub(crate) struct Active {
+    pub slot: Arc<SegmentSlot>,
+    pub id: u64,
+    /// Where the next frame goes.
+    pub offset: u64,
+    /// The file's length: frames must end at or before it.
+    pub capacity: u64,
+}
+
+/// A segment file being prepared on a background thread: its id and file.
+pub(crate) type Spare = std::thread::JoinHandle<Result<(u64, Arc<dyn StorageFile>)>>;
+
+pub(crate) struct Writer {
+    pub shared: Arc<Shared>,
+    pub active: Active,
+    pub options: LogOptions,
+    pub clock_ms: fn() -> i64,
+    /// A segment prepared ahead of need (its id and file).
+    pub spare: Option<Spare>,
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut last_sync = Instant::now();
+        // Written but not yet synced (only under `Durability::Periodic`).
+        let mut dirty = false;
+        loop {
+            let (requests, flushes, closing) = {
+                let mut q = self.shared.queue.lock();
+                loop {
+                    if let Some(reason) = q.poisoned.clone() {
+                        let requests = std::mem::take(&mut q.requests);
+                        let flushes = std::mem::take(&mut q.flushes);
+                        drop(q);
+                        fail_all(&requests, &flushes, &[], &reason);
+                        return;
+                    }
+                    let interval = match self.options.durability {
+                        Durability::Periodic(interval) if dirty => Some(interval),
+                        _ => None,
+                    };
+                    let sync_due = interval.is_some_and(|i| last_sync.elapsed() >= i);
+                    if !q.requests.is_empty() || !q.flushes.is_empty() || q.closing || sync_due {
+                        break;
+                    }
+                    match interval {
+                        Some(i) => {
+                            let left = i
+                                .saturating_sub(last_sync.elapsed())
+                                .max(Duration::from_millis(1));
+                            self.shared.work.wait_for(&mut q, left);
+                        }
+                        None => self.shared.work.wait(&mut q),
+                    }
+                }
+                let requests = take_group(&mut q.requests);
+                q.queued_bytes -= requests.iter().map(request_bytes).sum::<usize>();
+                self.shared.space.notify_all();
+                (
+                    requests,
+                    std::mem::take(&mut q.flushes),
+                    q.closing && q.requests.is_empty(),
+                )
+            };
+            let mut pending = Vec::with_capacity(requests.len());
+            let result = self
+                .write_group(&requests, &mut buf, &mut pending)
+                .and_then(|()| {
+                    dirty |= !pending.is_empty();
+                    let must_sync = match self.options.durability {
+                        Durability::Sync => true,
+                        Durability::Periodic(interval) => {
+                            // Relaxed: an appender returns once its records are written.
+                            for (done, positions) in pending.drain(..) {
+                                done.complete(Ok(positions));
+                            }
+                            !flushes.is_empty() || closing || last_sync.elapsed() >= interval
+                        }
+                    };
+                    if must_sync && dirty {
+                        self.sync()?;
+                        dirty = false;
+                        last_sync = Instant::now();
+                    }
+                    Ok(())
+                });
+            if let Err(e) = result {
+                let reason = e.to_string();
+                let (queued, queued_flushes) = {
+                    let mut q = self.shared.queue.lock();
+                    q.poisoned = Some(reason.clone());
+                    self.shared.space.notify_all();
+                    (
+                        std::mem::take(&mut q.requests),
+                        std::mem::take(&mut q.flushes),
+                    )
+                };
+                fail_all(&requests, &flushes, &pending, &reason);
+                fail_all(&queued, &queued_flushes, &[], &reason);
+                return;
+            }
+            for (done, positions) in pending {
+                done.complete(Ok(positions));
+            }
+            for f in flushes {
+                f.complete(Ok(Vec::new()));
+            }
+            if closing {
+                self.finish();
+                return;
+            }
+        }
+    }
+
+    /// Frames and writes every record of `requests`; each request moves to `unsynced` with its
+    /// positions once written. Rolls to a new segment when one is full.
+    fn write_group(
+        &mut self,
+        requests: &[Request],
+        buf: &mut Vec<u8>,
+        unsynced: &mut Vec<(Arc<Completion>, Vec<Position>)>,
+    ) -> Result<()> {
+        buf.clear();
+        let mut buf_start = self.active.offset;
+        let mut group_first = requests.first().map_or(0, |r| r.first_seq);
+        let mut written: Vec<(usize, Vec<Position>)> = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            let mut positions = Vec::with_capacity(request.records.len());
+            for (j, (kind, payload)) in request.records.iter().enumerate() {
+                let seq = request.first_seq + j as u64;
+                let frame_len = (FRAME_HEADER_LEN + payload.len()) as u64;
+                if self.active.offset + frame_len > self.active.capacity {
+                    // Seal the full segment: what is buffered is written and synced first, so
+                    // a sealed segment is always entirely durable.
+                    self.write_buf(buf, buf_start)?;
+                    self.sync()?;
+                    // Complete nothing here: the caller completes every request once the
+                    // whole group is durable, or fails them all.
+                    for (k, pos) in written.drain(..) {
+                        unsynced.push((requests[k].done.clone(), pos));
+                    }
+                    self.roll(seq, frame_len)?;
+                    buf_start = self.active.offset;
+                    group_first = seq;
+                }
+                let delta = u16::try_from(seq - group_first)
+                    .expect("sync groups are capped at 65,536 records");
+                encode_frame(buf, self.active.id, seq, *kind, delta, payload);
+                positions.push(Position {
+                    segment: self.active.id,
+                    offset: self.active.offset,
+                    seq,
+                });
+                self.active.offset += frame_len;
+                if buf.len() >= MAX_WRITE_BYTES {
+                    self.write_buf(buf, buf_start)?;
+                    buf_start = self.active.offset;
+                }
+            }
+            written.push((i, positions));
+        }
+        self.write_buf(buf, buf_start)?;
+        for (k, pos) in written {
+            unsynced.push((requests[k].done.clone(), pos));
+        }
+        self.shared
+            .stats
+            .add_records(requests.iter().map(|r| r.records.len() as u64).sum());
+        Ok(())
+    }
+
+    fn write_buf(&mut self, buf: &mut Vec<u8>, at: u64) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.active.slot.file.write_all_at(buf, at).map_err(|e| {
+            Error::io(
+                "write segment",
+                self.shared
+                    .storage
+                    .path()
+                    .join(segment_name(self.active.id)),
+                e,
+            )
+        })?;
+        buf.clear();
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.active.slot.file.sync_data().map_err(|e| {
+            Error::io(
+                "sync segment",
+                self.shared
+                    .storage
+                    .path()
+                    .join(segment_name(self.active.id)),
+                e,
+            )
+        })?;
+        self.shared.stats.add_sync();
+        Ok(())
+    }
+
+    /// Seals the active segment and installs the next one, whose first record will be `seq`
+    /// and which must hold at least a frame of `frame_len` bytes.
+    fn roll(&mut self, seq: u64, frame_len: u64) -> Result<()> {
+        let next_id = self.active.id + 1;
+        let needed = DATA_START + frame_len;
+        let file = match self.spare.take() {
+            Some(handle) => match handle.join() {
+                Ok(Ok((id, file))) if id == next_id => file,
+                Ok(Ok(_)) => {
+                    prepare_file(&*self.shared.storage, next_id, self.options.segment_bytes)?
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(Error::invalid("the segment preparation thread panicked")),
+            },
+            None => prepare_file(&*self.shared.storage, next_id, self.options.segment_bytes)?,
+        };
+        let mut capacity = self.options.segment_bytes;
+        if needed > capacity {
+            // One record larger than a whole segment: grow this segment for it.
+            let path = self.shared.storage.path().join(segment_name(next_id));
+            zero_fill(&*file, capacity, needed)
+                .map_err(|e| Error::io("zero-fill segment", &path, e))?;
+            capacity = needed;
+        }
+        install(
+            &*self.shared.storage,
+            &*file,
+            &new_header(next_id, seq, (self.clock_ms)()),
+        )?;
+        self.active.slot.seal(self.active.offset);
+        let slot = Arc::new(SegmentSlot::active(next_id, file));
+        self.shared.segments.insert(slot.clone());
+        self.active = Active {
+            slot,
+            id: next_id,
+            offset: DATA_START,
+            capacity,
+        };
+        self.shared.stats.add_roll();
+        if self.options.prepare_in_background {
+            let storage = self.shared.storage.clone();
+            let (id, len) = (next_id + 1, self.options.segment_bytes);
+            self.spare = Some(std::thread::spawn(move || {
+                prepare_file(&*storage, id, len).map(|f| (id, f))
+            }));
+        }
+        Ok(())
+    }
+
+    /// On close: wait for a spare being prepared and remove it, so a clean shutdown leaves
+    /// no temporary file behind.
+    fn finish(&mut self) {
+        if let Some(handle) = self.spare.take()
+            && let Ok(Ok((id, _))) = handle.join()
+        {
+            let _ = self.shared.storage.remove(&super::segment::temp_name(id));
+        }
+    }
+}
+
+fn request_bytes(r: &Request) -> usize {
+    r.records
+        .iter()
+        .map(|(_, p)| p.len() + FRAME_HEADER_LEN)
+        .sum()
+}
+
+/// Takes the requests of one sync group from the queue: everything, up to
+/// `MAX_GROUP_RECORDS` records (a request is never split).
+fn take_group(requests: &mut Vec<Request>) -> Vec<Request> {
+    let mut records = 0u64;
+    let mut n = 0;
+    for r in requests.iter() {
+        let len = r.records.len() as u64;
+        if n > 0 && records + len > MAX_GROUP_RECORDS {
+            break;
+        }
+        records += len;
+        n += 1;
+    }
+    if n == requests.len() {
+        std::mem::take(requests)
+    } else {
+        requests.drain(..n).collect()
+    }
+}
+
+pub(crate) fn max_queued_bytes() -> usize {
+    MAX_QUEUED_BYTES
+}
+
+fn fail_all(
+    requests: &[Request],
+    flushes: &[Arc<Completion>],
+    written: &[(Arc<Completion>, Vec<Position>)],
+    reason: &str,
+) {
+    let err = || Error::Poisoned {
+        reason: reason.to_string(),
+    };
+    let dones = requests
+        .iter()
+        .map(|r| &r.done)
+        .chain(flushes)
+        .chain(written.iter().map(|(d, _)| d));
+    for done in dones {
+        done.complete(Err(err()));
+    }
+}
