@@ -81,11 +81,17 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn invalid(reason: impl Into<String>) -> Error {
-        Error::InvalidInput { reason: reason.into() }
+        Error::InvalidInput {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -93,13 +99,26 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
-            Error::ChecksumMismatch { file, offset, expected, found } => write!(
+            Error::ChecksumMismatch {
+                file,
+                offset,
+                expected,
+                found,
+            } => write!(
                 f,
                 "checksum mismatch in {} at offset {offset}: stored {expected:#010x}, computed {found:#010x}",
                 file.display()
             ),
-            Error::Corrupt { file, offset, reason } => {
-                write!(f, "corrupt data in {} at offset {offset}: {reason}", file.display())
+            Error::Corrupt {
+                file,
+                offset,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "corrupt data in {} at offset {offset}: {reason}",
+                    file.display()
+                )
             }
             Error::UnsupportedVersion { file, found } => write!(
                 f,
@@ -107,7 +126,10 @@ impl fmt::Display for Error {
                 file.display()
             ),
             Error::Poisoned { reason } => {
-                write!(f, "the log is poisoned and refuses writes until reopened: {reason}")
+                write!(
+                    f,
+                    "the log is poisoned and refuses writes until reopened: {reason}"
+                )
             }
             Error::Locked { dir } => write!(
                 f,
@@ -115,7 +137,10 @@ impl fmt::Display for Error {
                 dir.display()
             ),
             Error::LimitExceeded { what, found, max } => {
-                write!(f, "{what} is {found}, the limit is {max}; nothing was written")
+                write!(
+                    f,
+                    "{what} is {found}, the limit is {max}; nothing was written"
+                )
             }
             Error::InvalidInput { reason } => write!(f, "{reason}"),
             Error::Closed => write!(f, "the log is closed"),

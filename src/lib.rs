@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 #![deny(clippy::big_endian_bytes, clippy::host_endian_bytes)]
 
+mod after;
 mod error;
 
+pub use after::{After, ONE_YEAR_MS, latest_due_ms};
 pub use error::{Error, Result};
