@@ -9,6 +9,11 @@
 
 mod after;
 mod error;
+mod retry;
 
 pub use after::{After, ONE_YEAR_MS, latest_due_ms};
 pub use error::{Error, Result};
+pub use retry::{
+    AMPT_MAX_AGE, AMPT_RETRY_INTERVAL, Decision, DropReason, FORGE_MAX_RETRIES, FORGE_RETRY_DELAY,
+    Failure, FailureInput, MAX_RETRY_AFTER, RetryContext, RetryOptions, RetryPolicy, RetryReason,
+};
