@@ -8,10 +8,12 @@
 #![deny(clippy::big_endian_bytes, clippy::host_endian_bytes)]
 
 mod after;
+mod clock;
 mod error;
 mod retry;
 
 pub use after::{After, ONE_YEAR_MS, latest_due_ms};
+pub use clock::{Clock, MANUAL_WAIT_CAP, ManualClock, SYSTEM_WAIT_CAP, SystemClock, Wake};
 pub use error::{Error, Result};
 pub use retry::{
     AMPT_MAX_AGE, AMPT_RETRY_INTERVAL, Decision, DropReason, FORGE_MAX_RETRIES, FORGE_RETRY_DELAY,
