@@ -5,18 +5,6 @@
 //! the two rules every due time obeys: it lies strictly after now, and at most one calendar
 //! year after now ([`latest_due_ms`]).
 //!
-//! Accepted text forms ([`After::parse`]):
-//! - a whole number of milliseconds to wait, e.g. `"300000"`; a number larger than
-//!   [`ONE_YEAR_MS`] is instead a Unix epoch timestamp in milliseconds, e.g. `"1642182365811"`;
-//! - an RFC 3339 date and time, e.g. `"2022-01-14T17:46:05.811Z"`; an offset such as `+02:00`
-//!   is converted to UTC. A date and time without `Z` or an offset is refused, because it is
-//!   unclear which zone it means;
-//! - `"now"`, the same as [`After::NOW`];
-//! - `"N unit"`, e.g. `"1 day"` or `"3 Weeks"`, with units milliseconds, seconds, minutes,
-//!   hours, days, weeks, months and years, singular or plural. Days are 24 hours and weeks
-//!   7 days (UTC has no daylight saving). Months and years are calendar months in UTC, so
-//!   their length is known only when resolved; see [`After::resolve`].
-//!
 //! Parsing is pure and never panics, whatever the text; a value that overflows is an error.
 
 use std::fmt;
@@ -46,8 +34,31 @@ const UNITS_HINT: &str = "use milliseconds, seconds, minutes, hours, days, weeks
 
 /// When an event falls due: now, after a delay, at an instant, or after calendar months.
 ///
+/// Text forms accepted by [`After::parse`]:
+/// - a whole number of milliseconds to wait, e.g. `"300000"`; a number larger than
+///   [`ONE_YEAR_MS`] is instead a Unix epoch timestamp in milliseconds, e.g. `"1642182365811"`;
+/// - an RFC 3339 date and time, e.g. `"2022-01-14T17:46:05.811Z"`; an offset such as `+02:00`
+///   is converted to UTC. A date and time without `Z` or an offset is refused, because it is
+///   unclear which zone it means;
+/// - `"now"`, the same as [`After::NOW`];
+/// - `"N unit"`, e.g. `"1 day"` or `"3 Weeks"`, with units milliseconds, seconds, minutes,
+///   hours, days, weeks, months and years, singular or plural. Days are 24 hours and weeks
+///   7 days (UTC has no daylight saving). Months and years are calendar months in UTC, so
+///   their length is known only when resolved; see [`After::resolve`].
+///
 /// Two values are equal when they denote the same rule, whatever text they were parsed from:
 /// `"1 day"`, `"1 days"`, `"24 hours"` and `After::ms(86_400_000)` are all equal.
+///
+/// ```
+/// use afterlog::After;
+///
+/// let now_ms = 1_795_000_000_000; // 2026-11-18T11:06:40Z
+/// assert_eq!(After::parse("1 day")?.resolve(now_ms)?, now_ms + 86_400_000);
+/// assert_eq!(After::parse("2026-11-18T11:20:00Z")?.resolve(now_ms)?, 1_795_000_800_000);
+/// let err = After::parse("2 years")?.resolve(now_ms).unwrap_err();
+/// assert!(err.to_string().starts_with("after \"2 years\" is more than one year ahead"));
+/// # Ok::<(), afterlog::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct After {
     rule: Rule,
@@ -107,7 +118,7 @@ impl After {
         After::from_rule(Rule::EpochMs(epoch_ms))
     }
 
-    /// Parses one of the text forms described in the [module documentation](self).
+    /// Parses one of the text forms listed under [`After`].
     ///
     /// Errors that do not depend on the current time are reported here: an empty or
     /// unrecognised text, an unknown unit, a count or delay that is not greater than zero, a

@@ -5,18 +5,6 @@
 //! (with the [`RetryContext`] the next attempt will see), or drop the event. Jitter is derived
 //! from a hash of the event id and the attempt number, so the same input always gives the same
 //! decision, in a test, in a simulation and on replay after a crash.
-//!
-//! Rules shared by every policy:
-//! - a [`Failure::RetryRequested`] waits its own `retry_after`, clamped to the policy's
-//!   [`max_retry_after`](RetryPolicy::max_retry_after) (900 s unless changed), instead of the
-//!   backoff;
-//! - a requested retry and a platform failure (timeout, panic) give the next attempt a
-//!   [`RetryContext`] whose `retry_count` is the previous one plus one;
-//! - the next due time is at least one millisecond after now;
-//! - [`max_attempts`](RetryPolicy::max_attempts) counts every attempt, the first included,
-//!   and is checked before [`max_age`](RetryPolicy::max_age), which is measured from the
-//!   event's first due time;
-//! - arithmetic saturates; no input panics.
 
 use std::fmt;
 use std::str::FromStr;
@@ -235,8 +223,36 @@ impl fmt::Display for DropReason {
     }
 }
 
-/// When and how often a failed event is retried. See the [module documentation](self) for
-/// the rules every policy shares.
+/// When and how often a failed event is retried.
+///
+/// Rules shared by every policy:
+/// - a [`Failure::RetryRequested`] waits its own `retry_after`, clamped to the policy's
+///   [`max_retry_after`](RetryPolicy::max_retry_after) (900 s unless changed), instead of the
+///   backoff;
+/// - a requested retry and a platform failure (timeout, panic) give the next attempt a
+///   [`RetryContext`] whose `retry_count` is the previous one plus one;
+/// - the next due time is at least one millisecond after now;
+/// - [`max_attempts`](RetryPolicy::max_attempts) counts every attempt, the first included,
+///   and is checked before [`max_age`](RetryPolicy::max_age), which is measured from the
+///   event's first due time;
+/// - a plain [`Failure::Error`] carries no context, except on [`RetryPolicy::forge`];
+/// - arithmetic saturates; no input panics.
+///
+/// ```
+/// use afterlog::{Decision, Failure, FailureInput, RetryPolicy};
+///
+/// let failure = Failure::Error { message: "mail server down".into() };
+/// let input = FailureInput {
+///     event_id: 1,
+///     attempt: 1,
+///     first_due_ms: 1_000_000,
+///     now_ms: 1_000_050,
+///     previous: None,
+///     failure: &failure,
+/// };
+/// let decision = RetryPolicy::ampt().decide(&input);
+/// assert_eq!(decision, Decision::Retry { next_due_ms: 1_000_050 + 6 * 60_000, context: None });
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     backoff: Backoff,
