@@ -7,11 +7,20 @@
 #![warn(missing_docs)]
 #![deny(clippy::big_endian_bytes, clippy::host_endian_bytes)]
 
+mod after;
+mod clock;
 mod error;
 pub mod format;
 mod ids;
 pub mod log;
+mod retry;
 pub mod storage;
 
+pub use after::{After, ONE_YEAR_MS, latest_due_ms};
+pub use clock::{Clock, MANUAL_WAIT_CAP, ManualClock, SYSTEM_WAIT_CAP, SystemClock, Wake};
 pub use error::{Error, Result};
 pub use ids::{EventId, JobId};
+pub use retry::{
+    AMPT_MAX_AGE, AMPT_RETRY_INTERVAL, Decision, DropReason, FORGE_MAX_RETRIES, FORGE_RETRY_DELAY,
+    Failure, FailureInput, MAX_RETRY_AFTER, RetryContext, RetryOptions, RetryPolicy, RetryReason,
+};

@@ -15,7 +15,9 @@ fn storage(dir: &Path) -> Arc<dyn Storage> {
     Arc::new(FsStorage::new(dir).unwrap())
 }
 
-fn open(dir: &Path) -> afterlog::Result<(Log, Vec<(Position, Owned)>, afterlog::log::Recovery)> {
+type Opened = (Log, Vec<(Position, Owned)>, afterlog::log::Recovery);
+
+fn open(dir: &Path) -> afterlog::Result<Opened> {
     let mut seen = Vec::new();
     let (log, recovery) = Log::open(storage(dir), small_options(), |p, r| {
         seen.push((p, Owned::of(r)));
