@@ -7,8 +7,10 @@
 //! only ever talk to `dyn Storage`, so every crash scenario runs on both.
 
 mod fs;
+mod mem;
 
 pub use fs::{FsStorage, LOCK_FILE};
+pub use mem::{CrashMode, MEM_FILE_BYTES_MAX, MemStorage, OpKind, SECTOR_BYTES, TraceEntry};
 
 use std::fmt;
 use std::io;
@@ -39,7 +41,10 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 }
 
 /// One open file.
-#[allow(clippy::len_without_is_empty, reason = "a file length is an io::Result")]
+#[allow(
+    clippy::len_without_is_empty,
+    reason = "a file length is an io::Result"
+)]
 pub trait StorageFile: Send + Sync + fmt::Debug {
     /// The file's length in bytes.
     fn len(&self) -> io::Result<u64>;
