@@ -223,7 +223,7 @@ impl State {
             fail_from: None,
             fail_sync_once: false,
             short_reads: false,
-            rng: 0x5EED_0F_AF7E_710C,
+            rng: 0x5EED_0FAF_7E71_0C00,
             locked: false,
             trace: trace.then(Vec::new),
             next_ino: 1,
@@ -499,7 +499,7 @@ struct MemFile {
 }
 
 impl MemFile {
-    fn new(disk: &Arc<Disk>, state: &mut State, ino: u64) -> Box<dyn StorageFile> {
+    fn open(disk: &Arc<Disk>, state: &mut State, ino: u64) -> Box<dyn StorageFile> {
         state.inode(ino).handles += 1;
         Box::new(MemFile {
             disk: Arc::clone(disk),
@@ -574,14 +574,14 @@ impl Storage for MemStorage {
             },
         );
         state.current.insert(name.to_owned(), ino);
-        Ok(MemFile::new(&self.disk, &mut state, ino))
+        Ok(MemFile::open(&self.disk, &mut state, ino))
     }
 
     fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
         let mut state = self.disk.state.lock();
         state.alive()?;
         let ino = *state.current.get(name).ok_or_else(|| not_found(name))?;
-        Ok(MemFile::new(&self.disk, &mut state, ino))
+        Ok(MemFile::open(&self.disk, &mut state, ino))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
