@@ -89,7 +89,30 @@ pub struct TraceEntry {
 
 /// An in-memory [`Storage`] with simulated crashes and injected I/O faults.
 ///
-/// Clones share the same simulated disk. See the module documentation for the model.
+/// Clones share the same simulated disk. See the module documentation for the model. Its
+/// lock is a flag of the disk: unlike [`FsStorage`](super::FsStorage), taking it creates no
+/// file.
+///
+/// ```
+/// use afterlog::storage::{CrashMode, MemStorage, Storage};
+///
+/// let disk = MemStorage::new();
+/// let file = disk.create("log")?;
+/// disk.sync_dir()?;
+/// file.write_all_at(b"synced", 0)?;
+/// file.sync_data()?;
+/// disk.crash_at(disk.ops() + 2); // the sync after the next write
+/// file.write_all_at(b" and not", 6)?;
+/// assert!(file.sync_data().is_err());
+///
+/// for keep in 0..=disk.last_unsynced_write_len().unwrap_or(0) {
+///     let after = disk.after_crash(CrashMode::TearLastWrite { keep });
+///     assert_eq!(after.contents("log")?.len(), 6 + keep);
+/// }
+/// let after = disk.after_crash(CrashMode::DropUnsynced);
+/// assert_eq!(after.contents("log")?, b"synced");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct MemStorage {
     disk: Arc<Disk>,
