@@ -108,3 +108,59 @@ fn garbage(durable: &[u8], pending: &[Pending], seed: u64) -> Vec<u8> {
     }
     bytes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(op: u64, offset: u64, data: &[u8]) -> Pending {
+        Pending::Write {
+            op,
+            offset,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn operations_after_the_torn_write_still_apply_in_order() {
+        let durable = Arc::new(b"0123456789".to_vec());
+        let pending = [
+            write(1, 10, b"abcdef"),
+            Pending::SetLen { len: 12 },
+            write(3, 0, b"XY"),
+        ];
+        let torn = |keep| {
+            let mode = CrashMode::TearLastWrite { keep };
+            surviving_bytes(&durable, &pending, mode, Some(1)).to_vec()
+        };
+        assert_eq!(torn(0), b"XY23456789\0\0".to_vec());
+        assert_eq!(torn(1), b"XY23456789a\0".to_vec());
+        assert_eq!(torn(6), b"XY23456789ab".to_vec());
+    }
+
+    #[test]
+    fn a_file_without_pending_operations_shares_its_bytes() {
+        let durable = Arc::new(vec![1; 10]);
+        for mode in CrashMode::all_for(3) {
+            let bytes = surviving_bytes(&durable, &[], mode, None);
+            assert!(Arc::ptr_eq(&bytes, &durable), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn all_for_covers_every_kind_of_mode() {
+        let modes = CrashMode::all_for(7);
+        assert!(modes.contains(&CrashMode::DropUnsynced));
+        assert!(
+            modes
+                .iter()
+                .any(|m| matches!(m, CrashMode::TornSectorZeros { .. }))
+        );
+        assert!(
+            modes
+                .iter()
+                .any(|m| matches!(m, CrashMode::GarbageAfterSynced { .. }))
+        );
+        assert_eq!(modes, CrashMode::all_for(7), "deterministic");
+    }
+}
