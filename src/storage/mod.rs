@@ -7,8 +7,10 @@
 //! only ever talk to `dyn Storage`, so every crash scenario runs on both.
 
 mod fs;
+mod mem;
 
 pub use fs::{FsStorage, LOCK_FILE};
+pub use mem::{CrashMode, MEM_FILE_BYTES_MAX, MemStorage, OpKind, SECTOR_BYTES, TraceEntry};
 
 use std::fmt;
 use std::io;
