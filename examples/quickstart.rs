@@ -54,8 +54,15 @@ fn main() -> Result<()> {
                 for i in 0..PER_THREAD {
                     let id = EventId(next_id.fetch_add(1, Ordering::Relaxed));
                     let body = format!(r#"{{"user_id":"u{t}-{i}","email":"user{i}@example.com"}}"#);
-                    let entries = [PublishEntry { id, due_ms: 0, name: "user.joined", body: body.as_bytes() }];
-                    last = log.append(&Record::Publish(Publish::new(None, 0, &entries)))?.seq;
+                    let entries = [PublishEntry {
+                        id,
+                        due_ms: 0,
+                        name: "user.joined",
+                        body: body.as_bytes(),
+                    }];
+                    last = log
+                        .append(&Record::Publish(Publish::new(None, 0, &entries)))?
+                        .seq;
                 }
                 Ok(last)
             })

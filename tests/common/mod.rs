@@ -18,7 +18,7 @@ pub fn small_options() -> LogOptions {
 }
 
 /// An owned copy of a record, to compare what was written with what recovery returns.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Owned {
     pub kind: u8,
     pub payload: Vec<u8>,
