@@ -2,6 +2,15 @@
 //!
 //! Events are published now or up to a year ahead, kept in a write-ahead segment log, and
 //! delivered at least once to the handlers registered for their name.
+//!
+//! ```
+//! use afterlog::After;
+//!
+//! // Ampt's forms: milliseconds, a Unix epoch in ms, RFC 3339 UTC, or "N unit".
+//! let after = After::parse("1 day")?;
+//! assert_eq!(after.resolve(1_700_000_000_000)?, 1_700_000_000_000 + 86_400_000);
+//! # Ok::<(), afterlog::Error>(())
+//! ```
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
