@@ -10,7 +10,9 @@
 mod error;
 pub mod format;
 mod ids;
+pub mod index;
 pub mod storage;
 
 pub use error::{Error, Result};
 pub use ids::{EventId, JobId};
+pub use index::JobStats;

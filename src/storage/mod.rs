@@ -39,7 +39,10 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 }
 
 /// One open file.
-#[allow(clippy::len_without_is_empty, reason = "a file length is an io::Result")]
+#[allow(
+    clippy::len_without_is_empty,
+    reason = "a file length is an io::Result"
+)]
 pub trait StorageFile: Send + Sync + fmt::Debug {
     /// The file's length in bytes.
     fn len(&self) -> io::Result<u64>;
