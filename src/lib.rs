@@ -21,6 +21,7 @@ mod clock;
 mod error;
 pub mod format;
 mod ids;
+pub mod index;
 pub mod log;
 mod retry;
 pub mod storage;
@@ -29,6 +30,7 @@ pub use after::{After, ONE_YEAR_MS, latest_due_ms};
 pub use clock::{Clock, MANUAL_WAIT_CAP, ManualClock, SYSTEM_WAIT_CAP, SystemClock, Wake};
 pub use error::{Error, Result};
 pub use ids::{EventId, JobId};
+pub use index::JobStats;
 pub use retry::{
     AMPT_MAX_AGE, AMPT_RETRY_INTERVAL, Decision, DropReason, FORGE_MAX_RETRIES, FORGE_RETRY_DELAY,
     Failure, FailureInput, MAX_RETRY_AFTER, RetryContext, RetryOptions, RetryPolicy, RetryReason,
