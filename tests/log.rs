@@ -357,3 +357,33 @@ fn periodic_durability_returns_early_and_syncs_on_close() {
     // Rolls sync; otherwise nothing was synced before close.
     assert!(syncs_before_close <= 3, "{syncs_before_close}");
 }
+
+#[test]
+fn another_process_cannot_take_the_lock_while_the_log_is_open() {
+    if std::process::Command::new("flock")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no flock(1) on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join(afterlog::storage::LOCK_FILE);
+    let try_lock_elsewhere = || {
+        std::process::Command::new("flock")
+            .args(["--nonblock", "--exclusive"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    };
+    let (log, _, _) = open(dir.path()).unwrap();
+    assert!(
+        !try_lock_elsewhere(),
+        "another process took the lock of an open log"
+    );
+    drop(log);
+    assert!(try_lock_elsewhere(), "the lock was not released on close");
+}
