@@ -8,5 +8,6 @@
 #![deny(clippy::big_endian_bytes, clippy::host_endian_bytes)]
 
 mod error;
+pub mod wheel;
 
 pub use error::{Error, Result};
