@@ -28,9 +28,10 @@
 //!
 //! Entries live in a slab (`Vec`) and are chained into their list by `u32` links, so a timer
 //! costs one slab entry and no allocation in steady state: freed entries are reused through a
-//! free list. For `Wheel<u64>` an entry is 24 bytes ([`Wheel::ENTRY_BYTES`]): the deadline
-//! and a 16-bit generation share one `u64` (deadline in the low 48 bits), then the value and
-//! the two links. Deadlines at or beyond 2^48 - 1 ms (the year 10889 in Unix time) do not fit
+//! free list. For `Wheel<u64>` an entry is 24 bytes ([`Wheel::ENTRY_BYTES`]) in two parallel
+//! arrays: 16 bytes of payload (the deadline and a 16-bit generation share one `u64`, deadline
+//! in the low 48 bits, then the value) and 8 bytes of links. Keeping the links apart makes a
+//! list walk, which is a chain of dependent loads, read a dense array. Deadlines at or beyond 2^48 - 1 ms (the year 10889 in Unix time) do not fit
 //! in 48 bits; they are kept exactly in a side table, which is empty in practice.
 //!
 //! # Invariants
@@ -47,7 +48,8 @@
 //!   differs from `now` in a bit at or above 36 and has `due_ms > now`.
 //! - `ready_due_min_ms` and `overflow_due_min_ms` are lower bounds of the deadlines in their
 //!   (non-empty) list, and the overflow bound is above `now`.
-//! - Links are consistent both ways; the head of a list has the list's marker as `prev`.
+//! - Links are consistent both ways; the head of a list has the list's marker as `prev`, the
+//!   tail has it as `next`, and the list's `tails` entry names the tail.
 //! - Live entries plus free entries make up the slab; a free entry has `prev == FREE`.
 //!
 //! # Handles
@@ -80,17 +82,18 @@ const READY_LIST: usize = SLOT_LISTS;
 const OVERFLOW_LIST: usize = SLOT_LISTS + 1;
 const LISTS: usize = SLOT_LISTS + 2;
 
-/// End of a list (`next` of the tail), or an empty list (head) or free list.
+/// An empty list (head and tail), or the end of the free list.
 const NIL: u32 = u32::MAX;
 /// `prev` of a free slab entry.
 const FREE: u32 = u32::MAX - 1;
-/// `prev` of the head of list `k` is `LIST_MARKER_BASE + k`: unlinking the head finds its list.
+/// `prev` of the head and `next` of the tail of list `k` are `LIST_MARKER_BASE + k`, so
+/// unlinking either end finds its list. Any link at or above this base is not an entry.
 const LIST_MARKER_BASE: u32 = FREE - LISTS as u32;
 /// The most timers one wheel holds; slab indices stay below the link markers.
 pub const TIMERS_MAX: usize = 1 << 31;
 const _: () = assert!(TIMERS_MAX as u64 <= LIST_MARKER_BASE as u64);
 
-/// Low bits of `Entry::due_generation` holding the deadline.
+/// Low bits of `Timer::due_generation` holding the deadline.
 const DUE_BITS: u32 = 48;
 const DUE_MASK: u64 = (1 << DUE_BITS) - 1;
 /// Stored instead of a deadline that does not fit in `DUE_BITS`; the deadline is in `far_due_ms`.
@@ -99,20 +102,27 @@ const DUE_FAR: u64 = DUE_MASK;
 const GENERATION_BITS: u32 = u64::BITS - DUE_BITS;
 const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
 
-/// One slab entry: a pending timer, or a free entry waiting for reuse.
+/// The payload half of a slab entry: a pending timer, or a free entry waiting for reuse.
 #[derive(Clone, Copy)]
-struct Entry<T> {
+struct Timer<T> {
     /// Deadline in the low `DUE_BITS` (or `DUE_FAR`), generation in the high bits.
     due_generation: u64,
     /// The caller's value; stale (but initialised) in a free entry.
     value: T,
-    /// Previous entry in the list, a list marker for the head, or `FREE`.
+}
+
+/// The link half of a slab entry, kept in an array of its own: walking a list then reads 8
+/// dense bytes per step, and the payload loads of successive entries overlap.
+#[derive(Clone, Copy)]
+struct Links {
+    /// Previous entry in the list, the list's marker for the head, or `FREE`.
     prev: u32,
-    /// Next entry in the list (or in the free list), or `NIL`.
+    /// Next entry in the list, the list's marker for the tail; in a free entry, the next free
+    /// entry or `NIL`.
     next: u32,
 }
 
-impl<T> Entry<T> {
+impl<T> Timer<T> {
     #[inline]
     fn generation(&self) -> u32 {
         (self.due_generation >> DUE_BITS) as u32
@@ -128,8 +138,8 @@ fn pack_due_generation(due_ms: u64, generation: u32) -> u64 {
     (u64::from(generation) << DUE_BITS) | due_ms.min(DUE_FAR)
 }
 
-/// The slab entry of a `Wheel<u64>` is 24 bytes: deadline and generation, value, two links.
-const _: () = assert!(size_of::<Entry<u64>>() == 24);
+/// A slab entry of a `Wheel<u64>` is 24 bytes: deadline and generation, value, two links.
+const _: () = assert!(size_of::<Timer<u64>>() + size_of::<Links>() == 24);
 
 /// The level for an entry due at `due_ms > now_ms`: `LEVELS` or more means overflow.
 #[inline]
@@ -164,15 +174,19 @@ pub struct TimerHandle {
 /// Insert and cancel are O(1); [`advance`](Wheel::advance) yields each due entry in amortised
 /// O(1) (an entry is moved down at most once per level it crosses).
 pub struct Wheel<T> {
-    /// Slab of entries, live and free.
-    entries: Vec<Entry<T>>,
+    /// Slab of entries, live and free: payloads and links are parallel arrays of one length.
+    timers: Vec<Timer<T>>,
+    links: Vec<Links>,
     /// Deadlines that do not fit in `DUE_BITS`, by slab index.
     far_due_ms: HashMap<u32, u64>,
     /// Head of each list, or `NIL`.
     heads: Box<[u32; LISTS]>,
+    /// Tail of each list, or `NIL`. Lists are first in, first out, so timers with the same
+    /// deadline fire in insertion order, and a list is walked in ascending slab order.
+    tails: Box<[u32; LISTS]>,
     /// Per level, bit `S` set iff slot `S` of that level is non-empty.
     occupied: [u64; LEVELS],
-    /// Head of the free list through `Entry::next`, or `NIL`.
+    /// Head of the free list through `Links::next`, or `NIL`.
     free_head: u32,
     /// Live timers.
     len: usize,
@@ -187,7 +201,7 @@ pub struct Wheel<T> {
 
 impl<T> Wheel<T> {
     /// Bytes of memory per timer: the size of one slab entry. 24 for `Wheel<u64>`.
-    pub const ENTRY_BYTES: usize = size_of::<Entry<T>>();
+    pub const ENTRY_BYTES: usize = size_of::<Timer<T>>() + size_of::<Links>();
 }
 
 impl<T: Copy> Wheel<T> {
@@ -200,9 +214,11 @@ impl<T: Copy> Wheel<T> {
     /// it allocates.
     pub fn with_capacity(now_ms: u64, capacity: usize) -> Self {
         Wheel {
-            entries: Vec::with_capacity(capacity.min(TIMERS_MAX)),
+            timers: Vec::with_capacity(capacity.min(TIMERS_MAX)),
+            links: Vec::with_capacity(capacity.min(TIMERS_MAX)),
             far_due_ms: HashMap::new(),
             heads: Box::new([NIL; LISTS]),
+            tails: Box::new([NIL; LISTS]),
             occupied: [0; LEVELS],
             free_head: NIL,
             len: 0,
@@ -255,8 +271,9 @@ impl<T: Copy> Wheel<T> {
     {
         let entries = entries.into_iter();
         let (count_min, _) = entries.size_hint();
-        self.entries
-            .reserve(count_min.min(TIMERS_MAX - self.entries.len()));
+        let room = count_min.min(TIMERS_MAX - self.timers.len());
+        self.timers.reserve(room);
+        self.links.reserve(room);
         let mut handles = Vec::with_capacity(count_min);
         for (due_ms, value) in entries {
             handles.push(self.insert(due_ms, value));
@@ -306,7 +323,7 @@ impl<T: Copy> Wheel<T> {
     ///
     /// Timers come out slot by slot in deadline order: all timers of one slot are due before
     /// any timer of a later slot, but within a slot (up to 64^L ms wide at level L) their order
-    /// is unspecified. The ready list (timers inserted in the past) comes first and the
+    /// is unspecified; timers with the same deadline come out in the order they were inserted. The ready list (timers inserted in the past) comes first and the
     /// overflow list last, each unordered like a slot. Empty ranges are skipped using the bitmaps, so one call can jump years.
     ///
     /// A `now_ms` earlier than [`now_ms`](Wheel::now_ms) does not move time back; it only
@@ -374,15 +391,16 @@ impl<T: Copy> Wheel<T> {
     /// The slab index of the live timer `handle` refers to.
     #[inline]
     fn live_index(&self, handle: TimerHandle) -> Option<u32> {
-        let entry = self.entries.get(handle.index as usize)?;
-        let live = entry.prev != FREE && entry.generation() == u32::from(handle.generation);
+        let timer = self.timers.get(handle.index as usize)?;
+        let live = self.links[handle.index as usize].prev != FREE
+            && timer.generation() == u32::from(handle.generation);
         live.then_some(handle.index)
     }
 
     /// The deadline of the live entry at `index`.
     #[inline]
     fn entry_due_ms(&self, index: u32) -> u64 {
-        let due_ms = self.entries[index as usize].due_generation & DUE_MASK;
+        let due_ms = self.timers[index as usize].due_generation & DUE_MASK;
         if due_ms == DUE_FAR {
             let far_due_ms = self.far_due_ms.get(&index).copied();
             debug_assert!(far_due_ms.is_some(), "entry {index} has no far deadline");
@@ -397,23 +415,26 @@ impl<T: Copy> Wheel<T> {
     fn allocate(&mut self, due_ms: u64, value: T) -> TimerHandle {
         let (index, generation) = if self.free_head != NIL {
             let index = self.free_head;
-            let entry = &mut self.entries[index as usize];
+            let links = self.links[index as usize];
             debug_assert!(
-                entry.prev == FREE,
+                links.prev == FREE,
                 "free list entry {index} has prev {}",
-                entry.prev
+                links.prev
             );
-            let generation = entry.generation();
-            self.free_head = entry.next;
-            entry.due_generation = pack_due_generation(due_ms, generation);
-            entry.value = value;
+            self.free_head = links.next;
+            let timer = &mut self.timers[index as usize];
+            let generation = timer.generation();
+            timer.due_generation = pack_due_generation(due_ms, generation);
+            timer.value = value;
             (index, generation)
         } else {
-            let index = self.entries.len();
+            let index = self.timers.len();
             assert!(index < TIMERS_MAX, "the wheel is full: {index} timers");
-            self.entries.push(Entry {
+            self.timers.push(Timer {
                 due_generation: pack_due_generation(due_ms, 0),
                 value,
+            });
+            self.links.push(Links {
                 prev: NIL,
                 next: NIL,
             });
@@ -437,14 +458,17 @@ impl<T: Copy> Wheel<T> {
         if due_ms >= DUE_FAR {
             self.far_due_ms.remove(&index);
         }
-        let entry = &mut self.entries[index as usize];
-        let generation = (entry.generation() + 1) & GENERATION_MASK;
-        entry.due_generation = pack_due_generation(0, generation);
-        entry.prev = FREE;
-        entry.next = self.free_head;
+        let timer = &mut self.timers[index as usize];
+        let generation = (timer.generation() + 1) & GENERATION_MASK;
+        timer.due_generation = pack_due_generation(0, generation);
+        let value = timer.value;
+        self.links[index as usize] = Links {
+            prev: FREE,
+            next: self.free_head,
+        };
         self.free_head = index;
         self.len -= 1;
-        (due_ms, entry.value)
+        (due_ms, value)
     }
 
     /// Links the entry at `index` into the list its deadline belongs to, relative to `now_ms`.
@@ -477,47 +501,55 @@ impl<T: Copy> Wheel<T> {
                 level * SLOTS_PER_LEVEL + slot
             }
         };
-        self.push_front(list, index);
+        self.push_back(list, index);
     }
 
     #[inline]
-    fn push_front(&mut self, list: usize, index: u32) {
-        let old_head = self.heads[list];
-        let entry = &mut self.entries[index as usize];
-        entry.prev = LIST_MARKER_BASE + list as u32;
-        entry.next = old_head;
-        if old_head != NIL {
-            self.entries[old_head as usize].prev = index;
+    fn push_back(&mut self, list: usize, index: u32) {
+        let marker = LIST_MARKER_BASE + list as u32;
+        let old_tail = self.tails[list];
+        let links = &mut self.links[index as usize];
+        links.next = marker;
+        if old_tail == NIL {
+            links.prev = marker;
+            self.heads[list] = index;
+        } else {
+            links.prev = old_tail;
+            self.links[old_tail as usize].next = index;
         }
-        self.heads[list] = index;
+        self.tails[list] = index;
     }
 
     /// Unlinks the live entry at `index` from its list, clearing the slot's occupancy bit when
     /// the list becomes empty.
     #[inline]
     fn unlink(&mut self, index: u32) {
-        let Entry { prev, next, .. } = self.entries[index as usize];
+        let Links { prev, next } = self.links[index as usize];
         debug_assert!(prev != FREE, "unlinking free entry {index}");
-        if prev >= LIST_MARKER_BASE {
+        let (is_head, is_tail) = (prev >= LIST_MARKER_BASE, next >= LIST_MARKER_BASE);
+        if is_head {
             let list = (prev - LIST_MARKER_BASE) as usize;
-            self.heads[list] = next;
-            if next == NIL && list < SLOT_LISTS {
+            self.heads[list] = if is_tail { NIL } else { next };
+        } else {
+            self.links[prev as usize].next = next;
+        }
+        if is_tail {
+            let list = (next - LIST_MARKER_BASE) as usize;
+            self.tails[list] = if is_head { NIL } else { prev };
+            if is_head && list < SLOT_LISTS {
                 let (level, slot) = (list / SLOTS_PER_LEVEL, list % SLOTS_PER_LEVEL);
                 self.occupied[level] &= !(1 << slot);
             }
         } else {
-            self.entries[prev as usize].next = next;
-        }
-        if next != NIL {
-            self.entries[next as usize].prev = prev;
+            self.links[next as usize].prev = prev;
         }
     }
 
     /// Yields the ready entries due at or before `now_ms`; the others stay.
     fn expire_ready(&mut self, now_ms: u64, on_due: &mut impl FnMut(u64, T)) {
         let mut index = self.heads[READY_LIST];
-        while index != NIL {
-            let next = self.entries[index as usize].next;
+        while index < LIST_MARKER_BASE {
+            let next = self.links[index as usize].next;
             if self.entry_due_ms(index) <= now_ms {
                 self.unlink(index);
                 let (due_ms, value) = self.release(index);
@@ -532,8 +564,8 @@ impl<T: Copy> Wheel<T> {
     /// them to a lower level (overflow entries still 2^36 ms or more ahead stay).
     fn expire_list(&mut self, list: usize, now_ms: u64, on_due: &mut impl FnMut(u64, T)) {
         let mut index = self.heads[list];
-        while index != NIL {
-            let next = self.entries[index as usize].next;
+        while index < LIST_MARKER_BASE {
+            let next = self.links[index as usize].next;
             let due_ms = self.entry_due_ms(index);
             if due_ms <= now_ms {
                 self.unlink(index);

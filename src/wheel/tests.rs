@@ -21,10 +21,19 @@ impl<T: Copy> Wheel<T> {
                     "level {level} slot {slot}: bit {bit}, head {head}"
                 );
             }
-            let mut prev = LIST_MARKER_BASE + list as u32;
+            let marker = LIST_MARKER_BASE + list as u32;
+            let mut prev = marker;
             let mut index = head;
-            while index != NIL {
-                let entry = &self.entries[index as usize];
+            if head == NIL {
+                assert_eq!(self.tails[list], NIL, "list {list}: empty with a tail");
+                continue;
+            }
+            while index != marker {
+                assert!(
+                    index < LIST_MARKER_BASE,
+                    "list {list}: link {index} is not an entry"
+                );
+                let entry = &self.links[index as usize];
                 assert_eq!(
                     entry.prev, prev,
                     "list {list}: entry {index} has a wrong prev"
@@ -66,10 +75,11 @@ impl<T: Copy> Wheel<T> {
                     far_live += 1;
                 }
                 live += 1;
-                assert!(live <= self.entries.len(), "list {list} has a cycle");
+                assert!(live <= self.links.len(), "list {list} has a cycle");
                 prev = index;
                 index = entry.next;
             }
+            assert_eq!(self.tails[list], prev, "list {list}: wrong tail");
         }
         assert_eq!(live, self.len, "entries in lists vs len");
         assert_eq!(
@@ -80,20 +90,21 @@ impl<T: Copy> Wheel<T> {
         let mut free = 0usize;
         let mut index = self.free_head;
         while index != NIL {
-            let entry = &self.entries[index as usize];
+            let entry = &self.links[index as usize];
             assert_eq!(
                 entry.prev, FREE,
                 "free entry {index} has prev {}",
                 entry.prev
             );
             free += 1;
-            assert!(free <= self.entries.len(), "the free list has a cycle");
+            assert!(free <= self.links.len(), "the free list has a cycle");
             index = entry.next;
         }
+        assert_eq!(free + live, self.links.len(), "free + live vs slab length");
         assert_eq!(
-            free + live,
-            self.entries.len(),
-            "free + live vs slab length"
+            self.timers.len(),
+            self.links.len(),
+            "payload vs link array length"
         );
     }
 }
@@ -274,7 +285,7 @@ fn the_generation_wraps_without_panicking() {
         assert_eq!(wheel.cancel(last), Some(i));
     }
     assert_eq!(wheel.cancel(last), None);
-    assert_eq!(wheel.entries.len(), 1, "one slab entry reused throughout");
+    assert_eq!(wheel.timers.len(), 1, "one slab entry reused throughout");
 }
 
 #[test]
@@ -409,6 +420,19 @@ fn slots_come_out_in_deadline_order() {
         .map(|&(d, _)| d)
         .collect();
     assert_eq!(dues_ms, vec![5, 63, 64, 300, 4_096, 70_000, 1 << 30]);
+}
+
+#[test]
+fn timers_with_the_same_deadline_fire_in_insertion_order() {
+    let mut wheel = Wheel::new(0);
+    for value in 0..100 {
+        wheel.insert(1_000_000, value);
+    }
+    let values: Vec<u64> = advance(&mut wheel, 1_000_000)
+        .iter()
+        .map(|&(_, v)| v)
+        .collect();
+    assert_eq!(values, (0..100).collect::<Vec<_>>());
 }
 
 #[test]
