@@ -31,15 +31,23 @@
 //! free list. For `Wheel<u64>` an entry is 24 bytes ([`Wheel::ENTRY_BYTES`]) in two parallel
 //! arrays: 16 bytes of payload (the deadline and a 16-bit generation share one `u64`, deadline
 //! in the low 48 bits, then the value) and 8 bytes of links. Keeping the links apart makes a
-//! list walk, which is a chain of dependent loads, read a dense array. Deadlines at or beyond 2^48 - 1 ms (the year 10889 in Unix time) do not fit
-//! in 48 bits; they are kept exactly in a side table, which is empty in practice.
+//! list walk, which is a chain of dependent loads, read a dense array. Deadlines at or beyond
+//! 2^48 - 1 ms (the year 10889 in Unix time) do not fit in 48 bits; they are kept exactly in
+//! a side table, which is empty in practice.
+//!
+//! Each slot is four first-in first-out lists (*ways*); an entry joins the way numbered by its
+//! slab index modulo 4. Expiring a slot walks its four lists one entry each in turn, so four
+//! independent chains of loads are in flight instead of one: with a million timers the walk
+//! is bound by cache misses, and this makes a large `advance` about twice as fast. The cost is
+//! 12 KiB of list heads and tails per wheel.
 //!
 //! # Invariants
 //!
 //! Checked by `check_invariants` in the tests after every operation; the cheap ones are also
 //! `debug_assert!`ed on the hot paths.
 //!
-//! - Occupancy bit `(L, S)` is set if and only if the list of level `L`, slot `S` is non-empty.
+//! - Occupancy bit `(L, S)` is set if and only if a list of level `L`, slot `S` is non-empty.
+//! - An entry in way `W` of a slot has a slab index equal to `W` modulo 4.
 //! - Every entry in level `L`, slot `S` has `due_ms > now`, its highest bit differing from
 //!   `now` is in `6L..6L+6`, and its bits `6L..6L+6` equal `S`. Hence every occupied slot of a
 //!   level comes strictly after the slot holding `now`, and every entry of a lower level is
@@ -76,8 +84,13 @@ pub const WHEEL_SPAN_MS: u64 = 1 << WHEEL_SPAN_BITS;
 const _: () = assert!(SLOTS_PER_LEVEL == u64::BITS as usize);
 const _: () = assert!(WHEEL_SPAN_BITS == 36);
 
-/// Lists, by number: `LEVELS * 64` slot lists (level-major), then the ready and overflow lists.
-const SLOT_LISTS: usize = LEVELS * SLOTS_PER_LEVEL;
+/// Each slot is `WAYS` lists, an entry going to the one numbered by its slab index modulo
+/// `WAYS`. An expiring slot walks its lists in turn: a list walk is a chain of dependent
+/// loads, and independent chains let their cache misses overlap.
+const WAYS: usize = 4;
+/// Lists, by number: `LEVELS * 64` slots (level-major) of `WAYS` lists each, then the ready
+/// and overflow lists.
+const SLOT_LISTS: usize = LEVELS * SLOTS_PER_LEVEL * WAYS;
 const READY_LIST: usize = SLOT_LISTS;
 const OVERFLOW_LIST: usize = SLOT_LISTS + 1;
 const LISTS: usize = SLOT_LISTS + 2;
@@ -181,8 +194,8 @@ pub struct Wheel<T> {
     far_due_ms: HashMap<u32, u64>,
     /// Head of each list, or `NIL`.
     heads: Box<[u32; LISTS]>,
-    /// Tail of each list, or `NIL`. Lists are first in, first out, so timers with the same
-    /// deadline fire in insertion order, and a list is walked in ascending slab order.
+    /// Tail of each list, or `NIL`. Lists are first in, first out, so a list is walked in
+    /// ascending slab order.
     tails: Box<[u32; LISTS]>,
     /// Per level, bit `S` set iff slot `S` of that level is non-empty.
     occupied: [u64; LEVELS],
@@ -323,8 +336,9 @@ impl<T: Copy> Wheel<T> {
     ///
     /// Timers come out slot by slot in deadline order: all timers of one slot are due before
     /// any timer of a later slot, but within a slot (up to 64^L ms wide at level L) their order
-    /// is unspecified; timers with the same deadline come out in the order they were inserted. The ready list (timers inserted in the past) comes first and the
-    /// overflow list last, each unordered like a slot. Empty ranges are skipped using the bitmaps, so one call can jump years.
+    /// is unspecified, even for timers with the same deadline. The ready list (timers inserted
+    /// in the past) comes first and the overflow list last, each unordered like a slot. Empty
+    /// ranges are skipped using the bitmaps, so one call can jump years.
     ///
     /// A `now_ms` earlier than [`now_ms`](Wheel::now_ms) does not move time back; it only
     /// yields timers inserted in the past that are due at or before it.
@@ -344,7 +358,7 @@ impl<T: Copy> Wheel<T> {
                     break;
                 }
                 self.now_ms = start_ms;
-                self.expire_list(level * SLOTS_PER_LEVEL + slot, now_ms, &mut on_due);
+                self.expire_slot(level, slot, now_ms, &mut on_due);
                 continue;
             }
             if self.heads[OVERFLOW_LIST] == NIL {
@@ -362,7 +376,7 @@ impl<T: Copy> Wheel<T> {
             // The levels are empty, so time may jump to the epoch of the earliest far timer.
             self.now_ms = epoch_start_ms;
             self.overflow_due_min_ms = u64::MAX;
-            self.expire_list(OVERFLOW_LIST, now_ms, &mut on_due);
+            self.expire_overflow(now_ms, &mut on_due);
         }
         self.now_ms = now_ms;
     }
@@ -498,7 +512,7 @@ impl<T: Copy> Wheel<T> {
                     self.now_ms
                 );
                 self.occupied[level] |= 1 << slot;
-                level * SLOTS_PER_LEVEL + slot
+                (level * SLOTS_PER_LEVEL + slot) * WAYS + (index as usize & (WAYS - 1))
             }
         };
         self.push_back(list, index);
@@ -537,8 +551,16 @@ impl<T: Copy> Wheel<T> {
             let list = (next - LIST_MARKER_BASE) as usize;
             self.tails[list] = if is_head { NIL } else { prev };
             if is_head && list < SLOT_LISTS {
-                let (level, slot) = (list / SLOTS_PER_LEVEL, list % SLOTS_PER_LEVEL);
-                self.occupied[level] &= !(1 << slot);
+                let first = list & !(WAYS - 1);
+                if self.heads[first..first + WAYS]
+                    .iter()
+                    .all(|&head| head == NIL)
+                {
+                    let slot_number = list / WAYS;
+                    let (level, slot) =
+                        (slot_number / SLOTS_PER_LEVEL, slot_number % SLOTS_PER_LEVEL);
+                    self.occupied[level] &= !(1 << slot);
+                }
             }
         } else {
             self.links[next as usize].prev = prev;
@@ -559,11 +581,46 @@ impl<T: Copy> Wheel<T> {
         }
     }
 
-    /// Empties a slot list (or the overflow list) that the wheel's time has just reached:
-    /// yields the entries due at or before `now_ms` and places the others afresh, which moves
-    /// them to a lower level (overflow entries still 2^36 ms or more ahead stay).
-    fn expire_list(&mut self, list: usize, now_ms: u64, on_due: &mut impl FnMut(u64, T)) {
-        let mut index = self.heads[list];
+    /// Empties a slot that the wheel's time has just reached: yields the entries due at or
+    /// before `now_ms` and places the others afresh, which moves them to a lower level. The
+    /// slot's lists are walked one entry each in turn.
+    fn expire_slot(
+        &mut self,
+        level: usize,
+        slot: usize,
+        now_ms: u64,
+        on_due: &mut impl FnMut(u64, T),
+    ) {
+        let first = (level * SLOTS_PER_LEVEL + slot) * WAYS;
+        let mut cursors = [NIL; WAYS];
+        cursors.copy_from_slice(&self.heads[first..first + WAYS]);
+        // An empty list's head is NIL, which is past every entry like a list marker.
+        let mut walking = true;
+        while walking {
+            walking = false;
+            for cursor in &mut cursors {
+                let index = *cursor;
+                if index < LIST_MARKER_BASE {
+                    walking = true;
+                    *cursor = self.links[index as usize].next;
+                    let due_ms = self.entry_due_ms(index);
+                    self.unlink(index);
+                    if due_ms <= now_ms {
+                        let (due_ms, value) = self.release(index);
+                        on_due(due_ms, value);
+                    } else {
+                        self.place(index, due_ms);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Empties the overflow list once the wheel's time has reached the 2^36 ms epoch of its
+    /// earliest entry: yields the entries due at or before `now_ms`, places those now within
+    /// reach of the levels, and leaves the others, recomputing their lower bound.
+    fn expire_overflow(&mut self, now_ms: u64, on_due: &mut impl FnMut(u64, T)) {
+        let mut index = self.heads[OVERFLOW_LIST];
         while index < LIST_MARKER_BASE {
             let next = self.links[index as usize].next;
             let due_ms = self.entry_due_ms(index);
@@ -571,7 +628,7 @@ impl<T: Copy> Wheel<T> {
                 self.unlink(index);
                 let (due_ms, value) = self.release(index);
                 on_due(due_ms, value);
-            } else if list == OVERFLOW_LIST && level_for(self.now_ms, due_ms) >= LEVELS {
+            } else if level_for(self.now_ms, due_ms) >= LEVELS {
                 self.overflow_due_min_ms = self.overflow_due_min_ms.min(due_ms);
             } else {
                 self.unlink(index);

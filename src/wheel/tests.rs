@@ -10,17 +10,18 @@ impl<T: Copy> Wheel<T> {
         let now_ms = self.now_ms;
         let mut live = 0usize;
         let mut far_live = 0usize;
+        for slot_number in 0..LEVELS * SLOTS_PER_LEVEL {
+            let (level, slot) = (slot_number / SLOTS_PER_LEVEL, slot_number % SLOTS_PER_LEVEL);
+            let bit = (self.occupied[level] >> slot) & 1 == 1;
+            let heads = &self.heads[slot_number * WAYS..(slot_number + 1) * WAYS];
+            let empty = heads.iter().all(|&head| head == NIL);
+            assert_eq!(
+                bit, !empty,
+                "level {level} slot {slot}: bit {bit}, heads {heads:?}"
+            );
+        }
         for list in 0..LISTS {
             let head = self.heads[list];
-            if list < SLOT_LISTS {
-                let (level, slot) = (list / SLOTS_PER_LEVEL, list % SLOTS_PER_LEVEL);
-                let bit = (self.occupied[level] >> slot) & 1 == 1;
-                assert_eq!(
-                    bit,
-                    head != NIL,
-                    "level {level} slot {slot}: bit {bit}, head {head}"
-                );
-            }
             let marker = LIST_MARKER_BASE + list as u32;
             let mut prev = marker;
             let mut index = head;
@@ -60,7 +61,15 @@ impl<T: Copy> Wheel<T> {
                         assert!(bound > now_ms, "overflow bound {bound} <= now {now_ms}");
                     }
                     _ => {
-                        let (level, slot) = (list / SLOTS_PER_LEVEL, list % SLOTS_PER_LEVEL);
+                        let slot_number = list / WAYS;
+                        let (level, slot) =
+                            (slot_number / SLOTS_PER_LEVEL, slot_number % SLOTS_PER_LEVEL);
+                        let way = index as usize % WAYS;
+                        assert_eq!(
+                            way,
+                            list % WAYS,
+                            "entry {index} in the wrong way of its slot"
+                        );
                         assert!(due_ms > now_ms, "slot entry due {due_ms} <= now {now_ms}");
                         let (due_level, due_slot) =
                             (level_for(now_ms, due_ms), slot_for(due_ms, level));
@@ -423,16 +432,14 @@ fn slots_come_out_in_deadline_order() {
 }
 
 #[test]
-fn timers_with_the_same_deadline_fire_in_insertion_order() {
+fn timers_with_the_same_deadline_fire_together() {
     let mut wheel = Wheel::new(0);
     for value in 0..100 {
         wheel.insert(1_000_000, value);
     }
-    let values: Vec<u64> = advance(&mut wheel, 1_000_000)
-        .iter()
-        .map(|&(_, v)| v)
-        .collect();
-    assert_eq!(values, (0..100).collect::<Vec<_>>());
+    assert_eq!(advance(&mut wheel, 999_999), vec![]);
+    let fired = sorted(advance(&mut wheel, 1_000_000));
+    assert_eq!(fired, (0..100).map(|v| (1_000_000, v)).collect::<Vec<_>>());
 }
 
 #[test]
@@ -490,55 +497,82 @@ proptest! {
         start_ms in prop_oneof![Just(0u64), any::<u64>(), 0..1u64 << 45],
         ops in proptest::collection::vec(op(), 1..150),
     ) {
-        let mut wheel = Wheel::new(start_ms);
-        // Model: timer number -> deadline, for live timers.
-        let mut model: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut handles: Vec<TimerHandle> = Vec::new();
-        for op in ops {
-            let now_ms = wheel.now_ms();
-            match op {
-                Op::InsertAhead(offset) => insert(&mut wheel, &mut model, &mut handles, now_ms.saturating_add(offset)),
-                Op::InsertBehind(back) => insert(&mut wheel, &mut model, &mut handles, now_ms.saturating_sub(back)),
-                Op::InsertAt(due_ms) => insert(&mut wheel, &mut model, &mut handles, due_ms),
-                Op::Cancel(n) => {
-                    if handles.is_empty() {
-                        continue;
-                    }
-                    let number = n % handles.len();
-                    let handle = handles[number];
-                    let expected_due_ms = model.get(&(number as u64)).copied();
-                    prop_assert_eq!(wheel.due_ms(handle), expected_due_ms);
-                    let cancelled = wheel.cancel(handle);
-                    prop_assert_eq!(cancelled, expected_due_ms.map(|_| number as u64));
-                    model.remove(&(number as u64));
+        run_against_model(start_ms, ops)?;
+    }
+}
+
+fn run_against_model(start_ms: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut wheel = Wheel::new(start_ms);
+    // Model: timer number -> deadline, for live timers.
+    let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut handles: Vec<TimerHandle> = Vec::new();
+    for op in ops {
+        let now_ms = wheel.now_ms();
+        match op {
+            Op::InsertAhead(offset) => insert(
+                &mut wheel,
+                &mut model,
+                &mut handles,
+                now_ms.saturating_add(offset),
+            ),
+            Op::InsertBehind(back) => insert(
+                &mut wheel,
+                &mut model,
+                &mut handles,
+                now_ms.saturating_sub(back),
+            ),
+            Op::InsertAt(due_ms) => insert(&mut wheel, &mut model, &mut handles, due_ms),
+            Op::Cancel(n) => {
+                if handles.is_empty() {
+                    continue;
                 }
-                Op::Advance(delta) => check_advance(&mut wheel, &mut model, now_ms.saturating_add(delta))?,
-                Op::AdvanceTo(to_ms) => check_advance(&mut wheel, &mut model, to_ms)?,
-                Op::AdvanceToNextDeadline => {
-                    if let Some(next_ms) = wheel.next_deadline_ms() {
-                        check_advance(&mut wheel, &mut model, next_ms)?;
-                    }
-                }
+                let number = n % handles.len();
+                let handle = handles[number];
+                let expected_due_ms = model.get(&(number as u64)).copied();
+                prop_assert_eq!(wheel.due_ms(handle), expected_due_ms);
+                let cancelled = wheel.cancel(handle);
+                prop_assert_eq!(cancelled, expected_due_ms.map(|_| number as u64));
+                model.remove(&(number as u64));
             }
-            wheel.check_invariants();
-            prop_assert_eq!(wheel.len(), model.len());
-            let model_min_ms = model.values().min().copied();
-            let next_ms = wheel.next_deadline_ms();
-            prop_assert_eq!(next_ms.is_some(), model_min_ms.is_some());
-            if let (Some(next_ms), Some(model_min_ms)) = (next_ms, model_min_ms) {
-                prop_assert!(next_ms <= model_min_ms, "next {} > earliest {}", next_ms, model_min_ms);
-                if model_min_ms > wheel.now_ms() {
-                    prop_assert!(next_ms > wheel.now_ms(), "next {} <= now {} with nothing due", next_ms, wheel.now_ms());
-                }
-                if model_min_ms > wheel.now_ms() && level_for(wheel.now_ms(), model_min_ms) == 0 {
-                    // Level 0 holds the earliest timer: the answer is exact.
-                    prop_assert_eq!(next_ms, model_min_ms);
+            Op::Advance(delta) => {
+                check_advance(&mut wheel, &mut model, now_ms.saturating_add(delta))?
+            }
+            Op::AdvanceTo(to_ms) => check_advance(&mut wheel, &mut model, to_ms)?,
+            Op::AdvanceToNextDeadline => {
+                if let Some(next_ms) = wheel.next_deadline_ms() {
+                    check_advance(&mut wheel, &mut model, next_ms)?;
                 }
             }
         }
-        check_advance(&mut wheel, &mut model, u64::MAX)?;
-        prop_assert!(wheel.is_empty());
+        wheel.check_invariants();
+        prop_assert_eq!(wheel.len(), model.len());
+        let model_min_ms = model.values().min().copied();
+        let next_ms = wheel.next_deadline_ms();
+        prop_assert_eq!(next_ms.is_some(), model_min_ms.is_some());
+        if let (Some(next_ms), Some(model_min_ms)) = (next_ms, model_min_ms) {
+            prop_assert!(
+                next_ms <= model_min_ms,
+                "next {} > earliest {}",
+                next_ms,
+                model_min_ms
+            );
+            if model_min_ms > wheel.now_ms() {
+                prop_assert!(
+                    next_ms > wheel.now_ms(),
+                    "next {} <= now {} with nothing due",
+                    next_ms,
+                    wheel.now_ms()
+                );
+            }
+            if model_min_ms > wheel.now_ms() && level_for(wheel.now_ms(), model_min_ms) == 0 {
+                // Level 0 holds the earliest timer: the answer is exact.
+                prop_assert_eq!(next_ms, model_min_ms);
+            }
+        }
     }
+    check_advance(&mut wheel, &mut model, u64::MAX)?;
+    prop_assert!(wheel.is_empty());
+    Ok(())
 }
 
 fn insert(
