@@ -213,7 +213,9 @@ pub struct Wheel<T> {
 }
 
 impl<T> Wheel<T> {
-    /// Bytes of memory per timer: the size of one slab entry. 24 for `Wheel<u64>`.
+    /// Bytes of memory per timer: one slab entry, payload plus links. 24 for `Wheel<u64>`.
+    /// Beyond it a wheel has a fixed 12 KiB of list heads and tails, and a slab keeps the
+    /// capacity of its largest size.
     pub const ENTRY_BYTES: usize = size_of::<Timer<T>>() + size_of::<Links>();
 }
 
@@ -343,7 +345,9 @@ impl<T: Copy> Wheel<T> {
     /// A `now_ms` earlier than [`now_ms`](Wheel::now_ms) does not move time back; it only
     /// yields timers inserted in the past that are due at or before it.
     ///
-    /// If `on_due` panics, the timer it was given is gone and no other timer is lost.
+    /// If `on_due` panics, the wheel stays memory-safe, but the timer it was given is gone and
+    /// the rest of the slot being expired may later come out late: drop the wheel and rebuild
+    /// it (for example with [`extend`](Wheel::extend)) rather than carry on.
     pub fn advance(&mut self, now_ms: u64, mut on_due: impl FnMut(u64, T)) {
         if self.heads[READY_LIST] != NIL {
             self.expire_ready(now_ms, &mut on_due);
