@@ -8,6 +8,12 @@
 //!
 //! `AFTERLOG_BENCH_SUMMARY_ONLY=1` skips criterion and prints only the table.
 //!
+//! Each run builds its structures afresh, so a phase that first touches memory (insert above
+//! all) pays page faults whenever the allocator has given the previous run's memory back to
+//! the system. That depends on allocation history, not on the structure: the wheel's insert
+//! has measured anywhere from about 60 to 320 Mops/s on one machine for this reason. In
+//! steady state a wheel reuses its slab through its free list and pays none of it.
+//!
 //! ```text
 //! cargo bench --bench wheel
 //! AFTERLOG_BENCH_TIMERS=100000 AFTERLOG_BENCH_SUMMARY_ONLY=1 cargo bench --bench wheel

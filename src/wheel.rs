@@ -186,6 +186,22 @@ pub struct TimerHandle {
 ///
 /// Insert and cancel are O(1); [`advance`](Wheel::advance) yields each due entry in amortised
 /// O(1) (an entry is moved down at most once per level it crosses).
+///
+/// ```
+/// use afterlog::wheel::Wheel;
+///
+/// let mut wheel = Wheel::new(1_000);
+/// let reminder = wheel.insert(1_500, "reminder");
+/// let retry = wheel.insert(61_000, "retry");
+/// assert!(wheel.next_deadline_ms() <= Some(1_500));
+///
+/// let mut fired = Vec::new();
+/// wheel.advance(1_500, |due_ms, what| fired.push((due_ms, what)));
+/// assert_eq!(fired, [(1_500, "reminder")]);
+/// assert_eq!(wheel.cancel(reminder), None, "already fired");
+/// assert_eq!(wheel.cancel(retry), Some("retry"));
+/// assert!(wheel.is_empty());
+/// ```
 pub struct Wheel<T> {
     /// Slab of entries, live and free: payloads and links are parallel arrays of one length.
     timers: Vec<Timer<T>>,
