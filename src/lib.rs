@@ -25,6 +25,7 @@ pub mod index;
 pub mod log;
 mod retry;
 pub mod storage;
+pub mod wheel;
 
 pub use after::{After, ONE_YEAR_MS, latest_due_ms};
 pub use clock::{Clock, MANUAL_WAIT_CAP, ManualClock, SYSTEM_WAIT_CAP, SystemClock, Wake};
