@@ -182,6 +182,26 @@ pub struct TimerHandle {
     generation: u16,
 }
 
+impl TimerHandle {
+    /// The handle packed in a `u64`, for owners that store it in a plain integer field (the
+    /// event index keeps one per scheduled event). Never equals `u64::MAX`.
+    pub fn to_u64(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    /// The handle packed by [`to_u64`](TimerHandle::to_u64); `None` for a value no handle
+    /// packs to.
+    pub fn from_u64(packed: u64) -> Option<TimerHandle> {
+        if packed >> 48 != 0 {
+            return None;
+        }
+        Some(TimerHandle {
+            index: packed as u32,
+            generation: (packed >> 32) as u16,
+        })
+    }
+}
+
 /// A hierarchical timing wheel of values `T`, each due at an absolute time in milliseconds.
 ///
 /// Insert and cancel are O(1); [`advance`](Wheel::advance) yields each due entry in amortised
