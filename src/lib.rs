@@ -25,6 +25,8 @@ pub mod index;
 pub mod log;
 mod retry;
 pub mod storage;
+#[doc(hidden)]
+pub mod testing;
 pub mod wheel;
 
 pub use after::{After, ONE_YEAR_MS, latest_due_ms};
