@@ -138,7 +138,8 @@ impl RecordBytes {
 pub struct Log {
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    _lock: LockGuard,
+    /// Held from open to close.
+    lock: Mutex<Option<LockGuard>>,
 }
 
 impl std::fmt::Debug for Log {
@@ -241,7 +242,7 @@ impl Log {
             Log {
                 shared,
                 writer: Mutex::new(Some(handle)),
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
             },
             report,
         ))
@@ -391,14 +392,12 @@ impl Log {
         self.shared.segments.all().iter().map(|s| s.id).collect()
     }
 
-    /// Syncs everything, stops the writer and releases the directory lock.
-    pub fn close(self) -> Result<()> {
-        self.shutdown()
-    }
-
-    fn shutdown(&self) -> Result<()> {
+    /// Syncs everything, stops the writer and releases the directory lock; later appends
+    /// fail with `Error::Closed`. Reads of sealed segments keep working.
+    pub fn close(&self) -> Result<()> {
         let handle = self.writer.lock().take();
         let Some(handle) = handle else { return Ok(()) };
+        let _release = ReleaseOnReturn(&self.lock);
         let flushed = self.flush();
         self.shared.queue.lock().closing = true;
         self.shared.work.notify_one();
@@ -411,8 +410,17 @@ impl Log {
     }
 }
 
+/// Releases the directory lock when `close` returns, whatever it returns.
+struct ReleaseOnReturn<'a>(&'a Mutex<Option<LockGuard>>);
+
+impl Drop for ReleaseOnReturn<'_> {
+    fn drop(&mut self) {
+        self.0.lock().take();
+    }
+}
+
 impl Drop for Log {
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        let _ = self.close();
     }
 }

@@ -1,0 +1,669 @@
+//! Delivery: the scheduler thread, the worker pool and the timeout watchdog.
+//!
+//! The scheduler sleeps on the engine's clock until the wheel's next deadline (or a wake-up
+//! from a publisher), takes every due event out of the wheel and sends them to the workers
+//! in batches. A worker *prepares* a batch — reads each publish record, and writes one record
+//! per event, all with one sync: an attempt (the handlers will run), an ack (no handler for
+//! the name: ignored) or a drop (past retention) — then runs the handlers of each attempted
+//! event in turn and writes the outcomes, again with one sync.
+//!
+//! A worker's batch lives in its `Slot`, so that when a handler runs past its deadline the
+//! watchdog can abandon the worker (its thread is left to finish the handler; the late
+//! result is ignored), fail that attempt with `FUNCTION_TIME_OUT`, and hand the rest of the
+//! batch to a new worker thread: capacity is kept.
+//!
+//! Architecture Invariant: an attempt record is durable before any handler of that attempt
+//! runs, so attempt counts never go backwards across a crash.
+
+use super::handler::{Context, Deadline, Event, HandlerErrorKind};
+use super::{Inner, Registered};
+use crate::clock::Wake;
+use crate::format::{
+    Ack, AckOutcome, Attempt, DropReason as RecordDropReason, Record, Retry, clip_message,
+};
+use crate::ids::{EventId, JobId};
+use crate::index::{Applied, EventState, NO_TIMER};
+use crate::log::RecordBytes;
+use crate::retry::{Decision, DropReason, Failure, FailureInput, RetryContext, RetryReason};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Most events in one batch handed to a worker.
+const MAX_BATCH: usize = 512;
+
+/// The running delivery threads of an engine.
+pub(crate) struct Delivery {
+    scheduler: JoinHandle<()>,
+    watchdog: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+/// What the scheduler, the workers and the watchdog share.
+struct Shared {
+    dispatch: Mutex<Option<Sender<Vec<u64>>>>,
+    receiver: Receiver<Vec<u64>>,
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Wakes the watchdog when a handler starts.
+    watch: Wake,
+    stopping: AtomicBool,
+    /// Workers not abandoned and not yet exited.
+    alive: Mutex<usize>,
+    exited: Condvar,
+}
+
+/// One event ready for its handlers: its attempt record is durable.
+struct Prepared {
+    id: EventId,
+    name: Arc<str>,
+    record: Arc<RecordBytes>,
+    body: Range<usize>,
+    published_ms: i64,
+    first_due_ms: i64,
+    attempt: u32,
+    job: Option<JobId>,
+    retry_context: Option<RetryContext>,
+    handlers: Arc<[Registered]>,
+}
+
+struct Outcome {
+    prepared: Arc<Prepared>,
+    failure: Option<Failure>,
+}
+
+#[derive(Default)]
+struct Batch {
+    remaining: VecDeque<Arc<Prepared>>,
+    outcomes: Vec<Outcome>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    abandoned: bool,
+    current: Option<(Arc<Prepared>, Arc<Deadline>)>,
+    batch: Batch,
+}
+
+/// A worker's state, shared with the watchdog.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+impl Delivery {
+    pub fn start(inner: &Arc<Inner>) -> Delivery {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let workers = inner.options.workers;
+        let shared = Arc::new(Shared {
+            dispatch: Mutex::new(Some(tx)),
+            receiver: rx,
+            slots: Mutex::new(Vec::new()),
+            watch: Wake::new(),
+            stopping: AtomicBool::new(false),
+            alive: Mutex::new(0),
+            exited: Condvar::new(),
+        });
+        for _ in 0..workers {
+            spawn_worker(inner, &shared, Batch::default());
+        }
+        let scheduler = {
+            let (inner, shared) = (inner.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("afterlog-scheduler".into())
+                .spawn(move || schedule(&inner, &shared))
+                .expect("spawn the scheduler thread")
+        };
+        let watchdog = {
+            let (inner, shared) = (inner.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("afterlog-watchdog".into())
+                .spawn(move || watch(&inner, &shared))
+                .expect("spawn the watchdog thread")
+        };
+        Delivery {
+            scheduler,
+            watchdog,
+            shared,
+        }
+    }
+
+    /// Stops the scheduler, lets the workers finish what was dispatched (running handlers up
+    /// to their timeouts), then stops the watchdog.
+    pub fn stop(self, inner: &Inner) {
+        inner.wake.notify();
+        let _ = self.scheduler.join();
+        self.shared.dispatch.lock().take();
+        let until = Instant::now() + super::MAX_HANDLER_TIMEOUT + Duration::from_secs(5);
+        let mut alive = self.shared.alive.lock();
+        while *alive > 0 && Instant::now() < until {
+            self.shared
+                .exited
+                .wait_for(&mut alive, Duration::from_millis(50));
+        }
+        drop(alive);
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.watch.notify();
+        let _ = self.watchdog.join();
+    }
+}
+
+fn spawn_worker(inner: &Arc<Inner>, shared: &Arc<Shared>, batch: Batch) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(SlotState {
+            batch,
+            ..SlotState::default()
+        }),
+    });
+    shared.slots.lock().push(slot.clone());
+    *shared.alive.lock() += 1;
+    let (thread_inner, thread_shared, thread_slot) = (inner.clone(), shared.clone(), slot.clone());
+    let spawned = std::thread::Builder::new()
+        .name("afterlog-worker".into())
+        .spawn(move || work(&thread_inner, &thread_shared, &thread_slot));
+    if spawned.is_err() {
+        // The operating system refused a thread. The batch's events stay Running in the log
+        // and are delivered again after a restart; here they stop counting as in flight.
+        shared.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
+        *shared.alive.lock() -= 1;
+        let state = std::mem::take(&mut *slot.state.lock());
+        finish(
+            inner,
+            (state.batch.remaining.len() + state.batch.outcomes.len()) as u64,
+        );
+    }
+}
+
+/// The scheduler thread.
+fn schedule(inner: &Arc<Inner>, shared: &Shared) {
+    let mut due = Vec::new();
+    loop {
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let now_ms = inner.clock.now_ms();
+        let next = {
+            let mut core = inner.core.lock();
+            core.wheel
+                .advance(now_ms.max(0) as u64, |_, id| due.push(id));
+            for id in &due {
+                core.index.set_timer(EventId(*id), NO_TIMER);
+            }
+            core.in_flight += due.len() as u64;
+            let next = core
+                .wheel
+                .next_deadline_ms()
+                .map(|d| d.min(i64::MAX as u64) as i64);
+            core.sleeping_until_ms = if due.is_empty() {
+                next.unwrap_or(i64::MAX)
+            } else {
+                i64::MIN
+            };
+            next
+        };
+        if !due.is_empty() {
+            let per_worker = due
+                .len()
+                .div_ceil(inner.options.workers)
+                .clamp(1, MAX_BATCH);
+            let dispatch = shared.dispatch.lock().clone();
+            for chunk in due.chunks(per_worker) {
+                if let Some(tx) = &dispatch {
+                    let _ = tx.send(chunk.to_vec());
+                }
+            }
+            due.clear();
+            // More may have fallen due meanwhile: look again before sleeping.
+            continue;
+        }
+        inner.clock.wait_until(&inner.wake, next);
+    }
+}
+
+/// A worker thread.
+fn work(inner: &Arc<Inner>, shared: &Shared, slot: &Slot) {
+    loop {
+        if !run_batch(inner, shared, slot) {
+            // Abandoned by the watchdog: another thread carries on with the batch.
+            return;
+        }
+        let Ok(ids) = shared.receiver.recv() else {
+            break;
+        };
+        let prepared = prepare(inner, ids);
+        slot.state.lock().batch.remaining.extend(prepared);
+    }
+    *shared.alive.lock() -= 1;
+    shared.exited.notify_all();
+}
+
+/// Runs the handlers of every event in the slot's batch, then writes the outcomes. Returns
+/// false if the watchdog abandoned this worker meanwhile.
+fn run_batch(inner: &Arc<Inner>, shared: &Shared, slot: &Slot) -> bool {
+    loop {
+        let next = {
+            let mut state = slot.state.lock();
+            if state.abandoned {
+                return false;
+            }
+            state.batch.remaining.pop_front()
+        };
+        let Some(prepared) = next else { break };
+        let Some(failure) = run_handlers(inner, shared, slot, &prepared) else {
+            return false;
+        };
+        let mut state = slot.state.lock();
+        if state.abandoned {
+            return false;
+        }
+        state.batch.outcomes.push(Outcome { prepared, failure });
+    }
+    let outcomes = std::mem::take(&mut slot.state.lock().batch.outcomes);
+    write_outcomes(inner, outcomes);
+    true
+}
+
+/// Calls every handler of the event in order. `None` if the worker was abandoned; otherwise
+/// the attempt's failure, if any.
+fn run_handlers(
+    inner: &Arc<Inner>,
+    shared: &Shared,
+    slot: &Slot,
+    p: &Arc<Prepared>,
+) -> Option<Option<Failure>> {
+    let event = Event {
+        id: p.id,
+        name: p.name.clone(),
+        record: p.record.clone(),
+        body: p.body.clone(),
+        time_ms: p.published_ms,
+        delay_ms: p.first_due_ms - p.published_ms,
+        attempt: p.attempt,
+        job: p.job,
+        retry_context: p.retry_context.clone(),
+    };
+    let mut first_failure = None;
+    for registered in p.handlers.iter() {
+        let started_ms = inner.clock.now_ms();
+        let timeout_ms = registered.options.timeout.as_millis() as i64;
+        let deadline = Arc::new(Deadline {
+            started_ms,
+            deadline_ms: Mutex::new(started_ms.saturating_add(timeout_ms)),
+        });
+        {
+            let mut state = slot.state.lock();
+            if state.abandoned {
+                return None;
+            }
+            state.current = Some((p.clone(), deadline.clone()));
+        }
+        shared.watch.notify();
+        let mut ctx = Context {
+            job: p.job,
+            deadline: deadline.clone(),
+            engine: Arc::downgrade(inner),
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| (registered.handler)(&event, &mut ctx)));
+        {
+            let mut state = slot.state.lock();
+            if state.abandoned {
+                return None;
+            }
+            state.current = None;
+        }
+        // A result that arrives after the deadline is ignored, even if the watchdog has not
+        // noticed yet: the clock decides, not the race.
+        if inner.clock.now_ms() > *deadline.deadline_ms.lock() {
+            inner.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
+            return Some(Some(Failure::Platform {
+                reason: RetryReason::TimeOut,
+            }));
+        }
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(match e.kind {
+                HandlerErrorKind::Message(message) => Failure::Error { message },
+                HandlerErrorKind::Retry(options) => Failure::RetryRequested(options),
+            }),
+            Err(_) => {
+                inner.metrics.panicked.fetch_add(1, Ordering::Relaxed);
+                Some(Failure::Platform {
+                    reason: RetryReason::PlatformUnknownError,
+                })
+            }
+        };
+        if first_failure.is_none() {
+            first_failure = failure;
+        }
+    }
+    Some(first_failure)
+}
+
+/// The watchdog thread: fails attempts whose handler runs past its deadline.
+fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
+    while !shared.stopping.load(Ordering::Acquire) {
+        let now_ms = inner.clock.now_ms();
+        let mut earliest: Option<i64> = None;
+        let slots = shared.slots.lock().clone();
+        for slot in slots {
+            let mut state = slot.state.lock();
+            let Some((prepared, deadline)) = state.current.clone() else {
+                continue;
+            };
+            let deadline_ms = *deadline.deadline_ms.lock();
+            if now_ms <= deadline_ms {
+                earliest = Some(earliest.map_or(deadline_ms, |e| e.min(deadline_ms)));
+                continue;
+            }
+            // Abandon the worker: its thread finishes the handler on its own and exits; the
+            // rest of its batch moves to a new worker.
+            state.abandoned = true;
+            state.current = None;
+            let mut batch = std::mem::take(&mut state.batch);
+            drop(state);
+            batch.outcomes.push(Outcome {
+                prepared,
+                failure: Some(Failure::Platform {
+                    reason: RetryReason::TimeOut,
+                }),
+            });
+            inner.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
+            inner
+                .metrics
+                .workers_replaced
+                .fetch_add(1, Ordering::Relaxed);
+            shared.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
+            {
+                let mut alive = shared.alive.lock();
+                *alive -= 1;
+            }
+            spawn_worker(inner, shared, batch);
+        }
+        inner
+            .clock
+            .wait_until(&shared.watch, earliest.map(|d| d.saturating_add(1)));
+    }
+}
+
+/// What the worker found for one due event.
+enum Plan {
+    Attempt(Prepared),
+    Ignore { id: EventId, attempt: u32 },
+    Expire { id: EventId, attempt: u32 },
+}
+
+/// Reads each due event and writes its attempt (or ignore/expire) record; returns the events
+/// whose handlers should run.
+fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
+    let now_ms = inner.clock.now_ms();
+    let retention_ms = inner.options.retention.as_millis().min(i64::MAX as u128) as i64;
+    let started = inner.started.load(Ordering::Acquire);
+    let mut plans = Vec::with_capacity(ids.len());
+    let mut finished = 0u64;
+    for id in ids {
+        let id = EventId(id);
+        let info = {
+            let core = inner.core.lock();
+            core.index
+                .get(id)
+                .filter(|i| i.state == EventState::Scheduled)
+                .map(|i| {
+                    let retry = i.retry.and_then(|r| {
+                        Some(RetryContext {
+                            retry_count: r.retry_count,
+                            retry_reason: RetryReason::from_code(r.reason)?,
+                            retry_data: r.data.to_vec(),
+                        })
+                    });
+                    (
+                        i.location,
+                        i.attempts,
+                        i.due_ms,
+                        i.job,
+                        Arc::<str>::from(i.name),
+                        retry,
+                    )
+                })
+        };
+        let Some((location, attempts, due_ms, job, name, retry_context)) = info else {
+            // Cancelled or finished since it fell due.
+            finished += 1;
+            continue;
+        };
+        let Some((record, body, published_ms, first_due_ms)) = read_publish(inner, id, location)
+        else {
+            inner.metrics.read_errors.fetch_add(1, Ordering::Relaxed);
+            finished += 1;
+            continue;
+        };
+        if now_ms > first_due_ms.saturating_add(retention_ms) {
+            plans.push(Plan::Expire {
+                id,
+                attempt: attempts,
+            });
+            continue;
+        }
+        let handlers = inner.handlers.read().get(&*name).cloned();
+        match handlers {
+            Some(handlers) if !handlers.is_empty() => {
+                inner.metrics.record_lateness(now_ms - due_ms);
+                plans.push(Plan::Attempt(Prepared {
+                    id,
+                    name,
+                    record,
+                    body,
+                    published_ms,
+                    first_due_ms,
+                    attempt: attempts + 1,
+                    job,
+                    retry_context,
+                    handlers,
+                }));
+            }
+            _ if started => plans.push(Plan::Ignore {
+                id,
+                attempt: attempts,
+            }),
+            _ => finished += 1,
+        }
+    }
+    finish(inner, finished);
+    if plans.is_empty() {
+        return Vec::new();
+    }
+    let records: Vec<Record<'_>> = plans
+        .iter()
+        .map(|plan| match plan {
+            Plan::Attempt(p) => Record::Attempt(Attempt {
+                event: p.id,
+                attempt: p.attempt,
+                started_ms: now_ms,
+            }),
+            Plan::Ignore { id, attempt } => Record::Ack(Ack {
+                event: *id,
+                attempt: *attempt,
+                acked_ms: now_ms,
+                outcome: AckOutcome::Ignored,
+            }),
+            Plan::Expire { id, attempt } => Record::Drop(crate::format::Drop {
+                event: *id,
+                attempt: *attempt,
+                dropped_ms: now_ms,
+                reason: RecordDropReason::Expired,
+                message: "not acknowledged within the retention after its first due time",
+            }),
+        })
+        .collect();
+    let Ok(positions) = inner.log.append_all(&records) else {
+        // The log is poisoned: nothing more can be recorded; the events stay pending on disk.
+        finish(inner, plans.len() as u64);
+        return Vec::new();
+    };
+    let mut ready = Vec::new();
+    let mut done = 0u64;
+    for ((plan, record), pos) in plans.into_iter().zip(&records).zip(positions) {
+        let applied = inner.apply(pos, record);
+        match plan {
+            Plan::Attempt(p) if matches!(applied, Ok(Applied::Changed)) => {
+                inner.metrics.delivered.fetch_add(1, Ordering::Relaxed);
+                ready.push(Arc::new(p));
+            }
+            Plan::Attempt(_) => done += 1,
+            Plan::Ignore { .. } => {
+                inner.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+                done += 1;
+            }
+            Plan::Expire { .. } => {
+                inner.metrics.expired.fetch_add(1, Ordering::Relaxed);
+                done += 1;
+            }
+        }
+    }
+    finish(inner, done);
+    ready
+}
+
+/// Reads an event's publish record: the record, the body's range in its payload, when it
+/// was published and when it was first due.
+fn read_publish(
+    inner: &Inner,
+    id: EventId,
+    location: crate::index::Location,
+) -> Option<(Arc<RecordBytes>, Range<usize>, i64, i64)> {
+    let bytes = inner
+        .log
+        .read(u64::from(location.segment), u64::from(location.offset))
+        .ok()?;
+    let (range, published_ms, first_due_ms) = {
+        let Ok(Record::Publish(publish)) = bytes.record() else {
+            return None;
+        };
+        let entry = publish.events().find(|e| e.id == id)?;
+        let start = entry.body.as_ptr() as usize - bytes.payload().as_ptr() as usize;
+        (
+            start..start + entry.body.len(),
+            publish.published_ms,
+            entry.due_ms,
+        )
+    };
+    Some((Arc::new(bytes), range, published_ms, first_due_ms))
+}
+
+/// An attempt and, if it failed, what its policy decided and the failure's message.
+type Decided = (Arc<Prepared>, Option<(Decision, String)>);
+
+/// Writes the outcomes of a batch's attempts with one sync and applies them.
+fn write_outcomes(inner: &Arc<Inner>, outcomes: Vec<Outcome>) {
+    if outcomes.is_empty() {
+        return;
+    }
+    let now_ms = inner.clock.now_ms();
+    let retention_ms = inner.options.retention.as_millis().min(i64::MAX as u128) as i64;
+    // Decide first, with owned messages, then borrow them into records.
+    let decided: Vec<Decided> = outcomes
+        .into_iter()
+        .map(|o| {
+            let decision = o.failure.map(|failure| {
+                let p = &o.prepared;
+                let mut decision = inner.options.policy_for(&p.name).decide(&FailureInput {
+                    event_id: p.id.0,
+                    attempt: p.attempt,
+                    first_due_ms: p.first_due_ms,
+                    now_ms,
+                    previous: p.retry_context.as_ref(),
+                    failure: &failure,
+                });
+                if let Decision::Retry { next_due_ms, .. } = decision
+                    && next_due_ms > p.first_due_ms.saturating_add(retention_ms)
+                {
+                    decision = Decision::Drop {
+                        reason: DropReason::MaxAge,
+                    };
+                }
+                (decision, failure_message(&failure))
+            });
+            (o.prepared, decision)
+        })
+        .collect();
+    let records: Vec<Record<'_>> = decided
+        .iter()
+        .map(|(p, decision)| match decision {
+            None => Record::Ack(Ack {
+                event: p.id,
+                attempt: p.attempt,
+                acked_ms: now_ms,
+                outcome: AckOutcome::Handled,
+            }),
+            Some((
+                Decision::Retry {
+                    next_due_ms,
+                    context,
+                },
+                message,
+            )) => Record::Retry(Retry {
+                event: p.id,
+                attempt: p.attempt,
+                failed_ms: now_ms,
+                next_due_ms: *next_due_ms,
+                retry_count: context.as_ref().map_or(0, |c| c.retry_count),
+                reason: context.as_ref().map_or(0, |c| c.retry_reason.code()),
+                message: clip_message(message),
+                data: context.as_ref().map_or(&[][..], |c| &c.retry_data),
+            }),
+            Some((Decision::Drop { reason }, message)) => Record::Drop(crate::format::Drop {
+                event: p.id,
+                attempt: p.attempt,
+                dropped_ms: now_ms,
+                reason: match reason {
+                    DropReason::Exhausted => RecordDropReason::Exhausted,
+                    DropReason::MaxAge => RecordDropReason::MaxAge,
+                },
+                message: clip_message(message),
+            }),
+        })
+        .collect();
+    let n = records.len() as u64;
+    // A record the limits refuse (retry data too large) fails alone: its event is retried
+    // without the data rather than losing the whole batch.
+    let positions = match inner.log.append_all(&records) {
+        Ok(p) => p,
+        Err(_) => {
+            finish(inner, n);
+            return;
+        }
+    };
+    for (record, pos) in records.iter().zip(positions) {
+        let _ = inner.apply(pos, record);
+        let counter = match record {
+            Record::Ack(_) => &inner.metrics.acked,
+            Record::Retry(_) => &inner.metrics.retried,
+            _ => &inner.metrics.dropped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    finish(inner, n);
+}
+
+fn failure_message(failure: &Failure) -> String {
+    match failure {
+        Failure::Error { message } => message.clone(),
+        Failure::RetryRequested(o) => format!("retry requested: {}", o.reason),
+        Failure::Platform { reason } => reason.to_string(),
+    }
+}
+
+/// Marks `n` in-flight events finished.
+fn finish(inner: &Inner, n: u64) {
+    if n == 0 {
+        return;
+    }
+    let mut core = inner.core.lock();
+    core.in_flight = core.in_flight.saturating_sub(n);
+    drop(core);
+    inner.idle.notify_all();
+}

@@ -1,0 +1,209 @@
+//! What handlers see and return: [`Event`], [`Context`], [`HandlerError`], [`HandlerOptions`].
+
+use super::options::{DEFAULT_HANDLER_TIMEOUT, MAX_HANDLER_TIMEOUT};
+use crate::ids::{EventId, JobId};
+use crate::log::RecordBytes;
+use crate::retry::{RetryContext, RetryOptions};
+use parking_lot::Mutex;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A handler: called with the event and a context; `Ok(())` acknowledges.
+pub type Handler = dyn Fn(&Event, &mut Context) -> Result<(), HandlerError> + Send + Sync + 'static;
+
+/// Options of one handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandlerOptions {
+    pub(crate) timeout: Duration,
+}
+
+impl Default for HandlerOptions {
+    fn default() -> Self {
+        HandlerOptions {
+            timeout: DEFAULT_HANDLER_TIMEOUT,
+        }
+    }
+}
+
+impl HandlerOptions {
+    /// How long the handler may run before its attempt fails with `FUNCTION_TIME_OUT`
+    /// (default 5 s; at most 60 s — longer values are lowered to 60 s).
+    pub fn timeout(mut self, timeout: Duration) -> HandlerOptions {
+        self.timeout = timeout.min(MAX_HANDLER_TIMEOUT);
+        self
+    }
+}
+
+/// One delivery of an event to a handler. Every handler of one attempt sees the same `time`,
+/// `delay`, `attempt` and retry context.
+pub struct Event {
+    pub(crate) id: EventId,
+    pub(crate) name: Arc<str>,
+    pub(crate) record: Arc<RecordBytes>,
+    pub(crate) body: Range<usize>,
+    pub(crate) time_ms: i64,
+    pub(crate) delay_ms: i64,
+    pub(crate) attempt: u32,
+    pub(crate) job: Option<JobId>,
+    pub(crate) retry_context: Option<RetryContext>,
+}
+
+impl Event {
+    /// The event's id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// Its name, e.g. `user.joined`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The body given to `publish`, read from the log (a memory-mapped segment).
+    pub fn body(&self) -> &[u8] {
+        &self.record.payload()[self.body.clone()]
+    }
+
+    /// The body parsed as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(self.body())
+    }
+
+    /// When `publish` was called, Unix epoch ms.
+    pub fn time_ms(&self) -> i64 {
+        self.time_ms
+    }
+
+    /// How long the event was delayed: its first due time minus `time_ms`, in ms.
+    pub fn delay_ms(&self) -> i64 {
+        self.delay_ms
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The job the event belongs to, if it was pushed as one.
+    pub fn job(&self) -> Option<JobId> {
+        self.job
+    }
+
+    /// What the previous attempt asked to pass on (Forge's `retryContext`), on a retry.
+    pub fn retry_context(&self) -> Option<&RetryContext> {
+        self.retry_context.as_ref()
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("body_len", &self.body.len())
+            .field("time_ms", &self.time_ms)
+            .field("delay_ms", &self.delay_ms)
+            .field("attempt", &self.attempt)
+            .field("job", &self.job)
+            .field("retry_context", &self.retry_context)
+            .finish()
+    }
+}
+
+/// The running handler's deadline, shared with the watchdog that enforces it.
+#[derive(Debug)]
+pub(crate) struct Deadline {
+    pub started_ms: i64,
+    pub deadline_ms: Mutex<i64>,
+}
+
+/// What a handler can do besides returning: change its timeout, cancel its job.
+pub struct Context {
+    pub(crate) job: Option<JobId>,
+    pub(crate) deadline: Arc<Deadline>,
+    pub(crate) engine: std::sync::Weak<super::Inner>,
+}
+
+impl Context {
+    /// Sets this handler's timeout, counted from when it started (at most 60 s).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        let timeout = timeout.min(MAX_HANDLER_TIMEOUT);
+        *self.deadline.deadline_ms.lock() = self
+            .deadline
+            .started_ms
+            .saturating_add(timeout.as_millis() as i64);
+    }
+
+    /// Cancels the event's job (Forge's `jobProgress.cancel()`): no event of it that has not
+    /// started will be attempted. Durable when it returns. Returns how many events were
+    /// cancelled; 0 for an event that is not part of a job.
+    pub fn cancel_job(&mut self) -> crate::Result<u64> {
+        let Some(job) = self.job else { return Ok(0) };
+        let engine = self.engine.upgrade().ok_or(crate::Error::Closed)?;
+        engine.cancel_job(job)
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("job", &self.job)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// Why a handler failed. `?` converts any standard error into one.
+pub struct HandlerError {
+    pub(crate) kind: HandlerErrorKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum HandlerErrorKind {
+    Message(String),
+    Retry(RetryOptions),
+}
+
+impl HandlerError {
+    /// A failure with a message; the name's retry policy decides what happens next.
+    pub fn msg(message: impl Into<String>) -> HandlerError {
+        HandlerError {
+            kind: HandlerErrorKind::Message(message.into()),
+        }
+    }
+
+    /// A request to be retried (Forge's `InvocationError`): after `retry_after` (at most
+    /// 900 s), with the reason and data passed to the next attempt's retry context.
+    pub fn retry(options: RetryOptions) -> HandlerError {
+        HandlerError {
+            kind: HandlerErrorKind::Retry(options),
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(error: E) -> HandlerError {
+        HandlerError::msg(error.to_string())
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            HandlerErrorKind::Message(m) => f.write_str(m),
+            HandlerErrorKind::Retry(o) => write!(
+                f,
+                "retry requested ({}) after {:?}",
+                o.reason, o.retry_after
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.kind, f)
+    }
+}

@@ -1,0 +1,560 @@
+//! The engine: the log, the event index and the timing wheel joined into the product.
+//!
+//! - `options.rs`: [`Options`].
+//! - `handler.rs`: what handlers see and return.
+//! - `delivery.rs`: the scheduler thread, the worker pool and the timeout watchdog.
+//! - `metrics.rs`: counters and the lateness histogram.
+//!
+//! Publishing writes a durable record, then applies it to the index and the wheel under one
+//! lock (`Core`). The scheduler takes due events out of the wheel and hands them to workers in
+//! batches; a worker writes the batch's attempt records (one sync), runs the handlers, and
+//! writes their outcomes (one sync).
+
+mod delivery;
+mod handler;
+mod metrics;
+mod options;
+
+pub use handler::{Context, Event, Handler, HandlerError, HandlerOptions};
+pub use metrics::Metrics;
+pub use options::{
+    DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION,
+    FORGE_MAX_DELAY, MAX_HANDLER_TIMEOUT, Options,
+};
+
+use crate::after::After;
+use crate::clock::{Clock, Wake};
+use crate::error::{Error, Result};
+use crate::format::{
+    Cancel, CancelTarget, MAX_PAYLOAD_LEN, Publish, PublishEntry, Record, validate_name,
+};
+use crate::ids::{EventId, JobId};
+use crate::index::{Applied, Effect, Index, JobStats, Location};
+use crate::log::{Log, Position};
+use crate::retry::RetryPolicy;
+use crate::storage::{FsStorage, Storage};
+use crate::wheel::{TimerHandle, Wheel};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A handler registered for a name, with its options.
+pub(crate) struct Registered {
+    pub handler: Arc<Handler>,
+    pub options: HandlerOptions,
+}
+
+/// The index and the wheel, always changed together under one lock.
+pub(crate) struct Core {
+    pub index: Index,
+    pub wheel: Wheel<u64>,
+    /// Events taken out of the wheel whose attempt has not finished.
+    pub in_flight: u64,
+    /// The deadline the scheduler sleeps until (`i64::MAX`: none), so publishers know
+    /// whether to wake it.
+    pub sleeping_until_ms: i64,
+}
+
+impl Core {
+    /// Carries out the index's effects on the wheel.
+    pub fn apply_effects(&mut self, effects: &mut Vec<Effect>) -> Option<i64> {
+        let mut earliest = None;
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Schedule { event, due_ms } => {
+                    let handle = self.wheel.insert(due_ms.max(0) as u64, event.0);
+                    self.index.set_timer(event, handle.to_u64());
+                    earliest = Some(earliest.map_or(due_ms, |e: i64| e.min(due_ms)));
+                }
+                Effect::Unschedule { timer, .. } => {
+                    if let Some(handle) = TimerHandle::from_u64(timer) {
+                        self.wheel.cancel(handle);
+                    }
+                }
+            }
+        }
+        earliest
+    }
+}
+
+pub(crate) struct Inner {
+    pub log: Log,
+    pub core: Mutex<Core>,
+    pub options: Options,
+    pub clock: Arc<dyn Clock>,
+    pub handlers: RwLock<HashMap<String, Arc<[Registered]>>>,
+    next_event: AtomicU64,
+    next_job: AtomicU64,
+    /// Wakes the scheduler.
+    pub wake: Wake,
+    pub started: AtomicBool,
+    pub closing: AtomicBool,
+    /// Notified whenever work finishes, for `wait_idle` and `close`.
+    pub idle: Condvar,
+    pub metrics: metrics::Counters,
+    pub delivery: Mutex<Option<delivery::Delivery>>,
+    forge_names: Vec<String>,
+}
+
+/// An open data directory: publish events, register handlers, and (after
+/// [`start`](Engine::start)) have them delivered. Cheap to clone; clones share the engine.
+/// Dropping the last clone closes it.
+#[derive(Clone)]
+pub struct Engine {
+    handle: Arc<Handle>,
+}
+
+/// Closes the engine when the last [`Engine`] clone is dropped. Threads of the engine hold
+/// `Inner`, not this, so they never keep an engine open that its users dropped.
+struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.inner.close();
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("log", &self.handle.inner.log)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens (recovers) the data directory `dir` with default options, creating it if needed.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Engine> {
+        Engine::open_with(dir, Options::default())
+    }
+
+    /// Opens (recovers) the data directory `dir`: takes its lock, replays the log into the
+    /// index, rebuilds the wheel in bulk and continues ids. Publishing works at once;
+    /// delivery begins at [`start`](Engine::start).
+    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Engine> {
+        let dir = dir.as_ref();
+        let storage =
+            FsStorage::new(dir).map_err(|e| Error::io("create data directory", dir, e))?;
+        Engine::open_storage(Arc::new(storage), options)
+    }
+
+    /// Opens an engine on any [`Storage`] (the fault-injecting `MemStorage` in tests).
+    pub fn open_storage(storage: Arc<dyn Storage>, options: Options) -> Result<Engine> {
+        if options.log.segment_bytes > u64::from(u32::MAX) {
+            return Err(Error::LimitExceeded {
+                what: "segment bytes",
+                found: options.log.segment_bytes,
+                max: u64::from(u32::MAX),
+            });
+        }
+        let mut index = Index::new();
+        let mut effects = Vec::new();
+        let mut rejected = 0u64;
+        let (log, _recovery) = Log::open(storage, options.log.clone(), |pos, record| {
+            match index.apply(location(pos), record, &mut effects) {
+                Ok(_) => {}
+                // A record the index cannot apply (an outcome whose publish was compacted
+                // away, say) changes nothing; replay carries on.
+                Err(_) => rejected += 1,
+            }
+            effects.clear();
+            Ok(())
+        })?;
+        let clock = options.clock.clone();
+        let now_ms = clock.now_ms();
+        index.finish_replay(now_ms, &mut effects);
+        effects.clear();
+        let scheduled: Vec<(EventId, i64)> = index.scheduled().collect();
+        let mut wheel = Wheel::with_capacity(now_ms.max(0) as u64, scheduled.len());
+        for (id, due_ms) in scheduled {
+            let handle = wheel.insert(due_ms.max(0) as u64, id.0);
+            index.set_timer(id, handle.to_u64());
+        }
+        let next_event = index.max_event_id().map_or(1, |id| id.0 + 1);
+        let next_job = index.max_job_id().map_or(1, |id| id.0 + 1);
+        let forge = RetryPolicy::forge();
+        let forge_names = options
+            .policies
+            .iter()
+            .filter(|(_, p)| **p == forge)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let metrics = metrics::Counters::default();
+        metrics.replay_rejected.store(rejected, Ordering::Relaxed);
+        let inner = Arc::new(Inner {
+            log,
+            core: Mutex::new(Core {
+                index,
+                wheel,
+                in_flight: 0,
+                sleeping_until_ms: i64::MAX,
+            }),
+            clock,
+            handlers: RwLock::new(HashMap::new()),
+            next_event: AtomicU64::new(next_event),
+            next_job: AtomicU64::new(next_job),
+            wake: Wake::new(),
+            started: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            idle: Condvar::new(),
+            metrics,
+            delivery: Mutex::new(None),
+            forge_names,
+            options,
+        });
+        Ok(Engine {
+            handle: Arc::new(Handle { inner }),
+        })
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.handle.inner
+    }
+
+    /// Registers a handler for events named `name`, with the default options (5 s timeout).
+    /// Handlers of one name are called in registration order.
+    pub fn on<F>(&self, name: &str, handler: F)
+    where
+        F: Fn(&Event, &mut Context) -> std::result::Result<(), HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.on_with(name, HandlerOptions::default(), handler);
+    }
+
+    /// Registers a handler with options.
+    pub fn on_with<F>(&self, name: &str, options: HandlerOptions, handler: F)
+    where
+        F: Fn(&Event, &mut Context) -> std::result::Result<(), HandlerError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let mut handlers = self.inner().handlers.write();
+        let mut list: Vec<Registered> = handlers
+            .get(name)
+            .map(|l| {
+                l.iter()
+                    .map(|r| Registered {
+                        handler: r.handler.clone(),
+                        options: r.options,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        list.push(Registered {
+            handler: Arc::new(handler),
+            options,
+        });
+        handlers.insert(name.to_string(), list.into());
+    }
+
+    /// Starts delivering due events (recovered ones included). Call it after registering
+    /// handlers: before `start`, nothing is delivered, so no recovered event is missed.
+    pub fn start(&self) {
+        let inner = self.inner();
+        if inner.closing.load(Ordering::Acquire) || inner.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let delivery = delivery::Delivery::start(inner);
+        *inner.delivery.lock() = Some(delivery);
+    }
+
+    /// Publishes an event, due `after` (Ampt's `events.publish`). Returns once the event is
+    /// durable. A bad name, body, or `after` is an error and nothing is written.
+    pub fn publish(
+        &self,
+        name: &str,
+        body: impl AsRef<[u8]>,
+        after: impl Into<After>,
+    ) -> Result<EventId> {
+        self.inner().publish(name, body.as_ref(), &after.into())
+    }
+
+    /// Publishes `value` serialized as JSON.
+    pub fn publish_json<T: serde::Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &T,
+        after: impl Into<After>,
+    ) -> Result<EventId> {
+        let body = serde_json::to_vec(value)
+            .map_err(|e| Error::invalid(format!("body is not serializable as JSON: {e}")))?;
+        self.publish(name, body, after)
+    }
+
+    /// Pushes a job of events named `name` (Forge's `queue.push`), all due after `delay`, written
+    /// atomically: all of them or none. At most 50 events and 200 KiB (see [`Options`]); on a
+    /// name with the Forge policy, `delay` is at most 15 minutes.
+    pub fn push<I, B>(&self, name: &str, bodies: I, delay: Duration) -> Result<JobId>
+    where
+        I: IntoIterator<Item = B>,
+        B: AsRef<[u8]>,
+    {
+        let bodies: Vec<B> = bodies.into_iter().collect();
+        let bodies: Vec<&[u8]> = bodies.iter().map(|b| b.as_ref()).collect();
+        self.inner().push(name, &bodies, delay)
+    }
+
+    /// Cancels an event: after this returns, no new attempt of it starts. Returns whether it
+    /// was pending (false if it had already finished).
+    pub fn cancel(&self, id: EventId) -> Result<bool> {
+        self.inner().cancel(id)
+    }
+
+    /// Cancels every event of `job` that has not started; returns how many.
+    pub fn cancel_job(&self, job: JobId) -> Result<u64> {
+        self.inner().cancel_job(job)
+    }
+
+    /// Progress of a job.
+    pub fn job_stats(&self, job: JobId) -> Result<JobStats> {
+        let core = self.inner().core.lock();
+        core.index
+            .job_stats(job)
+            .ok_or_else(|| Error::invalid(format!("unknown job {job}")))
+    }
+
+    /// Waits until nothing is due now and nothing is running, or `timeout` (real time)
+    /// passes. Returns whether the engine became idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        self.inner().wait_idle(timeout)
+    }
+
+    /// Counters of the engine's work.
+    pub fn metrics(&self) -> Metrics {
+        self.inner().metrics()
+    }
+
+    /// Stops delivery (running handlers finish, up to their timeouts), syncs the log and
+    /// releases the directory lock. Later calls on any clone fail with `Error::Closed`.
+    pub fn close(&self) -> Result<()> {
+        self.inner().close()
+    }
+}
+
+/// The index's location of a record position. Segments are at most 4 GiB (checked on open),
+/// and segment ids fit in 32 bits for any realistic log.
+pub(crate) fn location(pos: Position) -> Location {
+    Location {
+        segment: pos.segment as u32,
+        offset: pos.offset as u32,
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closing.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn publish(&self, name: &str, body: &[u8], after: &After) -> Result<EventId> {
+        self.check_open()?;
+        validate_name(name)?;
+        let now_ms = self.clock.now_ms();
+        let due_ms = after.resolve(now_ms)?;
+        let id = EventId(self.next_event.fetch_add(1, Ordering::Relaxed));
+        let entries = [PublishEntry {
+            id,
+            due_ms,
+            name,
+            body,
+        }];
+        self.write_publish(Record::Publish(Publish::new(None, now_ms, &entries)))?;
+        self.metrics.published.fetch_add(1, Ordering::Relaxed);
+        Ok(id)
+    }
+
+    fn push(&self, name: &str, bodies: &[&[u8]], delay: Duration) -> Result<JobId> {
+        self.check_open()?;
+        validate_name(name)?;
+        if bodies.is_empty() {
+            return Err(Error::invalid("a push needs at least one event"));
+        }
+        let limit = |what, found: usize, max: usize| {
+            Err(Error::LimitExceeded {
+                what,
+                found: found as u64,
+                max: max as u64,
+            })
+        };
+        if bodies.len() > self.options.max_push_events {
+            return limit(
+                "events in one push",
+                bodies.len(),
+                self.options.max_push_events,
+            );
+        }
+        let bytes: usize = bodies.iter().map(|b| b.len()).sum();
+        if bytes > self.options.max_push_bytes {
+            return limit(
+                "payload bytes in one push",
+                bytes,
+                self.options.max_push_bytes,
+            );
+        }
+        if self.forge_names.iter().any(|n| n == name) && delay > FORGE_MAX_DELAY {
+            return Err(Error::invalid(format!(
+                "push delay of {}s on {name:?} exceeds the 900s (15 minutes) a queue with the Forge policy allows",
+                delay.as_secs()
+            )));
+        }
+        let now_ms = self.clock.now_ms();
+        let due_ms = After::delay(delay).resolve(now_ms)?;
+        let first = self
+            .next_event
+            .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        let job = JobId(self.next_job.fetch_add(1, Ordering::Relaxed));
+        let entries: Vec<PublishEntry<'_>> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| PublishEntry {
+                id: EventId(first + i as u64),
+                due_ms,
+                name,
+                body,
+            })
+            .collect();
+        self.write_publish(Record::Publish(Publish::new(Some(job), now_ms, &entries)))?;
+        self.metrics
+            .published
+            .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        Ok(job)
+    }
+
+    /// Writes a publish record durably, then schedules its events.
+    fn write_publish(&self, record: Record<'_>) -> Result<()> {
+        if record.encoded_len() > MAX_PAYLOAD_LEN {
+            return Err(Error::LimitExceeded {
+                what: "event bytes (body plus metadata)",
+                found: record.encoded_len() as u64,
+                max: MAX_PAYLOAD_LEN as u64,
+            });
+        }
+        let pos = self.log.append(&record)?;
+        // A fresh publish is always accepted: its ids were never used.
+        let _ = self.apply(pos, &record);
+        Ok(())
+    }
+
+    /// Applies a durable record to the index and the wheel; wakes the scheduler if something
+    /// became due earlier than it sleeps. Returns what the index said.
+    pub(crate) fn apply(
+        &self,
+        pos: Position,
+        record: &Record<'_>,
+    ) -> std::result::Result<Applied, crate::index::Rejected> {
+        let mut effects = Vec::new();
+        let mut core = self.core.lock();
+        let result = core.index.apply(location(pos), record, &mut effects);
+        let earliest = core.apply_effects(&mut effects);
+        let wake = earliest.is_some_and(|due| due < core.sleeping_until_ms);
+        drop(core);
+        if wake {
+            self.wake.notify();
+        }
+        self.idle.notify_all();
+        result
+    }
+
+    fn cancel(&self, id: EventId) -> Result<bool> {
+        self.check_open()?;
+        {
+            let core = self.core.lock();
+            match core.index.state(id) {
+                Some(state) if state.is_pending() => {}
+                Some(_) => return Ok(false),
+                None if core.index.max_event_id().is_some_and(|max| id <= max) => return Ok(false),
+                None => return Err(Error::invalid(format!("unknown event {id}"))),
+            }
+        }
+        let record = Record::Cancel(Cancel {
+            target: CancelTarget::Event(id),
+            cancelled_ms: self.clock.now_ms(),
+        });
+        let pos = self.log.append(&record)?;
+        let changed = matches!(self.apply(pos, &record), Ok(Applied::Changed));
+        if changed {
+            self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(changed)
+    }
+
+    pub(crate) fn cancel_job(&self, job: JobId) -> Result<u64> {
+        self.check_open()?;
+        let before = {
+            let core = self.core.lock();
+            core.index
+                .job_stats(job)
+                .ok_or_else(|| Error::invalid(format!("unknown job {job}")))?
+                .cancelled
+        };
+        let record = Record::Cancel(Cancel {
+            target: CancelTarget::Job(job),
+            cancelled_ms: self.clock.now_ms(),
+        });
+        let pos = self.log.append(&record)?;
+        let _ = self.apply(pos, &record);
+        let after = self
+            .core
+            .lock()
+            .index
+            .job_stats(job)
+            .map_or(before, |s| s.cancelled);
+        let n = after.saturating_sub(before);
+        self.metrics.cancelled.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn is_idle(&self, core: &Core) -> bool {
+        let now_ms = self.clock.now_ms().max(0) as u64;
+        core.in_flight == 0 && core.wheel.next_deadline_ms().is_none_or(|d| d > now_ms)
+    }
+
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let mut core = self.core.lock();
+        loop {
+            if self.is_idle(&core) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            // Short waits: a clock change does not notify this condition variable.
+            let step = (until - now).min(Duration::from_millis(10));
+            self.idle.wait_for(&mut core, step);
+        }
+    }
+
+    fn metrics(&self) -> Metrics {
+        let (pending, in_flight) = {
+            let core = self.core.lock();
+            (core.index.pending_count(), core.in_flight)
+        };
+        self.metrics
+            .snapshot(pending, in_flight, self.log.counters())
+    }
+
+    fn close(&self) -> Result<()> {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.wake.notify();
+        let delivery = self.delivery.lock().take();
+        if let Some(delivery) = delivery {
+            delivery.stop(self);
+        }
+        self.log.close()
+    }
+}

@@ -1,0 +1,120 @@
+//! How an engine is configured.
+
+use crate::clock::{Clock, SystemClock};
+use crate::log::{Durability, LogOptions};
+use crate::retry::RetryPolicy;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default handler timeout (Ampt): 5 seconds.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a handler may be given (Ampt): 60 seconds.
+pub const MAX_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an event is kept after its first due time when never acknowledged: 14 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+/// Most events in one `push` (Forge).
+pub const DEFAULT_MAX_PUSH_EVENTS: usize = 50;
+/// Most payload bytes in one `push` (Forge: 200 KB).
+pub const DEFAULT_MAX_PUSH_BYTES: usize = 200 * 1024;
+/// The longest `push` delay on a queue with the Forge policy: 15 minutes.
+pub const FORGE_MAX_DELAY: Duration = Duration::from_secs(900);
+
+/// Options of [`Engine::open_with`](crate::Engine::open_with). Every setter consumes and
+/// returns the options, so they chain.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) policies: HashMap<String, RetryPolicy>,
+    pub(crate) default_policy: RetryPolicy,
+    pub(crate) workers: usize,
+    pub(crate) retention: Duration,
+    pub(crate) max_push_events: usize,
+    pub(crate) max_push_bytes: usize,
+    pub(crate) log: LogOptions,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock),
+            policies: HashMap::new(),
+            default_policy: RetryPolicy::default(),
+            workers: 4,
+            retention: DEFAULT_RETENTION,
+            max_push_events: DEFAULT_MAX_PUSH_EVENTS,
+            max_push_bytes: DEFAULT_MAX_PUSH_BYTES,
+            log: LogOptions::default(),
+        }
+    }
+}
+
+impl Options {
+    /// The clock the engine reads and waits on: [`SystemClock`] by default,
+    /// [`ManualClock`](crate::ManualClock) in tests.
+    pub fn clock(mut self, clock: impl Clock) -> Options {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The retry policy of events named `name` (a queue, in Forge's words). A name with the
+    /// Forge policy also gets Forge's push limits (a delay of at most 15 minutes).
+    pub fn policy(mut self, name: impl Into<String>, policy: RetryPolicy) -> Options {
+        self.policies.insert(name.into(), policy);
+        self
+    }
+
+    /// The retry policy of names without one of their own (default: Ampt's, every 6 minutes
+    /// for 14 days).
+    pub fn default_policy(mut self, policy: RetryPolicy) -> Options {
+        self.default_policy = policy;
+        self
+    }
+
+    /// Worker threads running handlers (default 4, at least 1).
+    pub fn workers(mut self, workers: usize) -> Options {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// How long after its first due time an unacknowledged event is dropped as expired
+    /// (default 14 days).
+    pub fn retention(mut self, retention: Duration) -> Options {
+        self.retention = retention;
+        self
+    }
+
+    /// Most events in one `push` (default 50).
+    pub fn max_push_events(mut self, n: usize) -> Options {
+        self.max_push_events = n;
+        self
+    }
+
+    /// Most body bytes in one `push` (default 200 KiB).
+    pub fn max_push_bytes(mut self, n: usize) -> Options {
+        self.max_push_bytes = n;
+        self
+    }
+
+    /// Size of each segment file (default 64 MiB).
+    pub fn segment_bytes(mut self, n: u64) -> Options {
+        self.log.segment_bytes = n;
+        self
+    }
+
+    /// When a publish counts as done (default [`Durability::Sync`]).
+    pub fn durability(mut self, durability: Durability) -> Options {
+        self.log.durability = durability;
+        self
+    }
+
+    /// All log options at once.
+    pub fn log_options(mut self, log: LogOptions) -> Options {
+        self.log = log;
+        self
+    }
+
+    pub(crate) fn policy_for(&self, name: &str) -> &RetryPolicy {
+        self.policies.get(name).unwrap_or(&self.default_policy)
+    }
+}

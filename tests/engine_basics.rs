@@ -1,0 +1,143 @@
+//! The engine end to end on the manual clock: publish, deliver, retry, drop, restart.
+
+use afterlog::{After, Engine, HandlerError, ManualClock, Options};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+
+const START_MS: i64 = 1_700_000_000_000;
+const IDLE: Duration = Duration::from_secs(10);
+
+fn engine(dir: &std::path::Path, clock: &ManualClock) -> Engine {
+    Engine::open_with(
+        dir,
+        Options::default()
+            .clock(clock.clone())
+            .segment_bytes(1 << 20),
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_event_published_now_is_delivered_once_and_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = engine(dir.path(), &clock);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    engine.on("user.joined", move |event, _ctx| {
+        s.lock().push((
+            event.id(),
+            event.body().to_vec(),
+            event.attempt(),
+            event.time_ms(),
+            event.delay_ms(),
+        ));
+        Ok(())
+    });
+    let id = engine
+        .publish("user.joined", br#"{"email":"a@b.c"}"#, After::NOW)
+        .unwrap();
+    engine.start();
+    assert!(engine.wait_idle(IDLE));
+    assert_eq!(
+        *seen.lock(),
+        vec![(id, br#"{"email":"a@b.c"}"#.to_vec(), 1, START_MS, 0)]
+    );
+    let m = engine.metrics();
+    assert_eq!((m.published, m.delivered, m.acked, m.pending), (1, 1, 1, 0));
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_delayed_event_waits_for_the_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = engine(dir.path(), &clock);
+    let count = Arc::new(Mutex::new(0));
+    let c = count.clone();
+    engine.on("later", move |event, _| {
+        assert_eq!(event.delay_ms(), 86_400_000);
+        *c.lock() += 1;
+        Ok(())
+    });
+    engine
+        .publish("later", b"x", After::parse("1 day").unwrap())
+        .unwrap();
+    engine.start();
+    assert!(engine.wait_idle(IDLE));
+    clock.advance(Duration::from_secs(86_399));
+    assert!(engine.wait_idle(IDLE));
+    assert_eq!(*count.lock(), 0, "delivered early");
+    clock.advance(Duration::from_secs(1));
+    assert!(engine.wait_idle(IDLE));
+    assert_eq!(*count.lock(), 1);
+}
+
+#[test]
+fn a_failing_handler_is_retried_every_six_minutes_then_dropped_after_fourteen_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = engine(dir.path(), &clock);
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let a = attempts.clone();
+    let c = clock.clone();
+    engine.on("flaky", move |event, _| {
+        a.lock().push((event.attempt(), c.now_ms()));
+        Err(HandlerError::msg("mail server down"))
+    });
+    engine.publish("flaky", b"x", After::NOW).unwrap();
+    engine.start();
+    assert!(engine.wait_idle(IDLE));
+    for _ in 0..(14 * 24 * 10 + 5) {
+        clock.advance(Duration::from_secs(360));
+        assert!(engine.wait_idle(IDLE));
+    }
+    let attempts = attempts.lock();
+    assert_eq!(attempts[0], (1, START_MS));
+    for w in attempts.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1);
+        assert_eq!(w[1].1 - w[0].1, 360_000, "retries every 6 minutes");
+    }
+    let last = attempts.last().unwrap();
+    assert!(
+        last.1 <= START_MS + 14 * 86_400_000,
+        "attempted after 14 days"
+    );
+    assert!(
+        last.1 > START_MS + 14 * 86_400_000 - 360_000 * 2,
+        "stopped early at {}",
+        last.1
+    );
+    let m = engine.metrics();
+    assert_eq!(m.dropped, 1);
+    assert_eq!(m.pending, 0);
+}
+
+#[test]
+fn events_survive_a_restart_and_are_delivered_after_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let ids = {
+        let engine = engine(dir.path(), &clock);
+        let a = engine.publish("a", b"1", After::ms(1000)).unwrap();
+        let b = engine.publish("a", b"2", After::NOW).unwrap();
+        engine.close().unwrap();
+        vec![a, b]
+    };
+    let engine = engine(dir.path(), &clock);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    engine.on("a", move |event, _| {
+        s.lock().push(event.id());
+        Ok(())
+    });
+    engine.start();
+    clock.advance(Duration::from_secs(1));
+    assert!(engine.wait_idle(IDLE));
+    let mut seen = seen.lock().clone();
+    seen.sort();
+    assert_eq!(seen, ids);
+    let c = engine.publish("a", b"3", After::NOW).unwrap();
+    assert!(c.0 > ids[1].0, "ids continue after restart");
+}
