@@ -291,7 +291,8 @@ impl Engine {
 
     /// Pushes a job of events named `name` (Forge's `queue.push`), all due after `delay`, written
     /// atomically: all of them or none. At most 50 events and 200 KiB (see [`Options`]); on a
-    /// name with the Forge policy, `delay` is at most 15 minutes.
+    /// name with the Forge policy, `delay` is at most 15 minutes. A zero `delay` makes the
+    /// events due at once.
     pub fn push<I, B>(&self, name: &str, bodies: I, delay: Duration) -> Result<JobId>
     where
         I: IntoIterator<Item = B>,
@@ -409,7 +410,14 @@ impl Inner {
             )));
         }
         let now_ms = self.clock.now_ms();
-        let due_ms = After::delay(delay).resolve(now_ms)?;
+        // No delay means due at once, as a Forge push without `delayInSeconds` is; a zero
+        // `After::delay` would be refused as "not later than now".
+        let after = if delay.is_zero() {
+            After::NOW
+        } else {
+            After::delay(delay)
+        };
+        let due_ms = after.resolve(now_ms)?;
         let first = self
             .next_event
             .fetch_add(bodies.len() as u64, Ordering::Relaxed);
