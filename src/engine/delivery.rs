@@ -12,6 +12,10 @@
 //! result is ignored), fail that attempt with `FUNCTION_TIME_OUT`, and hand the rest of the
 //! batch to a new worker thread: capacity is kept.
 //!
+//! An event waits in its batch between its attempt record and its handlers; a worker checks
+//! just before the handlers whether a cancel (of the event or its job) arrived meanwhile, and
+//! if so skips it, so no handler starts after `cancel` or `cancel_job` returned.
+//!
 //! Architecture Invariant: an attempt record is durable before any handler of that attempt
 //! runs, so attempt counts never go backwards across a crash.
 
@@ -19,7 +23,8 @@ use super::handler::{Context, Deadline, Event, HandlerErrorKind};
 use super::{Inner, Registered};
 use crate::clock::Wake;
 use crate::format::{
-    Ack, AckOutcome, Attempt, DropReason as RecordDropReason, Record, Retry, clip_message,
+    Ack, AckOutcome, Attempt, Cancel, CancelTarget, DropReason as RecordDropReason, Record, Retry,
+    clip_message,
 };
 use crate::ids::{EventId, JobId};
 use crate::index::{Applied, EventState, NO_TIMER};
@@ -172,6 +177,12 @@ fn spawn_worker(inner: &Arc<Inner>, shared: &Arc<Shared>, batch: Batch) {
         shared.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
         *shared.alive.lock() -= 1;
         let state = std::mem::take(&mut *slot.state.lock());
+        {
+            let mut core = inner.core.lock();
+            for p in &state.batch.remaining {
+                core.waiting.remove(&p.id);
+            }
+        }
         finish(
             inner,
             (state.batch.remaining.len() + state.batch.outcomes.len()) as u64,
@@ -254,6 +265,10 @@ fn run_batch(inner: &Arc<Inner>, shared: &Shared, slot: &Slot) -> bool {
             state.batch.remaining.pop_front()
         };
         let Some(prepared) = next else { break };
+        if !take_for_handlers(inner, &prepared) {
+            finish(inner, 1);
+            continue;
+        }
         let Some(failure) = run_handlers(inner, shared, slot, &prepared) else {
             return false;
         };
@@ -266,6 +281,40 @@ fn run_batch(inner: &Arc<Inner>, shared: &Shared, slot: &Slot) -> bool {
     let outcomes = std::mem::take(&mut slot.state.lock().batch.outcomes);
     write_outcomes(inner, outcomes);
     true
+}
+
+/// Takes an event out of `Core::waiting` before its handlers run. False if a cancel reached
+/// it while it waited in the batch, so that no attempt starts after a cancel returned: the
+/// event was cancelled itself (nothing more to write), or its job was (the event is still
+/// Running, and is cancelled here, durably, instead of being run; `cancel_job` counted it).
+fn take_for_handlers(inner: &Inner, p: &Prepared) -> bool {
+    {
+        let mut core = inner.core.lock();
+        core.waiting.remove(&p.id);
+        let Some(info) = core.index.get(p.id) else {
+            return false;
+        };
+        if info.state != EventState::Running || info.attempts != p.attempt {
+            return false;
+        }
+        let job_cancelled = info
+            .job
+            .and_then(|job| core.index.job_cancelled(job))
+            .unwrap_or(false);
+        if !job_cancelled {
+            return true;
+        }
+    }
+    let record = Record::Cancel(Cancel {
+        target: CancelTarget::Event(p.id),
+        cancelled_ms: inner.clock.now_ms(),
+    });
+    // If the log refuses the record, the event stays Running until a restart, where recovery
+    // cancels it because its job is cancelled.
+    if let Ok(pos) = inner.log.append(&record) {
+        let _ = inner.apply(pos, &record);
+    }
+    false
 }
 
 /// Calls every handler of the event in order. `None` if the worker was abandoned; otherwise
@@ -507,7 +556,11 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
     let mut ready = Vec::new();
     let mut done = 0u64;
     for ((plan, record), pos) in plans.into_iter().zip(&records).zip(positions) {
-        let applied = inner.apply(pos, record);
+        let applied = inner.apply_then(pos, record, |core, applied| {
+            if let (Record::Attempt(a), Ok(Applied::Changed)) = (record, applied) {
+                core.waiting.insert(a.event);
+            }
+        });
         match plan {
             Plan::Attempt(p) if matches!(applied, Ok(Applied::Changed)) => {
                 inner.metrics.delivered.fetch_add(1, Ordering::Relaxed);

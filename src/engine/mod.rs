@@ -35,7 +35,7 @@ use crate::retry::RetryPolicy;
 use crate::storage::{FsStorage, Storage};
 use crate::wheel::{TimerHandle, Wheel};
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +53,10 @@ pub(crate) struct Core {
     pub wheel: Wheel<u64>,
     /// Events taken out of the wheel whose attempt has not finished.
     pub in_flight: u64,
+    /// Events whose attempt record is durable but whose handlers have not begun (they wait
+    /// in a worker's batch). A cancel that reaches one of them stops it: the worker checks
+    /// before running the handlers.
+    pub waiting: HashSet<EventId>,
     /// The deadline the scheduler sleeps until (`i64::MAX`: none), so publishers know
     /// whether to wake it.
     pub sleeping_until_ms: i64,
@@ -192,6 +196,7 @@ impl Engine {
                 index,
                 wheel,
                 in_flight: 0,
+                waiting: HashSet::new(),
                 sleeping_until_ms: i64::MAX,
             }),
             clock,
@@ -291,7 +296,8 @@ impl Engine {
 
     /// Pushes a job of events named `name` (Forge's `queue.push`), all due after `delay`, written
     /// atomically: all of them or none. At most 50 events and 200 KiB (see [`Options`]); on a
-    /// name with the Forge policy, `delay` is at most 15 minutes.
+    /// name with the Forge policy, `delay` is at most 15 minutes. A zero `delay` makes the
+    /// events due at once.
     pub fn push<I, B>(&self, name: &str, bodies: I, delay: Duration) -> Result<JobId>
     where
         I: IntoIterator<Item = B>,
@@ -409,7 +415,14 @@ impl Inner {
             )));
         }
         let now_ms = self.clock.now_ms();
-        let due_ms = After::delay(delay).resolve(now_ms)?;
+        // No delay means due at once, as a Forge push without `delayInSeconds` is; a zero
+        // `After::delay` would be refused as "not later than now".
+        let after = if delay.is_zero() {
+            After::NOW
+        } else {
+            After::delay(delay)
+        };
+        let due_ms = after.resolve(now_ms)?;
         let first = self
             .next_event
             .fetch_add(bodies.len() as u64, Ordering::Relaxed);
@@ -453,9 +466,20 @@ impl Inner {
         pos: Position,
         record: &Record<'_>,
     ) -> std::result::Result<Applied, crate::index::Rejected> {
+        self.apply_then(pos, record, |_, _| {})
+    }
+
+    /// [`apply`](Inner::apply), then `then` with the result under the same lock.
+    pub(crate) fn apply_then(
+        &self,
+        pos: Position,
+        record: &Record<'_>,
+        then: impl FnOnce(&mut Core, &std::result::Result<Applied, crate::index::Rejected>),
+    ) -> std::result::Result<Applied, crate::index::Rejected> {
         let mut effects = Vec::new();
         let mut core = self.core.lock();
         let result = core.index.apply(location(pos), record, &mut effects);
+        then(&mut core, &result);
         let earliest = core.apply_effects(&mut effects);
         let wake = earliest.is_some_and(|due| due < core.sleeping_until_ms);
         drop(core);
@@ -491,26 +515,38 @@ impl Inner {
 
     pub(crate) fn cancel_job(&self, job: JobId) -> Result<u64> {
         self.check_open()?;
-        let before = {
-            let core = self.core.lock();
-            core.index
-                .job_stats(job)
-                .ok_or_else(|| Error::invalid(format!("unknown job {job}")))?
-                .cancelled
-        };
+        if self.core.lock().index.job_stats(job).is_none() {
+            return Err(Error::invalid(format!("unknown job {job}")));
+        }
         let record = Record::Cancel(Cancel {
             target: CancelTarget::Job(job),
             cancelled_ms: self.clock.now_ms(),
         });
         let pos = self.log.append(&record)?;
-        let _ = self.apply(pos, &record);
-        let after = self
-            .core
-            .lock()
-            .index
-            .job_stats(job)
-            .map_or(before, |s| s.cancelled);
-        let n = after.saturating_sub(before);
+        // Counted under the lock that applies the cancel: the Scheduled events it cancels,
+        // and the events already handed to a worker whose handlers have not begun, which
+        // their worker cancels instead of running (see `delivery::take_for_handlers`).
+        let n = {
+            let mut effects = Vec::new();
+            let mut core = self.core.lock();
+            let before = core.index.job_stats(job).map_or(0, |s| s.cancelled);
+            let was_cancelled = core.index.job_cancelled(job).unwrap_or(true);
+            let _ = core.index.apply(location(pos), &record, &mut effects);
+            // Cancelling only unschedules: the scheduler needs no wake-up.
+            core.apply_effects(&mut effects);
+            let after = core.index.job_stats(job).map_or(before, |s| s.cancelled);
+            let waiting = if was_cancelled {
+                0
+            } else {
+                let core = &*core;
+                core.index
+                    .job_events(job)
+                    .filter(|id| core.waiting.contains(id))
+                    .count() as u64
+            };
+            after.saturating_sub(before) + waiting
+        };
+        self.idle.notify_all();
         self.metrics.cancelled.fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }
