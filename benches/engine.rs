@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 fn bench_dir(name: &str) -> std::path::PathBuf {
     let base = std::env::var_os("AFTERLOG_BENCH_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"));
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data")
+        });
     let dir = base.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create bench directory");
@@ -25,7 +27,10 @@ fn bench_dir(name: &str) -> std::path::PathBuf {
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn throughput(events: u64, publishers: u64) -> f64 {
@@ -48,7 +53,9 @@ fn throughput(events: u64, publishers: u64) -> f64 {
                 let mut left = per_publisher;
                 while left > 0 {
                     let n = left.min(50) as usize;
-                    engine.push("bench", std::iter::repeat_n(&body[..], n), Duration::ZERO).expect("push");
+                    engine
+                        .push("bench", std::iter::repeat_n(&body[..], n), Duration::ZERO)
+                        .expect("push");
                     left -= n as u64;
                 }
             })
@@ -93,11 +100,19 @@ fn lateness(events: u64) -> (u64, u64, u64) {
     for j in 0..jobs {
         let due = base + chrono::Duration::microseconds((j * 1_000_000 / jobs) as i64);
         let n = (events - j * 50).min(50) as usize;
-        let delay = (due - chrono::Utc::now()).to_std().unwrap_or(Duration::from_millis(1)).max(Duration::from_millis(1));
-        engine.push("due", std::iter::repeat_n(&body[..], n), delay).expect("push");
+        let delay = (due - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::from_millis(1))
+            .max(Duration::from_millis(1));
+        engine
+            .push("due", std::iter::repeat_n(&body[..], n), delay)
+            .expect("push");
     }
     let published = started.elapsed();
-    assert!(published < lead, "publishing took {published:?}, longer than the {lead:?} lead: lower AFTERLOG_BENCH_EVENTS");
+    assert!(
+        published < lead,
+        "publishing took {published:?}, longer than the {lead:?} lead: lower AFTERLOG_BENCH_EVENTS"
+    );
     while acked.load(Ordering::Relaxed) < events {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -112,7 +127,10 @@ fn lateness(events: u64) -> (u64, u64, u64) {
 
 fn main() {
     let events = env_u64("AFTERLOG_BENCH_EVENTS", 1_000_000);
-    println!("machine: {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     let rate = throughput(events, 4);
     let (_, p99, _) = lateness(100_000.min(events));
     println!();

@@ -42,6 +42,8 @@ use std::time::{Duration, Instant};
 
 /// Most events in one batch handed to a worker.
 const MAX_BATCH: usize = 512;
+/// Most events a worker takes at once when several batches wait in the queue.
+const MAX_WORKER_BATCH: usize = 4096;
 
 /// The running delivery threads of an engine.
 pub(crate) struct Delivery {
@@ -71,6 +73,8 @@ struct Prepared {
     body: Range<usize>,
     published_ms: i64,
     first_due_ms: i64,
+    /// When this attempt was due.
+    due_ms: i64,
     attempt: u32,
     job: Option<JobId>,
     retry_context: Option<RetryContext>,
@@ -243,9 +247,17 @@ fn work(inner: &Arc<Inner>, shared: &Shared, slot: &Slot) {
             // Abandoned by the watchdog: another thread carries on with the batch.
             return;
         }
-        let Ok(ids) = shared.receiver.recv() else {
+        let Ok(mut ids) = shared.receiver.recv() else {
             break;
         };
+        // Under load, batches queue up while workers wait for syncs: take them all at once
+        // (up to a limit), so one sync serves more events.
+        while ids.len() < MAX_WORKER_BATCH {
+            match shared.receiver.try_recv() {
+                Ok(more) => ids.extend(more),
+                Err(_) => break,
+            }
+        }
         let prepared = prepare(inner, ids);
         slot.state.lock().batch.remaining.extend(prepared);
     }
@@ -336,6 +348,10 @@ fn run_handlers(
         job: p.job,
         retry_context: p.retry_context.clone(),
     };
+    // Lateness counts to the moment the handlers start: after the attempt record is durable.
+    inner
+        .metrics
+        .record_lateness(inner.clock.now_ms() - p.due_ms);
     let mut first_failure = None;
     for registered in p.handlers.iter() {
         let started_ms = inner.clock.now_ms();
@@ -500,7 +516,6 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
         let handlers = inner.handlers.read().get(&*name).cloned();
         match handlers {
             Some(handlers) if !handlers.is_empty() => {
-                inner.metrics.record_lateness(now_ms - due_ms);
                 plans.push(Plan::Attempt(Prepared {
                     id,
                     name,
@@ -508,6 +523,7 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
                     body,
                     published_ms,
                     first_due_ms,
+                    due_ms,
                     attempt: attempts + 1,
                     job,
                     retry_context,
