@@ -25,7 +25,8 @@
 //! `AFTERLOG_BENCH_QUICK=1` (same as `--quick`), `AFTERLOG_BENCH_ONLY` (scenarios to run, by
 //! key: `1`, `64`, `1024`, comma-separated; default all), `AFTERLOG_BENCH_DIR` (where files go;
 //! default `afterlog-bench` under the cargo target directory: it must be on the disk being
-//! measured, not a tmpfs).
+//! measured, not a tmpfs), `AFTERLOG_BENCH_SEGMENT_MIB` (segment size; default the log's
+//! default, 64 MiB).
 
 use afterlog::EventId;
 use afterlog::format::{FRAME_HEADER_LEN, Publish, PublishEntry, Record};
@@ -229,16 +230,34 @@ fn bench_dir() -> PathBuf {
     target.join("afterlog-bench")
 }
 
-/// The file system type of `dir`, as `stat -f` reports it.
+/// The file system type of `dir`: the type of the longest mount point containing it in
+/// `/proc/self/mounts` (exact, where `stat -f` calls ext4 "ext2/ext3"), else `stat -f`.
 fn fs_type(dir: &Path) -> String {
-    std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(dir)
-        .output()
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let from_mounts = std::fs::read_to_string("/proc/self/mounts")
         .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+        .and_then(|mounts| {
+            mounts
+                .lines()
+                .filter_map(|line| {
+                    let mut fields = line.split_whitespace();
+                    let (_dev, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+                    dir.starts_with(point)
+                        .then(|| (point.len(), kind.to_string()))
+                })
+                .max_by_key(|(len, _)| *len)
+                .map(|(_, kind)| kind)
+        });
+    from_mounts.unwrap_or_else(|| {
+        std::process::Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(&dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    })
 }
 
 fn format_rate(r: f64) -> String {
@@ -344,6 +363,18 @@ fn raw_run(raw: &RawFile, scenario: Scenario, duration: Duration) -> Run {
 
 // ---- afterlog ------------------------------------------------------------------------------
 
+/// Default options, except `AFTERLOG_BENCH_SEGMENT_MIB` (segment size) when set.
+fn log_options() -> LogOptions {
+    let mut options = LogOptions::default();
+    if let Some(mib) = std::env::var("AFTERLOG_BENCH_SEGMENT_MIB")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        options.segment_bytes = mib << 20;
+    }
+    options
+}
+
 /// One open log, used for every afterlog round of a scenario.
 struct Bench {
     log: Log,
@@ -358,7 +389,7 @@ impl Bench {
         let dir = config.dir.join(format!("log-{}", scenario.key()));
         let _ = std::fs::remove_dir_all(&dir);
         let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(&dir).expect("create log dir"));
-        let (log, _) = Log::open(storage, LogOptions::default(), |_, _| Ok(())).expect("open log");
+        let (log, _) = Log::open(storage, log_options(), |_, _| Ok(())).expect("open log");
         // No API tells when the spare is ready; 64 MiB of zeros and a sync take well under
         // this on a disk that syncs thousands of times a second.
         std::thread::sleep(SETTLE);
