@@ -277,15 +277,20 @@ impl Log {
                 max: writer::MAX_GROUP_RECORDS,
             });
         }
-        let mut encoded = Vec::with_capacity(records.len());
-        let mut bytes = 0;
+        let mut capacity = 0;
         for record in records {
             record.validate()?;
-            let mut payload = Vec::with_capacity(record.encoded_len());
-            record.encode(&mut payload);
-            bytes += payload.len() + FRAME_HEADER_LEN;
-            encoded.push((record.kind(), payload));
+            capacity += record.encoded_len();
         }
+        // All payloads in one buffer; each record's length is what its encoding wrote.
+        let mut payloads = Vec::with_capacity(capacity);
+        let mut kinds = Vec::with_capacity(records.len());
+        for record in records {
+            let start = payloads.len();
+            record.encode(&mut payloads);
+            kinds.push((record.kind(), payloads.len() - start));
+        }
+        let bytes = payloads.len() + records.len() * FRAME_HEADER_LEN;
         let done = Arc::new(Completion::default());
         {
             let mut q = self.shared.queue.lock();
@@ -304,11 +309,12 @@ impl Log {
                 self.shared.space.wait(&mut q);
             }
             let first_seq = q.next_seq;
-            q.next_seq += encoded.len() as u64;
+            q.next_seq += kinds.len() as u64;
             q.queued_bytes += bytes;
             q.requests.push(Request {
                 first_seq,
-                records: encoded,
+                records: kinds,
+                payloads,
                 done: done.clone(),
             });
         }

@@ -32,7 +32,10 @@ const MAX_QUEUED_BYTES: usize = 64 << 20;
 /// One appender's records, waiting to be written.
 pub(crate) struct Request {
     pub first_seq: u64,
-    pub records: Vec<(RecordKind, Vec<u8>)>,
+    /// Each record's kind and payload length, in order.
+    pub records: Vec<(RecordKind, usize)>,
+    /// The records' payloads, back to back (one allocation however many records).
+    pub payloads: Vec<u8>,
     pub done: Arc<Completion>,
 }
 
@@ -218,7 +221,10 @@ impl Writer {
         let mut written: Vec<(usize, Vec<Position>)> = Vec::with_capacity(requests.len());
         for (i, request) in requests.iter().enumerate() {
             let mut positions = Vec::with_capacity(request.records.len());
-            for (j, (kind, payload)) in request.records.iter().enumerate() {
+            let mut payload_start = 0;
+            for (j, &(kind, payload_len)) in request.records.iter().enumerate() {
+                let payload = &request.payloads[payload_start..payload_start + payload_len];
+                payload_start += payload_len;
                 let seq = request.first_seq + j as u64;
                 let frame_len = (FRAME_HEADER_LEN + payload.len()) as u64;
                 if self.active.offset + frame_len > self.active.capacity {
@@ -237,7 +243,7 @@ impl Writer {
                 }
                 let delta = u16::try_from(seq - group_first)
                     .expect("sync groups are capped at 65,536 records");
-                encode_frame(buf, self.active.id, seq, *kind, delta, payload);
+                encode_frame(buf, self.active.id, seq, kind, delta, payload);
                 positions.push(Position {
                     segment: self.active.id,
                     offset: self.active.offset,
@@ -355,10 +361,7 @@ impl Writer {
 }
 
 fn request_bytes(r: &Request) -> usize {
-    r.records
-        .iter()
-        .map(|(_, p)| p.len() + FRAME_HEADER_LEN)
-        .sum()
+    r.payloads.len() + r.records.len() * FRAME_HEADER_LEN
 }
 
 /// Takes the requests of one sync group from the queue: everything, up to
