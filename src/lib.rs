@@ -4,12 +4,27 @@
 //! delivered at least once to the handlers registered for their name.
 //!
 //! ```
-//! use afterlog::After;
+//! use afterlog::{After, Engine, HandlerError, ManualClock, Options};
+//! use std::time::Duration;
 //!
-//! // Ampt's forms: milliseconds, a Unix epoch in ms, RFC 3339 UTC, or "N unit".
-//! let after = After::parse("1 day")?;
-//! assert_eq!(after.resolve(1_700_000_000_000)?, 1_700_000_000_000 + 86_400_000);
-//! # Ok::<(), afterlog::Error>(())
+//! # let dir = tempfile::tempdir()?;
+//! let clock = ManualClock::new(1_700_000_000_000);
+//! let engine = Engine::open_with(dir.path(), Options::default().clock(clock.clone()))?;
+//! engine.on("user.joined", |event, _ctx| {
+//!     let body = std::str::from_utf8(event.body())?;
+//!     if body.is_empty() {
+//!         return Err(HandlerError::msg("no body")); // retried every 6 minutes
+//!     }
+//!     Ok(()) // acknowledged
+//! });
+//! engine.start();
+//! let id = engine.publish("user.joined", r#"{"email":"a@b.c"}"#, After::parse("1 day")?)?;
+//! clock.advance(Duration::from_secs(86_400)); // a day passes in a millisecond
+//! assert!(engine.wait_idle(Duration::from_secs(5)));
+//! assert_eq!(engine.metrics().acked, 1);
+//! # let _ = id;
+//! engine.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![deny(unsafe_code)]
