@@ -105,7 +105,11 @@ fn kill_child() {
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until {
         let roll = splitmix(&mut rng);
-        let body: &[u8] = if roll.is_multiple_of(5) { b"fail" } else { b"ack" };
+        let body: &[u8] = if roll.is_multiple_of(5) {
+            b"fail"
+        } else {
+            b"ack"
+        };
         match (roll >> 8) % 10 {
             0..=3 => {
                 let id = engine

@@ -497,3 +497,265 @@ fn third_life(disk: &Disk, clock: &ManualClock, world: &World, context: &str) {
     );
     engine.close().unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// Scenario 3: the disk crashes at every storage operation of an engine's life.
+// ---------------------------------------------------------------------------------------
+
+/// What the log on a recovered disk holds, from `Log::scan`.
+#[derive(Default)]
+struct Scanned {
+    published: BTreeMap<EventId, Option<JobId>>,
+    finished: BTreeSet<EventId>,
+    cancelled_jobs: BTreeSet<JobId>,
+    attempts: BTreeMap<EventId, u32>,
+}
+
+impl Scanned {
+    fn of(disk: &MemStorage) -> Scanned {
+        use afterlog::format::{CancelTarget, Record};
+        let mut s = Scanned::default();
+        afterlog::log::Log::scan(disk, |_, record| {
+            let mut attempt = |id: EventId, n: u32| {
+                let a = s.attempts.entry(id).or_default();
+                *a = (*a).max(n);
+            };
+            match record {
+                Record::Publish(p) => {
+                    for e in p.events() {
+                        s.published.insert(e.id, p.job);
+                    }
+                }
+                Record::Attempt(a) => attempt(a.event, a.attempt),
+                Record::Retry(r) => attempt(r.event, r.attempt),
+                Record::Ack(a) => {
+                    attempt(a.event, a.attempt);
+                    s.finished.insert(a.event);
+                }
+                Record::Drop(d) => {
+                    attempt(d.event, d.attempt);
+                    s.finished.insert(d.event);
+                }
+                Record::Cancel(c) => match c.target {
+                    CancelTarget::Event(id) => {
+                        s.finished.insert(id);
+                    }
+                    CancelTarget::Job(job) => {
+                        s.cancelled_jobs.insert(job);
+                    }
+                },
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("the recovered log does not scan: {e}"));
+        s
+    }
+
+    /// Acknowledged, dropped or cancelled, alone or with its job.
+    fn is_finished(&self, id: EventId) -> bool {
+        self.finished.contains(&id)
+            || self.published[&id].is_some_and(|job| self.cancelled_jobs.contains(&job))
+    }
+}
+
+/// Calls that returned `Ok` in the first life.
+#[derive(Default)]
+struct Returned {
+    published: Vec<EventId>,
+    jobs: Vec<(JobId, u64)>,
+    cancelled: Vec<EventId>,
+    cancelled_jobs: Vec<JobId>,
+}
+
+/// A life that publishes, pushes, cancels, starts, delivers (acknowledging and failing) and
+/// retries; every call may fail once the disk has crashed.
+fn crashable_life(disk: &MemStorage, clock: &ManualClock) -> Returned {
+    let mut r = Returned::default();
+    let Ok(engine) = Engine::open_storage(Arc::new(disk.clone()), options(clock)) else {
+        return r;
+    };
+    for name in ["a", "q"] {
+        engine.on(name, |event, _| {
+            if event.body().starts_with(b"fail") && event.attempt() == 1 {
+                Err(HandlerError::msg("first attempt fails"))
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let mut publish = |body: &[u8], after: After| {
+        if let Ok(id) = engine.publish("a", body, after) {
+            r.published.push(id);
+        }
+    };
+    publish(b"ack", After::NOW);
+    publish(b"fail", After::NOW);
+    publish(b"ack-later", After::delay(FUTURE));
+    publish(b"cancel-me", After::delay(FUTURE));
+    if let Some(&id) = r.published.last()
+        && matches!(engine.cancel(id), Ok(true))
+    {
+        r.cancelled.push(id);
+    }
+    if let Ok(job) = engine.push("q", ["ack", "fail", "ack"], Duration::from_millis(1)) {
+        r.jobs.push((job, 3));
+    }
+    if let Ok(job) = engine.push("q", ["ack", "ack"], FUTURE) {
+        r.jobs.push((job, 2));
+        if engine.cancel_job(job).is_ok() {
+            r.cancelled_jobs.push(job);
+        }
+    }
+    engine.start();
+    clock.advance(Duration::from_millis(1));
+    engine.wait_idle(IDLE);
+    if let Ok(id) = engine.publish("a", b"fail-while-running", After::NOW) {
+        r.published.push(id);
+    }
+    engine.wait_idle(IDLE);
+    clock.advance(RETRY);
+    engine.wait_idle(IDLE);
+    let _ = engine.close();
+    r
+}
+
+#[test]
+fn a_crash_at_any_storage_operation_loses_nothing_returned() {
+    // Count the operations of a life without a crash.
+    let clock = ManualClock::new(START_MS);
+    let disk = MemStorage::new();
+    crashable_life(&disk, &clock);
+    let total = disk.ops();
+    assert!(total > 20, "only {total} storage operations");
+    let mut runs = 0;
+    for op in 1..=total + 1 {
+        for mode in [
+            CrashMode::DropUnsynced,
+            CrashMode::TearLastWrite { keep: 7 },
+            CrashMode::TornSectorZeros { keep: 100 },
+        ] {
+            let context = format!("crash at operation {op} of {total}, {mode:?}");
+            let clock = ManualClock::new(START_MS);
+            let disk = MemStorage::new();
+            disk.crash_at(op);
+            let returned = crashable_life(&disk, &clock);
+            let disk = disk.after_crash(mode);
+            check_after_crash(&disk, &clock, &returned, &context);
+            runs += 1;
+        }
+    }
+    println!("{runs} crash states checked ({total} operations per life)");
+}
+
+fn check_after_crash(disk: &MemStorage, clock: &ManualClock, r: &Returned, context: &str) {
+    let log = Scanned::of(disk);
+    for id in &r.published {
+        assert!(
+            log.published.contains_key(id),
+            "{context}: lost publish {id}"
+        );
+    }
+    for (job, n) in &r.jobs {
+        let held = log.published.values().filter(|j| **j == Some(*job)).count();
+        assert_eq!(held as u64, *n, "{context}: job {job} not whole");
+    }
+    for id in &r.cancelled {
+        assert!(log.finished.contains(id), "{context}: lost cancel of {id}");
+    }
+    for job in &r.cancelled_jobs {
+        assert!(
+            log.cancelled_jobs.contains(job),
+            "{context}: lost cancel of {job}"
+        );
+    }
+    let engine = Engine::open_storage(Arc::new(disk.clone()), options(clock))
+        .unwrap_or_else(|e| panic!("{context}: the directory does not reopen: {e}"));
+    let recorder = Recorder::default();
+    recorder.register(&engine, &["a", "q"]);
+    engine.start();
+    clock.advance(RETRY + FUTURE);
+    assert!(engine.wait_idle(IDLE), "{context}");
+    let seen = recorder.snapshot();
+    for (&id, _) in &log.published {
+        if log.is_finished(id) {
+            assert!(
+                !seen.contains_key(&id),
+                "{context}: finished event {id} delivered again"
+            );
+        } else {
+            let previous = log.attempts.get(&id).copied().unwrap_or(0);
+            assert_eq!(
+                seen.get(&id),
+                Some(&vec![previous + 1]),
+                "{context}: event {id} after attempt {previous}"
+            );
+        }
+    }
+    for id in seen.keys() {
+        assert!(
+            log.published.contains_key(id),
+            "{context}: delivered unknown {id}"
+        );
+    }
+    assert_eq!(engine.metrics().pending, 0, "{context}");
+    let max = log.published.keys().last().copied().unwrap_or(EventId(0));
+    let id = engine.publish("a", b"x", After::delay(FUTURE)).unwrap();
+    assert!(id > max, "{context}: id {id} reused");
+    engine.close().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Retry contexts survive a restart.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_retry_context_survives_every_restart() {
+    use afterlog::{RetryContext, RetryOptions, RetryReason};
+    for (kind, restart) in cases() {
+        let context = format!("{kind} {restart:?}");
+        let clock = ManualClock::new(START_MS);
+        let disk = new_disk(kind);
+        let engine = open(&disk, &clock);
+        engine.on("forge", |event, _| {
+            Err(HandlerError::retry(RetryOptions {
+                retry_after: Duration::from_secs(30),
+                reason: RetryReason::UpstreamRateLimited,
+                data: format!("after attempt {}", event.attempt()).into_bytes(),
+            }))
+        });
+        let id = engine.publish("forge", b"x", After::NOW).unwrap();
+        engine.start();
+        assert!(engine.wait_idle(IDLE), "{context}");
+        clock.advance(Duration::from_secs(30));
+        assert!(engine.wait_idle(IDLE), "{context}");
+        go_away(engine, &disk, restart);
+        let disk = disk.after(restart);
+        let engine = open(&disk, &clock);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        engine.on("forge", move |event, _| {
+            s.lock()
+                .push((event.id(), event.attempt(), event.retry_context().cloned()));
+            Ok(())
+        });
+        engine.start();
+        assert!(engine.wait_idle(IDLE), "{context}");
+        assert!(seen.lock().is_empty(), "{context}: retried early");
+        clock.advance(Duration::from_secs(30));
+        assert!(engine.wait_idle(IDLE), "{context}");
+        assert_eq!(
+            *seen.lock(),
+            vec![(
+                id,
+                3,
+                Some(RetryContext {
+                    retry_count: 2,
+                    retry_reason: RetryReason::UpstreamRateLimited,
+                    retry_data: b"after attempt 2".to_vec(),
+                })
+            )],
+            "{context}"
+        );
+        engine.close().unwrap();
+    }
+}
