@@ -676,7 +676,7 @@ fn check_after_crash(disk: &MemStorage, clock: &ManualClock, r: &Returned, conte
     clock.advance(RETRY + FUTURE);
     assert!(engine.wait_idle(IDLE), "{context}");
     let seen = recorder.snapshot();
-    for (&id, _) in &log.published {
+    for &id in log.published.keys() {
         if log.is_finished(id) {
             assert!(
                 !seen.contains_key(&id),
