@@ -6,13 +6,16 @@
 //! acknowledge most events and fail the first attempt of some, starts, and publishes in a
 //! loop: events due now, events due a few ms later, jobs, events cancelled right after their
 //! publish, cancels of recent events and of recent jobs. It prints one line per call that
-//! *returned* (`P <id>`, `J <job> <n>`, `C <id> <bool>`, `K <job> <n>`), and `A <id>` /
-//! `F <id>` when a handler acknowledges / fails.
+//! *returned* (`P <id>`, `J <job> <n>`, `C <id> <bool>`, `K <job> <n>`), `X <id>` when a
+//! cancel returned `true` before the event's due time (so no attempt of it can ever start),
+//! and `A <id>` / `F <id>` when a handler acknowledges / fails.
 //!
-//! The parent kills it 5 to 200 ms after spawning it (during recovery, publishing or
-//! delivery), then, on the same directory:
+//! The parent kills it 5 to 200 ms after spawning it (even rounds: during start-up,
+//! recovery, publishing or delivery) or after it reported the end of recovery (odd rounds),
+//! then, on the same directory:
 //! 1. scans the log with `Log::scan` (the directory is never corrupt) and checks that every
-//!    call the child reported as returned is in it: publishes, whole jobs, cancels;
+//!    call the child reported as returned is in it: publishes, whole jobs, cancels; and that
+//!    no handler ran in the child for an event cancelled before it fell due;
 //! 2. opens an engine (the directory always reopens), registers a recording handler, starts
 //!    and waits until every published event that is neither acknowledged, dropped, nor
 //!    cancelled (alone or with its job) is delivered, with attempt = the last attempt the log
@@ -49,6 +52,13 @@ fn options() -> Options {
         .segment_bytes(256 * 1024)
         .workers(2)
         .default_policy(RetryPolicy::fixed(Duration::from_millis(5)))
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -138,12 +148,17 @@ fn kill_child() {
                 jobs.push(job);
             }
             7 => {
+                let earliest_due_ms = epoch_ms() + CANCEL_AHEAD.as_millis() as i64;
                 let id = engine
                     .publish("ev", body, After::delay(CANCEL_AHEAD))
                     .unwrap_or_else(|e| fail("publish", e));
                 say(format_args!("P {}", id.0));
                 let cancelled = engine.cancel(id).unwrap_or_else(|e| fail("cancel", e));
                 say(format_args!("C {} {cancelled}", id.0));
+                // Cancelled before it fell due: no attempt of it can ever start.
+                if cancelled && epoch_ms() < earliest_due_ms {
+                    say(format_args!("X {}", id.0));
+                }
             }
             8 => {
                 if let Some(&id) = recent.get(recent.len().saturating_sub(3)) {
@@ -176,8 +191,11 @@ struct Reported {
     jobs: Vec<(u64, u64)>,
     cancelled: Vec<u64>,
     cancelled_jobs: Vec<u64>,
+    /// Events a handler ran for (`A` or `F` lines).
+    handled: BTreeSet<u64>,
     acked: u64,
-    failed: u64,
+    /// Events cancelled before they fell due (`X` lines).
+    cancelled_before_due: Vec<u64>,
     errors: Vec<String>,
 }
 
@@ -201,8 +219,14 @@ fn parse(lines: &[String]) -> Reported {
             Some("C") if words.get(2) == Some(&"true") => r.cancelled.push(num(1)),
             Some("C") => {}
             Some("K") => r.cancelled_jobs.push(num(1)),
-            Some("A") => r.acked += 1,
-            Some("F") => r.failed += 1,
+            Some("A") => {
+                r.acked += 1;
+                r.handled.insert(num(1));
+            }
+            Some("F") => {
+                r.handled.insert(num(1));
+            }
+            Some("X") => r.cancelled_before_due.push(num(1)),
             Some("E") => r.errors.push(text.to_string()),
             _ => panic!("bad line from the child: {line:?}"),
         }
@@ -325,17 +349,33 @@ fn sigkill_at_random_moments_loses_nothing() {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
-        let reader = std::thread::spawn(move || complete_lines(stdout));
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || complete_lines(stdout, &line_tx));
         let err_reader = std::thread::spawn(move || {
             let mut text = String::new();
             let _ = stderr.read_to_string(&mut text);
             text
         });
+        // Odd rounds count the delay from the end of recovery (the `O` line), so kills keep
+        // hitting the workload as the log grows; even rounds from the spawn, so they also
+        // hit process start and recovery.
+        let mut lines = Vec::new();
+        if round % 2 == 1 {
+            let give_up = Instant::now() + Duration::from_secs(30);
+            while let Ok(line) = line_rx.recv_timeout(give_up - Instant::now()) {
+                let opened = line.ends_with(&format!("{MARK}O"));
+                lines.push(line);
+                if opened {
+                    break;
+                }
+            }
+        }
         std::thread::sleep(delay);
         // Child::kill sends SIGKILL on Unix.
         child.kill().unwrap();
         let status = child.wait().unwrap();
-        let lines = reader.join().unwrap();
+        reader.join().unwrap();
+        lines.extend(line_rx.try_iter());
         let stderr = err_reader.join().unwrap();
         let context = format!("round {round} (seed {seed}, killed after {delay:?})");
         let reported = parse(&lines);
@@ -359,20 +399,18 @@ fn sigkill_at_random_moments_loses_nothing() {
     );
 }
 
-/// Reads the child's stdout to its end; keeps only lines that end in a newline (a kill may
-/// cut the last one).
-fn complete_lines(stdout: impl Read) -> Vec<String> {
+/// Reads the child's stdout to its end and sends each line; keeps only lines that end in a
+/// newline (a kill may cut the last one).
+fn complete_lines(stdout: impl Read, lines: &std::sync::mpsc::Sender<String>) {
     let mut reader = BufReader::new(stdout);
-    let mut lines = Vec::new();
     loop {
         let mut line = Vec::new();
         match reader.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return lines,
             Ok(_) if line.ends_with(b"\n") => {
                 line.pop();
-                lines.push(String::from_utf8_lossy(&line).into_owned());
+                let _ = lines.send(String::from_utf8_lossy(&line).into_owned());
             }
-            Ok(_) => return lines,
+            _ => return,
         }
     }
 }
@@ -409,6 +447,12 @@ fn check_round(dir: &Path, reported: &Reported, context: &str) -> u64 {
         assert!(
             log.cancelled_jobs.contains(job),
             "{context}: the cancel of job {job} returned but is not in the log"
+        );
+    }
+    for id in &reported.cancelled_before_due {
+        assert!(
+            !reported.handled.contains(id),
+            "{context}: event {id}, cancelled before it fell due, reached a handler"
         );
     }
     let must: BTreeSet<u64> = log
