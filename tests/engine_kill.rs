@@ -1,0 +1,544 @@
+//! Real processes killed with SIGKILL at random moments, on real files.
+//!
+//! The test binary re-invokes itself as the child (the `kill_child` test, which does nothing
+//! unless `AFTERLOG_KILL_CHILD_DIR` is set), so `cargo test` builds everything this needs.
+//! The child opens the data directory with the system clock, registers handlers that
+//! acknowledge most events and fail the first attempt of some, starts, and publishes in a
+//! loop: events due now, events due a few ms later, jobs, events cancelled right after their
+//! publish, cancels of recent events and of recent jobs. It prints one line per call that
+//! *returned* (`P <id>`, `J <job> <n>`, `C <id> <bool>`, `K <job> <n>`), `X <id>` when a
+//! cancel returned `true` before the event's due time (so no attempt of it can ever start),
+//! and `A <id>` / `F <id>` when a handler acknowledges / fails.
+//!
+//! The parent kills it 5 to 200 ms after spawning it (even rounds: during start-up,
+//! recovery, publishing or delivery) or after it reported the end of recovery (odd rounds),
+//! then, on the same directory:
+//! 1. scans the log with `Log::scan` (the directory is never corrupt) and checks that every
+//!    call the child reported as returned is in it: publishes, whole jobs, cancels; and that
+//!    no handler ran in the child for an event cancelled before it fell due;
+//! 2. opens an engine (the directory always reopens), registers a recording handler, starts
+//!    and waits until every published event that is neither acknowledged, dropped, nor
+//!    cancelled (alone or with its job) is delivered, with attempt = the last attempt the log
+//!    holds + 1 (counts never go backwards); no acknowledged or cancelled event is delivered;
+//!    no id was ever published twice, and a new publish and push get fresh ids;
+//! 3. closes it, and the next round's child continues with the same directory.
+//!
+//! `AFTERLOG_KILLS` sets the number of rounds (default 100), `AFTERLOG_KILL_SEED` the seed.
+
+use afterlog::format::{CancelTarget, Record};
+use afterlog::log::Log;
+use afterlog::storage::FsStorage;
+use afterlog::{After, Engine, EventId, HandlerError, JobId, Options, RetryPolicy};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CHILD_DIR_ENV: &str = "AFTERLOG_KILL_CHILD_DIR";
+const CHILD_SEED_ENV: &str = "AFTERLOG_KILL_CHILD_SEED";
+/// Marks the child's protocol lines among anything the test harness prints.
+const MARK: &str = "@@ ";
+const NAMES: [&str; 2] = ["ev", "q"];
+/// Delay of the events the child cancels right after publishing them.
+const CANCEL_AHEAD: Duration = Duration::from_millis(300);
+const SIGKILL: i32 = 9;
+
+fn options() -> Options {
+    Options::default()
+        .segment_bytes(256 * 1024)
+        .workers(2)
+        .default_policy(RetryPolicy::fixed(Duration::from_millis(5)))
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+// ---------------------------------------------------------------------------------------
+// The child.
+// ---------------------------------------------------------------------------------------
+
+/// Writes one protocol line with a single `write` and flushes it, so a kill leaves either
+/// the whole line or none of it in the pipe.
+fn say(text: std::fmt::Arguments<'_>) {
+    let line = format!("{MARK}{text}\n");
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+}
+
+/// The child process's body; a no-op test unless the parent set `AFTERLOG_KILL_CHILD_DIR`.
+#[test]
+fn kill_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
+        return;
+    };
+    let mut rng: u64 = std::env::var(CHILD_SEED_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let fail = |what: &str, e: afterlog::Error| -> ! {
+        say(format_args!("E {what}: {e}"));
+        std::process::exit(2)
+    };
+    let engine = Engine::open_with(&dir, options()).unwrap_or_else(|e| fail("open", e));
+    for name in NAMES {
+        engine.on(name, |event, _| {
+            if event.body().starts_with(b"fail") && event.attempt() == 1 {
+                say(format_args!("F {}", event.id().0));
+                return Err(HandlerError::msg("first attempts of fail… events fail"));
+            }
+            say(format_args!("A {}", event.id().0));
+            Ok(())
+        });
+    }
+    engine.start();
+    say(format_args!("O"));
+    let mut recent: Vec<EventId> = Vec::new();
+    let mut jobs: Vec<JobId> = Vec::new();
+    // Never outlive a parent that failed to kill this process.
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let roll = splitmix(&mut rng);
+        let body: &[u8] = if roll.is_multiple_of(5) {
+            b"fail"
+        } else {
+            b"ack"
+        };
+        match (roll >> 8) % 10 {
+            0..=3 => {
+                let id = engine
+                    .publish("ev", body, After::NOW)
+                    .unwrap_or_else(|e| fail("publish", e));
+                say(format_args!("P {}", id.0));
+                recent.push(id);
+            }
+            4 | 5 => {
+                let delay = 1 + (roll >> 16) % 20;
+                let id = engine
+                    .publish("ev", body, After::ms(delay))
+                    .unwrap_or_else(|e| fail("publish", e));
+                say(format_args!("P {}", id.0));
+            }
+            6 => {
+                let n = 1 + (roll >> 16) % 5;
+                let bodies: Vec<&[u8]> = (0..n)
+                    .map(|i| if i == 1 { &b"fail"[..] } else { &b"ack"[..] })
+                    .collect();
+                let delay = Duration::from_millis(1 + (roll >> 24) % 10);
+                let job = engine
+                    .push("q", bodies, delay)
+                    .unwrap_or_else(|e| fail("push", e));
+                say(format_args!("J {} {n}", job.0));
+                jobs.push(job);
+            }
+            7 => {
+                let earliest_due_ms = epoch_ms() + CANCEL_AHEAD.as_millis() as i64;
+                let id = engine
+                    .publish("ev", body, After::delay(CANCEL_AHEAD))
+                    .unwrap_or_else(|e| fail("publish", e));
+                say(format_args!("P {}", id.0));
+                let cancelled = engine.cancel(id).unwrap_or_else(|e| fail("cancel", e));
+                say(format_args!("C {} {cancelled}", id.0));
+                // Cancelled before it fell due: no attempt of it can ever start.
+                if cancelled && epoch_ms() < earliest_due_ms {
+                    say(format_args!("X {}", id.0));
+                }
+            }
+            8 => {
+                if let Some(&id) = recent.get(recent.len().saturating_sub(3)) {
+                    let cancelled = engine.cancel(id).unwrap_or_else(|e| fail("cancel", e));
+                    say(format_args!("C {} {cancelled}", id.0));
+                }
+            }
+            _ => {
+                if let Some(&job) = jobs.last() {
+                    let n = engine
+                        .cancel_job(job)
+                        .unwrap_or_else(|e| fail("cancel job", e));
+                    say(format_args!("K {} {n}", job.0));
+                }
+            }
+        }
+    }
+    std::process::exit(0);
+}
+
+// ---------------------------------------------------------------------------------------
+// The parent.
+// ---------------------------------------------------------------------------------------
+
+/// What the child reported before it died.
+#[derive(Default, Debug)]
+struct Reported {
+    opened: bool,
+    published: Vec<u64>,
+    jobs: Vec<(u64, u64)>,
+    cancelled: Vec<u64>,
+    cancelled_jobs: Vec<u64>,
+    /// Events a handler ran for (`A` or `F` lines).
+    handled: BTreeSet<u64>,
+    acked: u64,
+    /// Events cancelled before they fell due (`X` lines).
+    cancelled_before_due: Vec<u64>,
+    errors: Vec<String>,
+}
+
+fn parse(lines: &[String]) -> Reported {
+    let mut r = Reported::default();
+    for line in lines {
+        let Some((_, text)) = line.split_once(MARK) else {
+            continue;
+        };
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let num = |i: usize| -> u64 {
+            words
+                .get(i)
+                .and_then(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("bad line from the child: {line:?}"))
+        };
+        match words.first().copied() {
+            Some("O") => r.opened = true,
+            Some("P") => r.published.push(num(1)),
+            Some("J") => r.jobs.push((num(1), num(2))),
+            Some("C") if words.get(2) == Some(&"true") => r.cancelled.push(num(1)),
+            Some("C") => {}
+            Some("K") => r.cancelled_jobs.push(num(1)),
+            Some("A") => {
+                r.acked += 1;
+                r.handled.insert(num(1));
+            }
+            Some("F") => {
+                r.handled.insert(num(1));
+            }
+            Some("X") => r.cancelled_before_due.push(num(1)),
+            Some("E") => r.errors.push(text.to_string()),
+            _ => panic!("bad line from the child: {line:?}"),
+        }
+    }
+    r
+}
+
+/// What the log holds.
+#[derive(Default)]
+struct Scanned {
+    published: BTreeMap<u64, Option<u64>>,
+    jobs: HashMap<u64, Vec<u64>>,
+    acked: BTreeSet<u64>,
+    dropped: BTreeSet<u64>,
+    cancelled: BTreeSet<u64>,
+    cancelled_jobs: BTreeSet<u64>,
+    /// The highest attempt number any record of the event carries.
+    attempts: HashMap<u64, u32>,
+    duplicate_publishes: Vec<u64>,
+}
+
+fn scan(dir: &Path) -> Scanned {
+    let storage = FsStorage::existing(dir).unwrap();
+    let mut s = Scanned::default();
+    Log::scan(&storage, |_, record| {
+        let mut attempt = |event: EventId, n: u32| {
+            let a = s.attempts.entry(event.0).or_default();
+            *a = (*a).max(n);
+        };
+        match record {
+            Record::Publish(p) => {
+                for e in p.events() {
+                    if s.published.insert(e.id.0, p.job.map(|j| j.0)).is_some() {
+                        s.duplicate_publishes.push(e.id.0);
+                    }
+                    if let Some(job) = p.job {
+                        s.jobs.entry(job.0).or_default().push(e.id.0);
+                    }
+                }
+            }
+            Record::Attempt(a) => attempt(a.event, a.attempt),
+            Record::Retry(r) => attempt(r.event, r.attempt),
+            Record::Ack(a) => {
+                attempt(a.event, a.attempt);
+                s.acked.insert(a.event.0);
+            }
+            Record::Drop(d) => {
+                attempt(d.event, d.attempt);
+                s.dropped.insert(d.event.0);
+            }
+            Record::Cancel(c) => match c.target {
+                CancelTarget::Event(id) => {
+                    s.cancelled.insert(id.0);
+                }
+                CancelTarget::Job(job) => {
+                    s.cancelled_jobs.insert(job.0);
+                }
+            },
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("the log does not scan: {e}"));
+    s
+}
+
+impl Scanned {
+    /// Acknowledged, dropped or cancelled (alone or with its job): never delivered again.
+    fn finished(&self, id: u64) -> bool {
+        self.acked.contains(&id)
+            || self.dropped.contains(&id)
+            || self.cancelled.contains(&id)
+            || self.published[&id].is_some_and(|job| self.cancelled_jobs.contains(&job))
+    }
+}
+
+/// Totals over the campaign.
+#[derive(Default, Debug)]
+struct Totals {
+    kills: u64,
+    killed_after_open: u64,
+    published: u64,
+    jobs: u64,
+    cancels: u64,
+    handler_acks: u64,
+    redelivered: u64,
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing() {
+    let kills: u64 = std::env::var("AFTERLOG_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let seed: u64 = std::env::var("AFTERLOG_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("AFTERLOG_KILL_SEED={seed} AFTERLOG_KILLS={kills}");
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = seed;
+    let mut totals = Totals::default();
+    let started = Instant::now();
+    for round in 0..kills {
+        let child_seed = splitmix(&mut rng);
+        let delay = Duration::from_millis(5 + splitmix(&mut rng) % 196);
+        let mut child = Command::new(&exe)
+            .args(["kill_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_DIR_ENV, dir.path())
+            .env(CHILD_SEED_ENV, child_seed.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || complete_lines(stdout, &line_tx));
+        let err_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        // Odd rounds count the delay from the end of recovery (the `O` line), so kills keep
+        // hitting the workload as the log grows; even rounds from the spawn, so they also
+        // hit process start and recovery.
+        let mut lines = Vec::new();
+        if round % 2 == 1 {
+            let give_up = Instant::now() + Duration::from_secs(30);
+            while let Ok(line) = line_rx.recv_timeout(give_up - Instant::now()) {
+                let opened = line.ends_with(&format!("{MARK}O"));
+                lines.push(line);
+                if opened {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(delay);
+        // Child::kill sends SIGKILL on Unix.
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        reader.join().unwrap();
+        lines.extend(line_rx.try_iter());
+        let stderr = err_reader.join().unwrap();
+        let context = format!("round {round} (seed {seed}, killed after {delay:?})");
+        let reported = parse(&lines);
+        assert!(
+            reported.errors.is_empty() && status.signal() == Some(SIGKILL),
+            "{context}: the child did not die by SIGKILL ({status:?}): {:?}\n{stderr}",
+            reported.errors
+        );
+        totals.kills += 1;
+        totals.killed_after_open += u64::from(reported.opened);
+        totals.published += reported.published.len() as u64;
+        totals.jobs += reported.jobs.len() as u64;
+        totals.cancels += (reported.cancelled.len() + reported.cancelled_jobs.len()) as u64;
+        totals.handler_acks += reported.acked;
+        totals.redelivered += check_round(dir.path(), &reported, &context);
+    }
+    println!(
+        "survived {} SIGKILLs in {:.1?}: {totals:?}",
+        totals.kills,
+        started.elapsed()
+    );
+}
+
+/// Reads the child's stdout to its end and sends each line; keeps only lines that end in a
+/// newline (a kill may cut the last one).
+fn complete_lines(stdout: impl Read, lines: &std::sync::mpsc::Sender<String>) {
+    let mut reader = BufReader::new(stdout);
+    loop {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(_) if line.ends_with(b"\n") => {
+                line.pop();
+                let _ = lines.send(String::from_utf8_lossy(&line).into_owned());
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Checks the directory after a kill against what the child reported; delivers every
+/// pending event. Returns how many events were delivered.
+fn check_round(dir: &Path, reported: &Reported, context: &str) -> u64 {
+    let log = scan(dir);
+    assert!(
+        log.duplicate_publishes.is_empty(),
+        "{context}: ids published twice: {:?}",
+        log.duplicate_publishes
+    );
+    for id in &reported.published {
+        assert!(
+            log.published.contains_key(id),
+            "{context}: event {id}, whose publish returned, is not in the log"
+        );
+    }
+    for (job, n) in &reported.jobs {
+        assert_eq!(
+            log.jobs.get(job).map_or(0, |e| e.len() as u64),
+            *n,
+            "{context}: job {job}, whose push returned, is not whole in the log"
+        );
+    }
+    for id in &reported.cancelled {
+        assert!(
+            log.cancelled.contains(id),
+            "{context}: the cancel of {id} returned but is not in the log"
+        );
+    }
+    for job in &reported.cancelled_jobs {
+        assert!(
+            log.cancelled_jobs.contains(job),
+            "{context}: the cancel of job {job} returned but is not in the log"
+        );
+    }
+    for id in &reported.cancelled_before_due {
+        assert!(
+            !reported.handled.contains(id),
+            "{context}: event {id}, cancelled before it fell due, reached a handler"
+        );
+    }
+    let must: BTreeSet<u64> = log
+        .published
+        .keys()
+        .copied()
+        .filter(|&id| !log.finished(id))
+        .collect();
+
+    let engine = Engine::open_with(dir, options())
+        .unwrap_or_else(|e| panic!("{context}: the directory does not reopen: {e}"));
+    let delivered: Arc<Mutex<BTreeMap<u64, Vec<u32>>>> = Arc::default();
+    for name in NAMES.into_iter().chain(["verify"]) {
+        let delivered = delivered.clone();
+        engine.on(name, move |event, _| {
+            delivered
+                .lock()
+                .entry(event.id().0)
+                .or_default()
+                .push(event.attempt());
+            Ok(())
+        });
+    }
+    engine.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing: Vec<u64> = {
+            let d = delivered.lock();
+            must.iter()
+                .copied()
+                .filter(|id| !d.contains_key(id))
+                .collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{context}: pending events never delivered after the restart: {missing:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let max_event = log.published.keys().last().copied().unwrap_or(0);
+    let max_job = log.jobs.keys().max().copied().unwrap_or(0);
+    let id = engine.publish("verify", b"", After::NOW).unwrap();
+    assert!(id.0 > max_event, "{context}: event id {id} reused");
+    let job = engine
+        .push("verify", [b""], Duration::from_millis(1))
+        .unwrap();
+    assert!(job.0 > max_job, "{context}: job id {job} reused");
+    let fresh = id.0..=id.0 + 1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fresh.clone().any(|id| !delivered.lock().contains_key(&id)) {
+        assert!(
+            Instant::now() < deadline,
+            "{context}: a fresh event was not delivered"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(engine.wait_idle(Duration::from_secs(10)), "{context}");
+    let pending_left = engine.metrics().pending;
+    engine.close().unwrap();
+    assert_eq!(
+        pending_left, 0,
+        "{context}: events left pending after delivery"
+    );
+
+    let delivered = delivered.lock();
+    for (id, attempts) in delivered.iter() {
+        if fresh.contains(id) {
+            continue;
+        }
+        assert!(
+            log.published.contains_key(id),
+            "{context}: delivered {id}, which is not in the log"
+        );
+        assert!(
+            !log.finished(*id),
+            "{context}: event {id} delivered after it was acknowledged or cancelled"
+        );
+        let previous = log.attempts.get(id).copied().unwrap_or(0);
+        assert_eq!(
+            attempts.first().copied(),
+            Some(previous + 1),
+            "{context}: event {id} attempted {attempts:?} after the log recorded attempt {previous}"
+        );
+    }
+    delivered.len() as u64 - 2
+}
