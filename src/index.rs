@@ -1079,6 +1079,17 @@ impl Index {
         self.counts.iter().sum()
     }
 
+    /// Every held event (pending or finished but not released), in id order: what
+    /// compaction needs to know which records are still live and where publishes lie.
+    pub fn held_events(&self) -> impl Iterator<Item = EventInfo<'_>> + '_ {
+        self.chunks.iter().flat_map(move |(&chunk_no, c)| {
+            c.entries.iter().enumerate().filter_map(move |(i, e)| {
+                e.state()?;
+                self.get(EventId(chunk_no * CHUNK_LEN_U64 + i as u64 + 1))
+            })
+        })
+    }
+
     /// Every Scheduled event with its due time, in id order: the input of the wheel's bulk
     /// rebuild after replay.
     pub fn scheduled(&self) -> impl Iterator<Item = (EventId, i64)> + '_ {

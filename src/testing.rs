@@ -59,6 +59,8 @@ pub fn check_recover(data: &[u8]) {
             first_seq: id * 1000 - 999,
             created_ms: 0,
             flags: 0,
+            event_id_floor: 0,
+            job_id_floor: 0,
         };
         let mut bytes = if lead == 0xFF {
             Vec::new()

@@ -485,8 +485,11 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
                             retry_data: r.data.to_vec(),
                         })
                     });
+                    // The segment is taken under the same lock as the location: compaction
+                    // swaps both together, and the reader keeps this version of the file.
+                    let reader = inner.log.segment_reader(u64::from(i.location.segment));
                     (
-                        i.location,
+                        (i.location, reader),
                         i.attempts,
                         i.due_ms,
                         i.job,
@@ -500,8 +503,7 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
             finished += 1;
             continue;
         };
-        let Some((record, body, published_ms, first_due_ms)) = read_publish(inner, id, location)
-        else {
+        let Some((record, body, published_ms, first_due_ms)) = read_publish(id, location) else {
             inner.metrics.read_errors.fetch_add(1, Ordering::Relaxed);
             finished += 1;
             continue;
@@ -600,14 +602,10 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
 /// Reads an event's publish record: the record, the body's range in its payload, when it
 /// was published and when it was first due.
 fn read_publish(
-    inner: &Inner,
     id: EventId,
-    location: crate::index::Location,
+    (location, reader): (crate::index::Location, Option<crate::log::SegmentReader>),
 ) -> Option<(Arc<RecordBytes>, Range<usize>, i64, i64)> {
-    let bytes = inner
-        .log
-        .read(u64::from(location.segment), u64::from(location.offset))
-        .ok()?;
+    let bytes = reader?.read(u64::from(location.offset)).ok()?;
     let (range, published_ms, first_due_ms) = {
         let Ok(Record::Publish(publish)) = bytes.record() else {
             return None;

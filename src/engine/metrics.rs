@@ -44,6 +44,7 @@ pub(crate) struct Counters {
     pub workers_replaced: AtomicU64,
     pub read_errors: AtomicU64,
     pub replay_rejected: AtomicU64,
+    pub compacted_bytes: AtomicU64,
     lateness: [AtomicU64; BUCKETS],
     lateness_max_ms: AtomicU64,
 }
@@ -64,6 +65,7 @@ impl Default for Counters {
             workers_replaced: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
             replay_rejected: AtomicU64::new(0),
+            compacted_bytes: AtomicU64::new(0),
             lateness: std::array::from_fn(|_| AtomicU64::new(0)),
             lateness_max_ms: AtomicU64::new(0),
         }
@@ -100,7 +102,13 @@ impl Counters {
         self.lateness_max_ms.load(Ordering::Relaxed)
     }
 
-    pub fn snapshot(&self, pending: u64, in_flight: u64, log: LogCounters) -> Metrics {
+    pub fn snapshot(
+        &self,
+        pending: u64,
+        in_flight: u64,
+        index_bytes: u64,
+        log: LogCounters,
+    ) -> Metrics {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Metrics {
             published: get(&self.published),
@@ -116,8 +124,10 @@ impl Counters {
             workers_replaced: get(&self.workers_replaced),
             read_errors: get(&self.read_errors),
             replay_rejected: get(&self.replay_rejected),
+            compacted_bytes: get(&self.compacted_bytes),
             pending,
             in_flight,
+            index_bytes,
             records: log.records,
             fsyncs: log.syncs,
             records_per_fsync: if log.syncs == 0 {
@@ -162,10 +172,14 @@ pub struct Metrics {
     pub read_errors: u64,
     /// Records recovery could not apply (counted, skipped).
     pub replay_rejected: u64,
+    /// Bytes of log reclaimed by compaction.
+    pub compacted_bytes: u64,
     /// Events scheduled or running now.
     pub pending: u64,
     /// Events taken for delivery whose attempt has not finished.
     pub in_flight: u64,
+    /// Heap bytes of the event index (an estimate): follows the events not yet compacted away.
+    pub index_bytes: u64,
     /// Log records written since open.
     pub records: u64,
     /// Data syncs since open.

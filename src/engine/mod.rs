@@ -10,11 +10,13 @@
 //! batches; a worker writes the batch's attempt records (one sync), runs the handlers, and
 //! writes their outcomes (one sync).
 
+mod compaction;
 mod delivery;
 mod handler;
 mod metrics;
 mod options;
 
+pub use compaction::CompactionStats;
 pub use handler::{Context, Event, Handler, HandlerError, HandlerOptions};
 pub use metrics::Metrics;
 pub use options::{
@@ -101,6 +103,11 @@ pub(crate) struct Inner {
     pub metrics: metrics::Counters,
     pub delivery: Mutex<Option<delivery::Delivery>>,
     forge_names: Vec<String>,
+    /// One compaction pass at a time.
+    compaction_lock: Mutex<()>,
+    /// Wakes the background compaction thread (on close).
+    compaction_wake: Wake,
+    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// An open data directory: publish events, register handlers, and (after
@@ -159,7 +166,7 @@ impl Engine {
         let mut index = Index::new();
         let mut effects = Vec::new();
         let mut rejected = 0u64;
-        let (log, _recovery) = Log::open(storage, options.log.clone(), |pos, record| {
+        let (log, recovery) = Log::open(storage, options.log.clone(), |pos, record| {
             match index.apply(location(pos), record, &mut effects) {
                 Ok(_) => {}
                 // A record the index cannot apply (an outcome whose publish was compacted
@@ -179,8 +186,17 @@ impl Engine {
             let handle = wheel.insert(due_ms.max(0) as u64, id.0);
             index.set_timer(id, handle.to_u64());
         }
-        let next_event = index.max_event_id().map_or(1, |id| id.0 + 1);
-        let next_job = index.max_job_id().map_or(1, |id| id.0 + 1);
+        // Ids continue above every id in the log and above the floors in segment headers, which
+        // remember allocated ids even after compaction removed every record naming them.
+        let next_event = index
+            .max_event_id()
+            .map_or(1, |id| id.0 + 1)
+            .max(recovery.event_id_floor);
+        let next_job = index
+            .max_job_id()
+            .map_or(1, |id| id.0 + 1)
+            .max(recovery.job_id_floor);
+        log.raise_id_floors(next_event, next_job);
         let forge = RetryPolicy::forge();
         let forge_names = options
             .policies
@@ -210,8 +226,19 @@ impl Engine {
             metrics,
             delivery: Mutex::new(None),
             forge_names,
+            compaction_lock: Mutex::new(()),
+            compaction_wake: Wake::new(),
+            compactor: Mutex::new(None),
             options,
         });
+        if let Some(interval) = inner.options.compaction_interval {
+            let thread_inner = inner.clone();
+            let handle = std::thread::Builder::new()
+                .name("afterlog-compactor".into())
+                .spawn(move || thread_inner.compact_in_background(interval))
+                .map_err(|e| Error::invalid(format!("cannot start the compaction thread: {e}")))?;
+            *inner.compactor.lock() = Some(handle);
+        }
         Ok(Engine {
             handle: Arc::new(Handle { inner }),
         })
@@ -333,6 +360,17 @@ impl Engine {
         self.inner().wait_idle(timeout)
     }
 
+    /// Runs one full compaction pass now and waits for it: the active segment is sealed
+    /// (if it holds any record), then every segment with any dead bytes is rewritten, so the
+    /// records of every finished event leave the disk and their index entries are freed.
+    pub fn compact_now(&self) -> Result<CompactionStats> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let _pass = inner.compaction_lock.lock();
+        inner.log.roll()?;
+        compaction::pass(inner, 0.0, u64::MAX)
+    }
+
     /// Counters of the engine's work.
     pub fn metrics(&self) -> Metrics {
         self.inner().metrics()
@@ -369,6 +407,7 @@ impl Inner {
         let now_ms = self.clock.now_ms();
         let due_ms = after.resolve(now_ms)?;
         let id = EventId(self.next_event.fetch_add(1, Ordering::Relaxed));
+        self.log.raise_id_floors(id.0 + 1, 0);
         let entries = [PublishEntry {
             id,
             due_ms,
@@ -427,6 +466,8 @@ impl Inner {
             .next_event
             .fetch_add(bodies.len() as u64, Ordering::Relaxed);
         let job = JobId(self.next_job.fetch_add(1, Ordering::Relaxed));
+        self.log
+            .raise_id_floors(first + bodies.len() as u64, job.0 + 1);
         let entries: Vec<PublishEntry<'_>> = bodies
             .iter()
             .enumerate()
@@ -574,12 +615,38 @@ impl Inner {
     }
 
     fn metrics(&self) -> Metrics {
-        let (pending, in_flight) = {
+        let (pending, in_flight, index_bytes) = {
             let core = self.core.lock();
-            (core.index.pending_count(), core.in_flight)
+            (
+                core.index.pending_count(),
+                core.in_flight,
+                core.index.memory_bytes() as u64,
+            )
         };
         self.metrics
-            .snapshot(pending, in_flight, self.log.counters())
+            .snapshot(pending, in_flight, index_bytes, self.log.counters())
+    }
+
+    /// The background compaction thread: a paced pass every `interval` on the engine's clock.
+    fn compact_in_background(self: Arc<Inner>, interval: Duration) {
+        let interval_ms = interval.as_millis().min(i64::MAX as u128) as i64;
+        let mut next_ms = self.clock.now_ms().saturating_add(interval_ms);
+        while !self.closing.load(Ordering::Acquire) {
+            if self.clock.now_ms() >= next_ms {
+                let _pass = self.compaction_lock.lock();
+                if self.closing.load(Ordering::Acquire) {
+                    break;
+                }
+                let (min_dead, budget) = (
+                    self.options.compaction_min_dead,
+                    self.options.compaction_budget_bytes,
+                );
+                // A failed pass leaves everything as it was; the next one tries again.
+                let _ = compaction::pass(&self, min_dead, budget);
+                next_ms = self.clock.now_ms().saturating_add(interval_ms);
+            }
+            self.clock.wait_until(&self.compaction_wake, Some(next_ms));
+        }
     }
 
     fn close(&self) -> Result<()> {
@@ -587,6 +654,11 @@ impl Inner {
             return Ok(());
         }
         self.wake.notify();
+        self.compaction_wake.notify();
+        let compactor = self.compactor.lock().take();
+        if let Some(compactor) = compactor {
+            let _ = compactor.join();
+        }
         let delivery = self.delivery.lock().take();
         if let Some(delivery) = delivery {
             delivery.stop(self);

@@ -32,6 +32,9 @@ pub struct Options {
     pub(crate) max_push_events: usize,
     pub(crate) max_push_bytes: usize,
     pub(crate) log: LogOptions,
+    pub(crate) compaction_interval: Option<Duration>,
+    pub(crate) compaction_min_dead: f64,
+    pub(crate) compaction_budget_bytes: u64,
 }
 
 impl Default for Options {
@@ -45,6 +48,9 @@ impl Default for Options {
             max_push_events: DEFAULT_MAX_PUSH_EVENTS,
             max_push_bytes: DEFAULT_MAX_PUSH_BYTES,
             log: LogOptions::default(),
+            compaction_interval: Some(Duration::from_secs(10)),
+            compaction_min_dead: 0.5,
+            compaction_budget_bytes: 256 << 20,
         }
     }
 }
@@ -111,6 +117,31 @@ impl Options {
     /// All log options at once.
     pub fn log_options(mut self, log: LogOptions) -> Options {
         self.log = log;
+        self
+    }
+
+    /// How often the background compaction pass runs, on the engine's clock (default every
+    /// 10 s); `None` turns the background pass off (`compact_now` still works).
+    pub fn compaction_interval(mut self, interval: Option<Duration>) -> Options {
+        self.compaction_interval = interval;
+        self
+    }
+
+    /// The share of a sealed segment's bytes that must be dead (finished events) before the
+    /// background pass rewrites it (default 0.5, clamped to 0..=1).
+    pub fn compaction_min_dead(mut self, share: f64) -> Options {
+        self.compaction_min_dead = if share.is_nan() {
+            0.5
+        } else {
+            share.clamp(0.0, 1.0)
+        };
+        self
+    }
+
+    /// Most segment bytes one background pass reads (default 256 MiB): compaction's I/O is
+    /// paced so that it never competes with publishing for long.
+    pub fn compaction_budget_bytes(mut self, bytes: u64) -> Options {
+        self.compaction_budget_bytes = bytes.max(1);
         self
     }
 

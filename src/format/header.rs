@@ -9,7 +9,8 @@
 //!     24     8  first_seq      u64, sequence number of the first record written here
 //!     32     8  created_ms     i64, Unix epoch ms (informational)
 //!     40     4  flags          u32, bit 0: written by compaction; other bits zero
-//!     44    16  reserved       zero
+//!     44     8  event_id_floor u64, every event id below it was allocated before this segment
+//!     52     8  job_id_floor   u64, likewise for job ids
 //!     60     4  header_crc     u32, CRC-32 of bytes 0..60
 //! ```
 
@@ -29,9 +30,10 @@ const SEGMENT_ID_OFFSET: usize = HEADER_LEN_OFFSET + 4;
 const FIRST_SEQ_OFFSET: usize = SEGMENT_ID_OFFSET + 8;
 const CREATED_OFFSET: usize = FIRST_SEQ_OFFSET + 8;
 const FLAGS_OFFSET: usize = CREATED_OFFSET + 8;
-const RESERVED_OFFSET: usize = FLAGS_OFFSET + 4;
+const EVENT_FLOOR_OFFSET: usize = FLAGS_OFFSET + 4;
+const JOB_FLOOR_OFFSET: usize = EVENT_FLOOR_OFFSET + 8;
 /// Offset of the header checksum, which covers every byte before it.
-pub const HEADER_CRC_OFFSET: usize = RESERVED_OFFSET + 16;
+pub const HEADER_CRC_OFFSET: usize = JOB_FLOOR_OFFSET + 8;
 
 const _: () = assert!(HEADER_CRC_OFFSET == 60);
 const _: () = assert!(HEADER_CRC_OFFSET + 4 == SEGMENT_HEADER_LEN);
@@ -54,6 +56,11 @@ pub struct SegmentHeader {
     pub created_ms: i64,
     /// Flag bits (see `FLAG_COMPACTED`).
     pub flags: u32,
+    /// Every event id below this was allocated before the segment was created, so ids
+    /// continue above it after recovery even when compaction removed every record naming them.
+    pub event_id_floor: u64,
+    /// Likewise for job ids.
+    pub job_id_floor: u64,
 }
 
 /// Why a header did not decode. The caller adds the file name.
@@ -97,7 +104,9 @@ pub fn encode_header(header: &SegmentHeader) -> [u8; SEGMENT_HEADER_LEN] {
     b[SEGMENT_ID_OFFSET..FIRST_SEQ_OFFSET].copy_from_slice(&header.segment_id.to_le_bytes());
     b[FIRST_SEQ_OFFSET..CREATED_OFFSET].copy_from_slice(&header.first_seq.to_le_bytes());
     b[CREATED_OFFSET..FLAGS_OFFSET].copy_from_slice(&header.created_ms.to_le_bytes());
-    b[FLAGS_OFFSET..RESERVED_OFFSET].copy_from_slice(&header.flags.to_le_bytes());
+    b[FLAGS_OFFSET..EVENT_FLOOR_OFFSET].copy_from_slice(&header.flags.to_le_bytes());
+    b[EVENT_FLOOR_OFFSET..JOB_FLOOR_OFFSET].copy_from_slice(&header.event_id_floor.to_le_bytes());
+    b[JOB_FLOOR_OFFSET..HEADER_CRC_OFFSET].copy_from_slice(&header.job_id_floor.to_le_bytes());
     let crc = crc32fast::hash(&b[..HEADER_CRC_OFFSET]);
     b[HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
     b
@@ -138,20 +147,14 @@ pub fn decode_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderError> {
             reason: format!("unknown flag bits {flags:#x}"),
         });
     }
-    if b[RESERVED_OFFSET..HEADER_CRC_OFFSET]
-        .iter()
-        .any(|&x| x != 0)
-    {
-        return Err(HeaderError::Invalid {
-            reason: "reserved bytes are not zero".into(),
-        });
-    }
     Ok(SegmentHeader {
         format_version,
         segment_id: get_u64(b, SEGMENT_ID_OFFSET),
         first_seq: get_u64(b, FIRST_SEQ_OFFSET),
         created_ms: get_i64(b, CREATED_OFFSET),
         flags,
+        event_id_floor: get_u64(b, EVENT_FLOOR_OFFSET),
+        job_id_floor: get_u64(b, JOB_FLOOR_OFFSET),
     })
 }
 
@@ -182,6 +185,8 @@ mod tests {
             first_seq: 1234,
             created_ms: 1_700_000_000_000,
             flags: 0,
+            event_id_floor: 99,
+            job_id_floor: 5,
         }
     }
 

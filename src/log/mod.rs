@@ -5,10 +5,12 @@
 //! - `writer.rs`: the writer thread and group commit.
 //! - `recovery.rs`: the scan on open, torn tails and corruption.
 
+mod compact;
 mod recovery;
 mod segment;
 mod writer;
 
+pub use compact::{Compacted, SealedSegment, SegmentReader};
 pub use recovery::Recovery;
 pub use segment::{parse_segment_name, segment_name};
 
@@ -188,6 +190,10 @@ impl Log {
             storage: storage.clone(),
             segments: Default::default(),
             stats: Default::default(),
+            floors: [
+                AtomicU64::new(report.event_id_floor),
+                AtomicU64::new(report.job_id_floor),
+            ],
         });
         for slot in recovered.sealed {
             shared.segments.insert(slot);
@@ -211,7 +217,7 @@ impl Log {
                 install(
                     &*storage,
                     &*file,
-                    &new_header(1, report.last_seq + 1, now_ms()),
+                    &new_header(1, report.last_seq + 1, now_ms(), shared.id_floors()),
                 )?;
                 let slot = Arc::new(SegmentSlot::active(1, file));
                 shared.segments.insert(slot.clone());
@@ -341,41 +347,47 @@ impl Log {
         done.wait().map(|_| ())
     }
 
+    /// Syncs everything appended so far and seals the active segment (if it holds any
+    /// record), so that compaction can reach every record written before the call.
+    pub fn roll(&self) -> Result<()> {
+        let done = Arc::new(Completion::default());
+        {
+            let mut q = self.shared.queue.lock();
+            if let Some(reason) = &q.poisoned {
+                return Err(Error::Poisoned {
+                    reason: reason.clone(),
+                });
+            }
+            if q.closing {
+                return Err(Error::Closed);
+            }
+            q.flushes.push(done.clone());
+            q.roll_requested = true;
+        }
+        self.shared.work.notify_one();
+        done.wait().map(|_| ())
+    }
+
     /// Reads the record whose frame starts at `offset` in `segment`, verifying its checksum.
     pub fn read(&self, segment: u64, offset: u64) -> Result<RecordBytes> {
         let storage = &*self.shared.storage;
-        let path = || storage.path().join(segment_name(segment));
         let slot = self
             .shared
             .segments
             .get(segment)
             .ok_or_else(|| Error::Corrupt {
-                file: path(),
+                file: storage.path().join(segment_name(segment)),
                 offset,
                 reason: "no such segment".into(),
             })?;
-        let head = slot.read(storage, offset, FRAME_HEADER_LEN)?;
-        let len = get_u32(&head, 0) as usize;
-        if len == 0 || len > crate::format::MAX_PAYLOAD_LEN {
-            return Err(Error::Corrupt {
-                file: path(),
-                offset,
-                reason: format!("no frame here (length {len})"),
-            });
-        }
-        let bytes = slot.read(storage, offset, FRAME_HEADER_LEN + len)?;
-        let (kind, seq) = match decode_frame(&bytes, segment) {
-            Ok(Some(frame)) => (frame.kind, frame.seq),
-            Ok(None) => unreachable!("length checked above"),
-            Err(e) => {
-                return Err(Error::Corrupt {
-                    file: path(),
-                    offset,
-                    reason: e.to_string(),
-                });
-            }
-        };
-        Ok(RecordBytes { bytes, kind, seq })
+        read_frame(storage, &slot, offset)
+    }
+
+    /// Raises the id floors written into the headers of segments created from now on: every
+    /// event id below `event` and job id below `job` has been allocated.
+    pub fn raise_id_floors(&self, event: u64, job: u64) {
+        self.shared.floors[0].fetch_max(event, Ordering::Relaxed);
+        self.shared.floors[1].fetch_max(job, Ordering::Relaxed);
     }
 
     /// The reason the log is poisoned, if it is.
@@ -413,6 +425,29 @@ impl Log {
             (Err(Error::Closed), Ok(())) => Ok(()),
             (result, Ok(())) => result,
         }
+    }
+}
+
+/// Reads and verifies the frame at `offset` of one segment.
+fn read_frame(storage: &dyn Storage, slot: &SegmentSlot, offset: u64) -> Result<RecordBytes> {
+    let corrupt = |reason: String| Error::Corrupt {
+        file: storage.path().join(segment_name(slot.id)),
+        offset,
+        reason,
+    };
+    let head = slot.read(storage, offset, FRAME_HEADER_LEN)?;
+    let len = get_u32(&head, 0) as usize;
+    if len == 0 || len > crate::format::MAX_PAYLOAD_LEN {
+        return Err(corrupt(format!("no frame here (length {len})")));
+    }
+    let bytes = slot.read(storage, offset, FRAME_HEADER_LEN + len)?;
+    match decode_frame(&bytes, slot.id) {
+        Ok(Some(frame)) => {
+            let (kind, seq) = (frame.kind, frame.seq);
+            Ok(RecordBytes { bytes, kind, seq })
+        }
+        Ok(None) => Err(corrupt("no frame here (length 0)".into())),
+        Err(e) => Err(corrupt(e.to_string())),
     }
 }
 

@@ -43,6 +43,10 @@ pub struct Recovery {
     pub removed_temp_files: Vec<String>,
     /// The largest sequence number found (0 for an empty log).
     pub last_seq: u64,
+    /// The largest event id floor of any segment header: ids below it were allocated.
+    pub event_id_floor: u64,
+    /// The largest job id floor of any segment header.
+    pub job_id_floor: u64,
 }
 
 /// The state recovery leaves for the writer.
@@ -135,6 +139,8 @@ pub(crate) fn recover(
                 ),
             });
         }
+        report.event_id_floor = report.event_id_floor.max(header.event_id_floor);
+        report.job_id_floor = report.job_id_floor.max(header.job_id_floor);
         let scan = scan_segment(bytes, &header, &path, visit)?;
         report.records += scan.records;
         report.record_bytes += scan.end - DATA_START;

@@ -224,6 +224,11 @@ impl SegmentSet {
         self.slots.write().insert(slot.id, slot);
     }
 
+    /// Forgets a segment (its file was removed).
+    pub fn remove(&self, id: u64) {
+        self.slots.write().remove(&id);
+    }
+
     /// The segment with `id`.
     pub fn get(&self, id: u64) -> Option<Arc<SegmentSlot>> {
         self.slots.read().get(&id).cloned()
@@ -235,14 +240,16 @@ impl SegmentSet {
     }
 }
 
-/// The header of a segment created now.
-pub fn new_header(id: u64, first_seq: u64, created_ms: i64) -> SegmentHeader {
+/// The header of a segment created now; `floors` are the event and job id floors.
+pub fn new_header(id: u64, first_seq: u64, created_ms: i64, floors: (u64, u64)) -> SegmentHeader {
     SegmentHeader {
         format_version: crate::format::FORMAT_VERSION,
         segment_id: id,
         first_seq,
         created_ms,
         flags: 0,
+        event_id_floor: floors.0,
+        job_id_floor: floors.1,
     }
 }
 

@@ -78,6 +78,8 @@ pub(crate) struct Queue {
     pub poisoned: Option<String>,
     /// Requests for a sync of everything queued so far (`flush`).
     pub flushes: Vec<Arc<Completion>>,
+    /// Seal the active segment (if it holds any record) once the flushes are done.
+    pub roll_requested: bool,
 }
 
 pub(crate) struct Shared {
@@ -89,6 +91,16 @@ pub(crate) struct Shared {
     pub storage: Arc<dyn Storage>,
     pub segments: super::segment::SegmentSet,
     pub stats: super::LogStats,
+    /// The event and job id floors written into each new segment's header.
+    pub floors: [std::sync::atomic::AtomicU64; 2],
+}
+
+impl Shared {
+    /// The current event and job id floors.
+    pub fn id_floors(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.floors[0].load(Relaxed), self.floors[1].load(Relaxed))
+    }
 }
 
 /// The writer's view of the active segment.
@@ -120,7 +132,7 @@ impl Writer {
         // Written but not yet synced (only under `Durability::Periodic`).
         let mut dirty = false;
         loop {
-            let (requests, flushes, closing) = {
+            let (requests, flushes, roll_requested, closing) = {
                 let mut q = self.shared.queue.lock();
                 loop {
                     if let Some(reason) = q.poisoned.clone() {
@@ -154,6 +166,7 @@ impl Writer {
                 (
                     requests,
                     std::mem::take(&mut q.flushes),
+                    std::mem::take(&mut q.roll_requested),
                     q.closing && q.requests.is_empty(),
                 )
             };
@@ -196,6 +209,16 @@ impl Writer {
             }
             for (done, positions) in pending {
                 done.complete(Ok(positions));
+            }
+            if roll_requested && self.active.offset > DATA_START {
+                let next_seq = self.shared.queue.lock().next_seq;
+                let first_unwritten = self.queued_first_seq().unwrap_or(next_seq);
+                if let Err(e) = self.roll(first_unwritten, 0) {
+                    let reason = e.to_string();
+                    self.shared.queue.lock().poisoned = Some(reason.clone());
+                    fail_all(&[], &flushes, &[], &reason);
+                    return;
+                }
             }
             for f in flushes {
                 f.complete(Ok(Vec::new()));
@@ -327,7 +350,7 @@ impl Writer {
         install(
             &*self.shared.storage,
             &*file,
-            &new_header(next_id, seq, (self.clock_ms)()),
+            &new_header(next_id, seq, (self.clock_ms)(), self.shared.id_floors()),
         )?;
         self.active.slot.seal(self.active.offset);
         let slot = Arc::new(SegmentSlot::active(next_id, file));
@@ -357,6 +380,19 @@ impl Writer {
         {
             let _ = self.shared.storage.remove(&super::segment::temp_name(id));
         }
+    }
+}
+
+impl Writer {
+    /// The sequence number of the first request still queued, if any: the first record the
+    /// next segment will hold.
+    fn queued_first_seq(&self) -> Option<u64> {
+        self.shared
+            .queue
+            .lock()
+            .requests
+            .first()
+            .map(|r| r.first_seq)
     }
 }
 
