@@ -40,10 +40,12 @@ pub fn is_temp_name(name: &str) -> bool {
 }
 
 const ZERO_CHUNK: usize = 1 << 20;
+/// Bytes of zeros written to a new segment between two syncs.
+const ZERO_SYNC_STEP: u64 = 1 << 20;
 
 /// Creates `<id>.seg.tmp` of `len` bytes, all written as zeros (so later overwrites need no
-/// metadata update), and syncs it. The header is written later, when the first sequence
-/// number is known.
+/// metadata update), and syncs it: every `ZERO_SYNC_STEP` bytes, and at the end. The
+/// header is written later, when the first sequence number is known.
 pub fn prepare_file(storage: &dyn Storage, id: u64, len: u64) -> Result<Arc<dyn StorageFile>> {
     let name = temp_name(id);
     let path = storage.path().join(&name);
@@ -62,7 +64,19 @@ pub fn prepare_file(storage: &dyn Storage, id: u64, len: u64) -> Result<Arc<dyn 
         }
         Err(e) => return Err(Error::io("create segment", &path, e)),
     };
-    zero_fill(&*file, 0, len).map_err(|e| Error::io("zero-fill segment", &path, e))?;
+    // Zeros go out in pieces, each synced before the next is written: left to accumulate,
+    // a whole segment of dirty zeros is written back in one burst, and every sync of the
+    // active segment issued meanwhile waits behind it.
+    let mut at = 0;
+    while at < len {
+        let end = (at + ZERO_SYNC_STEP).min(len);
+        zero_fill(&*file, at, end).map_err(|e| Error::io("zero-fill segment", &path, e))?;
+        if end < len {
+            file.sync_data()
+                .map_err(|e| Error::io("sync new segment", &path, e))?;
+        }
+        at = end;
+    }
     file.sync_data()
         .map_err(|e| Error::io("sync new segment", &path, e))?;
     Ok(file)

@@ -4,7 +4,9 @@
 //! hands out sequence numbers, so queue order is sequence order. The writer takes everything
 //! queued, frames it into one buffer, writes it with one positioned write and makes it durable
 //! with one `fdatasync`: one sync serves every record waiting at that moment (a *sync group*).
-//! Then it completes each request with the positions of its records.
+//! Then it completes each request with the positions of its records: it records every
+//! outcome and wakes one waiter, and the waiters wake each other as a binary tree, so the
+//! wake-ups overlap the writer's next write and sync instead of delaying it.
 //!
 //! Architecture Invariant: no request is completed with `Ok` before the sync that covers
 //! all of its records returned `Ok` (under `Durability::Sync`). A failed write or sync
@@ -44,15 +46,77 @@ pub(crate) struct Request {
 /// already completed.
 #[derive(Default)]
 pub(crate) struct Completion {
-    state: Mutex<(bool, Option<Result<Vec<Position>>>)>,
+    state: Mutex<CompletionState>,
     cv: Condvar,
+}
+
+#[derive(Default)]
+struct CompletionState {
+    completed: bool,
+    result: Option<Result<Vec<Position>>>,
+    /// Set when the outcome is handed over by a wake tree: the waiters this one wakes
+    /// before returning.
+    tree: Option<(Arc<WakeTree>, usize)>,
+}
+
+/// The completions of one sync group, woken as a binary tree: the writer wakes the first;
+/// the waiter at index `i` wakes those at `2i + 1` and `2i + 2` before it returns. So the
+/// writer issues one wake-up per group, and the others overlap its next write and sync.
+pub(crate) struct WakeTree {
+    waiters: Vec<Arc<Completion>>,
+}
+
+impl WakeTree {
+    /// Sets each waiter's outcome (which no waiter reads before it is woken or finds it
+    /// completed), then wakes the root. Every result must already be final: this is called
+    /// only after the covering sync returned.
+    pub fn complete(outcomes: Vec<(Arc<Completion>, Result<Vec<Position>>)>) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let mut waiters = Vec::with_capacity(outcomes.len());
+        let mut results = Vec::with_capacity(outcomes.len());
+        for (done, result) in outcomes {
+            waiters.push(done);
+            results.push(result);
+        }
+        let tree = Arc::new(WakeTree { waiters });
+        // Record every outcome first, without waking: a waiter that finds its outcome
+        // (woken or not yet asleep) wakes its children, so the whole tree is woken once the
+        // root is.
+        for (i, result) in results.into_iter().enumerate() {
+            let mut state = tree.waiters[i].state.lock();
+            if state.completed {
+                // Already failed (cannot happen on the paths that build trees): it will not
+                // wake its children, so do it here.
+                drop(state);
+                tree.wake_children(i);
+            } else {
+                state.completed = true;
+                state.result = Some(result);
+                state.tree = Some((tree.clone(), i));
+            }
+        }
+        tree.waiters[0].cv.notify_one();
+    }
+
+    fn wake_children(&self, i: usize) {
+        for child in [2 * i + 1, 2 * i + 2] {
+            if let Some(done) = self.waiters.get(child) {
+                // Its outcome was recorded under its lock before the root was woken, so it
+                // either finds it without sleeping or is asleep and gets this notification.
+                done.cv.notify_one();
+            }
+        }
+    }
 }
 
 impl Completion {
     pub fn complete(&self, result: Result<Vec<Position>>) {
         let mut state = self.state.lock();
-        if !state.0 {
-            *state = (true, Some(result));
+        if !state.completed {
+            state.completed = true;
+            state.result = Some(result);
             self.cv.notify_one();
         }
     }
@@ -60,7 +124,12 @@ impl Completion {
     pub fn wait(&self) -> Result<Vec<Position>> {
         let mut state = self.state.lock();
         loop {
-            if let Some(result) = state.1.take() {
+            if let Some(result) = state.result.take() {
+                let tree = state.tree.take();
+                drop(state);
+                if let Some((tree, i)) = tree {
+                    tree.wake_children(i);
+                }
                 return result;
             }
             self.cv.wait(&mut state);
@@ -179,9 +248,9 @@ impl Writer {
                         Durability::Sync => true,
                         Durability::Periodic(interval) => {
                             // Relaxed: an appender returns once its records are written.
-                            for (done, positions) in pending.drain(..) {
-                                done.complete(Ok(positions));
-                            }
+                            WakeTree::complete(
+                                pending.drain(..).map(|(d, p)| (d, Ok(p))).collect(),
+                            );
                             !flushes.is_empty() || closing || last_sync.elapsed() >= interval
                         }
                     };
@@ -207,22 +276,27 @@ impl Writer {
                 fail_all(&queued, &queued_flushes, &[], &reason);
                 return;
             }
-            for (done, positions) in pending {
-                done.complete(Ok(positions));
-            }
             if roll_requested && self.active.offset > DATA_START {
                 let next_seq = self.shared.queue.lock().next_seq;
                 let first_unwritten = self.queued_first_seq().unwrap_or(next_seq);
                 if let Err(e) = self.roll(first_unwritten, 0) {
+                    // The group's records are durable; only the flushes that asked for the
+                    // roll fail, and the log is poisoned.
                     let reason = e.to_string();
                     self.shared.queue.lock().poisoned = Some(reason.clone());
+                    WakeTree::complete(pending.into_iter().map(|(d, p)| (d, Ok(p))).collect());
                     fail_all(&[], &flushes, &[], &reason);
-                    return;
+                    // The top of the loop fails whatever is queued behind, then stops.
+                    continue;
                 }
             }
-            for f in flushes {
-                f.complete(Ok(Vec::new()));
-            }
+            WakeTree::complete(
+                pending
+                    .into_iter()
+                    .map(|(d, p)| (d, Ok(p)))
+                    .chain(flushes.into_iter().map(|f| (f, Ok(Vec::new()))))
+                    .collect(),
+            );
             if closing {
                 self.finish();
                 return;
