@@ -25,3 +25,8 @@ fn decode_frame_corpus() {
 fn recover_segment_corpus() {
     assert!(replay("recover_segment", afterlog::testing::check_recover) > 10);
 }
+
+#[test]
+fn parse_after_corpus() {
+    assert!(replay("parse_after", afterlog::testing::check_after) > 10);
+}
