@@ -671,14 +671,18 @@ impl Reader {
             let view = SegmentView::new(self.dir(), id)?;
             let path = self.dir().join(segment_name(id));
             out.segments += 1;
-            match Log::scan(&view, |pos, _| {
+            let mut valid = 0;
+            let scanned = Log::scan(&view, |pos, _| {
+                valid += 1;
                 if pos.seq.is_multiple_of(4096) {
                     progress(done + pos.offset);
                 }
                 Ok(())
-            }) {
+            });
+            // Records before a problem are valid too.
+            out.records += valid;
+            match scanned {
                 Ok(report) => {
-                    out.records += report.records;
                     if let Some((_, offset)) = report.torn_at {
                         if Some(id) == last {
                             out.torn_bytes = report.torn_bytes;
