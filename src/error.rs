@@ -77,6 +77,13 @@ pub enum Error {
     },
     /// The log or engine has been closed.
     Closed,
+    /// A directory opened for reading is not an afterlog data directory.
+    NotADataDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// Why not, naming a file that does not belong.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -145,6 +152,13 @@ impl fmt::Display for Error {
             }
             Error::InvalidInput { reason } => write!(f, "{reason}"),
             Error::Closed => write!(f, "the log is closed"),
+            Error::NotADataDirectory { dir, reason } => {
+                write!(
+                    f,
+                    "{} is not an afterlog data directory: {reason}",
+                    dir.display()
+                )
+            }
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod format;
 mod ids;
 pub mod index;
 pub mod log;
+mod reader;
 mod retry;
 pub mod storage;
 #[doc(hidden)]
@@ -55,6 +56,10 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use ids::{EventId, JobId};
 pub use index::JobStats;
+pub use reader::{
+    EventHistory, EventRow, Problem, Reader, RecordFilter, Salvage, SegmentInfo, Summary,
+    Verification, drop_reason_name, record_time_ms, retry_reason_name,
+};
 pub use retry::{
     AMPT_MAX_AGE, AMPT_RETRY_INTERVAL, Decision, DropReason, FORGE_MAX_RETRIES, FORGE_RETRY_DELAY,
     Failure, FailureInput, MAX_RETRY_AFTER, RetryContext, RetryOptions, RetryPolicy, RetryReason,

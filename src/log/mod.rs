@@ -12,7 +12,7 @@ mod writer;
 
 pub use compact::{Compacted, SealedSegment, SegmentReader};
 pub use recovery::Recovery;
-pub use segment::{parse_segment_name, segment_name};
+pub use segment::{is_temp_name, parse_segment_name, segment_name};
 
 use crate::error::{Error, Result};
 use crate::format::{FRAME_HEADER_LEN, Record, RecordKind, decode_frame, get_u32};

@@ -1,0 +1,870 @@
+//! `afterlog`: inspect, replay, verify, compact and publish to a data directory.
+//!
+//! Reads go through the library's read-only [`Reader`] (no lock, nothing written), so they
+//! work beside a running engine. `compact` and `publish` open an [`Engine`] and take the
+//! directory's lock: while another engine holds it they refuse with exit code 4.
+//! Exit codes are listed in `EXIT_CODES` and in docs/CLI.md.
+
+mod render;
+
+use afterlog::format::RecordKind;
+use afterlog::log::Position;
+use afterlog::{After, Engine, Error, EventId, JobId, Options, Reader, RecordFilter};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use render::{Table, bytes, record_json, time};
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (verify: the log is sound; a torn tail alone is sound)
+  1  any other failure (an I/O error, say)
+  2  bad usage or input: unknown option, bad time, bad name
+  3  corruption: a record or header that cannot be what afterlog wrote
+  4  locked: an engine holds the directory (compact, publish)
+  5  not found: the directory or the event does not exist
+  6  not an afterlog data directory";
+
+#[derive(Parser)]
+#[command(
+    name = "afterlog",
+    version,
+    about = "Inspect, replay, verify, compact and publish to an afterlog data directory",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Segments, record counts, events by state, jobs, next due times, recovery outcome
+    #[command(
+        after_help = "Example:\n  afterlog inspect data\n  afterlog inspect data --json | jq .events_by_state"
+    )]
+    Inspect {
+        /// The data directory
+        dir: PathBuf,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// One row per event, with its state
+    #[command(
+        after_help = "Examples:\n  afterlog events data --state scheduled --due-before '1 hour'\n  afterlog events data --name user.joined --limit 10 --json"
+    )]
+    Events {
+        /// The data directory
+        dir: PathBuf,
+        /// Only events in this state: scheduled, running, succeeded, failed, cancelled, expired
+        #[arg(long)]
+        state: Option<String>,
+        /// Only events with this name
+        #[arg(long)]
+        name: Option<String>,
+        /// Only events of this job (`job-3` or `3`)
+        #[arg(long)]
+        job: Option<String>,
+        /// Only events next due before this time (`5 minutes` from now, RFC 3339, epoch ms)
+        #[arg(long, value_name = "TIME")]
+        due_before: Option<String>,
+        /// At most this many rows
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print one JSON array of events
+        #[arg(long)]
+        json: bool,
+    },
+    /// One event's whole history and its body
+    #[command(
+        after_help = "Example:\n  afterlog event data ev-42\n  afterlog event data 42 --json"
+    )]
+    Event {
+        /// The data directory
+        dir: PathBuf,
+        /// The event id (`ev-42` or `42`)
+        id: String,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every record in log order as JSON lines, streaming
+    #[command(
+        after_help = "A bound is a sequence number when it is a bare number, else a time: RFC 3339,\n\
+                      the forms `after` accepts, or a duration (`2 hours`) meaning that long ago.\n\n\
+                      Examples:\n  afterlog replay data --from '1 day' --kind publish\n  afterlog replay data --from 100 --until 200 --name user.joined"
+    )]
+    Replay {
+        /// The data directory
+        dir: PathBuf,
+        /// First record: a sequence number or a time
+        #[arg(long, value_name = "TIME|SEQ")]
+        from: Option<String>,
+        /// Last record: a sequence number or a time
+        #[arg(long, value_name = "TIME|SEQ")]
+        until: Option<String>,
+        /// Only records about events with this name
+        #[arg(long)]
+        name: Option<String>,
+        /// Only records of these kinds (publish, attempt, retry, ack, cancel, drop; repeat or comma-separate)
+        #[arg(long, value_delimiter = ',')]
+        kind: Vec<String>,
+        /// Only records about events of this job (`job-3` or `3`)
+        #[arg(long)]
+        job: Option<String>,
+        /// Output is always JSON lines; accepted for uniformity
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every record; exit 3 on corruption, naming file and offset
+    #[command(
+        after_help = "A torn tail at the end of the last segment (the remains of a write a crash\n\
+                      interrupted) is reported but is not corruption: a writer cuts it on open.\n\n\
+                      Examples:\n  afterlog verify data\n  afterlog verify data --salvage repaired"
+    )]
+    Verify {
+        /// The data directory
+        dir: PathBuf,
+        /// Also write a repaired copy (valid records only) to this new directory
+        #[arg(long, value_name = "OUT")]
+        salvage: Option<PathBuf>,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one compaction pass (takes the directory lock)
+    #[command(after_help = "Example:\n  afterlog compact data")]
+    Compact {
+        /// The data directory
+        dir: PathBuf,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish one event (takes the directory lock)
+    #[command(
+        after_help = "Examples:\n  afterlog publish data user.joined '{\"email\":\"a@b.c\"}'\n  afterlog publish data reminder 'call back' --after '2 hours'"
+    )]
+    Publish {
+        /// The data directory (must exist)
+        dir: PathBuf,
+        /// The event name
+        name: String,
+        /// The body, as given
+        body: String,
+        /// When it is due: `now` (default), ms, `N unit`, RFC 3339, epoch ms
+        #[arg(long, value_name = "AFTER")]
+        after: Option<String>,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure: the exit code and one line for stderr.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+    fn usage(message: impl Into<String>) -> Failure {
+        Failure::new(2, message)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let code = match &e {
+            Error::Corrupt { .. } | Error::ChecksumMismatch { .. } => 3,
+            Error::UnsupportedVersion { .. } => 3,
+            Error::Locked { .. } => 4,
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 5,
+            Error::NotADataDirectory { .. } => 6,
+            Error::InvalidInput { .. } | Error::LimitExceeded { .. } => 2,
+            _ => 1,
+        };
+        let message = match &e {
+            Error::Locked { dir } => format!(
+                "refusing: {} is in use by a running engine (its lock is held); stop it or use the read-only commands",
+                dir.display()
+            ),
+            Error::Io { source, path, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                format!("{}: no such directory", path.display())
+            }
+            _ => e.to_string(),
+        };
+        Failure::new(code, message)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure::new(1, format!("writing output: {e}"))
+    }
+}
+
+type CliResult = Result<u8, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect { dir, json } => inspect(&dir, json),
+        Command::Events {
+            dir,
+            state,
+            name,
+            job,
+            due_before,
+            limit,
+            json,
+        } => events(&dir, state, name, job, due_before, limit, json),
+        Command::Event { dir, id, json } => event(&dir, &id, json),
+        Command::Replay {
+            dir,
+            from,
+            until,
+            name,
+            kind,
+            job,
+            json: _,
+        } => replay(&dir, from, until, name, kind, job),
+        Command::Verify { dir, salvage, json } => verify(&dir, salvage.as_deref(), json),
+        Command::Compact { dir, json } => compact(&dir, json),
+        Command::Publish {
+            dir,
+            name,
+            body,
+            after,
+            json,
+        } => publish(&dir, &name, &body, after.as_deref(), json),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        // A reader that closed the pipe (`| head`) has what it wanted.
+        Err(f) if f.message.contains("Broken pipe") => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("afterlog: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+fn progress(total: u64, what: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what);
+    bar
+}
+
+/// A time point. Absolute forms: RFC 3339, `YYYY-MM-DD`, and whatever `After::parse` reads
+/// as a date. A duration (`2 hours`, `500 ms`) is taken from now, into the past or the
+/// future as `direction` says (-1 or 1).
+fn parse_time(text: &str, now: i64, direction: i64) -> Result<i64, Failure> {
+    let bad = |why: String| Failure::usage(format!("bad time {text:?}: {why}"));
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("now") {
+        return Ok(now);
+    }
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(d.timestamp_millis());
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
+        && let Some(dt) = d.and_hms_opt(0, 0, 0)
+    {
+        return Ok(dt.and_utc().timestamp_millis());
+    }
+    let after = After::parse(t).map_err(|e| bad(e.to_string()))?;
+    // A duration resolves at any `now`; a date only near its own time.
+    match after.resolve(0) {
+        Ok(delta) => Ok(now.saturating_add(direction.saturating_mul(delta))),
+        Err(_) => {
+            // An absolute time After reads (epoch ms, or a date form chrono did not): it
+            // resolves at a `now` just before it. Search for it from the far past.
+            let far = after
+                .resolve(now)
+                .or_else(|_| After::parse(t).and_then(|a| a.resolve(i64::MIN / 4)));
+            far.map_err(|e| bad(e.to_string()))
+        }
+    }
+}
+
+/// A bound of `replay`: a bare number is a sequence number, anything else a time.
+enum Bound {
+    Seq(u64),
+    Time(i64),
+}
+
+fn parse_bound(text: &str, now: i64) -> Result<Bound, Failure> {
+    let t = text.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse()
+            .map(Bound::Seq)
+            .map_err(|_| Failure::usage(format!("bad sequence number {text:?}")));
+    }
+    parse_time(t, now, -1).map(Bound::Time)
+}
+
+fn parse_id(text: &str, prefix: &str, what: &str) -> Result<u64, Failure> {
+    let t = text.trim();
+    let digits = t.strip_prefix(prefix).unwrap_or(t);
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Failure::usage(format!(
+            "bad {what} {text:?}: expected {prefix}N or N, N > 0"
+        ))),
+    }
+}
+
+fn out() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
+    std::io::BufWriter::new(std::io::stdout().lock())
+}
+
+fn print_json(value: &serde_json::Value) -> CliResult {
+    let mut o = out();
+    serde_json::to_writer_pretty(&mut o, value).map_err(|e| Failure::new(1, e.to_string()))?;
+    writeln!(o)?;
+    o.flush()?;
+    Ok(0)
+}
+
+fn recovery_line(reader: &Reader, r: &afterlog::log::Recovery) -> String {
+    match r.torn_at {
+        None => "clean (no torn tail)".into(),
+        Some((segment, offset)) => format!(
+            "torn tail of {} bytes at {} offset {offset} (a crash interrupted a write; a writer cuts it on open)",
+            r.torn_bytes,
+            reader
+                .dir()
+                .join(afterlog::log::segment_name(segment))
+                .display()
+        ),
+    }
+}
+
+fn inspect(dir: &Path, json: bool) -> CliResult {
+    let reader = Reader::open(dir)?;
+    let summary = reader.summary()?;
+    let mut next: Vec<&afterlog::EventRow> = summary
+        .events
+        .iter()
+        .filter(|e| e.state == "scheduled")
+        .collect();
+    next.sort_by_key(|e| (e.next_due_ms, e.id));
+    next.truncate(5);
+    if json {
+        let kinds: serde_json::Map<_, _> = summary
+            .records_by_kind
+            .iter()
+            .map(|(k, n)| (k.to_string(), json!(n)))
+            .collect();
+        let states: serde_json::Map<_, _> = summary
+            .events_by_state
+            .iter()
+            .map(|(k, n)| (k.to_string(), json!(n)))
+            .collect();
+        let next: Vec<_> = next
+            .iter()
+            .map(|e| json!({"id": e.id, "name": e.name, "due_ms": e.next_due_ms, "due": time(e.next_due_ms)}))
+            .collect();
+        return print_json(&json!({
+            "dir": reader.dir(),
+            "disk_bytes": summary.disk_bytes,
+            "segments": summary.segments,
+            "records_by_kind": kinds,
+            "events_by_state": states,
+            "events": summary.events.len(),
+            "jobs": summary.jobs,
+            "rejected_records": summary.rejected,
+            "next_due": next,
+            "recovery": serde_json::to_value(&summary).map_err(|e| Failure::new(1, e.to_string()))?["recovery"],
+        }));
+    }
+    let mut o = out();
+    writeln!(o, "directory   {}", reader.dir().display())?;
+    writeln!(o, "disk bytes  {}", bytes(summary.disk_bytes))?;
+    writeln!(
+        o,
+        "recovery    {}",
+        recovery_line(&reader, &summary.recovery)
+    )?;
+    writeln!(o)?;
+    let mut t = Table::new(&[
+        ("SEGMENT", true),
+        ("FILE BYTES", true),
+        ("DATA BYTES", true),
+        ("SEQS", false),
+        ("RECORDS", true),
+        ("LIVE", true),
+        ("COMPACTED", false),
+    ]);
+    for s in &summary.segments {
+        let seqs = match (s.first_seq, s.last_seq) {
+            (Some(a), Some(b)) => format!("{a}-{b}"),
+            _ => "-".into(),
+        };
+        t.row(vec![
+            s.id.to_string(),
+            s.file_bytes.to_string(),
+            s.data_bytes.to_string(),
+            seqs,
+            s.records.to_string(),
+            format!("{:.1}%", s.live_share * 100.0),
+            if s.compacted { "yes" } else { "no" }.into(),
+        ]);
+    }
+    write!(o, "{}", t.render())?;
+    writeln!(o)?;
+    let mut t = Table::new(&[("KIND", false), ("RECORDS", true)]);
+    for (k, n) in &summary.records_by_kind {
+        t.row(vec![k.to_string(), n.to_string()]);
+    }
+    write!(o, "{}", t.render())?;
+    writeln!(o)?;
+    let mut t = Table::new(&[("STATE", false), ("EVENTS", true)]);
+    for (s, n) in &summary.events_by_state {
+        t.row(vec![s.to_string(), n.to_string()]);
+    }
+    write!(o, "{}", t.render())?;
+    writeln!(o)?;
+    writeln!(o, "jobs        {}", summary.jobs)?;
+    if summary.rejected > 0 {
+        writeln!(
+            o,
+            "rejected    {} record(s) about events whose publish was compacted away",
+            summary.rejected
+        )?;
+    }
+    writeln!(o)?;
+    writeln!(o, "next due (first 5)")?;
+    if next.is_empty() {
+        writeln!(o, "  none scheduled")?;
+    } else {
+        let mut t = Table::new(&[("ID", false), ("NAME", false), ("DUE", false)]);
+        for e in &next {
+            t.row(vec![
+                EventId(e.id).to_string(),
+                e.name.clone(),
+                time(e.next_due_ms),
+            ]);
+        }
+        write!(o, "{}", t.render())?;
+    }
+    o.flush()?;
+    Ok(0)
+}
+
+fn events(
+    dir: &Path,
+    state: Option<String>,
+    name: Option<String>,
+    job: Option<String>,
+    due_before: Option<String>,
+    limit: Option<usize>,
+    json: bool,
+) -> CliResult {
+    if let Some(s) = &state
+        && !afterlog::index::EventState::ALL
+            .iter()
+            .any(|k| k.name() == s)
+    {
+        return Err(Failure::usage(format!(
+            "bad state {s:?}: expected scheduled, running, succeeded, failed, cancelled or expired"
+        )));
+    }
+    let job = job.map(|j| parse_id(&j, "job-", "job id")).transpose()?;
+    let due_before = due_before
+        .map(|t| parse_time(&t, now_ms(), 1))
+        .transpose()?;
+    let reader = Reader::open(dir)?;
+    let rows: Vec<afterlog::EventRow> = reader
+        .events()?
+        .into_iter()
+        .filter(|e| state.as_deref().is_none_or(|s| e.state == s))
+        .filter(|e| name.as_deref().is_none_or(|n| e.name == n))
+        .filter(|e| job.is_none_or(|j| e.job == Some(j)))
+        .filter(|e| due_before.is_none_or(|t| e.next_due_ms < t))
+        .take(limit.unwrap_or(usize::MAX))
+        .collect();
+    if json {
+        return print_json(&json!(rows));
+    }
+    let mut t = Table::new(&[
+        ("ID", false),
+        ("NAME", false),
+        ("STATE", false),
+        ("ATTEMPTS", true),
+        ("JOB", false),
+        ("FIRST DUE", false),
+        ("NEXT DUE", false),
+        ("LAST FAILURE", false),
+    ]);
+    for e in &rows {
+        let failure = match (&e.last_reason, &e.last_message) {
+            (Some(r), Some(m)) => format!("{r}: {m}"),
+            (Some(r), None) => r.clone(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => String::new(),
+        };
+        t.row(vec![
+            EventId(e.id).to_string(),
+            e.name.clone(),
+            e.state.into(),
+            e.attempts.to_string(),
+            e.job.map_or("-".into(), |j| JobId(j).to_string()),
+            time(e.first_due_ms),
+            time(e.next_due_ms),
+            failure,
+        ]);
+    }
+    let mut o = out();
+    write!(o, "{}", t.render())?;
+    writeln!(o, "{} event(s)", rows.len())?;
+    o.flush()?;
+    Ok(0)
+}
+
+fn event(dir: &Path, id: &str, json: bool) -> CliResult {
+    let id = EventId(parse_id(id, "ev-", "event id")?);
+    let reader = Reader::open(dir)?;
+    let Some(history) = reader.event_history(id)? else {
+        return Err(Failure::new(
+            5,
+            format!(
+                "{id} not found in {} (never published, or removed by compaction)",
+                dir.display()
+            ),
+        ));
+    };
+    let decoded: Vec<(Position, afterlog::format::Record<'_>)> = history
+        .records
+        .iter()
+        .filter_map(|(pos, kind, payload)| {
+            afterlog::format::Record::decode(*kind, payload)
+                .ok()
+                .map(|r| (*pos, r))
+        })
+        .collect();
+    if json {
+        let mut body = serde_json::Map::new();
+        render::body_fields(&history.body, &mut body);
+        let mut value = json!({
+            "event": history.row,
+            "records": decoded.iter().map(|(p, r)| record_json(*p, r)).collect::<Vec<_>>(),
+        });
+        if let Some(obj) = value.as_object_mut() {
+            obj.extend(body);
+        }
+        return print_json(&value);
+    }
+    let e = &history.row;
+    let mut o = out();
+    writeln!(o, "event      {id}")?;
+    writeln!(o, "name       {}", e.name)?;
+    writeln!(o, "state      {}", e.state)?;
+    writeln!(o, "attempts   {}", e.attempts)?;
+    writeln!(
+        o,
+        "job        {}",
+        e.job.map_or("-".into(), |j| JobId(j).to_string())
+    )?;
+    writeln!(o, "published  {}", time(e.published_ms))?;
+    writeln!(o, "first due  {}", time(e.first_due_ms))?;
+    writeln!(o, "next due   {}", time(e.next_due_ms))?;
+    writeln!(o)?;
+    let mut t = Table::new(&[
+        ("SEQ", true),
+        ("SEGMENT", true),
+        ("OFFSET", true),
+        ("KIND", false),
+        ("TIME", false),
+        ("WHAT", false),
+    ]);
+    for (pos, r) in &decoded {
+        t.row(vec![
+            pos.seq.to_string(),
+            pos.segment.to_string(),
+            pos.offset.to_string(),
+            r.kind().name().into(),
+            time(afterlog::record_time_ms(r)),
+            render::record_details(r),
+        ]);
+    }
+    write!(o, "{}", t.render())?;
+    writeln!(o)?;
+    let label = if std::str::from_utf8(&history.body).is_ok() {
+        "UTF-8"
+    } else {
+        "hex"
+    };
+    writeln!(o, "body ({} bytes, {label}):", history.body.len())?;
+    writeln!(o, "{}", render::body_text(&history.body))?;
+    o.flush()?;
+    Ok(0)
+}
+
+fn replay(
+    dir: &Path,
+    from: Option<String>,
+    until: Option<String>,
+    name: Option<String>,
+    kinds: Vec<String>,
+    job: Option<String>,
+) -> CliResult {
+    let now = now_ms();
+    let mut filter = RecordFilter {
+        name,
+        job: job
+            .map(|j| parse_id(&j, "job-", "job id").map(JobId))
+            .transpose()?,
+        ..RecordFilter::default()
+    };
+    for k in kinds {
+        let kind = RecordKind::ALL
+            .into_iter()
+            .find(|x| x.name() == k)
+            .ok_or_else(|| {
+                Failure::usage(format!(
+                    "bad kind {k:?}: expected publish, attempt, retry, ack, cancel or drop"
+                ))
+            })?;
+        filter.kinds.push(kind);
+    }
+    match from.map(|t| parse_bound(&t, now)).transpose()? {
+        Some(Bound::Seq(s)) => filter.seq_from = Some(s),
+        Some(Bound::Time(t)) => filter.time_from_ms = Some(t),
+        None => {}
+    }
+    match until.map(|t| parse_bound(&t, now)).transpose()? {
+        Some(Bound::Seq(s)) => filter.seq_until = Some(s),
+        Some(Bound::Time(t)) => filter.time_until_ms = Some(t),
+        None => {}
+    }
+    let reader = Reader::open(dir)?;
+    let bar = progress(reader.segment_file_bytes(), "replay");
+    let mut o = out();
+    let mut write_error = None;
+    let mut n = 0u64;
+    let scanned = reader.records(&filter, |pos, record| {
+        n += 1;
+        if n.is_multiple_of(1024) {
+            bar.set_position(reader.progress_bytes(pos));
+        }
+        let line = record_json(pos, record);
+        let written = serde_json::to_writer(&mut o, &line)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(o));
+        if let Err(e) = written {
+            write_error = Some(e);
+            // Stop the scan: nobody reads the rest.
+            return Err(Error::Closed);
+        }
+        Ok(())
+    });
+    bar.finish_and_clear();
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    scanned?;
+    o.flush()?;
+    Ok(0)
+}
+
+fn verify(dir: &Path, salvage: Option<&Path>, json: bool) -> CliResult {
+    let reader = Reader::open(dir)?;
+    let bar = progress(reader.segment_file_bytes(), "verify");
+    let report = reader.verify(&mut |done| bar.set_position(done))?;
+    bar.finish_and_clear();
+    let salvaged = match salvage {
+        Some(out_dir) => {
+            let bar = progress(reader.segment_file_bytes(), "salvage");
+            let s = reader.salvage(out_dir, &mut |done| bar.set_position(done))?;
+            bar.finish_and_clear();
+            Some(s)
+        }
+        None => None,
+    };
+    let code = if report.problems.is_empty() { 0 } else { 3 };
+    if json {
+        let mut value =
+            serde_json::to_value(&report).map_err(|e| Failure::new(1, e.to_string()))?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("sound".into(), json!(code == 0));
+            if let (Some(s), Some(out_dir)) = (&salvaged, salvage) {
+                obj.insert(
+                    "salvage".into(),
+                    json!({"dir": out_dir, "records": s.records, "damaged_segments": s.damaged_segments}),
+                );
+            }
+        }
+        print_json(&value)?;
+        return Ok(code);
+    }
+    let mut o = out();
+    for p in &report.problems {
+        writeln!(
+            o,
+            "CORRUPT {} at offset {}: {}",
+            p.file.display(),
+            p.offset,
+            p.problem
+        )?;
+    }
+    if let Some((file, offset)) = &report.torn_at {
+        writeln!(
+            o,
+            "torn tail: {} bytes at {} offset {offset} (a crash interrupted the last write; not corruption, a writer cuts it on open)",
+            report.torn_bytes,
+            file.display()
+        )?;
+    }
+    let verdict = if code == 0 {
+        "sound".to_string()
+    } else {
+        format!("CORRUPT ({} problem(s))", report.problems.len())
+    };
+    writeln!(
+        o,
+        "{} segment(s), {} valid record(s): {verdict}",
+        report.segments, report.records
+    )?;
+    if let (Some(s), Some(out_dir)) = (&salvaged, salvage) {
+        writeln!(
+            o,
+            "salvaged {} record(s) to {} ({} damaged segment(s) cut short); {} is unchanged",
+            s.records,
+            out_dir.display(),
+            s.damaged_segments,
+            dir.display()
+        )?;
+    }
+    o.flush()?;
+    if code != 0 {
+        eprintln!(
+            "afterlog: {} is corrupt: {} problem(s), first in {} at offset {}",
+            dir.display(),
+            report.problems.len(),
+            report.problems[0].file.display(),
+            report.problems[0].offset
+        );
+    }
+    Ok(code)
+}
+
+/// Opens an engine for an offline write: the directory must exist and be a data directory
+/// (an empty one is fine); no background compaction, no delivery.
+fn open_engine(dir: &Path) -> Result<Engine, Failure> {
+    Reader::open(dir)?;
+    Ok(Engine::open_with(
+        dir,
+        Options::default().compaction_interval(None),
+    )?)
+}
+
+fn compact(dir: &Path, json: bool) -> CliResult {
+    let before = Reader::open(dir)?.disk_bytes();
+    let engine = open_engine(dir)?;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new_spinner();
+        bar.set_message("compacting");
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let stats = engine.compact_now();
+    bar.finish_and_clear();
+    let stats = stats?;
+    engine.close()?;
+    let after = Reader::open(dir)?.disk_bytes();
+    if json {
+        return print_json(&json!({
+            "stats": stats,
+            "disk_bytes_before": before,
+            "disk_bytes_after": after,
+        }));
+    }
+    let mut t = Table::new(&[("", false), ("", true)]);
+    let rows = [
+        ("segments rewritten", stats.segments_rewritten),
+        ("segments removed", stats.segments_removed),
+        ("data bytes before", stats.bytes_before),
+        ("data bytes after", stats.bytes_after),
+        ("records dropped", stats.records_dropped),
+        ("events released", stats.events_released),
+        ("events expired", stats.events_expired),
+        ("disk bytes before", before),
+        ("disk bytes after", after),
+    ];
+    for (k, v) in rows {
+        t.row(vec![k.into(), v.to_string()]);
+    }
+    let table = t.render();
+    let mut o = out();
+    // Skip the empty header row.
+    for line in table.lines().skip(1) {
+        writeln!(o, "{line}")?;
+    }
+    o.flush()?;
+    Ok(0)
+}
+
+fn publish(dir: &Path, name: &str, body: &str, after: Option<&str>, json: bool) -> CliResult {
+    let after = match after {
+        None => After::NOW,
+        Some(text) => {
+            After::parse(text).map_err(|e| Failure::usage(format!("bad --after {text:?}: {e}")))?
+        }
+    };
+    // Check the time before taking the lock, so a bad one writes nothing.
+    let now = now_ms();
+    after
+        .resolve(now)
+        .map_err(|e| Failure::usage(format!("bad --after: {e}")))?;
+    let engine = open_engine(dir)?;
+    let published_ms = now_ms();
+    let due_ms = after
+        .resolve(published_ms)
+        .map_err(|e| Failure::usage(format!("bad --after: {e}")))?;
+    let rule = if after.is_now() {
+        After::NOW
+    } else {
+        After::epoch_ms(due_ms)
+    };
+    let id = engine.publish(name, body.as_bytes(), rule)?;
+    engine.close()?;
+    if json {
+        return print_json(
+            &json!({"id": id.0, "name": name, "due_ms": due_ms, "due": time(due_ms)}),
+        );
+    }
+    let mut o = out();
+    writeln!(o, "published {id} ({name}), due {}", time(due_ms))?;
+    o.flush()?;
+    Ok(0)
+}

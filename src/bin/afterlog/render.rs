@@ -1,0 +1,211 @@
+//! How the CLI shows things: aligned tables for people, JSON for scripts, times, bodies.
+
+use afterlog::format::{AckOutcome, CancelTarget, Record};
+use afterlog::log::Position;
+use afterlog::{drop_reason_name, record_time_ms, retry_reason_name};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+
+/// A Unix epoch time in ms as RFC 3339 UTC with milliseconds.
+pub fn time(epoch_ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(epoch_ms).map_or_else(
+        || format!("{epoch_ms} ms"),
+        |t| t.to_rfc3339_opts(SecondsFormat::Millis, true),
+    )
+}
+
+/// Bytes with a binary unit for people: `4096 (4.0 KiB)`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{n} ({value:.1} {})", UNITS[unit])
+}
+
+/// A body as JSON fields: `body` when it is UTF-8, else `body_hex`.
+pub fn body_fields(body: &[u8], into: &mut serde_json::Map<String, Value>) {
+    match std::str::from_utf8(body) {
+        Ok(text) => into.insert("body".into(), Value::String(text.into())),
+        Err(_) => into.insert("body_hex".into(), Value::String(hex(body))),
+    };
+}
+
+/// Lower-case hex, two digits a byte.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// A body for people: the text when it is UTF-8, else `hex:` and its bytes.
+pub fn body_text(body: &[u8]) -> String {
+    match std::str::from_utf8(body) {
+        Ok(text) => text.to_owned(),
+        Err(_) => format!("hex:{}", hex(body)),
+    }
+}
+
+/// One record as a JSON object: where it lies, its kind and time, and its fields.
+pub fn record_json(pos: Position, record: &Record<'_>) -> Value {
+    let time_ms = record_time_ms(record);
+    let mut o = serde_json::Map::new();
+    o.insert("seq".into(), json!(pos.seq));
+    o.insert("segment".into(), json!(pos.segment));
+    o.insert("offset".into(), json!(pos.offset));
+    o.insert("kind".into(), json!(record.kind().name()));
+    o.insert("time_ms".into(), json!(time_ms));
+    o.insert("time".into(), json!(time(time_ms)));
+    match record {
+        Record::Publish(p) => {
+            o.insert("job".into(), json!(p.job.map(|j| j.0)));
+            let events: Vec<Value> = p
+                .events()
+                .map(|e| {
+                    let mut ev = serde_json::Map::new();
+                    ev.insert("id".into(), json!(e.id.0));
+                    ev.insert("name".into(), json!(e.name));
+                    ev.insert("due_ms".into(), json!(e.due_ms));
+                    ev.insert("body_bytes".into(), json!(e.body.len()));
+                    body_fields(e.body, &mut ev);
+                    Value::Object(ev)
+                })
+                .collect();
+            o.insert("events".into(), Value::Array(events));
+        }
+        Record::Attempt(a) => {
+            o.insert("event".into(), json!(a.event.0));
+            o.insert("attempt".into(), json!(a.attempt));
+        }
+        Record::Retry(r) => {
+            o.insert("event".into(), json!(r.event.0));
+            o.insert("attempt".into(), json!(r.attempt));
+            o.insert("next_due_ms".into(), json!(r.next_due_ms));
+            o.insert("retry_count".into(), json!(r.retry_count));
+            o.insert("reason".into(), json!(retry_reason_name(r.reason)));
+            o.insert("message".into(), json!(r.message));
+            o.insert("data_bytes".into(), json!(r.data.len()));
+        }
+        Record::Ack(a) => {
+            o.insert("event".into(), json!(a.event.0));
+            o.insert("attempt".into(), json!(a.attempt));
+            let outcome = match a.outcome {
+                AckOutcome::Handled => "handled",
+                AckOutcome::Ignored => "ignored",
+            };
+            o.insert("outcome".into(), json!(outcome));
+        }
+        Record::Cancel(c) => match c.target {
+            CancelTarget::Event(e) => {
+                o.insert("event".into(), json!(e.0));
+            }
+            CancelTarget::Job(j) => {
+                o.insert("job".into(), json!(j.0));
+            }
+        },
+        Record::Drop(d) => {
+            o.insert("event".into(), json!(d.event.0));
+            o.insert("attempt".into(), json!(d.attempt));
+            o.insert("reason".into(), json!(drop_reason_name(d.reason)));
+            o.insert("message".into(), json!(d.message));
+        }
+    }
+    Value::Object(o)
+}
+
+/// One record in words, for the history table.
+pub fn record_details(record: &Record<'_>) -> String {
+    match record {
+        Record::Publish(p) => {
+            let n = p.count();
+            let job = p.job.map_or(String::new(), |j| format!(" in {j}"));
+            format!("{n} event(s){job}")
+        }
+        Record::Attempt(a) => format!("attempt {} started", a.attempt),
+        Record::Retry(r) => format!(
+            "attempt {} failed ({}): {}; due again {}",
+            r.attempt,
+            retry_reason_name(r.reason),
+            r.message,
+            time(r.next_due_ms)
+        ),
+        Record::Ack(a) => match a.outcome {
+            AckOutcome::Handled => format!("attempt {} acknowledged", a.attempt),
+            AckOutcome::Ignored => format!("attempt {} ignored (no handler)", a.attempt),
+        },
+        Record::Cancel(c) => match c.target {
+            CancelTarget::Event(e) => format!("{e} cancelled"),
+            CancelTarget::Job(j) => format!("{j} cancelled"),
+        },
+        Record::Drop(d) => format!(
+            "dropped after {} attempt(s) ({}): {}",
+            d.attempt,
+            drop_reason_name(d.reason),
+            d.message
+        ),
+    }
+}
+
+/// A table with a header row; columns are padded to their widest cell. Numeric columns
+/// (`right`) are aligned right.
+pub struct Table {
+    header: Vec<&'static str>,
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[(&'static str, bool)]) -> Table {
+        Table {
+            header: header.iter().map(|h| h.0).collect(),
+            right: header.iter().map(|h| h.1).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.header.len(), "cells {cells:?}");
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                let pad = widths[i] - cell.chars().count();
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                if self.right[i] {
+                    line.push_str(&" ".repeat(pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    if i + 1 < row.len() {
+                        line.push_str(&" ".repeat(pad));
+                    }
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}

@@ -1,0 +1,889 @@
+//! The read-only reader: open a data directory without its lock, even while an engine runs,
+//! and read what it holds — records in log order with filters, events and their states,
+//! one event's history, segments and the recovery outcome — without writing a byte.
+//!
+//! Every read is a fresh scan of the files ([`Log::scan`]): sealed segments plus the valid
+//! prefix of the active one. A torn or in-progress tail of the last segment is reported in
+//! the [`Recovery`] value, never cut.
+//!
+//! Memory: [`Reader::records`] streams in constant memory (a name or job filter remembers
+//! the matching ids as runs of consecutive ids); [`Reader::summary`] holds one row per event.
+//!
+//! Architecture Invariant: the reader never writes, never removes, never takes the lock.
+
+use crate::error::{Error, Result};
+use crate::format::{
+    Cancel, CancelTarget, DropReason, FRAME_HEADER_LEN, MAX_FRAME_LEN, Record, RecordKind,
+    SEGMENT_HEADER_LEN, decode_frame, decode_header,
+};
+use crate::ids::{EventId, JobId};
+use crate::index::{EventState, Index};
+use crate::log::{
+    Durability, Log, LogOptions, Position, Recovery, is_temp_name, parse_segment_name, segment_name,
+};
+use crate::storage::{FsStorage, LOCK_FILE, LockGuard, Storage, StorageFile, read_exact_at};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A data directory opened for reading only.
+#[derive(Debug)]
+pub struct Reader {
+    storage: FsStorage,
+    /// Segment ids and file sizes, in id order, as listed at open.
+    files: Vec<(u64, u64)>,
+    /// Bytes of every file in the directory.
+    disk_bytes: u64,
+}
+
+/// Which records [`Reader::records`] hands over. Every condition set must hold.
+#[derive(Clone, Debug, Default)]
+pub struct RecordFilter {
+    /// Only these kinds (empty: every kind).
+    pub kinds: Vec<RecordKind>,
+    /// Only records about events with this name (a publish matches if any entry does; a job
+    /// cancel matches if the job published an event with the name).
+    pub name: Option<String>,
+    /// Only records about events of this job, and the job's cancel.
+    pub job: Option<JobId>,
+    /// Only records about this event (its publish, a cancel of its job included).
+    pub event: Option<EventId>,
+    /// Sequence numbers from (inclusive).
+    pub seq_from: Option<u64>,
+    /// Sequence numbers until (inclusive).
+    pub seq_until: Option<u64>,
+    /// Record times from, Unix epoch ms (inclusive); see [`record_time_ms`].
+    pub time_from_ms: Option<i64>,
+    /// Record times until, Unix epoch ms (inclusive).
+    pub time_until_ms: Option<i64>,
+}
+
+/// One event as the log describes it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EventRow {
+    /// The event id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its state (lower-case name: scheduled, running, succeeded, failed, cancelled, expired).
+    pub state: &'static str,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Its job, if it was pushed as part of one.
+    pub job: Option<u64>,
+    /// When it was published, Unix epoch ms.
+    pub published_ms: i64,
+    /// Its first due time, Unix epoch ms.
+    pub first_due_ms: i64,
+    /// When it is next due while scheduled; otherwise when it was last due.
+    pub next_due_ms: i64,
+    /// Body length in bytes.
+    pub body_bytes: u64,
+    /// The reason of its last failed attempt (`error` when the handler returned an error,
+    /// else a retry reason such as `FUNCTION_TIME_OUT`), if any attempt failed.
+    pub last_reason: Option<String>,
+    /// The message of its last failure or drop, if any.
+    pub last_message: Option<String>,
+}
+
+/// One segment file.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SegmentInfo {
+    /// The segment id.
+    pub id: u64,
+    /// Its file name.
+    pub file: String,
+    /// The file's size in bytes (segments are pre-allocated).
+    pub file_bytes: u64,
+    /// Bytes of header and valid records.
+    pub data_bytes: u64,
+    /// Sequence numbers of its first and last record, if it holds any.
+    pub first_seq: Option<u64>,
+    /// See `first_seq`.
+    pub last_seq: Option<u64>,
+    /// Records in it.
+    pub records: u64,
+    /// Bytes of records about events that are still pending (scheduled or running).
+    pub live_bytes: u64,
+    /// `live_bytes` over the record bytes (1.0 for a segment without records).
+    pub live_share: f64,
+    /// Whether compaction wrote it.
+    pub compacted: bool,
+}
+
+/// Everything one replay of the log found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    /// The segments, in id order.
+    pub segments: Vec<SegmentInfo>,
+    /// Records by kind, in kind order (publish, attempt, retry, ack, cancel, drop).
+    pub records_by_kind: Vec<(&'static str, u64)>,
+    /// Events by state, in state order.
+    pub events_by_state: Vec<(&'static str, u64)>,
+    /// Every event the log holds, in id order.
+    pub events: Vec<EventRow>,
+    /// Jobs the log names.
+    pub jobs: u64,
+    /// Records the state machine refused (an outcome whose publish was compacted away).
+    pub rejected: u64,
+    /// Bytes of every file in the directory.
+    pub disk_bytes: u64,
+    /// What a writer's recovery would find: a torn tail is cut when an engine opens.
+    #[serde(serialize_with = "serialize_recovery")]
+    pub recovery: Recovery,
+}
+
+/// Every record about one event, and its body.
+#[derive(Clone, Debug)]
+pub struct EventHistory {
+    /// The event as the log leaves it.
+    pub row: EventRow,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// Its records in log order: position, kind and the encoded payload (decode with
+    /// [`Record::decode`]).
+    pub records: Vec<(Position, RecordKind, Vec<u8>)>,
+}
+
+/// A problem `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// The file.
+    pub file: PathBuf,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The outcome of [`Reader::verify`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Verification {
+    /// Segments checked.
+    pub segments: usize,
+    /// Valid records.
+    pub records: u64,
+    /// Corruption found, in file order. Empty when the log is sound.
+    pub problems: Vec<Problem>,
+    /// Bytes of a torn tail at the end of the last segment (a normal crash; a writer cuts it).
+    pub torn_bytes: u64,
+    /// Where that tail starts.
+    pub torn_at: Option<(PathBuf, u64)>,
+}
+
+/// The outcome of [`Reader::salvage`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Salvage {
+    /// Records copied.
+    pub records: u64,
+    /// Segments that had a problem (their records after it were left behind).
+    pub damaged_segments: u64,
+}
+
+fn serialize_recovery<S: serde::Serializer>(r: &Recovery, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("Recovery", 5)?;
+    st.serialize_field("segments", &r.segments)?;
+    st.serialize_field("records", &r.records)?;
+    st.serialize_field("last_seq", &r.last_seq)?;
+    st.serialize_field("torn_bytes", &r.torn_bytes)?;
+    st.serialize_field(
+        "torn_at",
+        &r.torn_at
+            .map(|(segment, offset)| (segment_name(segment), offset)),
+    )?;
+    st.end()
+}
+
+/// The time a record carries, Unix epoch ms: when it was published, an attempt started,
+/// failed, was acknowledged, cancelled or dropped.
+pub fn record_time_ms(record: &Record<'_>) -> i64 {
+    match record {
+        Record::Publish(p) => p.published_ms,
+        Record::Attempt(a) => a.started_ms,
+        Record::Retry(r) => r.failed_ms,
+        Record::Ack(a) => a.acked_ms,
+        Record::Cancel(c) => c.cancelled_ms,
+        Record::Drop(d) => d.dropped_ms,
+    }
+}
+
+/// The name of a drop record's reason.
+pub fn drop_reason_name(reason: DropReason) -> &'static str {
+    match reason {
+        DropReason::Exhausted => "exhausted",
+        DropReason::MaxAge => "max_age",
+        DropReason::Expired => "expired",
+    }
+}
+
+/// The name of a retry record's reason code: `error` for 0, else the retry reason.
+pub fn retry_reason_name(code: u8) -> String {
+    match crate::RetryReason::from_code(code) {
+        Some(r) => r.to_string(),
+        None if code == 0 => "error".into(),
+        None => format!("reason {code}"),
+    }
+}
+
+/// Ids as runs of consecutive ids: events of a job, or published one after another, take
+/// one run, so a filter's memory follows the runs, not the events.
+#[derive(Debug, Default)]
+struct IdRuns(BTreeMap<u64, u64>);
+
+impl IdRuns {
+    fn insert(&mut self, id: u64) {
+        if self.contains(id) {
+            return;
+        }
+        let mut start = id;
+        let mut end = id;
+        if let Some((&s, &e)) = self.0.range(..id).next_back()
+            && e + 1 == id
+        {
+            start = s;
+            self.0.remove(&s);
+        }
+        if let Some(e) = self.0.remove(&(id + 1)) {
+            end = e;
+        }
+        self.0.insert(start, end);
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.0
+            .range(..=id)
+            .next_back()
+            .is_some_and(|(_, &e)| id <= e)
+    }
+}
+
+/// The state of a running filter.
+struct Matcher<'f> {
+    filter: &'f RecordFilter,
+    /// Events published with the filter's name or job, or the filter's event.
+    events: IdRuns,
+    /// Jobs of those events.
+    jobs: HashSet<u64>,
+}
+
+impl<'f> Matcher<'f> {
+    fn new(filter: &'f RecordFilter) -> Self {
+        Matcher {
+            filter,
+            events: IdRuns::default(),
+            jobs: HashSet::new(),
+        }
+    }
+
+    fn by_event(&self) -> bool {
+        self.filter.name.is_some() || self.filter.job.is_some() || self.filter.event.is_some()
+    }
+
+    fn entry_matches(&self, id: EventId, name: &str, job: Option<JobId>) -> bool {
+        let f = self.filter;
+        f.name.as_deref().is_none_or(|n| n == name)
+            && f.job.is_none_or(|j| Some(j) == job)
+            && f.event.is_none_or(|e| e == id)
+    }
+
+    /// Learns from every record (even one outside the ranges), then says whether it passes.
+    fn matches(&mut self, pos: Position, record: &Record<'_>) -> bool {
+        let about = if self.by_event() {
+            match record {
+                Record::Publish(p) => {
+                    let mut any = false;
+                    for e in p.events() {
+                        if self.entry_matches(e.id, e.name, p.job) {
+                            self.events.insert(e.id.0);
+                            if let Some(j) = p.job {
+                                self.jobs.insert(j.0);
+                            }
+                            any = true;
+                        }
+                    }
+                    any
+                }
+                Record::Cancel(c) => match c.target {
+                    CancelTarget::Event(e) => self.events.contains(e.0),
+                    CancelTarget::Job(j) => self.jobs.contains(&j.0),
+                },
+                other => other.event().is_some_and(|e| self.events.contains(e.0)),
+            }
+        } else {
+            true
+        };
+        let f = self.filter;
+        let time = record_time_ms(record);
+        about
+            && (f.kinds.is_empty() || f.kinds.contains(&record.kind()))
+            && f.seq_from.is_none_or(|s| pos.seq >= s)
+            && f.seq_until.is_none_or(|s| pos.seq <= s)
+            && f.time_from_ms.is_none_or(|t| time >= t)
+            && f.time_until_ms.is_none_or(|t| time <= t)
+    }
+}
+
+/// What the reader remembers of each event beside the index.
+#[derive(Default)]
+struct Extra {
+    published_ms: i64,
+    first_due_ms: i64,
+    body_bytes: u64,
+    last_reason: Option<String>,
+    last_message: Option<String>,
+}
+
+fn note_extra(extras: &mut HashMap<EventId, Extra>, record: &Record<'_>) {
+    match record {
+        Record::Publish(p) => {
+            for e in p.events() {
+                extras.entry(e.id).or_insert_with(|| Extra {
+                    published_ms: p.published_ms,
+                    first_due_ms: e.due_ms,
+                    body_bytes: e.body.len() as u64,
+                    ..Extra::default()
+                });
+            }
+        }
+        Record::Retry(r) => {
+            if let Some(x) = extras.get_mut(&r.event) {
+                x.last_reason = Some(retry_reason_name(r.reason));
+                x.last_message = Some(r.message.to_owned());
+            }
+        }
+        Record::Drop(d) => {
+            if let Some(x) = extras.get_mut(&d.event) {
+                if !d.message.is_empty() {
+                    x.last_message = Some(d.message.to_owned());
+                }
+                if x.last_reason.is_none() {
+                    x.last_reason = Some(drop_reason_name(d.reason).to_owned());
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn row(index: &Index, extras: &HashMap<EventId, Extra>, id: EventId) -> Option<EventRow> {
+    let info = index.get(id)?;
+    let extra = extras.get(&id);
+    Some(EventRow {
+        id: id.0,
+        name: info.name.to_owned(),
+        state: info.state.name(),
+        attempts: info.attempts,
+        job: info.job.map(|j| j.0),
+        published_ms: extra.map_or(0, |x| x.published_ms),
+        first_due_ms: extra.map_or(info.due_ms, |x| x.first_due_ms),
+        next_due_ms: info.due_ms,
+        body_bytes: extra.map_or(0, |x| x.body_bytes),
+        last_reason: extra.and_then(|x| x.last_reason.clone()),
+        last_message: extra.and_then(|x| x.last_message.clone()),
+    })
+}
+
+fn location(pos: Position) -> crate::index::Location {
+    crate::index::Location {
+        segment: pos.segment as u32,
+        offset: pos.offset as u32,
+    }
+}
+
+impl Reader {
+    /// Opens the data directory `dir` for reading: takes no lock and writes nothing.
+    ///
+    /// Errors: `Error::Io` (kind `NotFound`) when `dir` does not exist;
+    /// `Error::NotADataDirectory` when it holds no segment but other files; `Error::Corrupt`
+    /// (file, offset 0) when a segment header is invalid. Damage to records is reported by
+    /// the reads that reach it, with its file and offset.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Reader> {
+        let dir = dir.as_ref();
+        let storage =
+            FsStorage::existing(dir).map_err(|e| Error::io("open data directory", dir, e))?;
+        let names = storage
+            .list()
+            .map_err(|e| Error::io("list directory", dir, e))?;
+        let mut files = Vec::new();
+        let mut disk_bytes = 0;
+        let mut foreign = Vec::new();
+        for name in &names {
+            let path = dir.join(name);
+            let meta = std::fs::metadata(&path).map_err(|e| Error::io("stat file", &path, e))?;
+            disk_bytes += meta.len();
+            if let Some(id) = parse_segment_name(name) {
+                files.push((id, meta.len()));
+            } else if name != LOCK_FILE && !is_temp_name(name) {
+                foreign.push(name.clone());
+            }
+        }
+        files.sort_unstable();
+        if files.is_empty() && !foreign.is_empty() {
+            foreign.sort();
+            return Err(Error::NotADataDirectory {
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "it holds no segment (*.seg) but other files, such as {}",
+                    foreign[0]
+                ),
+            });
+        }
+        for &(id, _) in &files {
+            let name = segment_name(id);
+            let path = dir.join(&name);
+            let file = storage
+                .open(&name)
+                .map_err(|e| Error::io("open segment", &path, e))?;
+            let mut head = [0u8; SEGMENT_HEADER_LEN];
+            let header = read_exact_at(&*file, &mut head, 0)
+                .map_err(|e| e.to_string())
+                .and_then(|()| decode_header(&head).map_err(|e| e.to_string()));
+            if let Err(reason) = header {
+                return Err(Error::Corrupt {
+                    file: path,
+                    offset: 0,
+                    reason,
+                });
+            }
+        }
+        Ok(Reader {
+            storage,
+            files,
+            disk_bytes,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        self.storage.path()
+    }
+
+    /// Bytes of every file in the directory, as listed at open.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes
+    }
+
+    /// Bytes of the segment files, as listed at open: the work of a full scan.
+    pub fn segment_file_bytes(&self) -> u64 {
+        self.files.iter().map(|&(_, len)| len).sum()
+    }
+
+    /// How far a scan at `pos` has come, in bytes of segment files (for progress bars).
+    pub fn progress_bytes(&self, pos: Position) -> u64 {
+        self.files
+            .iter()
+            .take_while(|&&(id, _)| id < pos.segment)
+            .map(|&(_, len)| len)
+            .sum::<u64>()
+            + pos.offset
+    }
+
+    /// Hands every record that passes `filter` to `visit`, in log order, in constant memory.
+    /// Returns what the scan found (a torn tail of the last segment is reported there).
+    pub fn records(
+        &self,
+        filter: &RecordFilter,
+        mut visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
+    ) -> Result<Recovery> {
+        let mut matcher = Matcher::new(filter);
+        Log::scan(&self.storage, |pos, record| {
+            if matcher.matches(pos, record) {
+                visit(pos, record)
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Replays the whole log: segments, record counts, events and their states, jobs, and
+    /// the recovery outcome. Two scans: one to learn every event's state, one to measure
+    /// each segment's live bytes.
+    pub fn summary(&self) -> Result<Summary> {
+        let mut index = Index::new();
+        let mut effects = Vec::new();
+        let mut extras: HashMap<EventId, Extra> = HashMap::new();
+        let mut kinds = [0u64; 7];
+        let mut rejected = 0;
+        let mut jobs: HashSet<u64> = HashSet::new();
+        let recovery = Log::scan(&self.storage, |pos, record| {
+            kinds[record.kind() as usize] += 1;
+            if let Record::Publish(p) = record
+                && let Some(j) = p.job
+            {
+                jobs.insert(j.0);
+            }
+            if index.apply(location(pos), record, &mut effects).is_err() {
+                rejected += 1;
+            }
+            effects.clear();
+            note_extra(&mut extras, record);
+            Ok(())
+        })?;
+
+        let mut segments: BTreeMap<u64, SegmentInfo> = BTreeMap::new();
+        let header = self.header_flags()?;
+        for &(id, file_bytes) in &self.files {
+            segments.insert(
+                id,
+                SegmentInfo {
+                    id,
+                    file: segment_name(id),
+                    file_bytes,
+                    data_bytes: SEGMENT_HEADER_LEN as u64,
+                    first_seq: None,
+                    last_seq: None,
+                    records: 0,
+                    live_bytes: 0,
+                    live_share: 1.0,
+                    compacted: header.get(&id).copied().unwrap_or(false),
+                },
+            );
+        }
+        let pending = |id: EventId| index.state(id).is_some_and(EventState::is_pending);
+        let pending_jobs: HashSet<u64> = jobs
+            .iter()
+            .copied()
+            .filter(|&j| index.job_stats(JobId(j)).is_some_and(|s| s.in_progress > 0))
+            .collect();
+        Log::scan(&self.storage, |pos, record| {
+            let len = (FRAME_HEADER_LEN + record.encoded_len()) as u64;
+            let live = match record {
+                Record::Publish(p) => p.events().any(|e| pending(e.id)),
+                Record::Cancel(Cancel {
+                    target: CancelTarget::Job(j),
+                    ..
+                }) => pending_jobs.contains(&j.0),
+                other => other.event().is_some_and(pending),
+            };
+            if let Some(s) = segments.get_mut(&pos.segment) {
+                s.records += 1;
+                s.first_seq.get_or_insert(pos.seq);
+                s.last_seq = Some(pos.seq);
+                s.data_bytes = s.data_bytes.max(pos.offset + len);
+                if live {
+                    s.live_bytes += len;
+                }
+            }
+            Ok(())
+        })?;
+        for s in segments.values_mut() {
+            let record_bytes = s.data_bytes - SEGMENT_HEADER_LEN as u64;
+            s.live_share = if record_bytes == 0 {
+                1.0
+            } else {
+                s.live_bytes as f64 / record_bytes as f64
+            };
+        }
+
+        let mut ids: Vec<EventId> = extras.keys().copied().collect();
+        ids.sort_unstable();
+        let events = ids
+            .into_iter()
+            .filter_map(|id| row(&index, &extras, id))
+            .collect();
+        Ok(Summary {
+            segments: segments.into_values().collect(),
+            records_by_kind: RecordKind::ALL
+                .iter()
+                .map(|k| (k.name(), kinds[*k as usize]))
+                .collect(),
+            events_by_state: EventState::ALL
+                .iter()
+                .map(|s| (s.name(), index.count(*s)))
+                .collect(),
+            events,
+            jobs: jobs.len() as u64,
+            rejected,
+            disk_bytes: self.disk_bytes,
+            recovery,
+        })
+    }
+
+    /// Every event the log holds, in id order, with its state.
+    pub fn events(&self) -> Result<Vec<EventRow>> {
+        Ok(self.summary()?.events)
+    }
+
+    /// The segments, in id order.
+    pub fn segments(&self) -> Result<Vec<SegmentInfo>> {
+        Ok(self.summary()?.segments)
+    }
+
+    /// Every record about `id` in log order, its body and its state; `None` when the log
+    /// holds no publish of it (never published, or removed by compaction).
+    pub fn event_history(&self, id: EventId) -> Result<Option<EventHistory>> {
+        let filter = RecordFilter {
+            event: Some(id),
+            ..RecordFilter::default()
+        };
+        let mut index = Index::new();
+        let mut effects = Vec::new();
+        let mut extras = HashMap::new();
+        let mut body = None;
+        let mut records = Vec::new();
+        self.records(&filter, |pos, record| {
+            if let Record::Publish(p) = record
+                && body.is_none()
+            {
+                body = p.events().find(|e| e.id == id).map(|e| e.body.to_vec());
+            }
+            let _ = index.apply(location(pos), record, &mut effects);
+            effects.clear();
+            note_extra(&mut extras, record);
+            let mut payload = Vec::with_capacity(record.encoded_len());
+            record.encode(&mut payload);
+            records.push((pos, record.kind(), payload));
+            Ok(())
+        })?;
+        let (Some(body), Some(row)) = (body, row(&index, &extras, id)) else {
+            return Ok(None);
+        };
+        Ok(Some(EventHistory { row, body, records }))
+    }
+
+    fn header_flags(&self) -> Result<HashMap<u64, bool>> {
+        let mut flags = HashMap::new();
+        for &(id, _) in &self.files {
+            let name = segment_name(id);
+            let path = self.dir().join(&name);
+            let Ok(file) = self.storage.open(&name) else {
+                continue; // removed by compaction since open
+            };
+            let mut head = [0u8; SEGMENT_HEADER_LEN];
+            read_exact_at(&*file, &mut head, 0).map_err(|e| Error::io("read segment", &path, e))?;
+            if let Ok(h) = decode_header(&head) {
+                flags.insert(id, h.flags & crate::format::FLAG_COMPACTED != 0);
+            }
+        }
+        Ok(flags)
+    }
+
+    /// Checks every record of every segment. Unlike the other reads, it does not stop at the
+    /// first damaged segment: each segment is checked on its own, then the log as a whole
+    /// (sequence numbers across segments). `progress` is told the segment bytes checked so far.
+    pub fn verify(&self, progress: &mut dyn FnMut(u64)) -> Result<Verification> {
+        let mut out = Verification::default();
+        let mut done = 0;
+        let last = self.files.last().map(|&(id, _)| id);
+        for &(id, len) in &self.files {
+            let view = SegmentView::new(self.dir(), id)?;
+            let path = self.dir().join(segment_name(id));
+            out.segments += 1;
+            let mut valid = 0;
+            let scanned = Log::scan(&view, |pos, _| {
+                valid += 1;
+                if pos.seq.is_multiple_of(4096) {
+                    progress(done + pos.offset);
+                }
+                Ok(())
+            });
+            // Records before a problem are valid too.
+            out.records += valid;
+            match scanned {
+                Ok(report) => {
+                    if let Some((_, offset)) = report.torn_at {
+                        if Some(id) == last {
+                            out.torn_bytes = report.torn_bytes;
+                            out.torn_at = Some((path, offset));
+                        } else {
+                            let problem = self.describe_at(id, offset);
+                            out.problems.push(Problem {
+                                file: path,
+                                offset,
+                                problem: format!("{problem} in a sealed segment"),
+                            });
+                        }
+                    }
+                }
+                Err(e) => out.problems.push(problem_of(e, &path)),
+            }
+            done += len;
+            progress(done);
+        }
+        if out.problems.is_empty()
+            && let Err(e) = Log::scan(&self.storage, |_, _| Ok(()))
+        {
+            out.problems.push(problem_of(e, self.dir()));
+        }
+        Ok(out)
+    }
+
+    /// Why no frame decodes at `offset` of segment `id`, in words.
+    fn describe_at(&self, id: u64, offset: u64) -> String {
+        let name = segment_name(id);
+        let Ok(file) = self.storage.open(&name) else {
+            return "unreadable bytes".into();
+        };
+        let len = file.len().unwrap_or(0);
+        let want = (len.saturating_sub(offset)).min(MAX_FRAME_LEN as u64) as usize;
+        let mut buf = vec![0u8; want];
+        if read_exact_at(&*file, &mut buf, offset).is_err() {
+            return "unreadable bytes".into();
+        }
+        match decode_frame(&buf, id) {
+            Err(e) => e.to_string(),
+            Ok(None) => "a zero length ends the data but non-zero bytes follow".into(),
+            Ok(Some(_)) => "an unexpected frame".into(),
+        }
+    }
+
+    /// Writes a repaired copy of the log to the new directory `out`: every valid record, in
+    /// order, with new sequence numbers; records after damage in a segment are left behind.
+    /// The original is not changed. `out` must not exist or be empty.
+    pub fn salvage(&self, out: &Path, progress: &mut dyn FnMut(u64)) -> Result<Salvage> {
+        if out.exists() {
+            let empty = std::fs::read_dir(out)
+                .map_err(|e| Error::io("list directory", out, e))?
+                .next()
+                .is_none();
+            if !empty {
+                return Err(Error::invalid(format!(
+                    "salvage target {} exists and is not empty",
+                    out.display()
+                )));
+            }
+        }
+        let storage = FsStorage::new(out).map_err(|e| Error::io("create directory", out, e))?;
+        let options = LogOptions {
+            durability: Durability::Periodic(std::time::Duration::from_secs(1)),
+            ..LogOptions::default()
+        };
+        let (log, _) = Log::open(Arc::new(storage), options, |_, _| Ok(()))?;
+        let mut report = Salvage::default();
+        let mut floors = (0u64, 0u64);
+        let mut done = 0;
+        let mut batch: Vec<(RecordKind, Vec<u8>)> = Vec::new();
+        let flush = |batch: &mut Vec<(RecordKind, Vec<u8>)>| -> Result<()> {
+            let records = batch
+                .iter()
+                .map(|(kind, payload)| {
+                    Record::decode(*kind, payload).map_err(|e| Error::invalid(e.to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            log.append_all(&records)?;
+            batch.clear();
+            Ok(())
+        };
+        for &(id, len) in &self.files {
+            let view = SegmentView::new(self.dir(), id)?;
+            let mut failed = None;
+            let scanned = Log::scan(&view, |_, record| {
+                let mut payload = Vec::with_capacity(record.encoded_len());
+                record.encode(&mut payload);
+                batch.push((record.kind(), payload));
+                report.records += 1;
+                if batch.len() >= 1024 {
+                    flush(&mut batch)?;
+                }
+                Ok(())
+            });
+            match scanned {
+                Ok(r) => {
+                    floors = (floors.0.max(r.event_id_floor), floors.1.max(r.job_id_floor));
+                    let last = self.files.last().map(|&(l, _)| l);
+                    if r.torn_bytes > 0 && Some(id) != last {
+                        report.damaged_segments += 1;
+                    }
+                }
+                Err(e @ (Error::Corrupt { .. } | Error::ChecksumMismatch { .. })) => {
+                    failed = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+            if failed.is_some() {
+                report.damaged_segments += 1;
+            }
+            done += len;
+            progress(done);
+        }
+        flush(&mut batch)?;
+        log.raise_id_floors(floors.0, floors.1);
+        // Ids must continue above the original's: seal the segment so the next one carries
+        // the floors in its header.
+        log.roll()?;
+        log.close()?;
+        Ok(report)
+    }
+}
+
+fn problem_of(e: Error, fallback: &Path) -> Problem {
+    match e {
+        Error::Corrupt {
+            file,
+            offset,
+            reason,
+        } => Problem {
+            file,
+            offset,
+            problem: reason,
+        },
+        Error::ChecksumMismatch {
+            file,
+            offset,
+            expected,
+            found,
+        } => Problem {
+            file,
+            offset,
+            problem: format!(
+                "frame checksum mismatch: stored {expected:#010x}, computed {found:#010x}"
+            ),
+        },
+        other => Problem {
+            file: fallback.to_path_buf(),
+            offset: 0,
+            problem: other.to_string(),
+        },
+    }
+}
+
+/// One segment of a directory seen as if it were the whole log, so that each segment can be
+/// checked (or salvaged) on its own. Read-only: every write fails.
+#[derive(Debug)]
+struct SegmentView {
+    inner: FsStorage,
+    name: String,
+}
+
+impl SegmentView {
+    fn new(dir: &Path, id: u64) -> Result<SegmentView> {
+        Ok(SegmentView {
+            inner: FsStorage::existing(dir)
+                .map_err(|e| Error::io("open data directory", dir, e))?,
+            name: segment_name(id),
+        })
+    }
+}
+
+fn read_only() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "read-only view")
+}
+
+impl Storage for SegmentView {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(vec![self.name.clone()])
+    }
+    fn create(&self, _name: &str) -> io::Result<Box<dyn StorageFile>> {
+        Err(read_only())
+    }
+    fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
+        self.inner.open(name)
+    }
+    fn rename(&self, _from: &str, _to: &str) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn remove(&self, _name: &str) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn try_lock(&self) -> io::Result<Option<LockGuard>> {
+        Err(read_only())
+    }
+}

@@ -1,0 +1,546 @@
+//! The `afterlog` binary, run for real on data directories written by the engine.
+
+use afterlog::log::LogOptions;
+use afterlog::{After, Engine, EventId, HandlerError, JobId, ManualClock, Options, Reader};
+use serde_json::Value;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const IDLE: Duration = Duration::from_secs(10);
+/// Small segments, so a few records fill several.
+const SEGMENT: u64 = 4096;
+const SEG1: &str = "00000000000000000001.seg";
+
+fn afterlog(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_afterlog"))
+        .args(args)
+        .output()
+        .expect("run afterlog")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = afterlog(args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "afterlog {args:?}: stdout {} stderr {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn json(args: &[&str]) -> Value {
+    let out = ok(args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("afterlog {args:?}: {e}: {out}"))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn options(clock: &ManualClock) -> Options {
+    Options::default()
+        .clock(clock.clone())
+        .log_options(LogOptions {
+            segment_bytes: SEGMENT,
+            prepare_in_background: false,
+            ..LogOptions::default()
+        })
+        .compaction_interval(None)
+}
+
+/// What `write_sample` wrote.
+struct Sample {
+    ok: Vec<EventId>,
+    failing: EventId,
+    later: EventId,
+    cancelled: EventId,
+    job: JobId,
+    /// Records written in all.
+    records: u64,
+}
+
+/// Writes a directory that spans several segments: three events acknowledged, one failing
+/// (retried later), one due in a day, one cancelled, and a job of two due in an hour.
+fn write_sample(dir: &Path) -> Sample {
+    let clock = ManualClock::new(now_ms());
+    let engine = Engine::open_with(dir, options(&clock)).unwrap();
+    engine.on("ok", |_, _| Ok(()));
+    engine.on("failing", |_, _| Err(HandlerError::msg("boom")));
+    let big = vec![b'x'; 2000];
+    let ok: Vec<EventId> = (0..3)
+        .map(|i| {
+            let body = if i == 1 {
+                b"hello".to_vec()
+            } else {
+                big.clone()
+            };
+            engine.publish("ok", body, After::NOW).unwrap()
+        })
+        .collect();
+    let failing = engine.publish("failing", "f", After::NOW).unwrap();
+    let later = engine
+        .publish(
+            "later",
+            [0xffu8, 0x00, 0x01],
+            After::parse("1 day").unwrap(),
+        )
+        .unwrap();
+    let cancelled = engine
+        .publish("later", "gone", After::parse("1 day").unwrap())
+        .unwrap();
+    assert!(engine.cancel(cancelled).unwrap());
+    let job = engine
+        .push("batch", ["a", "b"], Duration::from_secs(3600))
+        .unwrap();
+    engine.start();
+    assert!(engine.wait_idle(IDLE));
+    engine.close().unwrap();
+    // 6 publishes + 1 push, 1 cancel, 3 × (attempt, ack), attempt + retry for the failing one.
+    Sample {
+        ok,
+        failing,
+        later,
+        cancelled,
+        job,
+        records: 7 + 1 + 6 + 2,
+    }
+}
+
+fn segments(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn inspect_shows_what_was_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let s = write_sample(tmp.path());
+    assert!(
+        segments(tmp.path()).len() >= 2,
+        "the sample spans segments: {}",
+        ok(&["inspect", dir])
+    );
+
+    let v = json(&["inspect", dir, "--json"]);
+    assert_eq!(v["events_by_state"]["succeeded"], 3);
+    assert_eq!(v["events_by_state"]["scheduled"], 4);
+    assert_eq!(v["events_by_state"]["cancelled"], 1);
+    assert_eq!(v["events"], 8);
+    assert_eq!(v["jobs"], 1);
+    assert_eq!(v["records_by_kind"]["publish"], 7);
+    assert_eq!(v["records_by_kind"]["ack"], 3);
+    assert_eq!(v["records_by_kind"]["retry"], 1);
+    assert_eq!(v["records_by_kind"]["cancel"], 1);
+    let total: u64 = v["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, s.records);
+    assert_eq!(v["recovery"]["torn_bytes"], 0);
+    let next = v["next_due"].as_array().unwrap();
+    assert_eq!(next.len(), 4);
+    assert_eq!(
+        next[0]["id"], s.failing.0,
+        "the retry is due first: {next:?}"
+    );
+
+    let table = ok(&["inspect", dir]);
+    assert!(table.contains("recovery    clean"), "{table}");
+    assert!(table.contains("SEGMENT  FILE BYTES"), "{table}");
+    let has_row = |cells: &[&str]| {
+        table
+            .lines()
+            .any(|l| l.split_whitespace().eq(cells.iter().copied()))
+    };
+    assert!(has_row(&["succeeded", "3"]), "{table}");
+    assert!(has_row(&["publish", "7"]), "{table}");
+    assert!(table.contains("jobs        1"), "{table}");
+    assert!(table.contains(&format!("{}  later", s.later)), "{table}");
+}
+
+#[test]
+fn events_lists_rows_with_filters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let s = write_sample(tmp.path());
+
+    let all = json(&["events", dir, "--json"]);
+    assert_eq!(all.as_array().unwrap().len(), 8);
+    let failing = &all[s.failing.0 as usize - 1];
+    assert_eq!(failing["name"], "failing");
+    assert_eq!(failing["state"], "scheduled");
+    assert_eq!(failing["attempts"], 1);
+    assert_eq!(failing["last_reason"], "error");
+    assert_eq!(failing["last_message"], "boom");
+    assert!(failing["next_due_ms"].as_i64() > failing["first_due_ms"].as_i64());
+
+    let done = json(&["events", dir, "--state", "succeeded", "--json"]);
+    let ids: Vec<u64> = done
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, s.ok.iter().map(|e| e.0).collect::<Vec<_>>());
+
+    let job = json(&["events", dir, "--job", &s.job.to_string(), "--json"]);
+    assert_eq!(job.as_array().unwrap().len(), 2);
+    assert!(job.as_array().unwrap().iter().all(|e| e["job"] == s.job.0));
+
+    let soon = json(&["events", dir, "--due-before", "2 hours", "--json"]);
+    let soon_ids: Vec<u64> = soon
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert!(!soon_ids.contains(&s.later.0), "due in a day: {soon_ids:?}");
+    assert!(
+        soon_ids.len() >= 2,
+        "the job is due in an hour: {soon_ids:?}"
+    );
+
+    let limited = json(&["events", dir, "--limit", "2", "--json"]);
+    assert_eq!(limited.as_array().unwrap().len(), 2);
+
+    let table = ok(&["events", dir, "--name", "failing"]);
+    assert!(table.starts_with("ID  "), "{table}");
+    assert!(table.contains("error: boom"), "{table}");
+    assert!(table.contains("1 event(s)"), "{table}");
+
+    let bad = afterlog(&["events", dir, "--state", "sleeping"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("bad state"), "{}", stderr(&bad));
+}
+
+#[test]
+fn event_shows_history_and_body() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let s = write_sample(tmp.path());
+
+    let v = json(&["event", dir, &s.failing.to_string(), "--json"]);
+    assert_eq!(v["body"], "f");
+    let kinds: Vec<&str> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["publish", "attempt", "retry"]);
+    assert_eq!(v["records"][2]["message"], "boom");
+
+    let bin = json(&["event", dir, &s.later.0.to_string(), "--json"]);
+    assert_eq!(bin["body_hex"], "ff0001");
+
+    let cancelled = json(&["event", dir, &s.cancelled.to_string(), "--json"]);
+    assert_eq!(cancelled["event"]["state"], "cancelled");
+    assert_eq!(cancelled["records"][1]["kind"], "cancel");
+
+    let table = ok(&["event", dir, &s.ok[1].to_string()]);
+    assert!(table.contains("state      succeeded"), "{table}");
+    assert!(table.contains("attempt 1 acknowledged"), "{table}");
+    assert!(table.contains("body (5 bytes, UTF-8):\nhello"), "{table}");
+
+    let missing = afterlog(&["event", dir, "ev-999"]);
+    assert_eq!(missing.status.code(), Some(5));
+    assert!(stderr(&missing).contains("ev-999 not found"));
+    assert_eq!(stderr(&missing).lines().count(), 1);
+}
+
+#[test]
+fn replay_streams_json_lines_with_filters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let s = write_sample(tmp.path());
+
+    let lines: Vec<Value> = ok(&["replay", dir])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, s.records);
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=s.records).collect::<Vec<_>>(), "log order");
+    assert_eq!(lines[0]["events"][0]["body_bytes"], 2000);
+
+    let publishes = ok(&["replay", dir, "--kind", "publish"]);
+    assert_eq!(publishes.lines().count(), 7);
+    let window = ok(&["replay", dir, "--from", "3", "--until", "5"]);
+    let seqs: Vec<u64> = window
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [3, 4, 5]);
+
+    let failing = ok(&["replay", dir, "--name", "failing"]);
+    let kinds: Vec<String> = failing
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["publish", "attempt", "retry"]);
+
+    let by_time = ok(&[
+        "replay", dir, "--from", "1 hour", "--until", "now", "--kind", "ack",
+    ]);
+    assert_eq!(by_time.lines().count(), 3);
+    let future = ok(&["replay", dir, "--from", "2099-01-01T00:00:00Z"]);
+    assert_eq!(future, "");
+
+    let bad = afterlog(&["replay", dir, "--from", "yesterday-ish"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).starts_with("afterlog: bad time"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn verify_reports_corruption_with_file_and_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    write_sample(tmp.path());
+    let out = ok(&["verify", dir]);
+    assert!(out.contains(": sound"), "{out}");
+    assert!(json(&["verify", dir, "--json"])["sound"] == true);
+
+    // Flip a byte in the payload of the second record, in the first (sealed) segment.
+    let filter = afterlog::RecordFilter {
+        seq_from: Some(2),
+        seq_until: Some(2),
+        ..Default::default()
+    };
+    let mut second = None;
+    Reader::open(tmp.path())
+        .unwrap()
+        .records(&filter, |pos, _| {
+            second = Some(pos);
+            Ok(())
+        })
+        .unwrap();
+    let second = second.unwrap();
+    assert_eq!(second.segment, 1);
+    let at = second.offset + 25;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(tmp.path().join(SEG1))
+        .unwrap();
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    drop(file);
+    let offset = format!("at offset {}", second.offset);
+
+    let o = afterlog(&["verify", dir]);
+    assert_eq!(o.status.code(), Some(3), "{}", stdout(&o));
+    let report = stdout(&o);
+    assert!(report.contains(SEG1), "{report}");
+    assert!(report.contains(&offset), "{report}");
+    assert!(report.contains("checksum"), "{report}");
+    assert!(stderr(&o).contains("is corrupt"), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&afterlog(&["verify", dir, "--json"]))).unwrap();
+    assert_eq!(v["sound"], false);
+    assert_eq!(v["problems"][0]["offset"], second.offset);
+
+    // Other commands fail with the same code and one line.
+    let o = afterlog(&["inspect", dir]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains(&offset), "{}", stderr(&o));
+
+    // Salvage writes a sound copy and leaves the original alone.
+    let before = std::fs::read(tmp.path().join(SEG1)).unwrap();
+    let out_dir = tmp.path().join("salvaged");
+    let out_dir = out_dir.to_str().unwrap();
+    let o = afterlog(&["verify", dir, "--salvage", out_dir]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stdout(&o).contains("salvaged"), "{}", stdout(&o));
+    assert_eq!(std::fs::read(tmp.path().join(SEG1)).unwrap(), before);
+    assert!(ok(&["verify", out_dir]).contains(": sound"));
+    let events = json(&["events", out_dir, "--json"]);
+    assert!(!events.as_array().unwrap().is_empty());
+}
+
+#[test]
+fn verify_reports_a_torn_tail_as_sound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    write_sample(tmp.path());
+    let reader = Reader::open(tmp.path()).unwrap();
+    let last = reader.segments().unwrap().pop().unwrap();
+    // The remains of a write that a crash interrupted: half a frame after the data.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(tmp.path().join(&last.file))
+        .unwrap();
+    file.write_all_at(&[40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 9], last.data_bytes)
+        .unwrap();
+    drop(file);
+
+    let o = afterlog(&["verify", dir]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let report = stdout(&o);
+    assert!(report.contains("torn tail: 9 bytes"), "{report}");
+    assert!(
+        report.contains(&format!("offset {}", last.data_bytes)),
+        "{report}"
+    );
+    let v = json(&["verify", dir, "--json"]);
+    assert_eq!(v["torn_bytes"], 9);
+    let inspect = ok(&["inspect", dir]);
+    assert!(inspect.contains("torn tail of 9 bytes"), "{inspect}");
+}
+
+#[test]
+fn writes_are_refused_while_an_engine_runs_and_reads_work_beside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let clock = ManualClock::new(now_ms());
+    let engine = Engine::open_with(tmp.path(), options(&clock)).unwrap();
+    let id = engine
+        .publish("user.joined", "a@b.c", After::parse("1 hour").unwrap())
+        .unwrap();
+
+    for args in [vec!["publish", dir, "x", "y"], vec!["compact", dir]] {
+        let o = afterlog(&args);
+        assert_eq!(o.status.code(), Some(4), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).starts_with("afterlog: refusing:"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(stderr(&o).lines().count(), 1);
+    }
+
+    let events = json(&["events", dir, "--json"]);
+    assert_eq!(events[0]["id"], id.0);
+    assert_eq!(events[0]["state"], "scheduled");
+    let v = json(&["inspect", dir, "--json"]);
+    assert_eq!(v["events_by_state"]["scheduled"], 1);
+    assert!(ok(&["verify", dir]).contains(": sound"));
+
+    // The engine is unaffected and keeps writing.
+    engine.publish("user.joined", "c@d.e", After::NOW).unwrap();
+    engine.close().unwrap();
+    assert_eq!(
+        json(&["events", dir, "--json"]).as_array().unwrap().len(),
+        2
+    );
+}
+
+#[test]
+fn publish_and_compact_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let s = write_sample(tmp.path());
+
+    let v = json(&[
+        "publish",
+        dir,
+        "note",
+        "{\"a\":1}",
+        "--after",
+        "10 minutes",
+        "--json",
+    ]);
+    let id = v["id"].as_u64().unwrap();
+    assert!(id > s.job.0, "ids continue");
+    assert!(v["due_ms"].as_i64().unwrap() > now_ms() + 9 * 60_000);
+    let e = json(&["event", dir, &id.to_string(), "--json"]);
+    assert_eq!(e["body"], "{\"a\":1}");
+    assert_eq!(e["event"]["state"], "scheduled");
+    let line = ok(&["publish", dir, "note", "now"]);
+    assert!(line.starts_with("published ev-"), "{line}");
+
+    let bad = afterlog(&["publish", dir, "note", "x", "--after", "2 years"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("more than one year"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let before = json(&["inspect", dir, "--json"])["events"]
+        .as_u64()
+        .unwrap();
+    let c = json(&["compact", dir, "--json"]);
+    assert!(c["stats"]["records_dropped"].as_u64().unwrap() > 0, "{c}");
+    let after = json(&["inspect", dir, "--json"]);
+    assert!(after["events"].as_u64().unwrap() < before, "{after}");
+    assert_eq!(
+        after["events_by_state"]["succeeded"], 0,
+        "finished events left the disk"
+    );
+    assert_eq!(after["events_by_state"]["scheduled"], 6);
+    assert!(ok(&["compact", dir]).contains("segments rewritten"));
+}
+
+#[test]
+fn bad_directories_give_one_line_and_a_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let o = afterlog(&["inspect", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(5));
+    assert!(stderr(&o).contains("no such directory"), "{}", stderr(&o));
+    let o = afterlog(&["publish", missing.to_str().unwrap(), "a", "b"]);
+    assert_eq!(o.status.code(), Some(5));
+    assert!(!missing.exists(), "publish does not create a directory");
+
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "hi").unwrap();
+    for cmd in ["inspect", "events", "verify", "compact"] {
+        let o = afterlog(&[cmd, foreign.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(6), "{cmd}");
+        assert!(
+            stderr(&o).contains("not an afterlog data directory"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(stderr(&o).lines().count(), 1);
+    }
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let v = json(&["inspect", empty.to_str().unwrap(), "--json"]);
+    assert_eq!(v["events"], 0);
+
+    let o = afterlog(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    let help = ok(&["--help"]);
+    assert!(help.contains("Exit codes:"), "{help}");
+    assert!(ok(&["replay", "--help"]).contains("Examples:"));
+}
