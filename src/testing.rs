@@ -104,14 +104,27 @@ pub fn check_recover(data: &[u8]) {
 /// Any text given to `After::parse`: no panic; whatever parses resolves without panicking,
 /// and a resolved due time is never before now nor more than a year ahead.
 pub fn check_after(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(after) = crate::After::parse(text) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(after) = crate::After::parse(text) else {
+        return;
+    };
     for now_ms in [0, 1_700_000_000_000, i64::MAX / 2] {
         if let Ok(due_ms) = after.resolve(now_ms) {
-            assert!(due_ms >= now_ms, "{text:?} resolved to {due_ms}, before now {now_ms}");
-            assert!(due_ms <= crate::latest_due_ms(now_ms), "{text:?} resolved beyond a year");
+            assert!(
+                due_ms >= now_ms,
+                "{text:?} resolved to {due_ms}, before now {now_ms}"
+            );
+            assert!(
+                due_ms <= crate::latest_due_ms(now_ms),
+                "{text:?} resolved beyond a year"
+            );
         }
     }
     let shown = after.to_string();
-    assert!(crate::After::parse(&shown).is_ok(), "{text:?} displays as {shown:?}, which does not parse");
+    assert!(
+        crate::After::parse(&shown).is_ok(),
+        "{text:?} displays as {shown:?}, which does not parse"
+    );
 }

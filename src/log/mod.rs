@@ -174,10 +174,7 @@ impl Log {
             });
         }
         let dir = storage.path().to_path_buf();
-        let lock = storage
-            .try_lock()
-            .map_err(|e| Error::io("lock data directory", &dir, e))?
-            .ok_or(Error::Locked { dir: dir.clone() })?;
+        let lock = take_lock(&*storage)?;
         let recovered = recovery::recover(&*storage, false, &mut visit)?;
         let report = recovered.report;
         let shared = Arc::new(Shared {
@@ -426,6 +423,31 @@ impl Log {
             (result, Ok(())) => result,
         }
     }
+}
+
+/// Attempts at the directory lock before `Error::Locked`, and the pause between them.
+const LOCK_ATTEMPTS: u32 = 5;
+const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// Takes the directory lock. A lock held by another open fails within about 50 ms: a few
+/// retries ride out the moment when a process that just closed the directory still shares
+/// the lock with a child it is forking (`flock` locks are shared across `fork` until the
+/// child's `exec` closes its copy).
+fn take_lock(storage: &dyn Storage) -> Result<LockGuard> {
+    let dir = storage.path();
+    for attempt in 1..=LOCK_ATTEMPTS {
+        match storage
+            .try_lock()
+            .map_err(|e| Error::io("lock data directory", dir, e))?
+        {
+            Some(lock) => return Ok(lock),
+            None if attempt < LOCK_ATTEMPTS => std::thread::sleep(LOCK_RETRY_PAUSE),
+            None => {}
+        }
+    }
+    Err(Error::Locked {
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// Reads and verifies the frame at `offset` of one segment.
