@@ -103,15 +103,17 @@ pub(crate) fn recover(
             .map_err(|e| Error::io("stat segment", &path, e))?;
         // Sealed segments are never written again, so they can be mapped whole. The last one
         // may be written (its tail cut, then appended), so it is read into memory instead.
-        let (bytes, map) = if is_last {
+        // The map is dropped once the segment is scanned, so a scan holds one segment in
+        // memory at a time whatever the size of the log (readers map again on demand).
+        let bytes = if is_last {
             let mut buf = vec![0u8; file_len as usize];
             read_exact_at(&*file, &mut buf, 0).map_err(|e| Error::io("read segment", &path, e))?;
-            (SegmentData::Owned(buf), None)
+            SegmentData::Owned(buf)
         } else {
             let map = file
                 .map(file_len)
                 .map_err(|e| Error::io("map segment", &path, e))?;
-            (SegmentData::Mapped(map.clone()), Some(map))
+            SegmentData::Mapped(map)
         };
         let bytes: &[u8] = &bytes;
         let header = decode_header(bytes).map_err(|e| Error::Corrupt {
@@ -183,7 +185,7 @@ pub(crate) fn recover(
             let slot = Arc::new(SegmentSlot::active(id, file));
             active = Some((slot, header, scan.end));
         } else {
-            sealed.push(Arc::new(SegmentSlot::sealed(id, file, scan.end, map)));
+            sealed.push(Arc::new(SegmentSlot::sealed(id, file, scan.end, None)));
         }
     }
     report.last_seq = last_seq;
