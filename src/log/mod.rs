@@ -327,26 +327,16 @@ impl Log {
 
     /// Returns once everything appended before the call is durable.
     pub fn flush(&self) -> Result<()> {
-        let done = Arc::new(Completion::default());
-        {
-            let mut q = self.shared.queue.lock();
-            if let Some(reason) = &q.poisoned {
-                return Err(Error::Poisoned {
-                    reason: reason.clone(),
-                });
-            }
-            if q.closing {
-                return Err(Error::Closed);
-            }
-            q.flushes.push(done.clone());
-        }
-        self.shared.work.notify_one();
-        done.wait().map(|_| ())
+        self.sync_request(false)
     }
 
     /// Syncs everything appended so far and seals the active segment (if it holds any
     /// record), so that compaction can reach every record written before the call.
     pub fn roll(&self) -> Result<()> {
+        self.sync_request(true)
+    }
+
+    fn sync_request(&self, roll: bool) -> Result<()> {
         let done = Arc::new(Completion::default());
         {
             let mut q = self.shared.queue.lock();
@@ -359,7 +349,7 @@ impl Log {
                 return Err(Error::Closed);
             }
             q.flushes.push(done.clone());
-            q.roll_requested = true;
+            q.roll_requested |= roll;
         }
         self.shared.work.notify_one();
         done.wait().map(|_| ())
