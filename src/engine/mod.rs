@@ -112,7 +112,9 @@ pub(crate) struct Inner {
 
 /// An open data directory: publish events, register handlers, and (after
 /// [`start`](Engine::start)) have them delivered. Cheap to clone; clones share the engine.
-/// Dropping the last clone closes it.
+/// Dropping the last clone closes it — but a clone captured by a handler (to publish
+/// follow-up events, say) lives as long as the engine's handlers, so an engine whose handlers
+/// hold clones must be closed with [`close`](Engine::close).
 #[derive(Clone)]
 pub struct Engine {
     handle: Arc<Handle>,
