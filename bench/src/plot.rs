@@ -5,6 +5,7 @@
 use crate::Report;
 use crate::publish::SYSTEMS;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
 const COLORS: [RGBColor; 4] = [
@@ -67,6 +68,7 @@ fn publish_panel(
         .disable_x_mesh()
         .x_labels(0)
         .y_desc("events/s")
+        .y_label_formatter(&|v| crate::format_rate(*v))
         .draw()?;
     let width = 0.8 / SYSTEMS.len() as f64;
     for (j, system) in SYSTEMS.iter().enumerate() {
@@ -89,13 +91,17 @@ fn publish_panel(
             )
         }))?;
     }
-    chart.draw_series(publish.iter().enumerate().map(|(i, s)| {
-        Text::new(
-            s.scenario.clone(),
-            (i as f64 + 0.35, 14.0),
-            ("sans-serif", 15).into_font().color(&WHITE),
-        )
-    }))?;
+    // Scenario names under the axis, centred on their group.
+    for (i, s) in publish.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 10.0));
+        area.draw_text(
+            &s.scenario,
+            &("sans-serif", 15)
+                .into_text_style(area)
+                .pos(Pos::new(HPos::Center, VPos::Top)),
+            (x - area.get_base_pixel().0, y - area.get_base_pixel().1 + 8),
+        )?;
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -146,18 +152,15 @@ fn timer_panel(
             ("sans-serif", 13).into_font(),
         )
     }))?;
-    chart
-        .draw_series(LineSeries::new(
-            [(0.0, 5.0), (3.0, 5.0)],
-            RED.stroke_width(1),
-        ))?
-        .label("p99 target 5 ms")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    chart.draw_series(LineSeries::new(
+        [(0.0, 5.0), (3.0, 5.0)],
+        RED.stroke_width(1),
+    ))?;
+    chart.draw_series(std::iter::once(Text::new(
+        "p99 target 5 ms",
+        (0.05, 5.0 + max * 0.01),
+        ("sans-serif", 12).into_font().color(&RED),
+    )))?;
     Ok(())
 }
 
@@ -180,14 +183,15 @@ fn recovery_panel(
             )
         })
         .collect();
-    let max = bars.iter().map(|b| b.1.max(b.2)).fold(1e6f64, f64::max) * 1.3;
+    let max = bars.iter().map(|b| b.1.max(b.2)).fold(1e6f64, f64::max) * 3.0;
+    let min = bars.iter().map(|b| b.1.min(b.2)).fold(1e6f64, f64::min) / 3.0;
     let n = bars.len() as f64;
     let mut chart = ChartBuilder::on(area)
-        .caption("Recovery: events/s replayed", ("sans-serif", 16))
+        .caption("Recovery: events/s (log scale)", ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..n, 0f64..max)?;
+        .build_cartesian_2d(0f64..n, (min..max).log_scale())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -197,7 +201,7 @@ fn recovery_panel(
     chart
         .draw_series(bars.iter().enumerate().map(|(i, b)| {
             Rectangle::new(
-                [(i as f64 + 0.1, 0.0), (i as f64 + 0.48, b.1)],
+                [(i as f64 + 0.1, min), (i as f64 + 0.48, b.1)],
                 COLORS[0].filled(),
             )
         }))?
@@ -206,25 +210,29 @@ fn recovery_panel(
     chart
         .draw_series(bars.iter().enumerate().map(|(i, b)| {
             Rectangle::new(
-                [(i as f64 + 0.52, 0.0), (i as f64 + 0.9, b.2)],
+                [(i as f64 + 0.52, min), (i as f64 + 0.9, b.2)],
                 COLORS[1].filled(),
             )
         }))?
-        .label("sequential read of the files")
+        .label("sequential read, same bytes")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], COLORS[1].filled()));
-    chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
-        Text::new(
-            format!("{} pending", b.0),
-            (i as f64 + 0.3, max * 0.03),
-            ("sans-serif", 12).into_font().color(&WHITE),
-        )
-    }))?;
+    for (i, b) in bars.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(i as f64 + 0.5, min));
+        area.draw_text(
+            &format!("{} pending", b.0),
+            &("sans-serif", 13)
+                .into_text_style(area)
+                .pos(Pos::new(HPos::Center, VPos::Top)),
+            (x - area.get_base_pixel().0, y - area.get_base_pixel().1 + 6),
+        )?;
+    }
     chart
         .draw_series(LineSeries::new([(0.0, 1e6), (n, 1e6)], RED.stroke_width(1)))?
         .label("target 1M/s")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED));
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
@@ -260,7 +268,7 @@ fn compaction_panel(
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..max_t, 0f64..max_b)?;
     chart.configure_mesh().x_desc("s").y_desc("MiB").draw()?;
-    for (on, color) in [(true, COLORS[0]), (false, COLORS[2])] {
+    for (on, color) in [(false, COLORS[2]), (true, COLORS[0])] {
         if let Some(run) = c.runs.iter().find(|r| r.compaction == on) {
             chart
                 .draw_series(LineSeries::new(
