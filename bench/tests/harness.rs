@@ -1,0 +1,130 @@
+//! Runs the harness binary on a tiny configuration of every scenario and checks that the
+//! JSON report holds every expected figure and that the plot is an SVG. No timing is
+//! asserted: the figures only have to be there.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn number(v: &Value, path: &str) -> f64 {
+    let mut at = v;
+    for key in path.split('.') {
+        at = match key.parse::<usize>() {
+            Ok(i) => &at[i],
+            Err(_) => &at[key],
+        };
+    }
+    at.as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number: {at}"))
+}
+
+#[test]
+fn tiny_run_of_every_scenario_reports_every_figure() {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("afterlog-bench-test");
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let json = base.join("run.json");
+    let svg = base.join("run.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_afterlog-bench"))
+        .args([
+            "--quick",
+            "--secs",
+            "0.1",
+            "--warmup",
+            "0.02",
+            "--publishers",
+            "8",
+        ])
+        .args([
+            "--e2e-events",
+            "2000",
+            "--timer-events",
+            "500",
+            "--timer-lead",
+            "1",
+        ])
+        .args(["--recovery-events", "3000,6000", "--compaction-secs", "0.6"])
+        .arg("--dir")
+        .arg(base.join("data"))
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .expect("run afterlog-bench");
+    assert!(
+        out.status.success(),
+        "afterlog-bench failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("durable publish"), "{table}");
+    assert!(table.contains("target"), "{table}");
+
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in ["afterlog", "rustc", "sqlite", "fjall"] {
+        assert!(v["versions"][key].is_string(), "versions.{key}");
+    }
+    for key in ["cores", "memory_bytes"] {
+        number(&v, &format!("machine.{key}"));
+    }
+    assert!(v["machine"]["file_system"].is_string());
+    assert_eq!(v["parameters"]["quick"], Value::Bool(true));
+    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 5);
+
+    let publish = v["publish"].as_array().expect("publish");
+    assert_eq!(publish.len(), 3);
+    for (i, scenario) in ["1 publisher", "8 publishers", "batches of 1024"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(publish[i]["scenario"], *scenario);
+        for system in ["afterlog", "raw", "sqlite", "fjall"] {
+            for key in ["events_per_s", "events_per_sync"] {
+                assert!(number(&v, &format!("publish.{i}.systems.{system}.{key}")) > 0.0);
+            }
+            let runs = publish[i]["systems"][system]["runs"].as_array().unwrap();
+            assert_eq!(runs.len(), 1);
+        }
+        for baseline in ["raw", "sqlite", "fjall"] {
+            number(&v, &format!("publish.{i}.afterlog_ratio.{baseline}"));
+        }
+    }
+
+    for key in [
+        "events_per_s",
+        "published_s",
+        "acked_s",
+        "records_per_fsync",
+    ] {
+        number(&v, &format!("end_to_end.{key}"));
+    }
+    for key in ["lateness_p50_ms", "lateness_p99_ms", "lateness_max_ms"] {
+        assert!(number(&v, &format!("timer.{key}")) >= 0.0);
+    }
+    for i in 0..2 {
+        for key in ["open_s", "events_per_s", "sequential_read_s", "data_bytes"] {
+            number(&v, &format!("recovery.{i}.{key}"));
+        }
+        number(&v, &format!("memory.{i}.bytes_per_pending_event"));
+    }
+    assert_eq!(number(&v, "recovery.1.pending"), 6000.0);
+    for key in ["on_events_per_s", "off_events_per_s", "ratio"] {
+        number(&v, &format!("compaction.{key}"));
+    }
+    assert_eq!(v["compaction"]["runs"].as_array().unwrap().len(), 2);
+
+    // 3 publish-vs-raw targets, 2 against SQLite and fjall, end to end, lateness, 2
+    // recovery, 2 memory, compaction.
+    let targets = v["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 12, "{targets:?}");
+    for t in targets {
+        assert!(t["name"].is_string() && t["met"].is_boolean());
+        assert!(t["measured"].is_number() && t["target"].is_number(), "{t}");
+    }
+
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let _ = std::fs::remove_dir_all(&base);
+}
