@@ -501,6 +501,17 @@ impl Reader {
     /// the recovery outcome. Two scans: one to learn every event's state, one to measure
     /// each segment's live bytes.
     pub fn summary(&self) -> Result<Summary> {
+        self.summarize(None)
+    }
+
+    /// Like [`summary`](Reader::summary), but `events` holds only the `n` scheduled events
+    /// due soonest: memory stays that of the index (about 40 bytes per event) instead of a
+    /// row per event. What `afterlog inspect` uses.
+    pub fn overview(&self, n: usize) -> Result<Summary> {
+        self.summarize(Some(n))
+    }
+
+    fn summarize(&self, next_due: Option<usize>) -> Result<Summary> {
         let mut index = Index::new();
         let mut effects = Vec::new();
         let mut extras: HashMap<EventId, Extra> = HashMap::new();
@@ -518,7 +529,9 @@ impl Reader {
                 rejected += 1;
             }
             effects.clear();
-            note_extra(&mut extras, record);
+            if next_due.is_none() {
+                note_extra(&mut extras, record);
+            }
             Ok(())
         })?;
 
@@ -577,8 +590,19 @@ impl Reader {
             };
         }
 
-        let mut ids: Vec<EventId> = extras.keys().copied().collect();
-        ids.sort_unstable();
+        let ids: Vec<EventId> = match next_due {
+            None => {
+                let mut ids: Vec<EventId> = extras.keys().copied().collect();
+                ids.sort_unstable();
+                ids
+            }
+            Some(n) => {
+                let mut due: Vec<(i64, EventId)> =
+                    index.scheduled().map(|(id, due)| (due, id)).collect();
+                due.sort_unstable();
+                due.into_iter().take(n).map(|(_, id)| id).collect()
+            }
+        };
         let events = ids
             .into_iter()
             .filter_map(|id| row(&index, &extras, id))

@@ -369,7 +369,8 @@ fn recovery_line(reader: &Reader, r: &afterlog::log::Recovery) -> String {
 
 fn inspect(dir: &Path, json: bool) -> CliResult {
     let reader = Reader::open(dir)?;
-    let summary = reader.summary()?;
+    let summary = reader.overview(5)?;
+    let held: u64 = summary.events_by_state.iter().map(|(_, n)| n).sum();
     let mut next: Vec<&afterlog::EventRow> = summary
         .events
         .iter()
@@ -398,7 +399,7 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
             "segments": summary.segments,
             "records_by_kind": kinds,
             "events_by_state": states,
-            "events": summary.events.len(),
+            "events": held,
             "jobs": summary.jobs,
             "rejected_records": summary.rejected,
             "next_due": next,
