@@ -144,6 +144,10 @@ pub(crate) fn recover(
         let scan = scan_segment(bytes, &header, &path, visit)?;
         report.records += scan.records;
         report.record_bytes += scan.end - DATA_START;
+        // A segment without records (the active one after a compaction removed everything
+        // before it, say) still reserves the sequence numbers below its first: the next
+        // record must not be numbered below its header's `first_seq`.
+        last_seq = last_seq.max(header.first_seq - 1);
         if scan.last_seq != 0 {
             last_seq = scan.last_seq;
         }
