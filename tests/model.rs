@@ -301,6 +301,41 @@ fn the_engine_matches_the_model() {
     println!("{cases} cases of up to {max_ops} operations matched the model");
 }
 
+/// Found by the model: once compaction removed a finished job (and every event) and the
+/// engine restarted, `cancel_job` of that job failed with "unknown job" and `cancel` of its
+/// event with "unknown event", where before the compaction they answered `Ok(0)` and
+/// `Ok(false)`.
+#[test]
+fn cancels_of_compacted_events_and_jobs_answer_finished() {
+    let disk = MemStorage::new();
+    let clock = ManualClock::new(START_MS);
+    let seen: Seen = Arc::default();
+    let engine = open(&disk, &clock, &seen);
+    let job = engine.push("q", ["ack"], Duration::ZERO).unwrap();
+    assert!(engine.wait_idle(IDLE));
+    assert_eq!(seen.lock().len(), 1);
+    assert_eq!(engine.cancel_job(job).unwrap(), 0);
+    assert!(!engine.cancel(EventId(1)).unwrap());
+    engine.compact_now().unwrap();
+    engine.close().unwrap();
+    let engine = open(&disk, &clock, &seen);
+    assert_eq!(
+        engine.cancel_job(job).unwrap(),
+        0,
+        "cancel_job after compaction"
+    );
+    assert!(
+        !engine.cancel(EventId(1)).unwrap(),
+        "cancel after compaction"
+    );
+    assert!(engine.cancel(EventId(2)).is_err(), "an id never given out");
+    assert!(
+        engine.cancel_job(JobId(2)).is_err(),
+        "a job never given out"
+    );
+    engine.close().unwrap();
+}
+
 /// Found by the model: after `compact_now` removed every record, the active segment was
 /// empty; recovery then numbered the next record after the last record it found (none)
 /// rather than after the segment header's first sequence number, so the following reopen
