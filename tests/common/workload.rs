@@ -700,7 +700,8 @@ pub fn check_log(model: &Model, s: &Scanned) -> Result<(), String> {
 /// Opens an engine on the recovered disk and delivers: first at the crash's time, then past
 /// every due time. Every event the log holds unfinished is delivered once, with the next
 /// attempt number, and never before its due time, unless it expired; nothing finished is
-/// delivered (Promises 2 and 3); the engine opens and closes without error (Promise 4).
+/// delivered (Promises 2 and 3); the engine opens and closes without error (Promise 4), and
+/// a second reopen delivers nothing.
 pub fn check_reopen(disk: &MemStorage, model: &Model, s: &Scanned) -> Result<(), String> {
     let clock = ManualClock::new(model.last_ms);
     let engine = Engine::open_storage(Arc::new(disk.clone()), options(&clock))
@@ -727,6 +728,30 @@ pub fn check_reopen(disk: &MemStorage, model: &Model, s: &Scanned) -> Result<(),
     engine
         .close()
         .map_err(|e| format!("the reopened engine does not close: {e}"))?;
+    // Once more: everything was delivered or expired, so nothing is delivered again.
+    let engine = Engine::open_storage(Arc::new(disk.clone()), options(&clock))
+        .map_err(|e| format!("the engine does not reopen a second time: {e}"))?;
+    let again: Arc<Mutex<Vec<EventId>>> = Arc::default();
+    for name in NAMES {
+        let again = again.clone();
+        engine.on(name, move |event, _| {
+            again.lock().push(event.id());
+            Ok(())
+        });
+    }
+    engine.start();
+    if !engine.wait_idle(IDLE) {
+        return Err("the engine reopened a second time never became idle".into());
+    }
+    engine
+        .close()
+        .map_err(|e| format!("the engine reopened a second time does not close: {e}"))?;
+    if !again.lock().is_empty() {
+        return Err(format!(
+            "delivered again after a clean restart: {:?}",
+            again.lock()
+        ));
+    }
     let seen = seen.lock();
     let mut delivered: BTreeMap<EventId, Vec<u32>> = BTreeMap::new();
     for &(id, attempt, now_ms) in seen.iter() {
