@@ -126,7 +126,7 @@ fn sweep_seed(seed: u64, steps: &[Step], tears: usize, full_every: u64, totals: 
                 let scanned = recover(&after).unwrap_or_else(|e| panic!("{context}: {e}"));
                 check_log(&model, &scanned).unwrap_or_else(|e| panic!("{context}: {e}"));
                 totals.states.fetch_add(1, Ordering::Relaxed);
-                if (i == 0 && lose_dir) || splitmix(&mut rng) % full_every == 0 {
+                if (i == 0 && lose_dir) || splitmix(&mut rng).is_multiple_of(full_every) {
                     let fresh = disk.after_crash_with(mode, lose_dir);
                     check_reopen(&fresh, &model, &scanned)
                         .unwrap_or_else(|e| panic!("{context}: reopen: {e}"));

@@ -9,7 +9,7 @@
 //! `cancel_job` returned, and which `(event, attempt)` pairs the handlers saw — nothing
 //! early, nothing after a cancel, nothing acknowledged twice, every due event once, with
 //! attempt numbers that continue across crashes. `AFTERLOG_MODEL_CASES` sets the number of
-//! cases (default 64; the long campaign uses 1,000). Proptest prints a minimal failing list.
+//! cases (default 128; the long campaign uses 1,000). Proptest prints a minimal failing list.
 
 use afterlog::log::LogOptions;
 use afterlog::storage::{CrashMode, MemStorage};
@@ -288,7 +288,7 @@ fn env_u32(name: &str, default: u32) -> u32 {
 
 #[test]
 fn the_engine_matches_the_model() {
-    let cases = env_u32("AFTERLOG_MODEL_CASES", 64);
+    let cases = env_u32("AFTERLOG_MODEL_CASES", 128);
     let max_ops = env_u32("AFTERLOG_MODEL_OPS", 60) as usize;
     let config = ProptestConfig {
         cases,

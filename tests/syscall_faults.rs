@@ -113,8 +113,7 @@ fn delivered(dir: &std::path::Path) -> BTreeSet<u64> {
     engine.start();
     assert!(engine.wait_idle(Duration::from_secs(20)));
     engine.close().unwrap();
-    let seen = seen.lock().clone();
-    seen
+    seen.lock().clone()
 }
 
 #[test]
