@@ -182,6 +182,16 @@ pub(crate) fn recover(
                 }
             }
         }
+        if is_last && !read_only && end > DATA_START as usize {
+            // After a failed sync the page cache may still show records that never reached
+            // the disk (Linux marks their pages clean, and a later sync does not write
+            // them). Rewriting what recovery read and syncing it makes every record it hands
+            // up durable before anything is appended after it.
+            file.write_all_at(&bytes[DATA_START as usize..end], DATA_START)
+                .map_err(|e| Error::io("rewrite segment", &path, e))?;
+            file.sync_data()
+                .map_err(|e| Error::io("sync segment", &path, e))?;
+        }
         report.segments += 1;
         if is_last {
             let slot = Arc::new(SegmentSlot::active(id, file));
