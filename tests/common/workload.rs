@@ -132,6 +132,8 @@ pub enum Step {
         ms: i64,
     },
     Compact,
+    /// `close`, then open the same disk again (a crash may hit the recovery).
+    Restart,
 }
 
 fn pick_delay(rng: &mut u64) -> i64 {
@@ -145,7 +147,8 @@ fn pick_delay(rng: &mut u64) -> i64 {
 }
 
 /// The steps of workload `seed`: 30 to 49 steps; `start` comes first, or after a few steps
-/// (so some events wait for it), and the clock moves far enough for retries and expiry.
+/// (so some events wait for it), and the clock moves far enough for retries and expiry; the
+/// engine is reopened after the last compaction and publishes once more.
 pub fn steps(seed: u64) -> Vec<Step> {
     let mut rng = seed ^ 0xA5A5_0000_C0FF_EE00;
     let n = 30 + (splitmix(&mut rng) % 20) as usize;
@@ -181,7 +184,8 @@ pub fn steps(seed: u64) -> Vec<Step> {
                     _ => 7 * 60_000,
                 },
             },
-            _ => Step::Compact,
+            17 | 18 => Step::Compact,
+            _ => Step::Restart,
         };
         steps.push(step);
     }
@@ -189,6 +193,13 @@ pub fn steps(seed: u64) -> Vec<Step> {
     steps.push(Step::Advance { ms: RETENTION_MS });
     steps.push(Step::Advance { ms: RETRY_MS });
     steps.push(Step::Compact);
+    // Reopen after the compaction and write again.
+    steps.push(Step::Restart);
+    steps.push(Step::Publish {
+        behaviour: Behaviour::Ack,
+        delay_ms: 0,
+        pad: 0,
+    });
     steps
 }
 
@@ -264,6 +275,10 @@ pub struct Model {
     /// Every publish, push and cancel that writes: the number of storage operations done
     /// before the call, and what it returned (`None`: `Ok`).
     pub returns: Vec<(u64, Option<String>)>,
+    /// Errors of a `Restart`'s open on a disk that had not crashed.
+    pub reopen_errors: Vec<String>,
+    /// The number of storage operations done before each `Restart` reopened the disk.
+    pub reopened_at: Vec<u64>,
     pub live: Arc<Mutex<Live>>,
 }
 
@@ -357,7 +372,7 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
         last_ms: START_MS,
         ..Model::default()
     };
-    let Ok(engine) = Engine::open_storage(Arc::new(disk.clone()), options(&clock)) else {
+    let Ok(mut engine) = Engine::open_storage(Arc::new(disk.clone()), options(&clock)) else {
         return model;
     };
     register(&engine, &model.live, &clock);
@@ -469,6 +484,26 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
             Step::Compact => {
                 model.compaction_tried = true;
                 let _ = engine.compact_now();
+            }
+            Step::Restart => {
+                let _ = engine.close();
+                model.reopened_at.push(disk.ops());
+                match Engine::open_storage(Arc::new(disk.clone()), options(&clock)) {
+                    Ok(reopened) => engine = reopened,
+                    Err(e) => {
+                        if !disk.crashed() {
+                            model.reopen_errors.push(e.to_string());
+                        }
+                        break;
+                    }
+                }
+                // Whether a failure's retry record reached the log before an I/O error is
+                // unknown: an attempt with no durable outcome is due again at once.
+                model.live.lock().failed.clear();
+                register(&engine, &model.live, &clock);
+                if started {
+                    engine.start();
+                }
             }
         }
         // Before `start` nothing is delivered, so due events keep the engine busy.
