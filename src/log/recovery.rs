@@ -12,6 +12,8 @@
 //!   by a later group's frame means synced data went bad: corruption.
 //! - The torn tail is overwritten with zeros and synced before anything new is appended, so
 //!   no stale frame can ever line up behind a new one.
+//! - The last segment's valid frames are rewritten and synced before anything new is
+//!   appended: after a failed sync they may exist only in the page cache.
 
 use super::Position;
 use super::segment::{
