@@ -3,7 +3,8 @@
 //!
 //! **Crash sweep.** Each seed gives a workload (`common::workload`): publishes, pushes,
 //! attempts, acknowledgements, retries, cancels of events and jobs, segment rolls (4 KiB
-//! segments), expiry (20-minute retention) and `compact_now`, on a `ManualClock`. A run
+//! segments), expiry (20-minute retention), `compact_now` and close-and-reopen (so crashes
+//! also hit recovery), on a `ManualClock`. A run
 //! without faults counts its storage operations; then, for every operation `n`, the workload
 //! runs again on a disk that crashes at `n`, and what survives is recovered in every mode:
 //! unsynced writes dropped; the last write torn at many bytes; torn in a sector followed by
@@ -19,8 +20,8 @@
 //! that one workload. A failure names its seed, crash operation and mode.
 //!
 //! **I/O errors.** For one workload, each storage operation `k` fails once, and separately
-//! every operation from `k` on: no call returns `Ok` after a failed sync, errors after a
-//! failed sync say the log is poisoned, and every reopen (after a power cut, and with every
+//! every operation from `k` on: no call returns `Ok` after a failed sync (until the workload
+//! reopens the engine), errors after a failed sync say the log is poisoned, and every reopen (after a power cut, and with every
 //! write on the disk) is consistent with the model.
 
 mod common;
