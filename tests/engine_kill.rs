@@ -23,7 +23,8 @@
 //!    no id was ever published twice, and a new publish and push get fresh ids;
 //! 3. closes it, and the next round's child continues with the same directory.
 //!
-//! `AFTERLOG_KILLS` sets the number of rounds (default 100), `AFTERLOG_KILL_SEED` the seed.
+//! `AFTERLOG_KILLS` sets the number of rounds (default 100, 35–50 s in a debug build;
+//! `scripts/campaign` runs 5,000), `AFTERLOG_KILL_SEED` the seed.
 
 use afterlog::format::{CancelTarget, Record};
 use afterlog::log::Log;

@@ -540,7 +540,8 @@ impl Inner {
             match core.index.state(id) {
                 Some(state) if state.is_pending() => {}
                 Some(_) => return Ok(false),
-                None if core.index.max_event_id().is_some_and(|max| id <= max) => return Ok(false),
+                // Given out before but no longer indexed: finished, and compacted away.
+                None if id.0 < self.next_event.load(Ordering::Relaxed) => return Ok(false),
                 None => return Err(Error::invalid(format!("unknown event {id}"))),
             }
         }
@@ -559,6 +560,10 @@ impl Inner {
     pub(crate) fn cancel_job(&self, job: JobId) -> Result<u64> {
         self.check_open()?;
         if self.core.lock().index.job_stats(job).is_none() {
+            // A job given out before but no longer indexed finished and was compacted away.
+            if job.0 < self.next_job.load(Ordering::Relaxed) {
+                return Ok(0);
+            }
             return Err(Error::invalid(format!("unknown job {job}")));
         }
         let record = Record::Cancel(Cancel {

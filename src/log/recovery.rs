@@ -12,6 +12,8 @@
 //!   by a later group's frame means synced data went bad: corruption.
 //! - The torn tail is overwritten with zeros and synced before anything new is appended, so
 //!   no stale frame can ever line up behind a new one.
+//! - The last segment's valid frames are rewritten and synced before anything new is
+//!   appended: after a failed sync they may exist only in the page cache.
 
 use super::Position;
 use super::segment::{
@@ -146,6 +148,10 @@ pub(crate) fn recover(
         let scan = scan_segment(bytes, &header, &path, visit)?;
         report.records += scan.records;
         report.record_bytes += scan.end - DATA_START;
+        // A segment without records (the active one after a compaction removed everything
+        // before it, say) still reserves the sequence numbers below its first: the next
+        // record must not be numbered below its header's `first_seq`.
+        last_seq = last_seq.max(header.first_seq - 1);
         if scan.last_seq != 0 {
             last_seq = scan.last_seq;
         }
@@ -179,6 +185,16 @@ pub(crate) fn recover(
                         .map_err(|e| Error::io("sync segment", &path, e))?;
                 }
             }
+        }
+        if is_last && !read_only && end > DATA_START as usize {
+            // After a failed sync the page cache may still show records that never reached
+            // the disk (Linux marks their pages clean, and a later sync does not write
+            // them). Rewriting what recovery read and syncing it makes every record it hands
+            // up durable before anything is appended after it.
+            file.write_all_at(&bytes[DATA_START as usize..end], DATA_START)
+                .map_err(|e| Error::io("rewrite segment", &path, e))?;
+            file.sync_data()
+                .map_err(|e| Error::io("sync segment", &path, e))?;
         }
         report.segments += 1;
         if is_last {

@@ -83,3 +83,4 @@ pub fn collect(
         Ok(())
     }
 }
+pub mod workload;

@@ -11,7 +11,9 @@ pub const SECTOR_BYTES: u64 = 512;
 /// "The last unsynced write" is the one with the highest operation number on the whole disk
 /// (including a write interrupted by `crash_at`); only its file is torn, and only if that
 /// file survives. Unsynced `set_len` calls survive in the tearing modes (in order with the
-/// writes) and are lost in the others.
+/// writes) and are lost in the others. A write of exactly the bytes already durable where it
+/// lands (recovery rewriting what it read, say) changes nothing in any mode: every mix of its
+/// old and new sectors holds the same bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CrashMode {
     /// Every unsynced write and `set_len` is lost: files hold their durable bytes.
@@ -63,12 +65,25 @@ pub(super) fn surviving_bytes(
     mode: CrashMode,
     torn_op: Option<u64>,
 ) -> Arc<Vec<u8>> {
-    if pending.is_empty() {
+    // A write that repeats the bytes already durable where it lands changes nothing
+    // however it tears: every mix of its old and new sectors holds the same bytes.
+    let repeats = |p: &Pending| match p {
+        Pending::Write { offset, data, .. } => {
+            let start = *offset as usize;
+            durable.get(start..start + data.len()) == Some(&data[..])
+        }
+        Pending::SetLen { .. } => false,
+    };
+    let kept: Vec<&Pending> = pending.iter().filter(|p| !repeats(p)).collect();
+    if kept.is_empty() && pending.iter().all(|p| matches!(p, Pending::Write { .. })) {
         return Arc::clone(durable);
     }
+    let pending = kept;
     let (keep, sector_zeros) = match mode {
         CrashMode::DropUnsynced => return Arc::clone(durable),
-        CrashMode::GarbageAfterSynced { seed } => return Arc::new(garbage(durable, pending, seed)),
+        CrashMode::GarbageAfterSynced { seed } => {
+            return Arc::new(garbage(durable, &pending, seed));
+        }
         CrashMode::TearLastWrite { keep } => (keep, false),
         CrashMode::TornSectorZeros { keep } => (keep, true),
     };
@@ -93,9 +108,9 @@ pub(super) fn surviving_bytes(
 
 /// Durable bytes with every unsynced write's range filled with garbage. The garbage of a
 /// write depends only on `seed` and the write's operation number.
-fn garbage(durable: &[u8], pending: &[Pending], seed: u64) -> Vec<u8> {
+fn garbage(durable: &[u8], pending: &[&Pending], seed: u64) -> Vec<u8> {
     let mut bytes = durable.to_vec();
-    for p in pending {
+    for &p in pending {
         if let Pending::Write { op, offset, data } = p {
             let mut rng = seed ^ op.wrapping_mul(0xA076_1D64_78BD_642F);
             let mut noise = Vec::with_capacity(data.len() + 8);
@@ -136,6 +151,16 @@ mod tests {
         assert_eq!(torn(0), b"XY23456789\0\0".to_vec());
         assert_eq!(torn(1), b"XY23456789a\0".to_vec());
         assert_eq!(torn(6), b"XY23456789ab".to_vec());
+    }
+
+    #[test]
+    fn a_write_repeating_durable_bytes_survives_every_mode() {
+        let durable = Arc::new(b"0123456789".to_vec());
+        let pending = [write(4, 2, b"2345")];
+        for mode in CrashMode::all_for(5) {
+            let bytes = surviving_bytes(&durable, &pending, mode, Some(4));
+            assert_eq!(bytes.as_slice(), b"0123456789", "{mode:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,835 @@
+//! A seeded engine workload on the fault-injecting storage, the model of what each call
+//! returned, and the checks of a recovered disk against that model.
+//!
+//! A workload is a list of [`Step`]s derived from a seed: publishes (due now or later, with
+//! handlers that acknowledge, fail once, fail always or ask for a retry), pushes, cancels of
+//! events and jobs, clock advances (which deliver, retry and expire), `compact_now`, and
+//! `start`. It runs on a `ManualClock` with background compaction off, synchronous segment
+//! preparation, one worker and 4 KiB segments, and waits for the engine to be idle after
+//! every step, so the order of storage operations depends on the seed alone.
+//!
+//! The [`Model`] records each call's outcome: `Ok` (the promise applies), or an error (the
+//! call may or may not have reached the disk: unknown). Handlers check in the first life
+//! that nothing is delivered before its due time and that no attempt starts after a cancel
+//! returned. [`check_log`] compares what recovery reads from a crashed disk with the model;
+//! [`check_reopen`] opens an engine on it and checks what it delivers.
+
+use afterlog::format::{CancelTarget, Record};
+use afterlog::log::{Log, LogOptions};
+use afterlog::storage::{MemStorage, Storage};
+use afterlog::{
+    After, Engine, EventId, HandlerError, JobId, ManualClock, Options, RetryOptions, RetryPolicy,
+    RetryReason,
+};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const START_MS: i64 = 1_700_000_000_000;
+/// The retry interval of a failed attempt (fixed policy).
+pub const RETRY_MS: i64 = 60_000;
+/// The `retry_after` of a handler's retry request.
+pub const RETRY_AFTER_MS: i64 = 30_000;
+/// Events older than this (after their first due time) expire.
+pub const RETENTION_MS: i64 = 20 * 60_000;
+/// The longest publish delay a workload uses.
+pub const MAX_DELAY_MS: i64 = 5 * 60_000;
+pub const SEGMENT_BYTES: u64 = 4096;
+/// Real time to wait for the engine to become idle. It never takes this long unless the
+/// engine hangs.
+pub const IDLE: Duration = Duration::from_secs(20);
+const NAMES: [&str; 2] = ["a", "q"];
+
+/// SplitMix64.
+pub fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub fn log_options() -> LogOptions {
+    LogOptions {
+        segment_bytes: SEGMENT_BYTES,
+        prepare_in_background: false,
+        ..LogOptions::default()
+    }
+}
+
+pub fn options(clock: &ManualClock) -> Options {
+    Options::default()
+        .clock(clock.clone())
+        .log_options(log_options())
+        .compaction_interval(None)
+        .workers(1)
+        .retention(Duration::from_millis(RETENTION_MS as u64))
+        .default_policy(RetryPolicy::fixed(Duration::from_millis(RETRY_MS as u64)))
+}
+
+/// What a handler does with an event, chosen by the prefix of its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    Ack,
+    FailOnce,
+    FailAlways,
+    RetryOnce,
+}
+
+impl Behaviour {
+    fn prefix(self) -> &'static str {
+        match self {
+            Behaviour::Ack => "ack",
+            Behaviour::FailOnce => "fail1",
+            Behaviour::FailAlways => "fail",
+            Behaviour::RetryOnce => "retry",
+        }
+    }
+
+    fn of(body: &[u8]) -> Behaviour {
+        let text = std::str::from_utf8(body).unwrap_or("");
+        match text.split(':').next() {
+            Some("fail1") => Behaviour::FailOnce,
+            Some("fail") => Behaviour::FailAlways,
+            Some("retry") => Behaviour::RetryOnce,
+            _ => Behaviour::Ack,
+        }
+    }
+
+    fn pick(rng: &mut u64) -> Behaviour {
+        match splitmix(rng) % 8 {
+            0 | 1 => Behaviour::FailOnce,
+            2 => Behaviour::FailAlways,
+            3 => Behaviour::RetryOnce,
+            _ => Behaviour::Ack,
+        }
+    }
+}
+
+/// One step of a workload.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Start,
+    Publish {
+        behaviour: Behaviour,
+        delay_ms: i64,
+        pad: usize,
+    },
+    Push {
+        behaviours: Vec<Behaviour>,
+        delay_ms: i64,
+    },
+    /// Cancels the `pick`-th (modulo) event whose publish returned `Ok`.
+    Cancel {
+        pick: usize,
+    },
+    /// Cancels the `pick`-th (modulo) job whose push returned `Ok`.
+    CancelJob {
+        pick: usize,
+    },
+    Advance {
+        ms: i64,
+    },
+    Compact,
+    /// `close`, then open the same disk again (a crash may hit the recovery).
+    Restart,
+}
+
+fn pick_delay(rng: &mut u64) -> i64 {
+    match splitmix(rng) % 6 {
+        0 | 1 => 0,
+        2 => 1_000,
+        3 => 30_000,
+        4 => 90_000,
+        _ => MAX_DELAY_MS,
+    }
+}
+
+/// The steps of workload `seed`: 30 to 49 steps; `start` comes first, or after a few steps
+/// (so some events wait for it), and the clock moves far enough for retries and expiry; the
+/// engine is reopened after the last compaction and publishes once more.
+pub fn steps(seed: u64) -> Vec<Step> {
+    let mut rng = seed ^ 0xA5A5_0000_C0FF_EE00;
+    let n = 30 + (splitmix(&mut rng) % 20) as usize;
+    let start_at = (splitmix(&mut rng) % 6) as usize;
+    let mut steps = Vec::with_capacity(n + 1);
+    for i in 0..n {
+        if i == start_at {
+            steps.push(Step::Start);
+        }
+        let step = match splitmix(&mut rng) % 20 {
+            0..=6 => Step::Publish {
+                behaviour: Behaviour::pick(&mut rng),
+                delay_ms: pick_delay(&mut rng),
+                pad: (splitmix(&mut rng) % 200) as usize,
+            },
+            7 | 8 => Step::Push {
+                behaviours: (0..1 + splitmix(&mut rng) % 3)
+                    .map(|_| Behaviour::pick(&mut rng))
+                    .collect(),
+                delay_ms: pick_delay(&mut rng),
+            },
+            9 | 10 => Step::Cancel {
+                pick: splitmix(&mut rng) as usize,
+            },
+            11 => Step::CancelJob {
+                pick: splitmix(&mut rng) as usize,
+            },
+            12..=16 => Step::Advance {
+                ms: match splitmix(&mut rng) % 4 {
+                    0 => 1_000,
+                    1 => 30_000,
+                    2 => RETRY_MS,
+                    _ => 7 * 60_000,
+                },
+            },
+            17 | 18 => Step::Compact,
+            _ => Step::Restart,
+        };
+        steps.push(step);
+    }
+    // A tail that lets retries run out into expiry, then compacts what finished.
+    steps.push(Step::Advance { ms: RETENTION_MS });
+    steps.push(Step::Advance { ms: RETRY_MS });
+    steps.push(Step::Compact);
+    // Reopen after the compaction and write again.
+    steps.push(Step::Restart);
+    steps.push(Step::Publish {
+        behaviour: Behaviour::Ack,
+        delay_ms: 0,
+        pad: 0,
+    });
+    steps
+}
+
+/// How a call ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome<T> {
+    Ok(T),
+    /// The call failed (with this error): its record may or may not be on the disk.
+    Unknown(String),
+}
+
+impl<T> Outcome<T> {
+    fn of(r: afterlog::Result<T>) -> Outcome<T> {
+        match r {
+            Ok(v) => Outcome::Ok(v),
+            Err(e) => Outcome::Unknown(e.to_string()),
+        }
+    }
+
+    fn error(&self) -> Option<String> {
+        match self {
+            Outcome::Ok(_) => None,
+            Outcome::Unknown(e) => Some(e.clone()),
+        }
+    }
+}
+
+/// A publish or a push, as tried.
+#[derive(Clone, Debug)]
+pub struct Tried {
+    pub name: &'static str,
+    pub bodies: Vec<Vec<u8>>,
+    pub due_ms: i64,
+    pub publish: Option<Outcome<EventId>>,
+    pub push: Option<Outcome<JobId>>,
+}
+
+/// One handler call in the first life.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub id: EventId,
+    pub attempt: u32,
+    pub now_ms: i64,
+    pub ok: bool,
+}
+
+/// What the first life's handlers see and check.
+#[derive(Default)]
+pub struct Live {
+    /// body → first due time, filled before the publish is called.
+    due_of: HashMap<Vec<u8>, i64>,
+    /// Events whose cancel returned `Ok(true)`, and jobs whose cancel returned `Ok`.
+    cancelled: BTreeSet<EventId>,
+    cancelled_jobs: BTreeSet<JobId>,
+    /// event → (time of the last failure, delay before its retry).
+    failed: HashMap<EventId, (i64, i64)>,
+    pub calls: Vec<Call>,
+    pub bodies: HashMap<EventId, Vec<u8>>,
+    pub violations: Vec<String>,
+}
+
+/// Everything the first life tried and what each call returned.
+#[derive(Default)]
+pub struct Model {
+    pub tried: Vec<Tried>,
+    /// body → index in `tried`.
+    pub by_body: HashMap<Vec<u8>, usize>,
+    pub cancels: Vec<(EventId, Outcome<bool>)>,
+    pub job_cancels: Vec<(JobId, Outcome<u64>)>,
+    pub compaction_tried: bool,
+    /// The latest clock time of the life.
+    pub last_ms: i64,
+    /// Every publish, push and cancel that writes: the number of storage operations done
+    /// before the call, and what it returned (`None`: `Ok`).
+    pub returns: Vec<(u64, Option<String>)>,
+    /// Errors of a `Restart`'s open on a disk that had not crashed.
+    pub reopen_errors: Vec<String>,
+    /// The number of storage operations done before each `Restart` reopened the disk.
+    pub reopened_at: Vec<u64>,
+    pub live: Arc<Mutex<Live>>,
+}
+
+impl Model {
+    /// Whether the event with `body` may have finished (acknowledged, cancelled, expired),
+    /// so that a compaction may have removed it.
+    fn may_be_finished(&self, body: &[u8], id: Option<EventId>, job: Option<JobId>) -> bool {
+        let t = &self.tried[self.by_body[body]];
+        let live = self.live.lock();
+        let handled = live
+            .bodies
+            .iter()
+            .any(|(i, b)| b == body && live.calls.iter().any(|c| c.id == *i && c.ok));
+        handled
+            || id.is_some_and(|id| self.cancels.iter().any(|(c, _)| *c == id))
+            || job.is_some_and(|j| self.job_cancels.iter().any(|(c, _)| *c == j))
+            // Expired at an attempt, or dropped at a failure whose retry would fall due
+            // past the retention.
+            || self.last_ms + RETRY_MS > t.due_ms + RETENTION_MS
+    }
+}
+
+fn register(engine: &Engine, live: &Arc<Mutex<Live>>, clock: &ManualClock) {
+    for name in NAMES {
+        let live = live.clone();
+        let clock = clock.clone();
+        engine.on(name, move |event, _| {
+            let now_ms = clock.now_ms();
+            let body = event.body();
+            let behaviour = Behaviour::of(body);
+            let mut l = live.lock();
+            let id = event.id();
+            l.bodies.insert(id, body.to_vec());
+            match l.due_of.get(body) {
+                Some(&due) if now_ms < due => l.violations.push(format!(
+                    "{id} attempt {} delivered at {now_ms}, before its due time {due}",
+                    event.attempt()
+                )),
+                Some(_) => {}
+                None => l
+                    .violations
+                    .push(format!("{id} delivered, never published")),
+            }
+            if let Some(&(failed_ms, delay_ms)) = l.failed.get(&id)
+                && now_ms < failed_ms + delay_ms
+            {
+                l.violations.push(format!(
+                    "{id} attempt {} at {now_ms}, before its retry at {}",
+                    event.attempt(),
+                    failed_ms + delay_ms
+                ));
+            }
+            if l.cancelled.contains(&id)
+                || event.job().is_some_and(|j| l.cancelled_jobs.contains(&j))
+            {
+                l.violations.push(format!(
+                    "{id} attempt {} started after its cancel returned",
+                    event.attempt()
+                ));
+            }
+            let result = match (behaviour, event.attempt()) {
+                (Behaviour::FailAlways, _) | (Behaviour::FailOnce, 1) => {
+                    l.failed.insert(id, (now_ms, RETRY_MS));
+                    Err(HandlerError::msg("fails"))
+                }
+                (Behaviour::RetryOnce, 1) => {
+                    l.failed.insert(id, (now_ms, RETRY_AFTER_MS));
+                    Err(HandlerError::retry(RetryOptions {
+                        retry_after: Duration::from_millis(RETRY_AFTER_MS as u64),
+                        reason: RetryReason::UpstreamRateLimited,
+                        data: b"later".to_vec(),
+                    }))
+                }
+                _ => Ok(()),
+            };
+            l.calls.push(Call {
+                id,
+                attempt: event.attempt(),
+                now_ms,
+                ok: result.is_ok(),
+            });
+            result
+        });
+    }
+}
+
+/// Runs workload `steps` on `disk` until it ends or the disk crashes; returns the model.
+pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
+    let clock = ManualClock::new(START_MS);
+    let mut model = Model {
+        last_ms: START_MS,
+        ..Model::default()
+    };
+    let Ok(mut engine) = Engine::open_storage(Arc::new(disk.clone()), options(&clock)) else {
+        return model;
+    };
+    register(&engine, &model.live, &clock);
+    let mut ok_ids: Vec<EventId> = Vec::new();
+    let mut ok_jobs: Vec<JobId> = Vec::new();
+    let mut started = false;
+    for (i, step) in steps.iter().enumerate() {
+        if disk.crashed() {
+            break;
+        }
+        let now_ms = clock.now_ms();
+        match step {
+            Step::Start => {
+                engine.start();
+                started = true;
+            }
+            Step::Publish {
+                behaviour,
+                delay_ms,
+                pad,
+            } => {
+                let mut body = format!("{}:{tag}:{i}:", behaviour.prefix()).into_bytes();
+                body.resize(body.len() + pad, b'.');
+                let due_ms = now_ms + delay_ms;
+                model.live.lock().due_of.insert(body.clone(), due_ms);
+                let after = if *delay_ms == 0 {
+                    After::NOW
+                } else {
+                    After::delay(Duration::from_millis(*delay_ms as u64))
+                };
+                let ops = disk.ops();
+                let outcome = Outcome::of(engine.publish("a", &body, after));
+                model.returns.push((ops, outcome.error()));
+                if let Outcome::Ok(id) = outcome {
+                    ok_ids.push(id);
+                }
+                model.by_body.insert(body.clone(), model.tried.len());
+                model.tried.push(Tried {
+                    name: "a",
+                    bodies: vec![body],
+                    due_ms,
+                    publish: Some(outcome),
+                    push: None,
+                });
+            }
+            Step::Push {
+                behaviours,
+                delay_ms,
+            } => {
+                let bodies: Vec<Vec<u8>> = behaviours
+                    .iter()
+                    .enumerate()
+                    .map(|(k, b)| format!("{}:{tag}:{i}:{k}", b.prefix()).into_bytes())
+                    .collect();
+                let due_ms = now_ms + delay_ms;
+                {
+                    let mut l = model.live.lock();
+                    for b in &bodies {
+                        l.due_of.insert(b.clone(), due_ms);
+                    }
+                }
+                let delay = Duration::from_millis(*delay_ms as u64);
+                let ops = disk.ops();
+                let outcome = Outcome::of(engine.push("q", &bodies, delay));
+                model.returns.push((ops, outcome.error()));
+                if let Outcome::Ok(job) = outcome {
+                    ok_jobs.push(job);
+                }
+                for b in &bodies {
+                    model.by_body.insert(b.clone(), model.tried.len());
+                }
+                model.tried.push(Tried {
+                    name: "q",
+                    bodies,
+                    due_ms,
+                    publish: None,
+                    push: Some(outcome),
+                });
+            }
+            Step::Cancel { pick } => {
+                if let Some(&id) = ok_ids.get(pick % ok_ids.len().max(1)) {
+                    let ops = disk.ops();
+                    let outcome = Outcome::of(engine.cancel(id));
+                    // `Ok(false)` (not pending) is an answer from memory, not a write.
+                    if outcome != Outcome::Ok(false) {
+                        model.returns.push((ops, outcome.error()));
+                    }
+                    if outcome == Outcome::Ok(true) {
+                        model.live.lock().cancelled.insert(id);
+                    }
+                    model.cancels.push((id, outcome));
+                }
+            }
+            Step::CancelJob { pick } => {
+                if let Some(&job) = ok_jobs.get(pick % ok_jobs.len().max(1)) {
+                    let ops = disk.ops();
+                    let outcome = Outcome::of(engine.cancel_job(job));
+                    model.returns.push((ops, outcome.error()));
+                    if matches!(outcome, Outcome::Ok(_)) {
+                        model.live.lock().cancelled_jobs.insert(job);
+                    }
+                    model.job_cancels.push((job, outcome));
+                }
+            }
+            Step::Advance { ms } => {
+                clock.advance_ms(*ms);
+                model.last_ms = clock.now_ms();
+            }
+            Step::Compact => {
+                model.compaction_tried = true;
+                let _ = engine.compact_now();
+            }
+            Step::Restart => {
+                let _ = engine.close();
+                model.reopened_at.push(disk.ops());
+                match Engine::open_storage(Arc::new(disk.clone()), options(&clock)) {
+                    Ok(reopened) => engine = reopened,
+                    Err(e) => {
+                        if !disk.crashed() {
+                            model.reopen_errors.push(e.to_string());
+                        }
+                        break;
+                    }
+                }
+                // Whether a failure's retry record reached the log before an I/O error is
+                // unknown: an attempt with no durable outcome is due again at once.
+                model.live.lock().failed.clear();
+                register(&engine, &model.live, &clock);
+                if started {
+                    engine.start();
+                }
+            }
+        }
+        // Before `start` nothing is delivered, so due events keep the engine busy.
+        if started {
+            engine.wait_idle(IDLE);
+        }
+    }
+    let _ = engine.close();
+    model
+}
+
+/// What recovery reads from a disk.
+#[derive(Default, Debug)]
+pub struct Scanned {
+    /// id → (name, body, due, job).
+    pub published: BTreeMap<EventId, (String, Vec<u8>, i64, Option<JobId>)>,
+    pub acked: BTreeSet<EventId>,
+    pub dropped: BTreeSet<EventId>,
+    pub cancelled: BTreeSet<EventId>,
+    pub cancelled_jobs: BTreeSet<JobId>,
+    /// The highest attempt number any record names.
+    pub attempts: BTreeMap<EventId, u32>,
+    /// (event, attempt) of every ack and retry record.
+    pub outcomes: Vec<(EventId, u32, bool)>,
+    /// The due time of the latest retry record.
+    pub retry_due: BTreeMap<EventId, i64>,
+}
+
+impl Scanned {
+    fn add(&mut self, record: &Record<'_>) {
+        let attempt = |s: &mut Scanned, id: EventId, n: u32| {
+            let a = s.attempts.entry(id).or_default();
+            *a = (*a).max(n);
+        };
+        match record {
+            Record::Publish(p) => {
+                for e in p.events() {
+                    self.published
+                        .insert(e.id, (e.name.to_owned(), e.body.to_vec(), e.due_ms, p.job));
+                }
+            }
+            Record::Attempt(a) => attempt(self, a.event, a.attempt),
+            Record::Retry(r) => {
+                attempt(self, r.event, r.attempt);
+                self.outcomes.push((r.event, r.attempt, false));
+                let due = self.retry_due.entry(r.event).or_insert(r.next_due_ms);
+                *due = (*due).max(r.next_due_ms);
+            }
+            Record::Ack(a) => {
+                attempt(self, a.event, a.attempt);
+                self.outcomes.push((a.event, a.attempt, true));
+                self.acked.insert(a.event);
+            }
+            Record::Drop(d) => {
+                attempt(self, d.event, d.attempt);
+                self.dropped.insert(d.event);
+            }
+            Record::Cancel(c) => match c.target {
+                CancelTarget::Event(id) => {
+                    self.cancelled.insert(id);
+                }
+                CancelTarget::Job(job) => {
+                    self.cancelled_jobs.insert(job);
+                }
+            },
+        }
+    }
+
+    /// Acknowledged, dropped or cancelled, alone or with its job.
+    pub fn is_finished(&self, id: EventId) -> bool {
+        self.acked.contains(&id)
+            || self.dropped.contains(&id)
+            || self.cancelled.contains(&id)
+            || self
+                .published
+                .get(&id)
+                .and_then(|p| p.3)
+                .is_some_and(|job| self.cancelled_jobs.contains(&job))
+    }
+
+    fn has_body(&self, body: &[u8]) -> Option<(EventId, Option<JobId>)> {
+        self.published
+            .iter()
+            .find(|(_, p)| p.1 == body)
+            .map(|(id, p)| (*id, p.3))
+    }
+}
+
+/// Recovers `disk` the way an engine does (`Log::open`: cut the torn tail, finish or undo an
+/// interrupted compaction) and reads every record.
+pub fn recover(disk: &MemStorage) -> Result<Scanned, String> {
+    let mut s = Scanned::default();
+    let storage: Arc<dyn Storage> = Arc::new(disk.clone());
+    let (log, _) = Log::open(storage, log_options(), |_, record| {
+        s.add(record);
+        Ok(())
+    })
+    .map_err(|e| format!("recovery failed: {e}"))?;
+    drop(log);
+    Ok(s)
+}
+
+/// Checks what recovery read against the model: nothing returned `Ok` is lost (Promise 1),
+/// nothing was invented (Promise 4), nothing finished came back (Promise 5).
+pub fn check_log(model: &Model, s: &Scanned) -> Result<(), String> {
+    // Nothing invented: every publish matches one tried, with the id and job it returned.
+    for (id, (name, body, due_ms, job)) in &s.published {
+        let Some(&t) = model.by_body.get(body) else {
+            return Err(format!(
+                "recovered {id} with a body nobody published: {body:?}"
+            ));
+        };
+        let t = &model.tried[t];
+        if t.name != name || t.due_ms != *due_ms {
+            return Err(format!(
+                "recovered {id} differs from what was published: {t:?}"
+            ));
+        }
+        match (&t.publish, &t.push, job) {
+            (Some(Outcome::Ok(ok)), _, None) if ok != id => {
+                return Err(format!("publish returned {ok}, the log holds it as {id}"));
+            }
+            (Some(_), _, None) => {}
+            (_, Some(Outcome::Ok(ok)), Some(j)) if ok != j => {
+                return Err(format!("push returned {ok}, the log holds {id} in {j}"));
+            }
+            (_, Some(_), Some(_)) => {}
+            _ => return Err(format!("recovered {id} with the wrong job {job:?}: {t:?}")),
+        }
+    }
+    let live = model.live.lock();
+    for &(id, attempt, ok) in &s.outcomes {
+        let called = live
+            .calls
+            .iter()
+            .any(|c| c.id == id && c.attempt == attempt && c.ok == ok);
+        if !called {
+            return Err(format!(
+                "recovered an outcome (ok={ok}) of {id} attempt {attempt} no handler returned"
+            ));
+        }
+    }
+    for (&id, &attempt) in &s.attempts {
+        let calls = live.calls.iter().filter(|c| c.id == id).count() as u32;
+        if attempt > calls + 1 {
+            return Err(format!(
+                "recovered attempt {attempt} of {id} after {calls} calls"
+            ));
+        }
+    }
+    drop(live);
+    for id in &s.cancelled {
+        if !model.cancels.iter().any(|(c, _)| c == id) {
+            return Err(format!("recovered a cancel of {id} nobody asked for"));
+        }
+    }
+    for job in &s.cancelled_jobs {
+        if !model.job_cancels.iter().any(|(c, _)| c == job) {
+            return Err(format!("recovered a cancel of {job} nobody asked for"));
+        }
+    }
+    // Nothing returned is lost, unless it finished and a compaction may have removed it.
+    let compacted = model.compaction_tried;
+    for t in &model.tried {
+        let ok_publish = matches!(t.publish, Some(Outcome::Ok(_)));
+        let ok_job = match t.push {
+            Some(Outcome::Ok(job)) => Some(job),
+            _ => None,
+        };
+        if !ok_publish && ok_job.is_none() {
+            continue;
+        }
+        let id = match t.publish {
+            Some(Outcome::Ok(id)) => Some(id),
+            _ => None,
+        };
+        for body in &t.bodies {
+            match s.has_body(body) {
+                Some((_, job)) if ok_job.is_some() && job != ok_job => {
+                    return Err(format!("job {ok_job:?} holds an event of {job:?}"));
+                }
+                Some(_) => {}
+                None if compacted && model.may_be_finished(body, id, ok_job) => {}
+                None => {
+                    let live = model.live.lock();
+                    let ids: Vec<_> = live
+                        .bodies
+                        .iter()
+                        .filter(|(_, b)| *b == body)
+                        .map(|(i, _)| *i)
+                        .collect();
+                    let calls: Vec<_> = live.calls.iter().filter(|c| ids.contains(&c.id)).collect();
+                    return Err(format!(
+                        "lost a returned {} of {:?} (due {}, last {}; calls {calls:?})",
+                        if ok_publish { "publish" } else { "push" },
+                        String::from_utf8_lossy(body),
+                        t.due_ms - START_MS,
+                        model.last_ms - START_MS,
+                    ));
+                }
+            }
+        }
+    }
+    for (id, outcome) in &model.cancels {
+        // Compaction may have removed the cancel only together with the publish.
+        let may_be_gone = compacted && !s.published.contains_key(id);
+        if *outcome == Outcome::Ok(true) && !s.cancelled.contains(id) && !may_be_gone {
+            return Err(format!("lost the returned cancel of {id}"));
+        }
+    }
+    for (job, outcome) in &model.job_cancels {
+        let may_be_gone = compacted && !s.published.values().any(|p| p.3 == Some(*job));
+        if matches!(outcome, Outcome::Ok(n) if *n > 0)
+            && !s.cancelled_jobs.contains(job)
+            && !may_be_gone
+        {
+            return Err(format!("lost the returned cancel of {job}"));
+        }
+    }
+    // Every event settled by a returned cancel stays finished.
+    for (id, outcome) in &model.cancels {
+        if *outcome == Outcome::Ok(true) && s.published.contains_key(id) && !s.is_finished(*id) {
+            return Err(format!("cancelled {id} is pending again"));
+        }
+    }
+    Ok(())
+}
+
+/// Opens an engine on the recovered disk and delivers: first at the crash's time, then past
+/// every due time. Every event the log holds unfinished is delivered once, with the next
+/// attempt number, and never before its due time, unless it expired; nothing finished is
+/// delivered (Promises 2 and 3); the engine opens and closes without error (Promise 4), and
+/// a second reopen delivers nothing.
+pub fn check_reopen(disk: &MemStorage, model: &Model, s: &Scanned) -> Result<(), String> {
+    let clock = ManualClock::new(model.last_ms);
+    let engine = Engine::open_storage(Arc::new(disk.clone()), options(&clock))
+        .map_err(|e| format!("the engine does not reopen: {e}"))?;
+    let seen: Arc<Mutex<Vec<(EventId, u32, i64)>>> = Arc::default();
+    for name in NAMES {
+        let seen = seen.clone();
+        let clock = clock.clone();
+        engine.on(name, move |event, _| {
+            seen.lock()
+                .push((event.id(), event.attempt(), clock.now_ms()));
+            Ok(())
+        });
+    }
+    engine.start();
+    let mut idle = engine.wait_idle(IDLE);
+    let end_ms = model.last_ms + MAX_DELAY_MS + RETRY_MS + 1;
+    clock.set(end_ms);
+    idle &= engine.wait_idle(IDLE);
+    if !idle {
+        return Err("the reopened engine never became idle".into());
+    }
+    let expired = engine.metrics().expired;
+    engine
+        .close()
+        .map_err(|e| format!("the reopened engine does not close: {e}"))?;
+    // Once more: everything was delivered or expired, so nothing is delivered again.
+    let engine = Engine::open_storage(Arc::new(disk.clone()), options(&clock))
+        .map_err(|e| format!("the engine does not reopen a second time: {e}"))?;
+    let again: Arc<Mutex<Vec<EventId>>> = Arc::default();
+    for name in NAMES {
+        let again = again.clone();
+        engine.on(name, move |event, _| {
+            again.lock().push(event.id());
+            Ok(())
+        });
+    }
+    engine.start();
+    if !engine.wait_idle(IDLE) {
+        return Err("the engine reopened a second time never became idle".into());
+    }
+    engine
+        .close()
+        .map_err(|e| format!("the engine reopened a second time does not close: {e}"))?;
+    if !again.lock().is_empty() {
+        return Err(format!(
+            "delivered again after a clean restart: {:?}",
+            again.lock()
+        ));
+    }
+    let seen = seen.lock();
+    let mut delivered: BTreeMap<EventId, Vec<u32>> = BTreeMap::new();
+    for &(id, attempt, now_ms) in seen.iter() {
+        let Some(p) = s.published.get(&id) else {
+            return Err(format!("delivered {id}, which the log does not hold"));
+        };
+        if s.is_finished(id) {
+            return Err(format!("delivered finished {id} again"));
+        }
+        let due_ms = s.retry_due.get(&id).copied().unwrap_or(p.2);
+        // A crash during an attempt makes the event due at once; otherwise its due time holds.
+        let running = s
+            .attempts
+            .get(&id)
+            .is_some_and(|&a| !s.outcomes.iter().any(|&(e, n, _)| e == id && n == a));
+        if now_ms < due_ms && !running {
+            return Err(format!(
+                "delivered {id} at {now_ms}, before its due time {due_ms}"
+            ));
+        }
+        delivered.entry(id).or_default().push(attempt);
+    }
+    let mut expired_here = 0;
+    for (&id, p) in &s.published {
+        if s.is_finished(id) {
+            continue;
+        }
+        let next = s.attempts.get(&id).copied().unwrap_or(0) + 1;
+        match delivered.get(&id) {
+            Some(attempts) if attempts == &vec![next] => {}
+            None if end_ms > p.2 + RETENTION_MS => expired_here += 1,
+            other => {
+                return Err(format!(
+                    "{id} after attempt {} was delivered as {other:?}, expected [{next}] once",
+                    next - 1
+                ));
+            }
+        }
+    }
+    if expired != expired_here {
+        return Err(format!(
+            "{expired} expired on reopen, {expired_here} could have"
+        ));
+    }
+    Ok(())
+}
