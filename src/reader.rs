@@ -385,13 +385,6 @@ fn row(index: &Index, extras: &HashMap<EventId, Extra>, id: EventId) -> Option<E
     })
 }
 
-fn location(pos: Position) -> crate::index::Location {
-    crate::index::Location {
-        segment: pos.segment as u32,
-        offset: pos.offset as u32,
-    }
-}
-
 impl Reader {
     /// Opens the data directory `dir` for reading: takes no lock and writes nothing.
     ///
@@ -525,7 +518,10 @@ impl Reader {
             {
                 jobs.insert(j.0);
             }
-            if index.apply(location(pos), record, &mut effects).is_err() {
+            if index
+                .apply(crate::engine::location(pos), record, &mut effects)
+                .is_err()
+            {
                 rejected += 1;
             }
             effects.clear();
@@ -653,7 +649,7 @@ impl Reader {
             {
                 body = p.events().find(|e| e.id == id).map(|e| e.body.to_vec());
             }
-            let _ = index.apply(location(pos), record, &mut effects);
+            let _ = index.apply(crate::engine::location(pos), record, &mut effects);
             effects.clear();
             note_extra(&mut extras, record);
             let mut payload = Vec::with_capacity(record.encoded_len());

@@ -77,7 +77,7 @@ pub(crate) fn pass(
 /// Writes a drop (expired) record for every Scheduled event past retention.
 fn expire(inner: &Arc<Inner>) -> Result<u64> {
     let now_ms = inner.clock.now_ms();
-    let retention_ms = inner.options.retention.as_millis().min(i64::MAX as u128) as i64;
+    let retention_ms = inner.options.retention_ms();
     let expired: Vec<(EventId, u32)> = {
         let core = inner.core.lock();
         core.index

@@ -466,7 +466,7 @@ enum Plan {
 /// whose handlers should run.
 fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
     let now_ms = inner.clock.now_ms();
-    let retention_ms = inner.options.retention.as_millis().min(i64::MAX as u128) as i64;
+    let retention_ms = inner.options.retention_ms();
     let started = inner.started.load(Ordering::Acquire);
     let mut plans = Vec::with_capacity(ids.len());
     let mut finished = 0u64;
@@ -630,7 +630,7 @@ fn write_outcomes(inner: &Arc<Inner>, outcomes: Vec<Outcome>) {
         return;
     }
     let now_ms = inner.clock.now_ms();
-    let retention_ms = inner.options.retention.as_millis().min(i64::MAX as u128) as i64;
+    let retention_ms = inner.options.retention_ms();
     // Decide first, with owned messages, then borrow them into records.
     let decided: Vec<Decided> = outcomes
         .into_iter()

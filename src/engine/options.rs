@@ -145,6 +145,11 @@ impl Options {
         self
     }
 
+    /// The retention in milliseconds, saturated to `i64`.
+    pub(crate) fn retention_ms(&self) -> i64 {
+        self.retention.as_millis().min(i64::MAX as u128) as i64
+    }
+
     pub(crate) fn policy_for(&self, name: &str) -> &RetryPolicy {
         self.policies.get(name).unwrap_or(&self.default_policy)
     }
