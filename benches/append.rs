@@ -19,6 +19,13 @@
 //! options (64 MiB segments, prepared in the background); segment preparation and rolls
 //! during a run are part of what is measured.
 //!
+//! A second reference, *fresh*, writes the same raw records the same way but into new
+//! files, each zero-filled and synced ahead of need by a background thread exactly as
+//! afterlog prepares its segments. The raw baseline overwrites blocks that were written
+//! before; a log that keeps its history cannot, so *fresh* is the cost the file system
+//! charges any such log before it frames, checksums or hands off a single record. The
+//! ratio against it is afterlog's own overhead.
+//!
 //! Usage: `cargo bench --bench append [-- --quick]`. Environment:
 //! `AFTERLOG_BENCH_SECS` (seconds per timed run, default 3; 0.8 with `--quick`),
 //! `AFTERLOG_BENCH_ROUNDS` (raw/afterlog pairs per scenario, default 3; 2 with `--quick`),
@@ -160,16 +167,20 @@ fn main() {
         }
         // Warm-up of both sides, untimed.
         let bench = Bench::open(&config, scenario);
+        let fresh_dir = config.dir.join(format!("fresh-{}", scenario.key()));
         raw_run(&raw_file, scenario, WARMUP);
         bench.run(scenario, WARMUP);
         let mut raw = Vec::new();
         let mut ours = Vec::new();
+        let mut fresh = Vec::new();
         for round in 0..config.rounds {
             // Alternate which side goes first so a drift in the machine's load evens out.
             if round % 2 == 0 {
                 raw.push(raw_run(&raw_file, scenario, config.secs));
                 ours.push(bench.run(scenario, config.secs));
+                fresh.push(fresh_run(&fresh_dir, scenario, config.secs));
             } else {
+                fresh.push(fresh_run(&fresh_dir, scenario, config.secs));
                 ours.push(bench.run(scenario, config.secs));
                 raw.push(raw_run(&raw_file, scenario, config.secs));
             }
@@ -182,31 +193,42 @@ fn main() {
                 .join(" ")
         };
         println!(
-            "{:<16} raw: {}   afterlog: {}",
+            "{:<16} raw: {}   fresh: {}   afterlog: {}",
             scenario.label(),
             fmt_runs(&raw),
+            fmt_runs(&fresh),
             fmt_runs(&ours)
         );
-        rows.push((scenario, raw, ours));
+        rows.push((scenario, raw, fresh, ours));
     }
     drop(raw_file);
     let _ = std::fs::remove_dir_all(&config.dir);
 
     println!();
     println!(
-        "{:<16} {:>12} {:>12} {:>7} {:>7} {:>6} {:>16}",
-        "scenario", "raw rec/s", "afterlog/s", "ratio", "target", "met", "records/fsync"
+        "{:<16} {:>10} {:>10} {:>10} {:>7} {:>7} {:>6} {:>10} {:>14}",
+        "scenario",
+        "raw/s",
+        "fresh/s",
+        "afterlog/s",
+        "ratio",
+        "target",
+        "met",
+        "vs fresh",
+        "records/fsync"
     );
-    for (scenario, raw, ours) in rows {
+    for (scenario, raw, fresh, ours) in rows {
         let raw_rate = median(raw.iter().map(Run::rate).collect());
+        let fresh_rate = median(fresh.iter().map(Run::rate).collect());
         let our_rate = median(ours.iter().map(Run::rate).collect());
         let records: u64 = ours.iter().map(|r| r.records).sum();
         let syncs: u64 = ours.iter().map(|r| r.syncs).sum();
         let ratio = our_rate / raw_rate;
         println!(
-            "{:<16} {:>12} {:>12} {:>6.2}x {:>6.1}x {:>6} {:>16.1}",
+            "{:<16} {:>10} {:>10} {:>10} {:>6.2}x {:>6.1}x {:>6} {:>9.2}x {:>14.1}",
             scenario.label(),
             format_rate(raw_rate),
+            format_rate(fresh_rate),
             format_rate(our_rate),
             ratio,
             scenario.target(),
@@ -215,6 +237,7 @@ fn main() {
             } else {
                 "NO"
             },
+            our_rate / fresh_rate,
             records as f64 / syncs.max(1) as f64
         );
     }
@@ -359,6 +382,79 @@ fn raw_run(raw: &RawFile, scenario: Scenario, duration: Duration) -> Run {
         elapsed: start.elapsed(),
         syncs,
     }
+}
+
+/// Bytes of each *fresh* file: the log's default segment size.
+const FRESH_FILE_BYTES: u64 = 64 << 20;
+
+/// A new file of `FRESH_FILE_BYTES` zeros, written and synced in 1 MiB steps as afterlog
+/// prepares a segment, then synced whole.
+fn fresh_file(dir: &Path, n: u64) -> File {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join(format!("{n}.dat")))
+        .expect("create fresh file");
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < FRESH_FILE_BYTES {
+        file.write_all_at(&zeros, at).expect("zero-fill fresh file");
+        file.sync_data().expect("sync fresh file");
+        at += zeros.len() as u64;
+    }
+    file.sync_all().expect("sync fresh file");
+    file
+}
+
+/// Like `raw_run`, but into new files, the next one prepared by a background thread while
+/// the current one fills (the first before the clock starts); files are deleted once full.
+fn fresh_run(dir: &Path, scenario: Scenario, duration: Duration) -> Run {
+    let per_sync = match scenario {
+        Scenario::One => 1,
+        Scenario::Concurrent(n) | Scenario::Batch(n) => n,
+    };
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("create fresh directory");
+    let buf = vec![0x5au8; per_sync * RAW_RECORD_LEN];
+    let mut current = (0, fresh_file(dir, 0));
+    let mut next = Some(spawn_fresh(dir, 1));
+    let (mut offset, mut records, mut syncs) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        if offset + buf.len() as u64 > FRESH_FILE_BYTES {
+            let file = next
+                .take()
+                .expect("a prepared file")
+                .join()
+                .expect("prepare");
+            let _ = std::fs::remove_file(dir.join(format!("{}.dat", current.0)));
+            current = (current.0 + 1, file);
+            next = Some(spawn_fresh(dir, current.0 + 1));
+            offset = 0;
+        }
+        current.1.write_all_at(&buf, offset).expect("fresh pwrite");
+        current.1.sync_data().expect("fresh fdatasync");
+        offset += buf.len() as u64;
+        records += per_sync as u64;
+        syncs += 1;
+    }
+    let elapsed = start.elapsed();
+    if let Some(handle) = next {
+        let _ = handle.join();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    Run {
+        records,
+        elapsed,
+        syncs,
+    }
+}
+
+fn spawn_fresh(dir: &Path, n: u64) -> std::thread::JoinHandle<File> {
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || fresh_file(&dir, n))
 }
 
 // ---- afterlog ------------------------------------------------------------------------------

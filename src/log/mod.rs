@@ -226,10 +226,10 @@ impl Log {
                 }
             }
         };
-        let spare = options.prepare_in_background.then(|| {
-            let (storage, id, len) = (storage.clone(), active.id + 1, options.segment_bytes);
-            std::thread::spawn(move || prepare_file(&*storage, id, len).map(|f| (id, f)))
-        });
+        let spare = options
+            .prepare_in_background
+            .then(|| writer::spawn_spare(storage.clone(), active.id + 1, options.segment_bytes))
+            .flatten();
         let writer = Writer {
             shared: shared.clone(),
             active,

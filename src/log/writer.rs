@@ -185,6 +185,15 @@ pub(crate) struct Active {
 /// A segment file being prepared on a background thread: its id and file.
 pub(crate) type Spare = std::thread::JoinHandle<Result<(u64, Arc<dyn StorageFile>)>>;
 
+/// Prepares segment `id` of `len` bytes on a thread of its own, `afterlog-prepare`. `None`
+/// when no thread can be had: the writer then prepares the segment itself when it rolls.
+pub(crate) fn spawn_spare(storage: Arc<dyn Storage>, id: u64, len: u64) -> Option<Spare> {
+    std::thread::Builder::new()
+        .name("afterlog-prepare".into())
+        .spawn(move || prepare_file(&*storage, id, len).map(|f| (id, f)))
+        .ok()
+}
+
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     pub active: Active,
@@ -438,10 +447,7 @@ impl Writer {
         self.shared.stats.add_roll();
         if self.options.prepare_in_background {
             let storage = self.shared.storage.clone();
-            let (id, len) = (next_id + 1, self.options.segment_bytes);
-            self.spare = Some(std::thread::spawn(move || {
-                prepare_file(&*storage, id, len).map(|f| (id, f))
-            }));
+            self.spare = spawn_spare(storage, next_id + 1, self.options.segment_bytes);
         }
         Ok(())
     }
