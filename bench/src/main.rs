@@ -171,7 +171,7 @@ impl Params {
     fn steps(&self) -> u64 {
         let mut n = 0;
         if self.runs(Scenario::Publish) {
-            n += 3 * (1 + 4 * self.publish_rounds as u64);
+            n += 3 * (1 + publish::SYSTEMS.len() as u64 * self.publish_rounds as u64);
         }
         n += self.runs(Scenario::EndToEnd) as u64 + self.runs(Scenario::Timer) as u64;
         if self.runs(Scenario::Recovery) {
@@ -425,6 +425,12 @@ fn targets(r: &Report) -> Vec<Target> {
         for s in publish {
             let raw_target = if s.events_per_publish > 1 { 0.7 } else { 0.9 };
             t.push(target(
+                format!("publish, {}: log / raw", s.scenario),
+                s.log_ratio["raw"],
+                ">=",
+                raw_target,
+            ));
+            t.push(target(
                 format!("publish, {}: afterlog / raw", s.scenario),
                 s.afterlog_ratio["raw"],
                 ">=",
@@ -509,30 +515,37 @@ fn print_table(r: &Report) {
     );
     if let Some(publish) = &r.publish {
         println!();
-        println!(
-            "{:<18} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
-            "durable publish",
-            "afterlog/s",
-            "raw/s",
-            "sqlite/s",
-            "fjall/s",
-            "vs raw",
-            "vs sqlite",
-            "vs fjall"
-        );
+        print!("{:<18}", "durable publish");
+        for system in publish::SYSTEMS {
+            print!(" {:>10}", format!("{system}/s"));
+        }
+        println!();
         for s in publish {
-            let rate = |k: &str| format_rate(s.systems[k].events_per_s);
-            println!(
-                "{:<18} {:>10} {:>10} {:>10} {:>10} {:>8.2}x {:>8.2}x {:>8.2}x",
-                s.scenario,
-                rate("afterlog"),
-                rate("raw"),
-                rate("sqlite"),
-                rate("fjall"),
-                s.afterlog_ratio["raw"],
-                s.afterlog_ratio["sqlite"],
-                s.afterlog_ratio["fjall"]
+            print!("{:<18}", s.scenario);
+            for system in publish::SYSTEMS {
+                print!(" {:>10}", format_rate(s.systems[system].events_per_s));
+            }
+            println!();
+        }
+        println!();
+        print!("{:<18}", "ratios");
+        for baseline in publish::BASELINES {
+            print!(
+                " {:>14} {:>14}",
+                format!("afterlog/{baseline}"),
+                format!("log/{baseline}")
             );
+        }
+        println!();
+        for s in publish {
+            print!("{:<18}", s.scenario);
+            for baseline in publish::BASELINES {
+                print!(
+                    " {:>13.2}x {:>13.2}x",
+                    s.afterlog_ratio[baseline], s.log_ratio[baseline]
+                );
+            }
+            println!();
         }
         println!(
             "{:<18} {}",

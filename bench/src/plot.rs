@@ -8,9 +8,12 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
-const COLORS: [RGBColor; 4] = [
+/// One per system of `SYSTEMS`, in order.
+const COLORS: [RGBColor; SYSTEMS.len()] = [
     RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0x9e, 0xc9, 0xe8),
     RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbc, 0xbc),
     RGBColor(0xd6, 0x27, 0x28),
     RGBColor(0x2c, 0xa0, 0x2c),
 ];

@@ -1,15 +1,24 @@
 //! Scenario 1: durable publish of 200-byte bodies, by 1 publisher, by 64 concurrent
-//! publishers and in batches of 1,024, against afterlog and three baselines:
+//! publishers and in batches of 1,024, against afterlog, its log alone, and four baselines:
 //!
 //! - **afterlog**: `Engine::publish` (due in one hour, so nothing is delivered during the
 //!   run) under the default `Durability::Sync`; batches are one `Engine::push` of 1,024
 //!   events, with `Options::max_push_events(1024)` and `max_push_bytes` raised to fit. The
 //!   background compaction is off (nothing would be dead anyway). Syncs: the engine's
 //!   `metrics().fsyncs`.
+//! - **log**: afterlog's segment log alone, without the engine's index: `Log::append` of one
+//!   publish record per event (64 threads calling it concurrently), and `Log::append_all`
+//!   of 1,024 such records per batch, with default `LogOptions` (64 MiB segments prepared in
+//!   the background). Syncs: the log's counters.
 //! - **raw**: `pwrite` + `fdatasync` on a pre-sized, zero-filled, synced file (wrapping at
 //!   its end): 1 record per sync; 64 records per sync from one thread for 64 publishers (an
 //!   ideal group commit: an upper bound no implementation reaches); 1,024 records per sync
 //!   for batches.
+//! - **fresh**: the same raw writes, but into new 64 MiB files, each zero-filled and synced
+//!   (in 1 MiB steps) by a background thread ahead of need, exactly as the log prepares its
+//!   segments; full files are deleted. Raw overwrites blocks written before, which a log that
+//!   keeps its history cannot do: fresh is what the file system charges any such log before
+//!   it frames, checksums or hands off one record.
 //! - **sqlite**: one connection in WAL mode with `synchronous=FULL`, table `jobs(id, name,
 //!   due_ms, body)` with an index on `due_ms`; one transaction (one WAL sync) per publish or
 //!   per batch; the 64 publishers share the connection behind a mutex (SQLite admits one
@@ -20,14 +29,17 @@
 //!   64 publishers call both concurrently.
 
 use crate::{Progress, fresh_dir, median};
-use afterlog::{After, Engine, Options};
+use afterlog::format::{Publish, PublishEntry, Record};
+use afterlog::log::{Log, LogOptions};
+use afterlog::storage::{FsStorage, Storage};
+use afterlog::{After, Engine, EventId, Options};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BODY_LEN: usize = 200;
@@ -38,7 +50,11 @@ const DUE_IN: Duration = Duration::from_secs(3600);
 /// Pause after opening an engine, for its background segment preparation to finish.
 const SETTLE: Duration = Duration::from_millis(1500);
 
-pub const SYSTEMS: [&str; 4] = ["afterlog", "raw", "sqlite", "fjall"];
+pub const SYSTEMS: [&str; 6] = ["afterlog", "log", "raw", "fresh", "sqlite", "fjall"];
+/// The systems afterlog and its log are compared against.
+pub const BASELINES: [&str; 4] = ["raw", "fresh", "sqlite", "fjall"];
+/// Bytes of each file of the fresh baseline: the log's default segment size.
+const FRESH_FILE_BYTES: u64 = 64 << 20;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Shape {
@@ -92,10 +108,12 @@ pub struct ShapeResult {
     pub scenario: String,
     pub publishers: usize,
     pub events_per_publish: usize,
-    /// By system: afterlog, raw, sqlite, fjall.
+    /// By system (see `SYSTEMS`).
     pub systems: BTreeMap<String, SystemResult>,
     /// afterlog's events/s over each baseline's.
     pub afterlog_ratio: BTreeMap<String, f64>,
+    /// The log's events/s over each baseline's.
+    pub log_ratio: BTreeMap<String, f64>,
 }
 
 pub struct Params {
@@ -118,7 +136,12 @@ pub fn run(base: &Path, p: &Params, progress: &Progress) -> Vec<ShapeResult> {
         progress.step(&format!("publish, {}: opening", shape.label()));
         let systems: Vec<Box<dyn System>> = vec![
             Box::new(AfterlogSystem::open(base, shape, p.batch)),
+            Box::new(LogSystem::open(base, shape)),
             Box::new(RawSystem(&raw)),
+            Box::new(FreshSystem(fresh_dir(
+                base,
+                &format!("publish-fresh-{}", shape.key()),
+            ))),
             Box::new(SqliteSystem::open(base, shape)),
             Box::new(FjallSystem::open(base, shape)),
         ];
@@ -154,11 +177,14 @@ pub fn run(base: &Path, p: &Params, progress: &Progress) -> Vec<ShapeResult> {
                 },
             );
         }
-        let ours = result["afterlog"].events_per_s;
-        let afterlog_ratio = SYSTEMS[1..]
-            .iter()
-            .map(|s| (s.to_string(), ours / result[*s].events_per_s.max(1e-9)))
-            .collect();
+        let ratios = |system: &str| {
+            let ours = result[system].events_per_s;
+            BASELINES
+                .iter()
+                .map(|s| (s.to_string(), ours / result[*s].events_per_s.max(1e-9)))
+                .collect()
+        };
+        let (afterlog_ratio, log_ratio) = (ratios("afterlog"), ratios("log"));
         out.push(ShapeResult {
             scenario: shape.label(),
             publishers: match shape {
@@ -171,6 +197,7 @@ pub fn run(base: &Path, p: &Params, progress: &Progress) -> Vec<ShapeResult> {
             },
             systems: result,
             afterlog_ratio,
+            log_ratio,
         });
     }
     out
@@ -319,12 +346,17 @@ impl Drop for RawFile {
 
 struct RawSystem<'a>(&'a RawFile);
 
+/// Records the raw baselines write per sync: all of a shape's waiting records at once.
+fn per_sync(shape: Shape) -> usize {
+    match shape {
+        Shape::One => 1,
+        Shape::Concurrent(n) | Shape::Batch(n) => n,
+    }
+}
+
 impl System for RawSystem<'_> {
     fn run(&self, shape: Shape, duration: Duration) -> Run {
-        let per_sync = match shape {
-            Shape::One => 1,
-            Shape::Concurrent(n) | Shape::Batch(n) => n,
-        };
+        let per_sync = per_sync(shape);
         let buf = vec![0x5au8; per_sync * BODY_LEN];
         let mut offset = 0u64;
         let mut syncs = 0u64;
@@ -339,6 +371,133 @@ impl System for RawSystem<'_> {
             per_sync as u64
         });
         run_of(events, elapsed, syncs)
+    }
+}
+
+/// The raw baseline's writes into new files, prepared ahead (see the module's doc).
+struct FreshSystem(PathBuf);
+
+/// A new file of `FRESH_FILE_BYTES` zeros, written and synced in 1 MiB steps as the log
+/// prepares a segment, then synced whole.
+fn fresh_file(dir: &Path, n: u64) -> File {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join(format!("{n}.dat")))
+        .expect("create fresh file");
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < FRESH_FILE_BYTES {
+        file.write_all_at(&zeros, at).expect("zero-fill fresh file");
+        file.sync_data().expect("sync fresh file");
+        at += zeros.len() as u64;
+    }
+    file.sync_all().expect("sync fresh file");
+    file
+}
+
+fn spawn_fresh(dir: &Path, n: u64) -> std::thread::JoinHandle<File> {
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || fresh_file(&dir, n))
+}
+
+impl System for FreshSystem {
+    /// The first file is prepared before the clock starts, the next by a background thread
+    /// while the current one fills.
+    fn run(&self, shape: Shape, duration: Duration) -> Run {
+        let dir = &self.0;
+        let per_sync = per_sync(shape);
+        let buf = vec![0x5au8; per_sync * BODY_LEN];
+        let mut current = (0, fresh_file(dir, 0));
+        let mut next = Some(spawn_fresh(dir, 1));
+        let (mut offset, mut syncs) = (0u64, 0u64);
+        let (events, elapsed) = serial(duration, || {
+            if offset + buf.len() as u64 > FRESH_FILE_BYTES {
+                let file = next.take().expect("a prepared file").join();
+                let _ = std::fs::remove_file(dir.join(format!("{}.dat", current.0)));
+                current = (current.0 + 1, file.expect("prepare a fresh file"));
+                next = Some(spawn_fresh(dir, current.0 + 1));
+                offset = 0;
+            }
+            current.1.write_all_at(&buf, offset).expect("fresh pwrite");
+            current.1.sync_data().expect("fresh fdatasync");
+            offset += buf.len() as u64;
+            syncs += 1;
+            per_sync as u64
+        });
+        if let Some(handle) = next {
+            let _ = handle.join();
+        }
+        let _ = std::fs::remove_file(dir.join(format!("{}.dat", current.0)));
+        let _ = std::fs::remove_file(dir.join(format!("{}.dat", current.0 + 1)));
+        run_of(events, elapsed, syncs)
+    }
+}
+
+// ---- afterlog's log alone -------------------------------------------------------------------
+
+struct LogSystem {
+    log: Log,
+    next_id: AtomicU64,
+}
+
+impl LogSystem {
+    /// Opens a fresh log and lets its first spare segment be prepared, so that timed runs
+    /// see the steady state: one segment prepared ahead while the active one fills.
+    fn open(base: &Path, shape: Shape) -> LogSystem {
+        let dir = fresh_dir(base, &format!("publish-log-{}", shape.key()));
+        let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(&dir).expect("log directory"));
+        let (log, _) = Log::open(storage, LogOptions::default(), |_, _| Ok(())).expect("open log");
+        std::thread::sleep(SETTLE);
+        LogSystem {
+            log,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// `n` publish entries of one event each, with fresh ids.
+    fn entries(&self, n: usize) -> Vec<[PublishEntry<'static>; 1]> {
+        let first = self.next_id.fetch_add(n as u64, Ordering::Relaxed);
+        (first..first + n as u64)
+            .map(|id| {
+                [PublishEntry {
+                    id: EventId(id),
+                    due_ms: due_ms(id) as i64,
+                    name: NAME,
+                    body: &BODY,
+                }]
+            })
+            .collect()
+    }
+
+    fn append(&self, n: usize) -> u64 {
+        let entries = self.entries(n);
+        let records: Vec<Record<'_>> = entries
+            .iter()
+            .map(|e| Record::Publish(Publish::new(None, 1, e)))
+            .collect();
+        self.log.append_all(&records).expect("append");
+        n as u64
+    }
+}
+
+impl Drop for LogSystem {
+    fn drop(&mut self) {
+        let _ = self.log.close();
+    }
+}
+
+impl System for LogSystem {
+    fn run(&self, shape: Shape, duration: Duration) -> Run {
+        let before = self.log.counters().syncs;
+        let (events, elapsed) = match shape {
+            Shape::One => serial(duration, || self.append(1)),
+            Shape::Concurrent(n) => concurrent(n, duration, |_, _| self.append(1)),
+            Shape::Batch(n) => serial(duration, || self.append(n)),
+        };
+        run_of(events, elapsed, self.log.counters().syncs - before)
     }
 }
 

@@ -80,15 +80,16 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
         .enumerate()
     {
         assert_eq!(publish[i]["scenario"], *scenario);
-        for system in ["afterlog", "raw", "sqlite", "fjall"] {
+        for system in ["afterlog", "log", "raw", "fresh", "sqlite", "fjall"] {
             for key in ["events_per_s", "events_per_sync"] {
                 assert!(number(&v, &format!("publish.{i}.systems.{system}.{key}")) > 0.0);
             }
             let runs = publish[i]["systems"][system]["runs"].as_array().unwrap();
             assert_eq!(runs.len(), 1);
         }
-        for baseline in ["raw", "sqlite", "fjall"] {
+        for baseline in ["raw", "fresh", "sqlite", "fjall"] {
             number(&v, &format!("publish.{i}.afterlog_ratio.{baseline}"));
+            number(&v, &format!("publish.{i}.log_ratio.{baseline}"));
         }
     }
 
@@ -115,10 +116,10 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     }
     assert_eq!(v["compaction"]["runs"].as_array().unwrap().len(), 2);
 
-    // 3 publish-vs-raw targets, 2 against SQLite and fjall, end to end, lateness, 2
-    // recovery, 2 memory, compaction.
+    // 3 log-vs-raw and 3 publish-vs-raw targets, 2 against SQLite and fjall, end to end,
+    // lateness, 2 recovery, 2 memory, compaction.
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 12, "{targets:?}");
+    assert_eq!(targets.len(), 15, "{targets:?}");
     for t in targets {
         assert!(t["name"].is_string() && t["met"].is_boolean());
         assert!(t["measured"].is_number() && t["target"].is_number(), "{t}");
