@@ -295,7 +295,7 @@ impl Log {
         }
         let bytes = payloads.len() + records.len() * FRAME_HEADER_LEN;
         let done = Arc::new(Completion::default());
-        {
+        let wake = {
             let mut q = self.shared.queue.lock();
             loop {
                 if let Some(reason) = &q.poisoned {
@@ -320,8 +320,12 @@ impl Log {
                 payloads,
                 done: done.clone(),
             });
+            // While the writer gathers a group, only the append that completes it wakes it.
+            q.requests.len() >= q.wake_at_requests
+        };
+        if wake {
+            self.shared.work.notify_one();
         }
-        self.shared.work.notify_one();
         done.wait()
     }
 

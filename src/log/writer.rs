@@ -19,7 +19,7 @@ use super::{Durability, LogOptions, Position};
 use crate::error::{Error, Result};
 use crate::format::{FRAME_HEADER_LEN, RecordKind, encode_frame};
 use crate::storage::{Storage, StorageFile};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,9 @@ pub(crate) const MAX_GROUP_RECORDS: u64 = u16::MAX as u64 + 1;
 const MAX_WRITE_BYTES: usize = 8 << 20;
 /// Queued bytes beyond which appenders wait (only reachable under `Durability::Periodic`).
 const MAX_QUEUED_BYTES: usize = 64 << 20;
+/// The longest the writer waits for the appenders of the last group to come back before it
+/// writes a smaller group (see `Writer::gather`); it never waits longer than a sync took.
+const MAX_GATHER: Duration = Duration::from_millis(1);
 
 /// One appender's records, waiting to be written.
 pub(crate) struct Request {
@@ -149,6 +152,9 @@ pub(crate) struct Queue {
     pub flushes: Vec<Arc<Completion>>,
     /// Seal the active segment (if it holds any record) once the flushes are done.
     pub roll_requested: bool,
+    /// An appender wakes the writer only once this many requests are queued: 0 (always),
+    /// except while the writer gathers a group (see `Writer::gather`).
+    pub wake_at_requests: usize,
 }
 
 pub(crate) struct Shared {
@@ -209,6 +215,9 @@ impl Writer {
         let mut last_sync = Instant::now();
         // Written but not yet synced (only under `Durability::Periodic`).
         let mut dirty = false;
+        // Requests of the last group, whose appenders were just woken, and how long its
+        // sync took.
+        let mut last_group = (0, Duration::ZERO);
         loop {
             let (requests, flushes, roll_requested, closing) = {
                 let mut q = self.shared.queue.lock();
@@ -238,6 +247,9 @@ impl Writer {
                         None => self.shared.work.wait(&mut q),
                     }
                 }
+                if matches!(self.options.durability, Durability::Sync) {
+                    Self::gather(&self.shared, &mut q, last_group);
+                }
                 let requests = take_group(&mut q.requests);
                 q.queued_bytes -= requests.iter().map(request_bytes).sum::<usize>();
                 self.shared.space.notify_all();
@@ -264,9 +276,11 @@ impl Writer {
                         }
                     };
                     if must_sync && dirty {
+                        let started = Instant::now();
                         self.sync()?;
                         dirty = false;
                         last_sync = Instant::now();
+                        last_group.1 = last_sync - started;
                     }
                     Ok(())
                 });
@@ -299,6 +313,7 @@ impl Writer {
                     continue;
                 }
             }
+            last_group.0 = requests.len();
             WakeTree::complete(
                 pending
                     .into_iter()
@@ -311,6 +326,32 @@ impl Writer {
                 return;
             }
         }
+    }
+
+    /// Waits, before taking a group, for the appenders of the last group to come back.
+    ///
+    /// Without this, a pipelined group commit splits its appenders in two halves that take
+    /// turns: while one half's sync runs, the other half, just woken, queues again, and the
+    /// writer takes that half alone as soon as the sync returns. Every sync then carries half
+    /// the appenders. So when fewer requests are queued than the last group held, the
+    /// writer waits until as many are (appenders wake it only then: one wake-up, not one per
+    /// append), but no longer than the last sync took (capped at `MAX_GATHER`): at worst a
+    /// group is delayed by one sync's time, at best its sync carries twice the records. A
+    /// single appender never waits: its group of one is always complete. Flushes, rolls and
+    /// close are never delayed.
+    fn gather(shared: &Shared, q: &mut MutexGuard<'_, Queue>, last_group: (usize, Duration)) {
+        let (target, sync_time) = last_group;
+        if q.requests.len() >= target || !q.flushes.is_empty() || q.roll_requested || q.closing {
+            return;
+        }
+        let deadline = Instant::now() + sync_time.min(MAX_GATHER);
+        q.wake_at_requests = target;
+        while q.requests.len() < target && q.flushes.is_empty() && !q.closing {
+            if shared.work.wait_until(q, deadline).timed_out() {
+                break;
+            }
+        }
+        q.wake_at_requests = 0;
     }
 
     /// Frames and writes every record of `requests`; each request moves to `unsynced` with its
