@@ -57,8 +57,8 @@ pub use error::{Error, Result};
 pub use ids::{EventId, JobId};
 pub use index::JobStats;
 pub use reader::{
-    EventHistory, EventRow, Problem, Reader, RecordFilter, Salvage, SegmentInfo, Summary,
-    Verification, drop_reason_name, record_time_ms, retry_reason_name,
+    EventFilter, EventHistory, EventRow, Problem, Reader, RecordFilter, Salvage, SegmentInfo,
+    Summary, Verification, drop_reason_name, record_time_ms, retry_reason_name,
 };
 pub use retry::{
     AMPT_MAX_AGE, AMPT_RETRY_INTERVAL, Decision, DropReason, FORGE_MAX_RETRIES, FORGE_RETRY_DELAY,

@@ -59,6 +59,30 @@ pub struct RecordFilter {
     pub time_until_ms: Option<i64>,
 }
 
+/// Which events [`Reader::events_where`] returns: those matching every field that is set.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Only events in this state.
+    pub state: Option<EventState>,
+    /// Only events with this name.
+    pub name: Option<String>,
+    /// Only events of this job.
+    pub job: Option<JobId>,
+    /// Only events next due (or, once finished, last due) before this time, Unix epoch ms.
+    pub due_before_ms: Option<i64>,
+    /// At most this many events, the lowest ids first.
+    pub limit: Option<usize>,
+}
+
+impl EventFilter {
+    fn matches(&self, e: &crate::index::EventInfo<'_>) -> bool {
+        self.state.is_none_or(|s| e.state == s)
+            && self.name.as_deref().is_none_or(|n| e.name == n)
+            && self.job.is_none_or(|j| e.job == Some(j))
+            && self.due_before_ms.is_none_or(|t| e.due_ms < t)
+    }
+}
+
 /// One event as the log describes it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct EventRow {
@@ -335,10 +359,15 @@ struct Extra {
     last_message: Option<String>,
 }
 
-fn note_extra(extras: &mut HashMap<EventId, Extra>, record: &Record<'_>) {
+/// Notes what `record` tells of the events `keep` accepts (for the others, nothing is kept).
+fn note_extra(
+    extras: &mut HashMap<EventId, Extra>,
+    record: &Record<'_>,
+    keep: impl Fn(EventId) -> bool,
+) {
     match record {
         Record::Publish(p) => {
-            for e in p.events() {
+            for e in p.events().filter(|e| keep(e.id)) {
                 extras.entry(e.id).or_insert_with(|| Extra {
                     published_ms: p.published_ms,
                     first_due_ms: e.due_ms,
@@ -526,7 +555,7 @@ impl Reader {
             }
             effects.clear();
             if next_due.is_none() {
-                note_extra(&mut extras, record);
+                note_extra(&mut extras, record, |_| true);
             }
             Ok(())
         })?;
@@ -623,7 +652,56 @@ impl Reader {
 
     /// Every event the log holds, in id order, with its state.
     pub fn events(&self) -> Result<Vec<EventRow>> {
-        Ok(self.summary()?.events)
+        self.events_where(&EventFilter::default())
+    }
+
+    /// The events `filter` selects, in id order (see [`visit_events`](Reader::visit_events)).
+    pub fn events_where(&self, filter: &EventFilter) -> Result<Vec<EventRow>> {
+        let mut rows = Vec::new();
+        self.visit_events(filter, |row| {
+            rows.push(row);
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Hands each event `filter` selects to `visit`, in id order; an error from `visit`
+    /// stops the walk and is returned. Two scans: the first rebuilds the index alone (about
+    /// 40 bytes per event) and selects, the second gathers the rest of each row for the
+    /// selected events only. Memory is the index's plus the selected ids and what their
+    /// rows need; the rows are never all held at once.
+    pub fn visit_events(
+        &self,
+        filter: &EventFilter,
+        mut visit: impl FnMut(EventRow) -> Result<()>,
+    ) -> Result<()> {
+        let mut index = Index::new();
+        let mut effects = Vec::new();
+        Log::scan(&self.storage, |pos, record| {
+            let _ = index.apply(crate::engine::location(pos), record, &mut effects);
+            effects.clear();
+            Ok(())
+        })?;
+        let selected: Vec<EventId> = index
+            .held_events()
+            .filter(|e| filter.matches(e))
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .map(|e| e.id)
+            .collect();
+        let mut extras = HashMap::new();
+        if !selected.is_empty() {
+            let keep: HashSet<EventId> = selected.iter().copied().collect();
+            Log::scan(&self.storage, |_, record| {
+                note_extra(&mut extras, record, |id| keep.contains(&id));
+                Ok(())
+            })?;
+        }
+        for id in selected {
+            if let Some(row) = row(&index, &extras, id) {
+                visit(row)?;
+            }
+        }
+        Ok(())
     }
 
     /// The segments, in id order.
@@ -651,7 +729,7 @@ impl Reader {
             }
             let _ = index.apply(crate::engine::location(pos), record, &mut effects);
             effects.clear();
-            note_extra(&mut extras, record);
+            note_extra(&mut extras, record, |_| true);
             let mut payload = Vec::with_capacity(record.encoded_len());
             record.encode(&mut payload);
             records.push((pos, record.kind(), payload));

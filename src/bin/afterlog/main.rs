@@ -489,32 +489,58 @@ fn events(
     limit: Option<usize>,
     json: bool,
 ) -> CliResult {
-    if let Some(s) = &state
-        && !afterlog::index::EventState::ALL
-            .iter()
-            .any(|k| k.name() == s)
-    {
-        return Err(Failure::usage(format!(
-            "bad state {s:?}: expected scheduled, running, succeeded, failed, cancelled or expired"
-        )));
-    }
+    let state = state
+        .map(|s| {
+            afterlog::index::EventState::ALL
+                .into_iter()
+                .find(|k| k.name() == s)
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "bad state {s:?}: expected scheduled, running, succeeded, failed, \
+                         cancelled or expired"
+                    ))
+                })
+        })
+        .transpose()?;
     let job = job.map(|j| parse_id(&j, "job-", "job id")).transpose()?;
-    let due_before = due_before
+    let due_before_ms = due_before
         .map(|t| parse_time(&t, now_ms(), 1))
         .transpose()?;
     let reader = Reader::open(dir)?;
-    let rows: Vec<afterlog::EventRow> = reader
-        .events()?
-        .into_iter()
-        .filter(|e| state.as_deref().is_none_or(|s| e.state == s))
-        .filter(|e| name.as_deref().is_none_or(|n| e.name == n))
-        .filter(|e| job.is_none_or(|j| e.job == Some(j)))
-        .filter(|e| due_before.is_none_or(|t| e.next_due_ms < t))
-        .take(limit.unwrap_or(usize::MAX))
-        .collect();
+    let filter = afterlog::EventFilter {
+        state,
+        name,
+        job: job.map(JobId),
+        due_before_ms,
+        limit,
+    };
     if json {
-        return print_json(&json!(rows));
+        // Streamed, one row at a time: a log of millions of events prints in the memory of
+        // its index.
+        let mut o = out();
+        let mut first = true;
+        let mut write_err = None;
+        reader.visit_events(&filter, |row| {
+            if write_err.is_none() {
+                // Through a `Value`, so keys come sorted as in every other JSON output.
+                let text = serde_json::to_string_pretty(&json!(row)).expect("a row serializes");
+                let sep = if std::mem::take(&mut first) {
+                    "[\n"
+                } else {
+                    ",\n"
+                };
+                write_err = write!(o, "{sep}  {}", text.replace('\n', "\n  ")).err();
+            }
+            Ok(())
+        })?;
+        if let Some(e) = write_err {
+            return Err(e.into());
+        }
+        writeln!(o, "{}", if first { "[]" } else { "\n]" })?;
+        o.flush()?;
+        return Ok(0);
     }
+    let rows = reader.events_where(&filter)?;
     let mut t = Table::new(&[
         ("ID", false),
         ("NAME", false),
