@@ -1,13 +1,23 @@
-//! `fdatasync` failing with EIO in a real process, injected by `strace`.
+//! System calls failing in a real process, injected by `strace`.
 //!
-//! The test binary re-invokes itself under `strace -f -e inject=fdatasync:error=EIO:when=N`
+//! The test binary re-invokes itself under `strace -f -e inject=SYSCALL:error=ERRNO:when=N`
 //! as the child (the `syscall_child` test, a no-op unless `AFTERLOG_SYSCALL_CHILD_DIR` is
-//! set), for every `N` from 1 to a little past the number of `fdatasync` calls the child
-//! makes. The child opens an engine on real files and publishes events one by one, printing
-//! each id that returned `Ok` and each error. Then, for every `N`:
-//! - once a publish has failed with a poisoned log, no later publish returns `Ok` (a failed
-//!   sync is never retried and acknowledged);
-//! - the error names the failed sync;
+//! set). The child opens an engine on real files (small segments, so it rolls), publishes
+//! events one by one, closes it, and does the same again (so the second open recovers what
+//! the first session wrote), printing each id that returned `Ok` and each error; it stops
+//! at the first session that saw an error. Every
+//! system call the storage layer makes is failed in turn — `fdatasync`, `fsync`, `pwrite64`
+//! (EIO and ENOSPC), `openat`, `rename`, `unlink`, `flock`, `getdents64` — at its
+//! `N`-th call, for every `N` from 1 to a little past the number of such calls a clean run
+//! makes in one thread. (strace counts each thread's calls on its own, so a run fails the
+//! `N`-th call of every thread that makes one: the writer's `N`-th sync and the segment
+//! preparer's `N`-th sync in the same run. Every call is failed in some run, not every call
+//! alone.) Reads are not failed here: segments are read through memory maps, whose faults
+//! the in-memory storage's short reads and the fuzzed decoders cover. Then, for every run:
+//! - nothing panics, in any thread;
+//! - once a publish has failed, no later publish returns `Ok` (a failed write or sync
+//!   poisons the log and is never retried and acknowledged);
+//! - an error after a failed sync names the sync;
 //! - the directory reopens, and every publish that returned `Ok` is delivered.
 //!
 //! The test passes without checking anything, and says so, when `strace` is missing or
@@ -35,23 +45,36 @@ fn syscall_child() {
     let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
         return;
     };
-    let engine = match Engine::open_with(&dir, options()) {
-        Ok(engine) => engine,
-        Err(e) => {
-            println!("{MARK}E open: {e}");
+    // Two sessions, so that the second one's open recovers what the first one wrote.
+    for session in 0..2 {
+        let engine = match Engine::open_with(&dir, options()) {
+            Ok(engine) => engine,
+            Err(e) => {
+                println!("{MARK}E open: {e}");
+                return;
+            }
+        };
+        let body = vec![b'x'; 300];
+        let mut failed = false;
+        for _ in 0..PUBLISHES / 2 {
+            match engine.publish("ev", &body, After::NOW) {
+                Ok(id) => println!("{MARK}P {}", id.0),
+                Err(e) => {
+                    println!("{MARK}E publish: {e}");
+                    failed = true;
+                }
+            }
+        }
+        match engine.close() {
+            Ok(()) => println!("{MARK}closed {session}"),
+            Err(e) => {
+                println!("{MARK}E close: {e}");
+                failed = true;
+            }
+        }
+        if failed {
             return;
         }
-    };
-    let body = vec![b'x'; 300];
-    for _ in 0..PUBLISHES {
-        match engine.publish("ev", &body, After::NOW) {
-            Ok(id) => println!("{MARK}P {}", id.0),
-            Err(e) => println!("{MARK}E publish: {e}"),
-        }
-    }
-    match engine.close() {
-        Ok(()) => println!("{MARK}closed"),
-        Err(e) => println!("{MARK}E close: {e}"),
     }
 }
 
@@ -70,14 +93,109 @@ fn strace_works() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Runs the child under strace, failing its `when`-th `fdatasync` (0: none); returns its
-/// protocol lines.
-fn child(dir: &std::path::Path, when: u64) -> Vec<String> {
+/// A system call to fail, and how.
+#[derive(Clone, Copy)]
+struct Fault {
+    syscall: &'static str,
+    errno: &'static str,
+}
+
+const FAULTS: [Fault; 10] = [
+    Fault {
+        syscall: "fdatasync",
+        errno: "EIO",
+    },
+    Fault {
+        syscall: "fsync",
+        errno: "EIO",
+    },
+    Fault {
+        syscall: "pwrite64",
+        errno: "EIO",
+    },
+    Fault {
+        syscall: "pwrite64",
+        errno: "ENOSPC",
+    },
+    Fault {
+        syscall: "openat",
+        errno: "EIO",
+    },
+    Fault {
+        syscall: "openat",
+        errno: "ENOSPC",
+    },
+    Fault {
+        syscall: "rename",
+        errno: "EIO",
+    },
+    Fault {
+        syscall: "unlink",
+        errno: "EIO",
+    },
+    Fault {
+        syscall: "flock",
+        errno: "EIO",
+    },
+    Fault {
+        syscall: "getdents64",
+        errno: "EIO",
+    },
+];
+
+/// What a child printed: its protocol lines and its standard error.
+struct ChildRun {
+    lines: Vec<String>,
+    stderr: String,
+}
+
+/// The most times one thread of a clean child calls `syscall` (strace counts the calls
+/// of each thread on its own, so `when=N` fails the `N`-th call of every thread).
+fn calls_per_thread(syscall: &str) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new("strace")
+        .args(["-f", "-qq", "-e"])
+        .arg(format!("trace={syscall}"))
+        .arg("-o")
+        .arg(&trace)
+        .arg(exe)
+        .args([
+            "syscall_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_ENV, dir.path().join("data"))
+        // Set by cargo; without it the loader makes no failed attempts to count.
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut per_thread: std::collections::HashMap<String, u64> = Default::default();
+    for line in std::fs::read_to_string(&trace).unwrap().lines() {
+        // `PID syscall(...` or `PID syscall(... <unfinished ...>`; not the `resumed` half.
+        if let Some((pid, call)) = line.split_once(' ')
+            && call.starts_with(&format!("{syscall}("))
+        {
+            *per_thread.entry(pid.to_owned()).or_default() += 1;
+        }
+    }
+    per_thread.into_values().max().unwrap_or(0)
+}
+
+/// Runs the child under strace, failing the `when`-th call (0: none) as `fault` says.
+fn child(dir: &std::path::Path, fault: Fault, when: u64) -> ChildRun {
     let exe = std::env::current_exe().unwrap();
     let mut args: Vec<String> = vec!["-f".into(), "-qq".into(), "-o".into(), "/dev/null".into()];
     if when > 0 {
         args.push("-e".into());
-        args.push(format!("inject=fdatasync:error=EIO:when={when}"));
+        args.push(format!(
+            "inject={}:error={}:when={when}",
+            fault.syscall, fault.errno
+        ));
     }
     args.push(exe.display().to_string());
     args.extend(
@@ -92,12 +210,16 @@ fn child(dir: &std::path::Path, when: u64) -> Vec<String> {
     let out = Command::new("strace")
         .args(&args)
         .env(CHILD_DIR_ENV, dir)
+        .env_remove("LD_LIBRARY_PATH")
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(MARK).map(|(_, rest)| rest.to_owned()))
-        .collect()
+    ChildRun {
+        lines: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(MARK).map(|(_, rest)| rest.to_owned()))
+            .collect(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Reopens `dir` and returns the ids delivered.
@@ -117,47 +239,65 @@ fn delivered(dir: &std::path::Path) -> BTreeSet<u64> {
 }
 
 #[test]
-fn fdatasync_eio_in_a_real_process_never_acknowledges_lost_data() {
+fn failed_system_calls_in_a_real_process_never_acknowledge_lost_data() {
     if !strace_works() {
         println!("strace is missing or cannot trace here: skipped");
         return;
     }
-    // How many fdatasync calls a clean run makes.
     let probe = tempfile::tempdir().unwrap();
-    let clean = child(probe.path(), 0);
-    let ok = clean.iter().filter(|l| l.starts_with("P ")).count() as u64;
-    assert_eq!(ok, PUBLISHES, "the clean child: {clean:?}");
-    let syncs = PUBLISHES + 8;
-    let mut failed_runs = 0;
-    for when in 1..=syncs {
-        let context = format!("fdatasync #{when} fails");
-        let dir = tempfile::tempdir().unwrap();
-        let lines = child(dir.path(), when);
-        let mut poisoned = false;
-        let mut acked = BTreeSet::new();
-        for line in &lines {
-            if let Some(id) = line.strip_prefix("P ") {
+    let clean = child(probe.path(), FAULTS[0], 0);
+    let ok = clean.lines.iter().filter(|l| l.starts_with("P ")).count() as u64;
+    assert_eq!(ok, PUBLISHES, "the clean child: {:?}", clean.lines);
+    let mut total = 0;
+    for fault in FAULTS {
+        let count = calls_per_thread(fault.syscall);
+        let runs = count + 2;
+        let mut failed_runs = 0;
+        for when in 1..=runs {
+            let context = format!("{} #{when} fails with {}", fault.syscall, fault.errno);
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("data");
+            let run = child(&data, fault, when);
+            assert!(
+                !run.stderr.contains("panicked"),
+                "{context}: a panic: {}",
+                run.stderr
+            );
+            let mut failed = false;
+            let mut acked = BTreeSet::new();
+            for line in &run.lines {
+                if let Some(id) = line.strip_prefix("P ") {
+                    assert!(
+                        !failed,
+                        "{context}: a publish returned Ok after one failed: {:?}",
+                        run.lines
+                    );
+                    acked.insert(id.parse::<u64>().unwrap());
+                } else if let Some(error) = line.strip_prefix("E ") {
+                    if fault.syscall == "fdatasync" {
+                        assert!(
+                            error.contains("sync") || error.contains("poisoned"),
+                            "{context}: unclear error {line:?}"
+                        );
+                    }
+                    failed |= error.starts_with("publish");
+                }
+            }
+            failed_runs += u64::from(run.lines.iter().any(|l| l.starts_with("E ")));
+            let seen = delivered(&data);
+            for id in &acked {
                 assert!(
-                    !poisoned,
-                    "{context}: a publish returned Ok after the log was poisoned: {lines:?}"
+                    seen.contains(id),
+                    "{context}: acknowledged {id} lost: {:?}",
+                    run.lines
                 );
-                acked.insert(id.parse::<u64>().unwrap());
-            } else if line.starts_with("E ") {
-                assert!(
-                    line.contains("sync") || line.contains("poisoned"),
-                    "{context}: unclear error {line:?}"
-                );
-                poisoned |= line.contains("poisoned");
             }
         }
-        failed_runs += u64::from(lines.iter().any(|l| l.starts_with("E ")));
-        let seen = delivered(dir.path());
-        for id in &acked {
-            assert!(
-                seen.contains(id),
-                "{context}: acknowledged {id} lost: {lines:?}"
-            );
-        }
+        total += runs;
+        println!(
+            "syscall fault {} {}: at most {count} calls per thread in a clean run, {runs} runs, {failed_runs} reported an error",
+            fault.syscall, fault.errno
+        );
     }
-    println!("{syncs} runs with a failed fdatasync, {failed_runs} of them reported an error");
+    println!("{total} runs with a failed system call, every acknowledged publish delivered");
 }
