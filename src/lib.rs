@@ -42,6 +42,7 @@ pub mod log;
 mod reader;
 mod retry;
 pub mod storage;
+mod sync;
 #[doc(hidden)]
 pub mod testing;
 pub mod wheel;

@@ -17,11 +17,11 @@ pub use segment::{is_temp_name, parse_segment_name, segment_name};
 use crate::error::{Error, Result};
 use crate::format::{FRAME_HEADER_LEN, Record, RecordKind, decode_frame, get_u32};
 use crate::storage::{LockGuard, Storage};
-use parking_lot::Mutex;
+use crate::sync::Mutex;
+use crate::sync::thread::{self, JoinHandle};
 use segment::{DATA_START, SegmentBytes, SegmentSlot, install, new_header, prepare_file};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 use writer::{Active, Completion, Queue, Request, Shared, Writer};
 
@@ -237,7 +237,7 @@ impl Log {
             clock_ms: now_ms,
             spare,
         };
-        let handle = std::thread::Builder::new()
+        let handle = thread::Builder::new()
             .name("afterlog-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| Error::io("start writer thread", &dir, e))?;
@@ -435,7 +435,7 @@ fn take_lock(storage: &dyn Storage) -> Result<LockGuard> {
             .map_err(|e| Error::io("lock data directory", dir, e))?
         {
             Some(lock) => return Ok(lock),
-            None if attempt < LOCK_ATTEMPTS => std::thread::sleep(LOCK_RETRY_PAUSE),
+            None if attempt < LOCK_ATTEMPTS => thread::sleep(LOCK_RETRY_PAUSE),
             None => {}
         }
     }

@@ -11,9 +11,9 @@
 use crate::error::{Error, Result};
 use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader, encode_header};
 use crate::storage::{Mapped, Storage, StorageFile, read_exact_at};
-use parking_lot::RwLock;
+use crate::sync::{OnceLock, RwLock};
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// The file name of segment `id`.
 pub fn segment_name(id: u64) -> String {

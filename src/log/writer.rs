@@ -19,7 +19,7 @@ use super::{Durability, LogOptions, Position};
 use crate::error::{Error, Result};
 use crate::format::{FRAME_HEADER_LEN, RecordKind, encode_frame};
 use crate::storage::{Storage, StorageFile};
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use crate::sync::{Condvar, Mutex, MutexGuard, thread};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -189,12 +189,12 @@ pub(crate) struct Active {
 }
 
 /// A segment file being prepared on a background thread: its id and file.
-pub(crate) type Spare = std::thread::JoinHandle<Result<(u64, Arc<dyn StorageFile>)>>;
+pub(crate) type Spare = thread::JoinHandle<Result<(u64, Arc<dyn StorageFile>)>>;
 
 /// Prepares segment `id` of `len` bytes on a thread of its own, `afterlog-prepare`. `None`
 /// when no thread can be had: the writer then prepares the segment itself when it rolls.
 pub(crate) fn spawn_spare(storage: Arc<dyn Storage>, id: u64, len: u64) -> Option<Spare> {
-    std::thread::Builder::new()
+    thread::Builder::new()
         .name("afterlog-prepare".into())
         .spawn(move || prepare_file(&*storage, id, len).map(|f| (id, f)))
         .ok()

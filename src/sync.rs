@@ -1,0 +1,207 @@
+//! The locks, condition variables and threads of the log's hand-offs, in one place.
+//!
+//! In a normal build these are plain re-exports of what the log uses (`parking_lot`'s
+//! `Mutex`, `Condvar` and `RwLock`, `std`'s `OnceLock` and threads): no wrapper, no cost.
+//!
+//! Built with `RUSTFLAGS="--cfg afterlog_shuttle"`, they are `shuttle`'s instead, behind the
+//! same API as `parking_lot`'s (`lock()` returns the guard, `Condvar::wait` takes
+//! `&mut guard`), so `tests/shuttle.rs` explores the schedules of the real writer, appenders,
+//! segment preparation and compaction swap (docs/TESTING.md, "Concurrency models"). In such a
+//! build the log works only inside a `shuttle` test (`shuttle::check_random` and friends), and
+//! two things differ from a real run:
+//! - shuttle does not model time, so a timed wait (`Condvar::wait_for`, `wait_until`: the
+//!   writer gathering a group, `Durability::Periodic`) is one whose deadline passes while the
+//!   other threads take their turn: it releases the lock, lets the schedule run anyone, takes
+//!   the lock back and reports a timeout. A real timed wait can always end so; one ended by
+//!   a notification is not explored. `Durability::Periodic`'s writer would spin on it until
+//!   real time passes its interval, so the models use `Durability::Sync`;
+//! - `OnceLock` takes a shuttle lock around each access, so that setting it (sealing a
+//!   segment) and reading it are points where the schedule can switch threads.
+//!
+//! Locks of `MemStorage` stay `parking_lot`'s: each is held for a few memory operations with
+//! no lock, wait or spawn of this module inside, so no thread can be switched out while
+//! holding one (shuttle runs every thread on one OS thread; a real lock held across a switch
+//! would hang the test).
+
+#[cfg(not(afterlog_shuttle))]
+pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+#[cfg(not(afterlog_shuttle))]
+pub(crate) use std::sync::OnceLock;
+#[cfg(not(afterlog_shuttle))]
+pub(crate) use std::thread;
+
+#[cfg(afterlog_shuttle)]
+pub(crate) use shuttle_api::{Condvar, Mutex, MutexGuard, OnceLock, RwLock, thread};
+
+#[cfg(afterlog_shuttle)]
+mod shuttle_api {
+    use std::fmt;
+    use std::ops::{Deref, DerefMut};
+    use std::sync::PoisonError;
+    use std::time::{Duration, Instant};
+
+    pub(crate) use shuttle::thread;
+
+    /// `parking_lot::Mutex`'s API over `shuttle::sync::Mutex`: no poisoning (a panic fails
+    /// the shuttle test anyway).
+    #[derive(Default)]
+    pub(crate) struct Mutex<T>(shuttle::sync::Mutex<T>);
+
+    /// Holds the shuttle guard in an `Option` so that `Condvar::wait` can move it out and
+    /// back through `&mut`, and the mutex so that a timed wait can take it again.
+    pub(crate) struct MutexGuard<'a, T> {
+        mutex: &'a shuttle::sync::Mutex<T>,
+        inner: Option<shuttle::sync::MutexGuard<'a, T>>,
+    }
+
+    impl<T> Mutex<T> {
+        #[track_caller]
+        pub(crate) fn new(value: T) -> Mutex<T> {
+            Mutex(shuttle::sync::Mutex::new(value))
+        }
+
+        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+            MutexGuard {
+                mutex: &self.0,
+                inner: Some(self.0.lock().unwrap_or_else(PoisonError::into_inner)),
+            }
+        }
+    }
+
+    impl<T> fmt::Debug for Mutex<T> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("Mutex")
+        }
+    }
+
+    const GUARD_MOVED: &str = "a guard is only empty inside Condvar::wait";
+
+    impl<T> Deref for MutexGuard<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            self.inner.as_ref().expect(GUARD_MOVED)
+        }
+    }
+
+    impl<T> DerefMut for MutexGuard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            self.inner.as_mut().expect(GUARD_MOVED)
+        }
+    }
+
+    /// `parking_lot::Condvar`'s API over `shuttle::sync::Condvar`.
+    #[derive(Default)]
+    pub(crate) struct Condvar(shuttle::sync::Condvar);
+
+    /// How a timed wait ended: always by its deadline (see the module documentation).
+    pub(crate) struct WaitTimeoutResult;
+
+    impl WaitTimeoutResult {
+        pub(crate) fn timed_out(&self) -> bool {
+            true
+        }
+    }
+
+    impl Condvar {
+        pub(crate) fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
+            let inner = guard.inner.take().expect(GUARD_MOVED);
+            guard.inner = Some(self.0.wait(inner).unwrap_or_else(PoisonError::into_inner));
+        }
+
+        pub(crate) fn wait_for<T>(
+            &self,
+            guard: &mut MutexGuard<'_, T>,
+            _timeout: Duration,
+        ) -> WaitTimeoutResult {
+            Self::time_out(guard)
+        }
+
+        pub(crate) fn wait_until<T>(
+            &self,
+            guard: &mut MutexGuard<'_, T>,
+            _deadline: Instant,
+        ) -> WaitTimeoutResult {
+            Self::time_out(guard)
+        }
+
+        /// A wait whose deadline passes while the other threads take their turn.
+        fn time_out<T>(guard: &mut MutexGuard<'_, T>) -> WaitTimeoutResult {
+            drop(guard.inner.take().expect(GUARD_MOVED));
+            shuttle::thread::yield_now();
+            guard.inner = Some(guard.mutex.lock().unwrap_or_else(PoisonError::into_inner));
+            WaitTimeoutResult
+        }
+
+        pub(crate) fn notify_one(&self) {
+            self.0.notify_one();
+        }
+
+        pub(crate) fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
+    /// `parking_lot::RwLock`'s API over `shuttle::sync::RwLock`.
+    #[derive(Default)]
+    pub(crate) struct RwLock<T>(shuttle::sync::RwLock<T>);
+
+    impl<T> RwLock<T> {
+        pub(crate) fn read(&self) -> shuttle::sync::RwLockReadGuard<'_, T> {
+            self.0.read().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        pub(crate) fn write(&self) -> shuttle::sync::RwLockWriteGuard<'_, T> {
+            self.0.write().unwrap_or_else(PoisonError::into_inner)
+        }
+    }
+
+    impl<T> fmt::Debug for RwLock<T> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("RwLock")
+        }
+    }
+
+    /// `std::sync::OnceLock` whose every access takes a shuttle lock first: a point where
+    /// the schedule can switch threads, as a real `OnceLock`'s atomics are.
+    pub(crate) struct OnceLock<T> {
+        value: std::sync::OnceLock<T>,
+        order: shuttle::sync::Mutex<()>,
+    }
+
+    impl<T> OnceLock<T> {
+        #[track_caller]
+        pub(crate) fn new() -> OnceLock<T> {
+            OnceLock {
+                value: std::sync::OnceLock::new(),
+                order: shuttle::sync::Mutex::new(()),
+            }
+        }
+
+        fn point(&self) -> shuttle::sync::MutexGuard<'_, ()> {
+            self.order.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        pub(crate) fn get(&self) -> Option<&T> {
+            let _point = self.point();
+            self.value.get()
+        }
+
+        pub(crate) fn set(&self, value: T) -> Result<(), T> {
+            let _point = self.point();
+            self.value.set(value)
+        }
+
+        /// `init` runs under the shuttle lock: it must not take a lock of this module.
+        pub(crate) fn get_or_init(&self, init: impl FnOnce() -> T) -> &T {
+            let _point = self.point();
+            self.value.get_or_init(init)
+        }
+    }
+
+    impl<T: fmt::Debug> fmt::Debug for OnceLock<T> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            // No scheduling point: formatting is not a hand-off.
+            self.value.fmt(f)
+        }
+    }
+}
