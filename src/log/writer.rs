@@ -70,9 +70,8 @@ pub(crate) struct WakeTree {
 }
 
 impl WakeTree {
-    /// Sets each waiter's outcome (which no waiter reads before it is woken or finds it
-    /// completed), then wakes the root. Every result must already be final: this is called
-    /// only after the covering sync returned.
+    /// Sets each waiter's outcome, then wakes the root. Every result must already be final:
+    /// this is called only after the covering sync returned.
     pub fn complete(outcomes: Vec<(Arc<Completion>, Result<Vec<Position>>)>) {
         if outcomes.is_empty() {
             return;
@@ -84,10 +83,13 @@ impl WakeTree {
             results.push(result);
         }
         let tree = Arc::new(WakeTree { waiters });
-        // Record every outcome first, without waking: a waiter that finds its outcome
-        // (woken or not yet asleep) wakes its children, so the whole tree is woken once the
-        // root is.
-        for (i, result) in results.into_iter().enumerate() {
+        // Record the outcomes from the last waiter to the first, without waking. A waiter
+        // that is not asleep (or wakes spuriously) finds its outcome as soon as it is
+        // recorded, before the root is woken, and wakes its children at once; their indices
+        // are larger, so their outcomes are recorded by then. In the other order a child
+        // asleep with no outcome yet would take that wake-up for a spurious one, sleep again,
+        // and never be woken once its outcome is set.
+        for (i, result) in results.into_iter().enumerate().rev() {
             let mut state = tree.waiters[i].state.lock();
             if state.completed {
                 // Already failed (cannot happen on the paths that build trees): it will not
@@ -106,8 +108,9 @@ impl WakeTree {
     fn wake_children(&self, i: usize) {
         for child in [2 * i + 1, 2 * i + 2] {
             if let Some(done) = self.waiters.get(child) {
-                // Its outcome was recorded under its lock before the root was woken, so it
-                // either finds it without sleeping or is asleep and gets this notification.
+                // Its outcome was recorded under its lock before its parent's (see
+                // `complete`), so it either finds it without sleeping or is asleep and gets
+                // this notification.
                 done.cv.notify_one();
             }
         }
@@ -561,5 +564,47 @@ fn fail_all(
         .chain(written.iter().map(|(d, _)| d));
     for done in dones {
         done.complete(Err(err()));
+    }
+}
+
+#[cfg(all(test, not(afterlog_shuttle)))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A child is woken with its outcome even when its parent wakes it before
+    /// `WakeTree::complete` has recorded everything. In a sync group this happens when the
+    /// parent's appender finds its outcome before the root is woken (found by the group
+    /// commit models of tests/shuttle.rs: with outcomes recorded first to last, the child's
+    /// notification came before its outcome and it slept forever). Here the parent was
+    /// already completed, so `complete` itself wakes the child as it goes, and holding the
+    /// child's lock makes the child look at its state between that notification and the
+    /// recording of its outcome.
+    #[test]
+    fn a_child_woken_early_still_gets_its_outcome() {
+        let pause = Duration::from_millis(50);
+        let parent = Arc::new(Completion::default());
+        parent.complete(Ok(Vec::new()));
+        let child = Arc::new(Completion::default());
+        let (woken_tx, woken_rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let child = child.clone();
+            std::thread::spawn(move || woken_tx.send(child.wait().is_ok()).unwrap())
+        };
+        std::thread::sleep(pause); // the child falls asleep with no outcome
+        let held = child.state.lock();
+        let completer = {
+            let (parent, child) = (parent.clone(), child.clone());
+            std::thread::spawn(move || {
+                WakeTree::complete(vec![(parent, Ok(Vec::new())), (child, Ok(Vec::new()))]);
+            })
+        };
+        std::thread::sleep(pause); // `complete` waits for the child's lock
+        // The longest waiter gets the lock: the child, if it was notified already.
+        parking_lot::MutexGuard::unlock_fair(held);
+        let woken = woken_rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(woken, Ok(true), "the child was never woken");
+        completer.join().unwrap();
+        waiter.join().unwrap();
     }
 }
