@@ -264,6 +264,28 @@ fn crash_at_fails_the_op_and_every_later_call() {
 }
 
 #[test]
+fn would_survive_copies_what_a_crash_leaves_and_the_disk_goes_on() {
+    let disk = MemStorage::new();
+    let f = durable_file(&disk, "f", b"synced");
+    f.write_all_at(b"-more", 6).unwrap();
+    let unsynced = disk.create("g").unwrap();
+    unsynced.write_all_at(b"new file", 0).unwrap();
+    unsynced.sync_data().unwrap();
+    let copy = disk.would_survive(CrashMode::DropUnsynced, true);
+    assert_eq!(names(&copy), ["f"], "g's directory entry was never synced");
+    assert_eq!(contents(&copy, "f"), b"synced");
+    let copy = disk.would_survive(CrashMode::DropUnsynced, false);
+    assert_eq!(names(&copy), ["f", "g"]);
+    assert_eq!(contents(&copy, "g"), b"new file");
+    // The disk has not crashed: it keeps its unsynced writes and takes more.
+    assert!(!disk.crashed());
+    assert_eq!(contents(&disk, "f"), b"synced-more");
+    f.sync_data().unwrap();
+    let copy = disk.would_survive(CrashMode::DropUnsynced, true);
+    assert_eq!(contents(&copy, "f"), b"synced-more");
+}
+
+#[test]
 fn a_recovered_disk_is_fresh_and_independent() {
     let disk = MemStorage::new();
     let f = durable_file(&disk, "f", b"abc");

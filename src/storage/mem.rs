@@ -459,6 +459,14 @@ impl MemStorage {
     /// recovered again under another mode.
     pub fn after_crash_with(&self, mode: CrashMode, lose_unsynced_dir_ops: bool) -> MemStorage {
         self.crash_now();
+        self.would_survive(mode, lose_unsynced_dir_ops)
+    }
+
+    /// A new, independent disk holding what a crash at this moment would leave, built as
+    /// [`after_crash_with`](MemStorage::after_crash_with) builds it, while this disk goes on
+    /// working. Lets a test check, the moment a call returns, that what it acknowledged is
+    /// already durable.
+    pub fn would_survive(&self, mode: CrashMode, lose_unsynced_dir_ops: bool) -> MemStorage {
         let state = self.disk.state.lock();
         let table = if lose_unsynced_dir_ops {
             &state.durable
