@@ -205,3 +205,43 @@ mod shuttle_api {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The log's files.
+    const LOG_FILES: [(&str, &str); 5] = [
+        ("src/log/mod.rs", include_str!("log/mod.rs")),
+        ("src/log/writer.rs", include_str!("log/writer.rs")),
+        ("src/log/segment.rs", include_str!("log/segment.rs")),
+        ("src/log/compact.rs", include_str!("log/compact.rs")),
+        ("src/log/recovery.rs", include_str!("log/recovery.rs")),
+    ];
+
+    /// What the log must not take from `std::sync` (its `Arc` and the atomics of its
+    /// counters and id floors hand nothing over between threads).
+    const HAND_OFFS: [&str; 7] = [
+        "Mutex", "Condvar", "RwLock", "Once", "LazyLock", "Barrier", "mpsc",
+    ];
+
+    /// The shuttle models explore the log only as far as it takes its locks, condition
+    /// variables and threads from this module: a `parking_lot` lock or a `std` thread in
+    /// `src/log/` would run unseen by them (or hang them). Unit tests may use real threads.
+    #[test]
+    fn the_log_takes_its_locks_and_threads_from_this_module() {
+        for (path, text) in LOG_FILES {
+            let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+            let code = code.split("#[cfg(all(test").next().unwrap_or(code);
+            for (i, line) in code.lines().enumerate() {
+                let at = format!("{path}:{}: {line}", i + 1);
+                for banned in ["parking_lot", "std::thread", "crossbeam"] {
+                    assert!(!line.contains(banned), "{at}: use crate::sync instead");
+                }
+                if let Some((_, used)) = line.split_once("std::sync::") {
+                    for banned in HAND_OFFS {
+                        assert!(!used.contains(banned), "{at}: use crate::sync instead");
+                    }
+                }
+            }
+        }
+    }
+}
