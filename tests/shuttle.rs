@@ -330,8 +330,10 @@ fn wake_tree_wakes_every_waiter_of_a_sync_group() {
 /// One record is appended and durable; then the next `sync_data` is armed to fail, and three
 /// appenders of two records, a flush and a roll race. The first sync after that fails, so
 /// nothing can be acknowledged: every append and `close` fail with `Error::Poisoned` (the
-/// flush and the roll too, unless they had nothing to sync), and nothing hangs. After a power cut the disk holds the first record
-/// alone (a failed sync's writes never reach the disk).
+/// flush and the roll too, unless they had nothing to sync), and nothing hangs. After a
+/// power cut the disk holds the first record alone (a failed sync's writes never reach the
+/// disk). With `big_records` (about 1.5 KiB), a group can fill the segment, so the failed
+/// sync may be the one sealing it in the middle of a group's write.
 fn poisoning(big_records: bool) {
     let disk = MemStorage::new();
     let (log, _) = open(&disk, options(SMALL_SEGMENT, false));
@@ -356,8 +358,8 @@ fn poisoning(big_records: bool) {
         .collect();
     let syncer = log.clone();
     threads.push(thread::spawn(move || {
-        // Ahead of every append, a flush has nothing to sync and returns `Ok`; the roll then
-        // seals the first record's segment, and the sync of the next one fails.
+        // Ahead of every append, a flush has nothing to sync and returns `Ok`; a roll then
+        // fails the sync of the next segment it prepares.
         for (what, result) in [("flush", syncer.flush()), ("roll", syncer.roll())] {
             assert!(
                 matches!(result, Ok(()) | Err(Error::Poisoned { .. })),
@@ -376,7 +378,7 @@ fn poisoning(big_records: bool) {
 
     let (log, recovered) = open(
         &disk.after_crash(CrashMode::DropUnsynced),
-        options(4096, false),
+        options(SMALL_SEGMENT, false),
     );
     assert_eq!(recovered, vec![(first_position, first)]);
     log.close().expect("close after reopen");
@@ -388,8 +390,8 @@ fn poisoning_fails_every_waiting_and_later_append() {
 }
 
 #[test]
-fn poisoning_when_the_sync_sealing_a_full_segment_fails() {
-    explore("poisoning, full segment", || poisoning(true));
+fn poisoning_with_records_that_fill_segments() {
+    explore("poisoning, full segments", || poisoning(true));
 }
 
 // ---------------------------------------------------------------------------------------
