@@ -812,16 +812,13 @@ impl Index {
         }
         let (first, last) = (j.first, j.last);
         self.job_mut(slot).cancelled = true;
-        for raw in first..=last {
-            let id = EventId(raw);
-            let (chunk_no, s) = split(id);
-            let scheduled = self.chunks.get(&chunk_no).is_some_and(|c| {
-                let e = &c.entries[s];
-                e.job == slot && e.state() == Some(EventState::Scheduled)
-            });
-            if scheduled {
-                self.transition(id, EventState::Cancelled, 0, effects);
-            }
+        let scheduled: Vec<EventId> = self
+            .slots_between(first, last)
+            .filter(|(_, e)| e.job == slot && e.state() == Some(EventState::Scheduled))
+            .map(|(id, _)| id)
+            .collect();
+        for id in scheduled {
+            self.transition(id, EventState::Cancelled, 0, effects);
         }
         Ok(Applied::Changed)
     }
@@ -866,7 +863,8 @@ impl Index {
         let Some(c) = self.chunks.get(&chunk_no) else {
             return;
         };
-        let last_id = (chunk_no + 1) * CHUNK_LEN_U64;
+        // The last chunk of the id space ends at u64::MAX, one short of a whole chunk.
+        let last_id = (chunk_no + 1).saturating_mul(CHUNK_LEN_U64);
         let done = c.live == 0 && (c.filled as usize == CHUNK_LEN || last_id <= self.settled);
         if !done {
             return;
@@ -1053,10 +1051,33 @@ impl Index {
             let j = self.job_ref(s);
             (j.first, j.last)
         });
-        (first..=last).map(EventId).filter(move |&id| {
-            self.held(id)
-                .is_ok_and(|e| Some(e.job) == slot && e.state().is_some())
-        })
+        self.slots_between(first, last)
+            .filter(move |(_, e)| Some(e.job) == slot && e.state().is_some())
+            .map(|(id, _)| id)
+    }
+
+    /// The slots of the chunks held for ids `first..=last`, with their ids. The work follows
+    /// the chunks held, not the width of the range: the engine gives a job consecutive ids,
+    /// but a record it did not write may name a job's events anywhere in the id space.
+    fn slots_between(&self, first: u64, last: u64) -> impl Iterator<Item = (EventId, &Entry)> {
+        let chunks = (first != 0 && first <= last).then(|| {
+            let ((from, _), (to, _)) = (split(EventId(first)), split(EventId(last)));
+            self.chunks.range(from..=to)
+        });
+        chunks
+            .into_iter()
+            .flatten()
+            .flat_map(move |(&chunk_no, c)| {
+                let base = chunk_no * CHUNK_LEN_U64 + 1;
+                c.entries
+                    .iter()
+                    .enumerate()
+                    // The last chunk of the id space has no slot for 2^64.
+                    .map_while(move |(i, e)| Some((base.checked_add(i as u64)?, e)))
+                    .take_while(move |&(id, _)| id <= last)
+                    .filter(move |&(id, _)| id >= first)
+                    .map(|(id, e)| (EventId(id), e))
+            })
     }
 
     /// Events held in `state`.
@@ -1173,7 +1194,8 @@ impl Index {
             );
             let (mut live, mut filled) = (0u32, 0u32);
             for (i, e) in c.entries.iter().enumerate() {
-                let id = EventId(chunk_no * CHUNK_LEN_U64 + i as u64 + 1);
+                // Wrapping: the last slot of the id space's last chunk (id 2^64) is vacant.
+                let id = EventId((chunk_no * CHUNK_LEN_U64).wrapping_add(i as u64 + 1));
                 match e.code() {
                     VACANT => continue,
                     RELEASED => {

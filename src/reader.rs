@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::format::{
     Cancel, CancelTarget, DropReason, FRAME_HEADER_LEN, MAX_FRAME_LEN, Record, RecordKind,
-    SEGMENT_HEADER_LEN, decode_frame, decode_header,
+    SEGMENT_HEADER_LEN, SegmentHeader, decode_frame, decode_header,
 };
 use crate::ids::{EventId, JobId};
 use crate::index::{EventState, Index};
@@ -30,7 +30,7 @@ use std::sync::Arc;
 /// A data directory opened for reading only.
 #[derive(Debug)]
 pub struct Reader {
-    storage: FsStorage,
+    storage: Arc<dyn Storage>,
     /// Segment ids and file sizes, in id order, as listed at open.
     files: Vec<(u64, u64)>,
     /// Bytes of every file in the directory.
@@ -269,7 +269,8 @@ impl IdRuns {
             start = s;
             self.0.remove(&s);
         }
-        if let Some(e) = self.0.remove(&(id + 1)) {
+        // No run starts after u64::MAX.
+        if let Some(e) = id.checked_add(1).and_then(|next| self.0.remove(&next)) {
             end = e;
         }
         self.0.insert(start, end);
@@ -425,18 +426,43 @@ impl Reader {
         let dir = dir.as_ref();
         let storage =
             FsStorage::existing(dir).map_err(|e| Error::io("open data directory", dir, e))?;
+        // `stat`, not `open`: every entry counts, a subdirectory or an unreadable file too.
+        Reader::open_with(Arc::new(storage), |name| {
+            let path = dir.join(name);
+            std::fs::metadata(&path)
+                .map(|meta| meta.len())
+                .map_err(|e| Error::io("stat file", &path, e))
+        })
+    }
+
+    /// Opens the data directory in any [`Storage`] (the in-memory `MemStorage` in tests and
+    /// fuzzing), as [`open`](Reader::open) does a path.
+    pub fn open_storage(storage: Arc<dyn Storage>) -> Result<Reader> {
+        let sizes = storage.clone();
+        Reader::open_with(storage, move |name| {
+            sizes
+                .open(name)
+                .and_then(|file| file.len())
+                .map_err(|e| Error::io("stat file", sizes.path().join(name), e))
+        })
+    }
+
+    fn open_with(
+        storage: Arc<dyn Storage>,
+        file_bytes: impl Fn(&str) -> Result<u64>,
+    ) -> Result<Reader> {
+        let dir = storage.path().to_path_buf();
         let names = storage
             .list()
-            .map_err(|e| Error::io("list directory", dir, e))?;
+            .map_err(|e| Error::io("list directory", &dir, e))?;
         let mut files = Vec::new();
         let mut disk_bytes = 0;
         let mut foreign = Vec::new();
         for name in &names {
-            let path = dir.join(name);
-            let meta = std::fs::metadata(&path).map_err(|e| Error::io("stat file", &path, e))?;
-            disk_bytes += meta.len();
+            let len = file_bytes(name)?;
+            disk_bytes += len;
             if let Some(id) = parse_segment_name(name) {
-                files.push((id, meta.len()));
+                files.push((id, len));
             } else if name != LOCK_FILE && !is_temp_name(name) {
                 foreign.push(name.clone());
             }
@@ -445,7 +471,7 @@ impl Reader {
         if files.is_empty() && !foreign.is_empty() {
             foreign.sort();
             return Err(Error::NotADataDirectory {
-                dir: dir.to_path_buf(),
+                dir,
                 reason: format!(
                     "it holds no segment (*.seg) but other files, such as {}",
                     foreign[0]
@@ -510,7 +536,7 @@ impl Reader {
         mut visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
     ) -> Result<Recovery> {
         let mut matcher = Matcher::new(filter);
-        Log::scan(&self.storage, |pos, record| {
+        Log::scan(&*self.storage, |pos, record| {
             if matcher.matches(pos, record) {
                 visit(pos, record)
             } else {
@@ -540,7 +566,7 @@ impl Reader {
         let mut kinds = [0u64; 7];
         let mut rejected = 0;
         let mut jobs: HashSet<u64> = HashSet::new();
-        let recovery = Log::scan(&self.storage, |pos, record| {
+        let recovery = Log::scan(&*self.storage, |pos, record| {
             kinds[record.kind() as usize] += 1;
             if let Record::Publish(p) = record
                 && let Some(j) = p.job
@@ -561,7 +587,7 @@ impl Reader {
         })?;
 
         let mut segments: BTreeMap<u64, SegmentInfo> = BTreeMap::new();
-        let header = self.header_flags()?;
+        let headers = self.headers()?;
         for &(id, file_bytes) in &self.files {
             segments.insert(
                 id,
@@ -575,7 +601,9 @@ impl Reader {
                     records: 0,
                     live_bytes: 0,
                     live_share: 1.0,
-                    compacted: header.get(&id).copied().unwrap_or(false),
+                    compacted: headers
+                        .get(&id)
+                        .is_some_and(|h| h.flags & crate::format::FLAG_COMPACTED != 0),
                 },
             );
         }
@@ -585,7 +613,7 @@ impl Reader {
             .copied()
             .filter(|&j| index.job_stats(JobId(j)).is_some_and(|s| s.in_progress > 0))
             .collect();
-        Log::scan(&self.storage, |pos, record| {
+        Log::scan(&*self.storage, |pos, record| {
             let len = (FRAME_HEADER_LEN + record.encoded_len()) as u64;
             let live = match record {
                 Record::Publish(p) => p.events().any(|e| pending(e.id)),
@@ -677,7 +705,7 @@ impl Reader {
     ) -> Result<()> {
         let mut index = Index::new();
         let mut effects = Vec::new();
-        Log::scan(&self.storage, |pos, record| {
+        Log::scan(&*self.storage, |pos, record| {
             let _ = index.apply(crate::engine::location(pos), record, &mut effects);
             effects.clear();
             Ok(())
@@ -691,7 +719,7 @@ impl Reader {
         let mut extras = HashMap::new();
         if !selected.is_empty() {
             let keep: HashSet<EventId> = selected.iter().copied().collect();
-            Log::scan(&self.storage, |_, record| {
+            Log::scan(&*self.storage, |_, record| {
                 note_extra(&mut extras, record, |id| keep.contains(&id));
                 Ok(())
             })?;
@@ -741,8 +769,9 @@ impl Reader {
         Ok(Some(EventHistory { row, body, records }))
     }
 
-    fn header_flags(&self) -> Result<HashMap<u64, bool>> {
-        let mut flags = HashMap::new();
+    /// The segments' headers, by id.
+    fn headers(&self) -> Result<HashMap<u64, SegmentHeader>> {
+        let mut headers = HashMap::new();
         for &(id, _) in &self.files {
             let name = segment_name(id);
             let path = self.dir().join(&name);
@@ -752,10 +781,10 @@ impl Reader {
             let mut head = [0u8; SEGMENT_HEADER_LEN];
             read_exact_at(&*file, &mut head, 0).map_err(|e| Error::io("read segment", &path, e))?;
             if let Ok(h) = decode_header(&head) {
-                flags.insert(id, h.flags & crate::format::FLAG_COMPACTED != 0);
+                headers.insert(id, h);
             }
         }
-        Ok(flags)
+        Ok(headers)
     }
 
     /// Checks every record of every segment. Unlike the other reads, it does not stop at the
@@ -766,7 +795,7 @@ impl Reader {
         let mut done = 0;
         let last = self.files.last().map(|&(id, _)| id);
         for &(id, len) in &self.files {
-            let view = SegmentView::new(self.dir(), id)?;
+            let view = SegmentView::new(&self.storage, id);
             let path = self.dir().join(segment_name(id));
             out.segments += 1;
             let mut valid = 0;
@@ -801,7 +830,7 @@ impl Reader {
             progress(done);
         }
         if out.problems.is_empty()
-            && let Err(e) = Log::scan(&self.storage, |_, _| Ok(()))
+            && let Err(e) = Log::scan(&*self.storage, |_, _| Ok(()))
         {
             out.problems.push(problem_of(e, self.dir()));
         }
@@ -844,13 +873,42 @@ impl Reader {
             }
         }
         let storage = FsStorage::new(out).map_err(|e| Error::io("create directory", out, e))?;
+        self.salvage_into(
+            Arc::new(storage),
+            LogOptions::default().segment_bytes,
+            progress,
+        )
+    }
+
+    /// Like [`salvage`](Reader::salvage), into any empty [`Storage`], with segments of
+    /// `segment_bytes`.
+    pub fn salvage_into(
+        &self,
+        out: Arc<dyn Storage>,
+        segment_bytes: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Salvage> {
+        let names = out
+            .list()
+            .map_err(|e| Error::io("list directory", out.path(), e))?;
+        if !names.is_empty() {
+            return Err(Error::invalid(format!(
+                "salvage target {} is not empty",
+                out.path().display()
+            )));
+        }
         let options = LogOptions {
+            segment_bytes,
             durability: Durability::Periodic(std::time::Duration::from_secs(1)),
-            ..LogOptions::default()
+            prepare_in_background: false,
         };
-        let (log, _) = Log::open(Arc::new(storage), options, |_, _| Ok(()))?;
+        // Ids must continue above every id the original allocated: the floors of every
+        // header, a damaged segment's too.
+        let floors = self.headers()?.values().fold((0, 0), |(e, j), h| {
+            (e.max(h.event_id_floor), j.max(h.job_id_floor))
+        });
+        let (log, _) = Log::open(out, options, |_, _| Ok(()))?;
         let mut report = Salvage::default();
-        let mut floors = (0u64, 0u64);
         let mut done = 0;
         let mut batch: Vec<(RecordKind, Vec<u8>)> = Vec::new();
         let flush = |batch: &mut Vec<(RecordKind, Vec<u8>)>| -> Result<()> {
@@ -865,7 +923,7 @@ impl Reader {
             Ok(())
         };
         for &(id, len) in &self.files {
-            let view = SegmentView::new(self.dir(), id)?;
+            let view = SegmentView::new(&self.storage, id);
             let mut failed = None;
             let scanned = Log::scan(&view, |_, record| {
                 let mut payload = Vec::with_capacity(record.encoded_len());
@@ -879,7 +937,6 @@ impl Reader {
             });
             match scanned {
                 Ok(r) => {
-                    floors = (floors.0.max(r.event_id_floor), floors.1.max(r.job_id_floor));
                     let last = self.files.last().map(|&(l, _)| l);
                     if r.torn_bytes > 0 && Some(id) != last {
                         report.damaged_segments += 1;
@@ -898,8 +955,8 @@ impl Reader {
         }
         flush(&mut batch)?;
         log.raise_id_floors(floors.0, floors.1);
-        // Ids must continue above the original's: seal the segment so the next one carries
-        // the floors in its header.
+        // Seal the segment so that the next one carries the floors in its header (even when
+        // no record was copied).
         log.roll()?;
         log.close()?;
         Ok(report)
@@ -941,17 +998,16 @@ fn problem_of(e: Error, fallback: &Path) -> Problem {
 /// checked (or salvaged) on its own. Read-only: every write fails.
 #[derive(Debug)]
 struct SegmentView {
-    inner: FsStorage,
+    inner: Arc<dyn Storage>,
     name: String,
 }
 
 impl SegmentView {
-    fn new(dir: &Path, id: u64) -> Result<SegmentView> {
-        Ok(SegmentView {
-            inner: FsStorage::existing(dir)
-                .map_err(|e| Error::io("open data directory", dir, e))?,
+    fn new(storage: &Arc<dyn Storage>, id: u64) -> SegmentView {
+        SegmentView {
+            inner: storage.clone(),
             name: segment_name(id),
-        })
+        }
     }
 }
 
@@ -983,5 +1039,25 @@ impl Storage for SegmentView {
     }
     fn try_lock(&self) -> io::Result<Option<LockGuard>> {
         Err(read_only())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdRuns;
+
+    /// Found by the fuzzer: a filter on the events of a publish holding id u64::MAX (which a
+    /// log may hold, though the engine never gets there) overflowed looking for the run that
+    /// starts after it.
+    #[test]
+    fn id_runs_reach_the_last_id() {
+        let mut runs = IdRuns::default();
+        for id in [u64::MAX, 5, u64::MAX - 1, 4, 6] {
+            runs.insert(id);
+        }
+        assert_eq!(
+            runs.0.into_iter().collect::<Vec<_>>(),
+            [(4, 6), (u64::MAX - 1, u64::MAX)]
+        );
     }
 }

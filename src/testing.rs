@@ -1,10 +1,57 @@
 //! Checks shared by the fuzz targets (`fuzz/`) and the tests that replay their corpora, so
 //! both exercise exactly the same properties. Not part of the stable API.
 
+mod read_directory;
+
+pub use read_directory::{
+    FILE_SEPARATOR, FILES_MAX, INPUT_BYTES_MAX, check_read_directory, directory_files,
+    directory_input,
+};
+
 use crate::format::{Record, RecordKind, SegmentHeader, decode_frame, encode_frame, encode_header};
 use crate::log::{Log, LogOptions, segment_name};
 use crate::storage::{MemStorage, Storage};
+use std::cell::Cell;
 use std::sync::Arc;
+
+thread_local! {
+    static ALLOCATION_LIMIT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The largest single allocation this thread may make now: `usize::MAX` unless a check set a
+/// limit. The global allocator of a fuzz target (and of the test replaying the corpora)
+/// refuses anything larger, which aborts the process with the size it asked for: an input
+/// whose bytes make a reader allocate more than the data holds is a finding.
+pub fn allocation_limit_bytes() -> usize {
+    // A panic's report (its backtrace above all) may allocate much: a refusal there would
+    // hide the panic behind an allocation failure, or deadlock on the backtrace lock.
+    if std::thread::panicking() {
+        return usize::MAX;
+    }
+    // `try_with`: the allocator may ask while this thread's locals are being destroyed.
+    ALLOCATION_LIMIT.try_with(Cell::get).unwrap_or(usize::MAX)
+}
+
+/// Limits this thread's allocations (see [`allocation_limit_bytes`]) until dropped.
+#[derive(Debug)]
+pub struct AllocationLimit {
+    previous: usize,
+}
+
+impl AllocationLimit {
+    /// No single allocation of this thread may exceed `bytes` while the guard lives.
+    pub fn set(bytes: usize) -> AllocationLimit {
+        AllocationLimit {
+            previous: ALLOCATION_LIMIT.replace(bytes),
+        }
+    }
+}
+
+impl Drop for AllocationLimit {
+    fn drop(&mut self) {
+        ALLOCATION_LIMIT.set(self.previous);
+    }
+}
 
 /// Any bytes given to the frame and record decoders: no panic, no read out of bounds, and
 /// whatever decodes re-encodes to the same bytes.

@@ -11,8 +11,9 @@
 //! and `A <id>` / `F <id>` when a handler acknowledges / fails.
 //!
 //! The parent kills it 5 to 200 ms after spawning it (even rounds: during start-up,
-//! recovery, publishing or delivery) or after it reported the end of recovery (odd rounds),
-//! then, on the same directory:
+//! recovery, publishing or delivery; one round in four within the time the last child took
+//! to start and recover, so that kills keep hitting recovery) or after it reported the end
+//! of recovery (odd rounds), then, on the same directory:
 //! 1. scans the log with `Log::scan` (the directory is never corrupt) and checks that every
 //!    call the child reported as returned is in it: publishes, whole jobs, cancels; and that
 //!    no handler ran in the child for an event cancelled before it fell due;
@@ -21,10 +22,15 @@
 //!    cancelled (alone or with its job) is delivered, with attempt = the last attempt the log
 //!    holds + 1 (counts never go backwards); no acknowledged or cancelled event is delivered;
 //!    no id was ever published twice, and a new publish and push get fresh ids;
-//! 3. closes it, and the next round's child continues with the same directory.
+//! 3. every event id and job id the child was given, and the fresh ones, lie above every id
+//!    known from earlier rounds (ids are never reused, across restarts and compactions);
+//! 4. every `COMPACT_EVERY` rounds compacts, which removes every finished event, so the
+//!    directory stays small however many rounds run (each round scans it three times:
+//!    without compaction the campaign's cost grows with the square of the rounds);
+//! 5. closes it, and the next round's child continues with the same directory.
 //!
-//! `AFTERLOG_KILLS` sets the number of rounds (default 100, 35–50 s in a debug build;
-//! `scripts/campaign` runs 5,000), `AFTERLOG_KILL_SEED` the seed.
+//! `AFTERLOG_KILLS` sets the number of rounds (default 100; `scripts/campaign` runs 5,000),
+//! `AFTERLOG_KILL_SEED` the seed.
 
 use afterlog::format::{CancelTarget, Record};
 use afterlog::log::Log;
@@ -47,6 +53,10 @@ const NAMES: [&str; 2] = ["ev", "q"];
 /// Delay of the events the child cancels right after publishing them.
 const CANCEL_AHEAD: Duration = Duration::from_millis(300);
 const SIGKILL: i32 = 9;
+/// Rounds between two compactions by the parent. The children live too briefly for the
+/// background compaction; between two passes the log grows over a few segments, so children
+/// still roll segments and recover logs of several.
+const COMPACT_EVERY: u64 = 16;
 
 fn options() -> Options {
     Options::default()
@@ -303,6 +313,14 @@ impl Scanned {
     }
 }
 
+/// The highest event and job ids known from earlier rounds: no id handed out later may be
+/// at or below them, even once compaction removed every record naming them.
+#[derive(Default, Debug, Clone, Copy)]
+struct Known {
+    event: u64,
+    job: u64,
+}
+
 /// Totals over the campaign.
 #[derive(Default, Debug)]
 struct Totals {
@@ -313,6 +331,7 @@ struct Totals {
     cancels: u64,
     handler_acks: u64,
     redelivered: u64,
+    compactions: u64,
 }
 
 #[test]
@@ -335,10 +354,23 @@ fn sigkill_at_random_moments_loses_nothing() {
     let exe = std::env::current_exe().unwrap();
     let mut rng = seed;
     let mut totals = Totals::default();
+    let mut known = Known::default();
     let started = Instant::now();
+    // How long the last child took from its spawn to the end of its recovery.
+    let mut start_up: Option<Duration> = None;
     for round in 0..kills {
         let child_seed = splitmix(&mut rng);
-        let delay = Duration::from_millis(5 + splitmix(&mut rng) % 196);
+        let roll = splitmix(&mut rng);
+        // Every fourth round aims inside the start-up (process start and recovery), as long
+        // as the last child's took: the directory stays small, so a delay of 5 ms or more
+        // would mostly miss it.
+        let delay = match start_up {
+            Some(start_up) if round % 4 == 2 => {
+                Duration::from_micros(roll % (start_up.as_micros() as u64).max(1))
+            }
+            _ => Duration::from_millis(5 + roll % 196),
+        };
+        let spawned = Instant::now();
         let mut child = Command::new(&exe)
             .args(["kill_child", "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_DIR_ENV, dir.path())
@@ -358,8 +390,8 @@ fn sigkill_at_random_moments_loses_nothing() {
             text
         });
         // Odd rounds count the delay from the end of recovery (the `O` line), so kills keep
-        // hitting the workload as the log grows; even rounds from the spawn, so they also
-        // hit process start and recovery.
+        // hitting the workload; even rounds from the spawn, so they also hit process start
+        // and recovery.
         let mut lines = Vec::new();
         if round % 2 == 1 {
             let give_up = Instant::now() + Duration::from_secs(30);
@@ -367,6 +399,7 @@ fn sigkill_at_random_moments_loses_nothing() {
                 let opened = line.ends_with(&format!("{MARK}O"));
                 lines.push(line);
                 if opened {
+                    start_up = Some(spawned.elapsed());
                     break;
                 }
             }
@@ -391,7 +424,9 @@ fn sigkill_at_random_moments_loses_nothing() {
         totals.jobs += reported.jobs.len() as u64;
         totals.cancels += (reported.cancelled.len() + reported.cancelled_jobs.len()) as u64;
         totals.handler_acks += reported.acked;
-        totals.redelivered += check_round(dir.path(), &reported, &context);
+        let compact = round % COMPACT_EVERY == COMPACT_EVERY - 1;
+        totals.redelivered += check_round(dir.path(), &reported, &context, &mut known, compact);
+        totals.compactions += u64::from(compact);
     }
     println!(
         "survived {} SIGKILLs in {:.1?}: {totals:?}",
@@ -417,8 +452,14 @@ fn complete_lines(stdout: impl Read, lines: &std::sync::mpsc::Sender<String>) {
 }
 
 /// Checks the directory after a kill against what the child reported; delivers every
-/// pending event. Returns how many events were delivered.
-fn check_round(dir: &Path, reported: &Reported, context: &str) -> u64 {
+/// pending event; compacts if `compact`. Returns how many events were delivered.
+fn check_round(
+    dir: &Path,
+    reported: &Reported,
+    context: &str,
+    known: &mut Known,
+    compact: bool,
+) -> u64 {
     let log = scan(dir);
     assert!(
         log.duplicate_publishes.is_empty(),
@@ -437,6 +478,27 @@ fn check_round(dir: &Path, reported: &Reported, context: &str) -> u64 {
             *n,
             "{context}: job {job}, whose push returned, is not whole in the log"
         );
+    }
+    for &id in &reported.published {
+        assert!(
+            id > known.event,
+            "{context}: event id {id} handed out again (ids up to {} were known before)",
+            known.event
+        );
+    }
+    for (job, _) in &reported.jobs {
+        assert!(
+            *job > known.job,
+            "{context}: job id {job} handed out again (ids up to {} were known before)",
+            known.job
+        );
+        for &id in &log.jobs[job] {
+            assert!(
+                id > known.event,
+                "{context}: event id {id} of job {job} handed out again (ids up to {} were known before)",
+                known.event
+            );
+        }
     }
     for id in &reported.cancelled {
         assert!(
@@ -496,8 +558,14 @@ fn check_round(dir: &Path, reported: &Reported, context: &str) -> u64 {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let max_event = log.published.keys().last().copied().unwrap_or(0);
-    let max_job = log.jobs.keys().max().copied().unwrap_or(0);
+    let max_event = log
+        .published
+        .keys()
+        .last()
+        .copied()
+        .unwrap_or(0)
+        .max(known.event);
+    let max_job = log.jobs.keys().max().copied().unwrap_or(0).max(known.job);
     let id = engine.publish("verify", b"", After::NOW).unwrap();
     assert!(id.0 > max_event, "{context}: event id {id} reused");
     let job = engine
@@ -515,7 +583,16 @@ fn check_round(dir: &Path, reported: &Reported, context: &str) -> u64 {
     }
     assert!(engine.wait_idle(Duration::from_secs(10)), "{context}");
     let pending_left = engine.metrics().pending;
+    if compact {
+        engine
+            .compact_now()
+            .unwrap_or_else(|e| panic!("{context}: compaction failed: {e}"));
+    }
     engine.close().unwrap();
+    *known = Known {
+        event: id.0 + 1,
+        job: job.0,
+    };
     assert_eq!(
         pending_left, 0,
         "{context}: events left pending after delivery"

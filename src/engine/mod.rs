@@ -235,9 +235,13 @@ impl Engine {
         });
         if let Some(interval) = inner.options.compaction_interval {
             let thread_inner = inner.clone();
+            // The first pass is due an interval after the open, however late the thread
+            // starts (a clock advanced meanwhile must not push it back).
+            let interval_ms = interval.as_millis().min(i64::MAX as u128) as i64;
+            let first_ms = inner.clock.now_ms().saturating_add(interval_ms);
             let handle = std::thread::Builder::new()
                 .name("afterlog-compactor".into())
-                .spawn(move || thread_inner.compact_in_background(interval))
+                .spawn(move || thread_inner.compact_in_background(first_ms, interval_ms))
                 .map_err(|e| Error::invalid(format!("cannot start the compaction thread: {e}")))?;
             *inner.compactor.lock() = Some(handle);
         }
@@ -635,9 +639,8 @@ impl Inner {
     }
 
     /// The background compaction thread: a paced pass every `interval` on the engine's clock.
-    fn compact_in_background(self: Arc<Inner>, interval: Duration) {
-        let interval_ms = interval.as_millis().min(i64::MAX as u128) as i64;
-        let mut next_ms = self.clock.now_ms().saturating_add(interval_ms);
+    fn compact_in_background(self: Arc<Inner>, first_ms: i64, interval_ms: i64) {
+        let mut next_ms = first_ms;
         while !self.closing.load(Ordering::Acquire) {
             if self.clock.now_ms() >= next_ms {
                 let _pass = self.compaction_lock.lock();

@@ -1123,3 +1123,31 @@ mod model {
         }
     }
 }
+
+/// Found by fuzzing the reader: a job whose events lie far apart in the id space (no
+/// record the engine writes does that, but a log may hold anything) made `cancel_job` and
+/// `job_events` walk every id between them. They now walk the chunks held.
+#[test]
+fn a_job_spread_over_the_id_space_is_cancelled_at_once() {
+    let mut ix = Index::new();
+    ok(&mut ix, publish(&[1, 1 << 60, u64::MAX], Some(7)));
+    let started = std::time::Instant::now();
+    assert_eq!(ix.job_events(JobId(7)).count(), 3);
+    ok(&mut ix, Owned::CancelJob(7));
+    for id in [1, 1 << 60, u64::MAX] {
+        assert_eq!(state(&ix, id), Some(EventState::Cancelled));
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// Found while fixing the one above: the end of the last chunk of the id space (ids up to
+/// u64::MAX) overflowed when replay settled the chunks.
+#[test]
+fn the_last_id_of_the_id_space_settles() {
+    let mut ix = Index::new();
+    ok(&mut ix, publish(&[u64::MAX], None));
+    ok(&mut ix, Owned::Ack(u64::MAX, 1));
+    ix.finish_replay(0, &mut Vec::new());
+    ix.release(EventId(u64::MAX));
+    assert_eq!(state(&ix, u64::MAX), None);
+}

@@ -64,6 +64,10 @@ impl Default for LogOptions {
 /// Smallest segment size accepted.
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
 
+/// The largest sequence number a writer hands out. Far beyond any real log (2^63 records), it
+/// leaves room to number a group of records without overflow, whatever a log's last one says.
+pub const SEQ_MAX: u64 = 1 << 63;
+
 /// Where a record lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
@@ -177,6 +181,14 @@ impl Log {
         let lock = take_lock(&*storage)?;
         let recovered = recovery::recover(&*storage, false, &mut visit)?;
         let report = recovered.report;
+        if report.last_seq > SEQ_MAX {
+            // No log gets there (2^63 records); a damaged or foreign one may say it did.
+            return Err(Error::LimitExceeded {
+                what: "sequence number",
+                found: report.last_seq,
+                max: SEQ_MAX,
+            });
+        }
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 next_seq: report.last_seq + 1,
@@ -196,7 +208,7 @@ impl Log {
             shared.segments.insert(slot);
         }
         let active = match recovered.active {
-            Some((slot, _header, offset)) => {
+            Some((slot, header, offset)) => {
                 let capacity = slot
                     .file
                     .len()
@@ -207,14 +219,16 @@ impl Log {
                     slot,
                     offset,
                     capacity,
+                    floors: (header.event_id_floor, header.job_id_floor),
                 }
             }
             None => {
                 let file = prepare_file(&*storage, 1, options.segment_bytes)?;
+                let floors = shared.id_floors();
                 install(
                     &*storage,
                     &*file,
-                    &new_header(1, report.last_seq + 1, now_ms(), shared.id_floors()),
+                    &new_header(1, report.last_seq + 1, now_ms(), floors),
                 )?;
                 let slot = Arc::new(SegmentSlot::active(1, file));
                 shared.segments.insert(slot.clone());
@@ -223,6 +237,7 @@ impl Log {
                     slot,
                     offset: DATA_START,
                     capacity: options.segment_bytes,
+                    floors,
                 }
             }
         };
@@ -312,6 +327,13 @@ impl Log {
                 self.shared.space.wait(&mut q);
             }
             let first_seq = q.next_seq;
+            if first_seq > SEQ_MAX {
+                return Err(Error::LimitExceeded {
+                    what: "sequence number",
+                    found: first_seq,
+                    max: SEQ_MAX,
+                });
+            }
             q.next_seq += kinds.len() as u64;
             q.queued_bytes += bytes;
             q.requests.push(Request {
@@ -335,7 +357,10 @@ impl Log {
     }
 
     /// Syncs everything appended so far and seals the active segment (if it holds any
-    /// record), so that compaction can reach every record written before the call.
+    /// record), so that compaction can reach every record written before the call. An
+    /// active segment without records is sealed too when the id floors rose above those in
+    /// its header (see [`raise_id_floors`](Log::raise_id_floors)): the next segment's header
+    /// makes them durable.
     pub fn roll(&self) -> Result<()> {
         self.sync_request(true)
     }

@@ -163,7 +163,7 @@ pub(crate) fn recover(
                 if !is_last {
                     return Err(bad.into_error(path, scan.end));
                 }
-                let expected = scan.last_seq.max(header.first_seq - 1) + 1;
+                let expected = scan.last_seq.max(header.first_seq - 1).saturating_add(1);
                 if let Some((offset, seq)) = later_sync_group(bytes, end, nonzero_end, id, expected)
                 {
                     return Err(Error::Corrupt {
@@ -289,7 +289,8 @@ fn scan_segment(
             Err(e) => break Some(Stop::Frame(e)),
         };
         let bad_seq = if contiguous {
-            frame.seq != prev_seq + 1
+            // Nothing follows u64::MAX.
+            prev_seq.checked_add(1) != Some(frame.seq)
         } else {
             frame.seq <= prev_seq
         };

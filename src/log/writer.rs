@@ -191,6 +191,16 @@ pub(crate) struct Active {
     pub offset: u64,
     /// The file's length: frames must end at or before it.
     pub capacity: u64,
+    /// The event and job id floors its header carries.
+    pub floors: (u64, u64),
+}
+
+impl Active {
+    /// Whether a roll has anything to seal: records, or a header whose id floors are below
+    /// the log's (raised since it was written), which only a new segment's header can carry.
+    fn worth_sealing(&self, floors: (u64, u64)) -> bool {
+        self.offset > DATA_START || floors.0 > self.floors.0 || floors.1 > self.floors.1
+    }
 }
 
 /// A segment file being prepared on a background thread: its id and file.
@@ -304,7 +314,7 @@ impl Writer {
                 fail_all(&queued, &queued_flushes, &[], &reason);
                 return;
             }
-            if roll_requested && self.active.offset > DATA_START {
+            if roll_requested && self.active.worth_sealing(self.shared.id_floors()) {
                 let next_seq = self.shared.queue.lock().next_seq;
                 let first_unwritten = self.queued_first_seq().unwrap_or(next_seq);
                 if let Err(e) = self.roll(first_unwritten, 0) {
@@ -487,10 +497,11 @@ impl Writer {
                 .map_err(|e| Error::io("zero-fill segment", &path, e))?;
             capacity = needed;
         }
+        let floors = self.shared.id_floors();
         install(
             &*self.shared.storage,
             &*file,
-            &new_header(next_id, seq, (self.clock_ms)(), self.shared.id_floors()),
+            &new_header(next_id, seq, (self.clock_ms)(), floors),
         )?;
         self.active.slot.seal(self.active.offset);
         let slot = Arc::new(SegmentSlot::active(next_id, file));
@@ -500,6 +511,7 @@ impl Writer {
             id: next_id,
             offset: DATA_START,
             capacity,
+            floors,
         };
         self.shared.stats.add_roll();
         if self.options.prepare_in_background {
