@@ -11,6 +11,7 @@ pub use read_directory::{
 use crate::format::{Record, RecordKind, SegmentHeader, decode_frame, encode_frame, encode_header};
 use crate::log::{Log, LogOptions, segment_name};
 use crate::storage::{MemStorage, Storage};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
@@ -30,6 +31,48 @@ pub fn allocation_limit_bytes() -> usize {
     }
     // `try_with`: the allocator may ask while this thread's locals are being destroyed.
     ALLOCATION_LIMIT.try_with(Cell::get).unwrap_or(usize::MAX)
+}
+
+/// A global allocator that forwards to the system's, but refuses (a null pointer, as
+/// `GlobalAlloc` allows) any allocation above this thread's [`allocation_limit_bytes`]: the
+/// fuzz targets and the corpus replay install it with `#[global_allocator]`, so an input that
+/// makes a reader allocate more than its data holds aborts with the size asked for.
+pub struct BoundedAllocator;
+
+// The crate's one other place of unsafe code besides the segment maps: an allocator cannot
+// be written without it.
+// SAFETY: every call is forwarded unchanged to the system allocator, except requests above
+// the thread's limit, which fail with a null pointer as `GlobalAlloc` allows.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for BoundedAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > allocation_limit_bytes() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller upholds `alloc`'s contract, which `System` shares.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > allocation_limit_bytes() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout`, as the caller guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size > allocation_limit_bytes() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller upholds `realloc`'s contract, which `System` shares.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
 }
 
 /// Limits this thread's allocations (see [`allocation_limit_bytes`]) until dropped.

@@ -12,48 +12,12 @@ use afterlog::storage::{CrashMode, MemStorage, Storage};
 use afterlog::{
     After, Engine, HandlerError, ManualClock, Options, RetryOptions, RetryPolicy, RetryReason,
 };
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Bounded;
-
-// SAFETY: every call is forwarded unchanged to the system allocator, except requests above
-// the thread's limit, which fail with a null pointer as `GlobalAlloc` allows.
-unsafe impl GlobalAlloc for Bounded {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > afterlog::testing::allocation_limit_bytes() {
-            return std::ptr::null_mut();
-        }
-        // SAFETY: the caller upholds `alloc`'s contract, which `System` shares.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > afterlog::testing::allocation_limit_bytes() {
-            return std::ptr::null_mut();
-        }
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with `layout`, as the caller guarantees.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if new_size > afterlog::testing::allocation_limit_bytes() {
-            return std::ptr::null_mut();
-        }
-        // SAFETY: the caller upholds `realloc`'s contract, which `System` shares.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Bounded = Bounded;
+static ALLOCATOR: afterlog::testing::BoundedAllocator = afterlog::testing::BoundedAllocator;
 
 fn replay(target: &str, check: fn(&[u8])) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
