@@ -424,18 +424,14 @@ fn targets(r: &Report) -> Vec<Target> {
     if let Some(publish) = &r.publish {
         for s in publish {
             let raw_target = if s.events_per_publish > 1 { 0.7 } else { 0.9 };
-            t.push(target(
-                format!("publish, {}: log / raw", s.scenario),
-                s.log_ratio["raw"],
-                ">=",
-                raw_target,
-            ));
-            t.push(target(
-                format!("publish, {}: afterlog / raw", s.scenario),
-                s.afterlog_ratio["raw"],
-                ">=",
-                raw_target,
-            ));
+            for (system, ratios) in [("log", &s.log_ratio), ("afterlog", &s.afterlog_ratio)] {
+                t.push(target(
+                    format!("publish, {}: {system} / raw", s.scenario),
+                    ratios["raw"],
+                    ">=",
+                    raw_target,
+                ));
+            }
             if s.publishers > 1 {
                 t.push(target(
                     format!("publish, {}: afterlog / sqlite", s.scenario),
