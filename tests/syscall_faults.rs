@@ -100,47 +100,21 @@ struct Fault {
     errno: &'static str,
 }
 
+const fn fault(syscall: &'static str, errno: &'static str) -> Fault {
+    Fault { syscall, errno }
+}
+
 const FAULTS: [Fault; 10] = [
-    Fault {
-        syscall: "fdatasync",
-        errno: "EIO",
-    },
-    Fault {
-        syscall: "fsync",
-        errno: "EIO",
-    },
-    Fault {
-        syscall: "pwrite64",
-        errno: "EIO",
-    },
-    Fault {
-        syscall: "pwrite64",
-        errno: "ENOSPC",
-    },
-    Fault {
-        syscall: "openat",
-        errno: "EIO",
-    },
-    Fault {
-        syscall: "openat",
-        errno: "ENOSPC",
-    },
-    Fault {
-        syscall: "rename",
-        errno: "EIO",
-    },
-    Fault {
-        syscall: "unlink",
-        errno: "EIO",
-    },
-    Fault {
-        syscall: "flock",
-        errno: "EIO",
-    },
-    Fault {
-        syscall: "getdents64",
-        errno: "EIO",
-    },
+    fault("fdatasync", "EIO"),
+    fault("fsync", "EIO"),
+    fault("pwrite64", "EIO"),
+    fault("pwrite64", "ENOSPC"),
+    fault("openat", "EIO"),
+    fault("openat", "ENOSPC"),
+    fault("rename", "EIO"),
+    fault("unlink", "EIO"),
+    fault("flock", "EIO"),
+    fault("getdents64", "EIO"),
 ];
 
 /// What a child printed: its protocol lines and its standard error.
@@ -154,25 +128,18 @@ struct ChildRun {
 fn calls_per_thread(syscall: &str) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
-    let exe = std::env::current_exe().unwrap();
-    let status = Command::new("strace")
-        .args(["-f", "-qq", "-e"])
-        .arg(format!("trace={syscall}"))
-        .arg("-o")
-        .arg(&trace)
-        .arg(exe)
-        .args([
-            "syscall_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DIR_ENV, dir.path().join("data"))
-        // Set by cargo; without it the loader makes no failed attempts to count.
-        .env_remove("LD_LIBRARY_PATH")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    let status = strace_child(
+        &[
+            "-e".into(),
+            format!("trace={syscall}"),
+            "-o".into(),
+            trace.display().to_string(),
+        ],
+        &dir.path().join("data"),
+    )
+    .stdout(std::process::Stdio::null())
+    .status()
+    .unwrap();
     assert!(status.success());
     let mut per_thread: std::collections::HashMap<String, u64> = Default::default();
     for line in std::fs::read_to_string(&trace).unwrap().lines() {
@@ -186,10 +153,29 @@ fn calls_per_thread(syscall: &str) -> u64 {
     per_thread.into_values().max().unwrap_or(0)
 }
 
+/// The command that runs the child (the `syscall_child` test of this binary) on `dir` under
+/// `strace -f -qq` with `strace_args`.
+fn strace_child(strace_args: &[String], dir: &std::path::Path) -> Command {
+    let mut command = Command::new("strace");
+    command
+        .args(["-f", "-qq"])
+        .args(strace_args)
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "syscall_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_ENV, dir)
+        // Set by cargo; without it the loader makes no failed attempts to count or fail.
+        .env_remove("LD_LIBRARY_PATH");
+    command
+}
+
 /// Runs the child under strace, failing the `when`-th call (0: none) as `fault` says.
 fn child(dir: &std::path::Path, fault: Fault, when: u64) -> ChildRun {
-    let exe = std::env::current_exe().unwrap();
-    let mut args: Vec<String> = vec!["-f".into(), "-qq".into(), "-o".into(), "/dev/null".into()];
+    let mut args: Vec<String> = vec!["-o".into(), "/dev/null".into()];
     if when > 0 {
         args.push("-e".into());
         args.push(format!(
@@ -197,22 +183,7 @@ fn child(dir: &std::path::Path, fault: Fault, when: u64) -> ChildRun {
             fault.syscall, fault.errno
         ));
     }
-    args.push(exe.display().to_string());
-    args.extend(
-        [
-            "syscall_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ]
-        .map(String::from),
-    );
-    let out = Command::new("strace")
-        .args(&args)
-        .env(CHILD_DIR_ENV, dir)
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .unwrap();
+    let out = strace_child(&args, dir).output().unwrap();
     ChildRun {
         lines: String::from_utf8_lossy(&out.stdout)
             .lines()
