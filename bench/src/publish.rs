@@ -317,20 +317,7 @@ struct RawFile {
 impl RawFile {
     /// A pre-sized file, all written as zeros and synced, so overwrites need no metadata.
     fn create(path: &Path) -> RawFile {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .expect("create raw file");
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = 0;
-        while at < RAW_FILE_BYTES {
-            file.write_all_at(&zeros, at).expect("zero-fill raw file");
-            at += zeros.len() as u64;
-        }
-        file.sync_all().expect("sync raw file");
+        let file = zero_filled(path, RAW_FILE_BYTES, false);
         RawFile {
             file,
             path: path.to_path_buf(),
@@ -380,21 +367,29 @@ struct FreshSystem(PathBuf);
 /// A new file of `FRESH_FILE_BYTES` zeros, written and synced in 1 MiB steps as the log
 /// prepares a segment, then synced whole.
 fn fresh_file(dir: &Path, n: u64) -> File {
+    zero_filled(&dir.join(format!("{n}.dat")), FRESH_FILE_BYTES, true)
+}
+
+/// A new file at `path` of `len` zeros written in 1 MiB pieces (each synced before the next
+/// when `sync_each`, as the log prepares a segment), then synced whole.
+fn zero_filled(path: &Path, len: u64, sync_each: bool) -> File {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(dir.join(format!("{n}.dat")))
-        .expect("create fresh file");
+        .open(path)
+        .expect("create a zero-filled file");
     let zeros = vec![0u8; 1 << 20];
     let mut at = 0;
-    while at < FRESH_FILE_BYTES {
-        file.write_all_at(&zeros, at).expect("zero-fill fresh file");
-        file.sync_data().expect("sync fresh file");
+    while at < len {
+        file.write_all_at(&zeros, at).expect("zero-fill");
+        if sync_each {
+            file.sync_data().expect("sync a zero-filled piece");
+        }
         at += zeros.len() as u64;
     }
-    file.sync_all().expect("sync fresh file");
+    file.sync_all().expect("sync a zero-filled file");
     file
 }
 
