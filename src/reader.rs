@@ -13,17 +13,17 @@
 
 use crate::error::{Error, Result};
 use crate::format::{
-    Cancel, CancelTarget, DropReason, FRAME_HEADER_LEN, MAX_FRAME_LEN, Record, RecordKind,
-    SEGMENT_HEADER_LEN, SegmentHeader, decode_frame, decode_header,
+    Cancel, CancelTarget, DropReason, FRAME_HEADER_LEN, MANIFEST_FILE, MANIFEST_TEMP_FILE,
+    MAX_FRAME_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, Record, RecordKind, SEGMENT_HEADER_LEN,
+    SegmentHeader, decode_frame, decode_header,
 };
 use crate::ids::{EventId, JobId};
 use crate::index::{EventState, Index};
 use crate::log::{
     Durability, Log, LogOptions, Position, Recovery, is_temp_name, parse_segment_name, segment_name,
 };
-use crate::storage::{FsStorage, LOCK_FILE, LockGuard, Storage, StorageFile, read_exact_at};
+use crate::storage::{FsStorage, LOCK_FILE, Storage, StorageFile, read_exact_at};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -463,7 +463,11 @@ impl Reader {
             disk_bytes += len;
             if let Some(id) = parse_segment_name(name) {
                 files.push((id, len));
-            } else if name != LOCK_FILE && !is_temp_name(name) {
+            } else if name != LOCK_FILE
+                && name != MANIFEST_FILE
+                && name != MANIFEST_TEMP_FILE
+                && !is_temp_name(name)
+            {
                 foreign.push(name.clone());
             }
         }
@@ -484,16 +488,8 @@ impl Reader {
             let file = storage
                 .open(&name)
                 .map_err(|e| Error::io("open segment", &path, e))?;
-            let mut head = [0u8; SEGMENT_HEADER_LEN];
-            let header = read_exact_at(&*file, &mut head, 0)
-                .map_err(|e| e.to_string())
-                .and_then(|()| decode_header(&head).map_err(|e| e.to_string()));
-            if let Err(reason) = header {
-                return Err(Error::Corrupt {
-                    file: path,
-                    offset: 0,
-                    reason,
-                });
+            if let Err(e) = read_header(&*file, &path) {
+                return Err(e);
             }
         }
         Ok(Reader {
@@ -501,6 +497,12 @@ impl Reader {
             files,
             disk_bytes,
         })
+    }
+
+    /// The directory's manifest (format 2): its id, its segments and the settings the engine
+    /// recorded (retention, segment size). `None` for a format-1 directory.
+    pub fn manifest(&self) -> Result<Option<Manifest>> {
+        Log::manifest(&*self.storage)
     }
 
     /// The directory.
@@ -778,9 +780,7 @@ impl Reader {
             let Ok(file) = self.storage.open(&name) else {
                 continue; // removed by compaction since open
             };
-            let mut head = [0u8; SEGMENT_HEADER_LEN];
-            read_exact_at(&*file, &mut head, 0).map_err(|e| Error::io("read segment", &path, e))?;
-            if let Ok(h) = decode_header(&head) {
+            if let Ok(h) = read_header(&*file, &path) {
                 headers.insert(id, h);
             }
         }
@@ -794,12 +794,12 @@ impl Reader {
         let mut out = Verification::default();
         let mut done = 0;
         let last = self.files.last().map(|&(id, _)| id);
+        let mut records = HashMap::new();
         for &(id, len) in &self.files {
-            let view = SegmentView::new(&self.storage, id);
             let path = self.dir().join(segment_name(id));
             out.segments += 1;
             let mut valid = 0;
-            let scanned = Log::scan(&view, |pos, _| {
+            let scanned = Log::scan_alone(&*self.storage, id, Some(id) != last, |pos, _| {
                 valid += 1;
                 if pos.seq.is_multiple_of(4096) {
                     progress(done + pos.offset);
@@ -808,6 +808,7 @@ impl Reader {
             });
             // Records before a problem are valid too.
             out.records += valid;
+            records.insert(id, valid);
             match scanned {
                 Ok(report) => {
                     if let Some((_, offset)) = report.torn_at {
@@ -829,12 +830,64 @@ impl Reader {
             done += len;
             progress(done);
         }
+        out.problems.extend(self.directory_problems(&records)?);
         if out.problems.is_empty()
             && let Err(e) = Log::scan(&*self.storage, |_, _| Ok(()))
         {
             out.problems.push(problem_of(e, self.dir()));
         }
         Ok(out)
+    }
+
+    /// Segments that are not this directory's (format 2): a header naming another directory,
+    /// or records in a segment the manifest does not list. `records` holds each segment's
+    /// valid records.
+    fn directory_problems(&self, records: &HashMap<u64, u64>) -> Result<Vec<Problem>> {
+        let Some(mut manifest) = self.manifest()? else {
+            return Ok(Vec::new());
+        };
+        let mut problems = Vec::new();
+        for &(id, _) in &self.files {
+            let name = segment_name(id);
+            let path = self.dir().join(&name);
+            let Ok(file) = self.storage.open(&name) else {
+                continue; // removed by compaction since open
+            };
+            if let Ok(header) = read_header(&*file, &path)
+                && header.has_seals()
+                && header.directory_id != manifest.directory_id
+            {
+                problems.push(Problem {
+                    file: path,
+                    offset: 0,
+                    problem: format!(
+                        "the segment belongs to another directory (id {:032x}; this directory's \
+                         MANIFEST says {:032x})",
+                        header.directory_id, manifest.directory_id
+                    ),
+                });
+                continue;
+            }
+            let n = records.get(&id).copied().unwrap_or(0);
+            if n > 0 && manifest.segments.binary_search(&id).is_err() {
+                // Beside a running engine the manifest may have moved on since it was read: a
+                // roll lists its segment before it writes a record there.
+                if let Some(now) = self.manifest()? {
+                    manifest = now;
+                }
+                if manifest.segments.binary_search(&id).is_err() {
+                    problems.push(Problem {
+                        file: path,
+                        offset: 0,
+                        problem: format!(
+                            "the segment holds {n} records but the MANIFEST does not list it \
+                             (a segment copied from elsewhere?)"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(problems)
     }
 
     /// Why no frame decodes at `offset` of segment `id`, in words.
@@ -901,6 +954,7 @@ impl Reader {
             segment_bytes,
             durability: Durability::Periodic(std::time::Duration::from_secs(1)),
             prepare_in_background: false,
+            retention_ms: self.manifest()?.and_then(|m| m.retention_ms),
         };
         // Ids must continue above every id the original allocated: the floors of every
         // header, a damaged segment's too.
@@ -922,10 +976,10 @@ impl Reader {
             batch.clear();
             Ok(())
         };
+        let last = self.files.last().map(|&(l, _)| l);
         for &(id, len) in &self.files {
-            let view = SegmentView::new(&self.storage, id);
             let mut failed = None;
-            let scanned = Log::scan(&view, |_, record| {
+            let scanned = Log::scan_alone(&*self.storage, id, Some(id) != last, |_, record| {
                 let mut payload = Vec::with_capacity(record.encoded_len());
                 record.encode(&mut payload);
                 batch.push((record.kind(), payload));
@@ -937,7 +991,6 @@ impl Reader {
             });
             match scanned {
                 Ok(r) => {
-                    let last = self.files.last().map(|&(l, _)| l);
                     if r.torn_bytes > 0 && Some(id) != last {
                         report.damaged_segments += 1;
                     }
@@ -961,6 +1014,14 @@ impl Reader {
         log.close()?;
         Ok(report)
     }
+}
+
+/// Reads and decodes the header of a segment file.
+fn read_header(file: &dyn StorageFile, path: &Path) -> Result<SegmentHeader> {
+    let len = file.len().map_err(|e| Error::io("stat segment", path, e))?;
+    let mut head = vec![0u8; (len as usize).min(MAX_SEGMENT_HEADER_LEN)];
+    read_exact_at(file, &mut head, 0).map_err(|e| Error::io("read segment", path, e))?;
+    decode_header(&head).map_err(|e| crate::log::header_error(path.to_path_buf(), e))
 }
 
 fn problem_of(e: Error, fallback: &Path) -> Problem {
@@ -991,54 +1052,6 @@ fn problem_of(e: Error, fallback: &Path) -> Problem {
             offset: 0,
             problem: other.to_string(),
         },
-    }
-}
-
-/// One segment of a directory seen as if it were the whole log, so that each segment can be
-/// checked (or salvaged) on its own. Read-only: every write fails.
-#[derive(Debug)]
-struct SegmentView {
-    inner: Arc<dyn Storage>,
-    name: String,
-}
-
-impl SegmentView {
-    fn new(storage: &Arc<dyn Storage>, id: u64) -> SegmentView {
-        SegmentView {
-            inner: storage.clone(),
-            name: segment_name(id),
-        }
-    }
-}
-
-fn read_only() -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, "read-only view")
-}
-
-impl Storage for SegmentView {
-    fn path(&self) -> &Path {
-        self.inner.path()
-    }
-    fn list(&self) -> io::Result<Vec<String>> {
-        Ok(vec![self.name.clone()])
-    }
-    fn create(&self, _name: &str) -> io::Result<Box<dyn StorageFile>> {
-        Err(read_only())
-    }
-    fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
-        self.inner.open(name)
-    }
-    fn rename(&self, _from: &str, _to: &str) -> io::Result<()> {
-        Err(read_only())
-    }
-    fn remove(&self, _name: &str) -> io::Result<()> {
-        Err(read_only())
-    }
-    fn sync_dir(&self) -> io::Result<()> {
-        Err(read_only())
-    }
-    fn try_lock(&self) -> io::Result<Option<LockGuard>> {
-        Err(read_only())
     }
 }
 

@@ -151,11 +151,12 @@ pub fn check_recover(data: &[u8]) {
             flags: 0,
             event_id_floor: 0,
             job_id_floor: 0,
+            directory_id: 0,
         };
         let mut bytes = if lead == 0xFF {
             Vec::new()
         } else {
-            encode_header(&header).to_vec()
+            encode_header(&header)
         };
         bytes.extend_from_slice(body);
         let file = disk.create(&segment_name(id)).expect("create in memory");

@@ -118,8 +118,9 @@ fn sequence_numbers_at_the_end_of_their_range_are_refused_not_overflowed() {
             flags: 0,
             event_id_floor: 0,
             job_id_floor: 0,
+            directory_id: 0,
         };
-        let mut bytes = encode_header(&header).to_vec();
+        let mut bytes = encode_header(&header);
         for &seq in seqs {
             let mut payload = Vec::new();
             Record::Attempt(Attempt {

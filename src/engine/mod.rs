@@ -168,7 +168,11 @@ impl Engine {
         let mut index = Index::new();
         let mut effects = Vec::new();
         let mut rejected = 0u64;
-        let (log, recovery) = Log::open(storage, options.log.clone(), |pos, record| {
+        let mut log_options = options.log.clone();
+        if options.record_retention {
+            log_options.retention_ms = Some(options.retention_ms().max(1) as u64);
+        }
+        let (log, recovery) = Log::open(storage, log_options, |pos, record| {
             match index.apply(location(pos), record, &mut effects) {
                 Ok(_) => {}
                 // A record the index cannot apply (an outcome whose publish was compacted

@@ -29,6 +29,7 @@ pub struct Options {
     pub(crate) default_policy: RetryPolicy,
     pub(crate) workers: usize,
     pub(crate) retention: Duration,
+    pub(crate) record_retention: bool,
     pub(crate) max_push_events: usize,
     pub(crate) max_push_bytes: usize,
     pub(crate) log: LogOptions,
@@ -45,6 +46,7 @@ impl Default for Options {
             default_policy: RetryPolicy::default(),
             workers: 4,
             retention: DEFAULT_RETENTION,
+            record_retention: true,
             max_push_events: DEFAULT_MAX_PUSH_EVENTS,
             max_push_bytes: DEFAULT_MAX_PUSH_BYTES,
             log: LogOptions::default(),
@@ -87,6 +89,15 @@ impl Options {
     /// (default 14 days).
     pub fn retention(mut self, retention: Duration) -> Options {
         self.retention = retention;
+        self
+    }
+
+    /// Whether opening records the retention in the directory's manifest (default true), so
+    /// that readers and the `afterlog` CLI know which events are live. A tool that opens a
+    /// directory without knowing the application's retention turns this off, and leaves the
+    /// recorded one alone.
+    pub fn record_retention(mut self, record: bool) -> Options {
+        self.record_retention = record;
         self
     }
 

@@ -7,21 +7,28 @@
 
 mod frame;
 mod header;
+mod manifest;
 mod record;
+mod seal;
 
 pub use frame::{
     FRAME_CRC_OFFSET, FRAME_HEADER_LEN, FRAME_KIND_OFFSET, FRAME_LEN_OFFSET, FRAME_SEQ_OFFSET,
     Frame, FrameError, MAX_FRAME_LEN, MAX_PAYLOAD_LEN, decode_frame, encode_frame, frame_crc,
 };
 pub use header::{
-    FLAG_COMPACTED, FORMAT_VERSION, HEADER_CRC_OFFSET, HeaderError, MAGIC, SEGMENT_HEADER_LEN,
-    SegmentHeader, decode_header, encode_header,
+    FLAG_COMPACTED, FORMAT_VERSION, HEADER_CRC_OFFSET, HeaderError, MAGIC, MAX_SEGMENT_HEADER_LEN,
+    SEGMENT_HEADER_LEN, SEGMENT_HEADER_LEN_V2, SegmentHeader, decode_header, encode_header,
+    header_len,
+};
+pub use manifest::{
+    MANIFEST_FILE, MANIFEST_TEMP_FILE, MAX_MANIFEST_LEN, Manifest, decode_manifest, encode_manifest,
 };
 pub use record::{
     Ack, AckOutcome, Attempt, Cancel, CancelTarget, Drop, DropReason, EventEntry, EventIter,
     MAX_MESSAGE_LEN, MAX_NAME_LEN, PUBLISH_ENTRY_FIXED_LEN, PUBLISH_FIXED_LEN, Publish,
     PublishEntry, Record, RecordError, RecordKind, Retry, clip_message, validate_name,
 };
+pub use seal::{SEAL_FRAME_LEN, SEAL_PAYLOAD_LEN, Seal, decode_seal, encode_seal};
 
 /// Reads a little-endian `u16` at `at`. Panics when out of bounds: callers check first.
 #[inline]

@@ -27,10 +27,13 @@ pub enum RecordKind {
     Cancel = 5,
     /// The event was given up: retries exhausted or past retention.
     Drop = 6,
+    /// Not a record: the last frame of a sealed format-2 segment, which proves where the
+    /// segment ends (see `seal.rs`). The log checks it and hands it to no one.
+    Seal = 16,
 }
 
 impl RecordKind {
-    /// Every kind, in code order.
+    /// Every kind of record, in code order (not the seal, which is no record).
     pub const ALL: [RecordKind; 6] = [
         RecordKind::Publish,
         RecordKind::Attempt,
@@ -42,6 +45,9 @@ impl RecordKind {
 
     /// The kind for a byte, if it names one.
     pub fn from_u8(b: u8) -> Option<RecordKind> {
+        if b == RecordKind::Seal as u8 {
+            return Some(RecordKind::Seal);
+        }
         RecordKind::ALL.into_iter().find(|k| *k as u8 == b)
     }
 
@@ -54,6 +60,7 @@ impl RecordKind {
             RecordKind::Ack => "ack",
             RecordKind::Cancel => "cancel",
             RecordKind::Drop => "drop",
+            RecordKind::Seal => "seal",
         }
     }
 }
@@ -557,6 +564,7 @@ impl<'a> Record<'a> {
             }
         };
         match kind {
+            RecordKind::Seal => Err(err(kind, 0, "a seal frame is not a record")),
             RecordKind::Publish => {
                 if p.len() < PUBLISH_FIXED_LEN {
                     return Err(err(

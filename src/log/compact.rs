@@ -15,10 +15,14 @@
 //! Architecture Invariant: compaction never writes to, truncates or shrinks an existing
 //! segment file; it replaces or removes whole files, so a map of the old file stays valid.
 
-use super::segment::{DATA_START, SegmentSlot, segment_name, temp_name};
+use super::recovery::header_error;
+use super::segment::{SegmentSlot, segment_name, temp_name};
 use super::{Log, Position};
 use crate::error::{Error, Result};
-use crate::format::{FLAG_COMPACTED, Record, decode_frame, decode_header, encode_header};
+use crate::format::{
+    FLAG_COMPACTED, Record, RecordKind, Seal, decode_frame, decode_header, encode_header,
+    encode_seal,
+};
 use std::sync::Arc;
 
 /// A sealed segment, as compaction chooses among them.
@@ -101,18 +105,16 @@ impl Log {
             )));
         };
         let bytes = slot.read(storage, 0, data_len as usize)?;
-        let header = decode_header(&bytes).map_err(|e| Error::Corrupt {
-            file: path.clone(),
-            offset: 0,
-            reason: e.to_string(),
-        })?;
+        let header = decode_header(&bytes).map_err(|e| header_error(path.clone(), e))?;
         let mut out = encode_header(&crate::format::SegmentHeader {
             flags: header.flags | FLAG_COMPACTED,
             ..header
-        })
-        .to_vec();
-        let mut offset = DATA_START as usize;
+        });
+        let mut offset = header.len();
         let (mut records_before, mut moved) = (0u64, Vec::new());
+        // The seal's sequence number: the compacted segment keeps it, so it still names the
+        // number its successor starts at.
+        let mut seal_seq = None;
         while offset < bytes.len() {
             let frame = match decode_frame(&bytes[offset..], id) {
                 Ok(Some(frame)) => frame,
@@ -125,6 +127,10 @@ impl Log {
                     });
                 }
             };
+            if frame.kind == RecordKind::Seal {
+                seal_seq = Some(frame.seq);
+                break;
+            }
             let record = Record::decode(frame.kind, frame.payload).map_err(|e| Error::Corrupt {
                 file: path.clone(),
                 offset: offset as u64,
@@ -145,6 +151,20 @@ impl Log {
             offset += frame.len();
         }
         let records_kept = moved.len() as u64;
+        if header.has_seals() {
+            let Some(seq) = seal_seq else {
+                return Err(Error::Corrupt {
+                    file: path,
+                    offset: offset as u64,
+                    reason: "the sealed segment has no seal".into(),
+                });
+            };
+            let seal = Seal {
+                records: records_kept,
+                data_len: out.len() as u64,
+            };
+            encode_seal(&mut out, id, seq, seal);
+        }
         if !write {
             return Ok(Compacted {
                 id,
@@ -158,6 +178,9 @@ impl Log {
         }
         let io = |op, e| Error::io(op, &path, e);
         if records_kept == 0 {
+            // Unlisted first: a crash before the file is gone leaves a leftover that recovery
+            // removes, never a listed segment that is missing.
+            self.shared.directory.remove_segment(storage, id)?;
             storage
                 .remove(&segment_name(id))
                 .map_err(|e| io("remove compacted segment", e))?;

@@ -6,20 +6,24 @@
 //! - `recovery.rs`: the scan on open, torn tails and corruption.
 
 mod compact;
+mod directory;
 mod recovery;
 mod segment;
 mod writer;
 
 pub use compact::{Compacted, SealedSegment, SegmentReader};
 pub use recovery::Recovery;
+pub(crate) use recovery::header_error;
 pub use segment::{is_temp_name, parse_segment_name, segment_name};
 
 use crate::error::{Error, Result};
+use crate::format::Manifest;
 use crate::format::{FRAME_HEADER_LEN, Record, RecordKind, decode_frame, get_u32};
 use crate::storage::{LockGuard, Storage};
 use crate::sync::Mutex;
 use crate::sync::thread::{self, JoinHandle};
-use segment::{DATA_START, SegmentBytes, SegmentSlot, install, new_header, prepare_file};
+use directory::{Directory, new_directory_id, write_manifest};
+use segment::{SegmentBytes, SegmentSlot, install, new_header, prepare_file};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -49,6 +53,10 @@ pub struct LogOptions {
     /// zero-filling (default true; crash tests turn it off so that the order of storage
     /// operations is deterministic).
     pub prepare_in_background: bool,
+    /// The retention to record in the directory's manifest, in ms, for readers and the CLI
+    /// to know what is live; `None` keeps what the manifest says (default `None`: the engine
+    /// sets it).
+    pub retention_ms: Option<u64>,
 }
 
 impl Default for LogOptions {
@@ -57,6 +65,7 @@ impl Default for LogOptions {
             segment_bytes: 64 << 20,
             durability: Durability::Sync,
             prepare_in_background: true,
+            retention_ms: None,
         }
     }
 }
@@ -189,6 +198,31 @@ impl Log {
                 max: SEQ_MAX,
             });
         }
+        // The manifest lists every segment recovery kept (a format-1 directory gets its first
+        // one now, with a new id), and the settings this open runs with.
+        let mut manifest = report.manifest.clone().unwrap_or_else(|| Manifest {
+            directory_id: new_directory_id(),
+            generation: 0,
+            retention_ms: None,
+            segment_bytes: None,
+            segments: Vec::new(),
+        });
+        let before = manifest.clone();
+        manifest.segments = recovered
+            .sealed
+            .iter()
+            .map(|s| s.id)
+            .chain(recovered.active.as_ref().map(|(slot, ..)| slot.id))
+            .collect();
+        manifest.segment_bytes = Some(options.segment_bytes);
+        if options.retention_ms.is_some() {
+            manifest.retention_ms = options.retention_ms;
+        }
+        if manifest != before || report.manifest.is_none() {
+            manifest.generation += 1;
+            write_manifest(&*storage, &manifest)?;
+        }
+        let directory = Directory::new(manifest);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 next_seq: report.last_seq + 1,
@@ -203,12 +237,14 @@ impl Log {
                 AtomicU64::new(report.event_id_floor),
                 AtomicU64::new(report.job_id_floor),
             ],
+            directory,
         });
+        let last_sealed = recovered.sealed.last().map(|s| s.id);
         for slot in recovered.sealed {
             shared.segments.insert(slot);
         }
         let active = match recovered.active {
-            Some((slot, header, offset)) => {
+            Some((slot, header, offset, records)) => {
                 let capacity = slot
                     .file
                     .len()
@@ -220,24 +256,37 @@ impl Log {
                     offset,
                     capacity,
                     floors: (header.event_id_floor, header.job_id_floor),
+                    data_start: header.len() as u64,
+                    records,
+                    seals: header.has_seals(),
                 }
             }
             None => {
-                let file = prepare_file(&*storage, 1, options.segment_bytes)?;
+                // A new directory, or one whose last segment was sealed by a roll that
+                // stopped before the next segment was installed.
+                let id = last_sealed.map_or(1, |last| last + 1);
+                let file = prepare_file(&*storage, id, options.segment_bytes)?;
                 let floors = shared.id_floors();
-                install(
-                    &*storage,
-                    &*file,
-                    &new_header(1, report.last_seq + 1, now_ms(), floors),
-                )?;
-                let slot = Arc::new(SegmentSlot::active(1, file));
+                let header = new_header(
+                    id,
+                    report.last_seq + 1,
+                    now_ms(),
+                    floors,
+                    shared.directory.id(),
+                );
+                install(&*storage, &*file, &header)?;
+                shared.directory.add_segment(&*storage, id)?;
+                let slot = Arc::new(SegmentSlot::active(id, file));
                 shared.segments.insert(slot.clone());
                 Active {
-                    id: 1,
+                    id,
                     slot,
-                    offset: DATA_START,
+                    offset: header.len() as u64,
                     capacity: options.segment_bytes,
                     floors,
+                    data_start: header.len() as u64,
+                    records: 0,
+                    seals: true,
                 }
             }
         };
@@ -274,6 +323,23 @@ impl Log {
         mut visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
     ) -> Result<Recovery> {
         Ok(recovery::recover(storage, true, &mut visit)?.report)
+    }
+
+    /// Scans segment `id` of `storage` on its own, as if it were the whole log, read only:
+    /// what `afterlog verify` checks each segment with. `sealed` says whether the segment
+    /// must prove its end with a seal (any but the last, in format 2).
+    pub fn scan_alone(
+        storage: &dyn Storage,
+        id: u64,
+        sealed: bool,
+        mut visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
+    ) -> Result<Recovery> {
+        recovery::scan_alone(storage, id, sealed, &mut visit)
+    }
+
+    /// The manifest of the directory in `storage`, if it has one (format 2).
+    pub fn manifest(storage: &dyn Storage) -> Result<Option<Manifest>> {
+        directory::read_manifest(storage)
     }
 
     /// Appends one record; returns once it is durable (see [`Durability`]).

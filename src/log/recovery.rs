@@ -16,16 +16,17 @@
 //!   appended: after a failed sync they may exist only in the page cache.
 
 use super::Position;
-use super::segment::{
-    DATA_START, SegmentSlot, is_temp_name, parse_segment_name, segment_name, zero_fill,
-};
+use super::directory::read_manifest;
+use super::segment::{SegmentSlot, is_temp_name, parse_segment_name, segment_name, zero_fill};
 use crate::error::{Error, Result};
 use crate::format::{
-    FRAME_HEADER_LEN, FrameError, MAX_PAYLOAD_LEN, Record, SegmentHeader, decode_frame,
-    decode_header, get_u16, get_u32, get_u64,
+    FRAME_HEADER_LEN, FrameError, HeaderError, MANIFEST_FILE, MANIFEST_TEMP_FILE, MAX_FRAME_LEN,
+    MAX_PAYLOAD_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, Record, RecordKind, SegmentHeader,
+    decode_frame, decode_header, decode_seal, get_u16, get_u32, get_u64,
 };
 use crate::storage::{Storage, StorageFile, read_exact_at};
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What recovery found and did. A torn tail is a normal outcome of a crash, not an error.
@@ -41,7 +42,8 @@ pub struct Recovery {
     pub torn_bytes: u64,
     /// Where the torn tail began: segment id and offset.
     pub torn_at: Option<(u64, u64)>,
-    /// Leftover temporary files removed.
+    /// Leftover files removed: temporary files, and segments a compaction had unlisted but
+    /// not yet removed when it stopped.
     pub removed_temp_files: Vec<String>,
     /// The largest sequence number found (0 for an empty log).
     pub last_seq: u64,
@@ -49,38 +51,101 @@ pub struct Recovery {
     pub event_id_floor: u64,
     /// The largest job id floor of any segment header.
     pub job_id_floor: u64,
+    /// The directory's manifest (format 2), as read before the scan.
+    pub manifest: Option<Manifest>,
 }
 
 /// The state recovery leaves for the writer.
 pub(crate) struct Recovered {
     pub sealed: Vec<Arc<SegmentSlot>>,
-    /// The last segment, its header and where appending continues.
-    pub active: Option<(Arc<SegmentSlot>, SegmentHeader, u64)>,
+    /// The last segment, its header, where appending continues and how many records it
+    /// holds, unless it is sealed
+    /// (then it is the last of `sealed`, and a new segment starts at `last_seq + 1`).
+    pub active: Option<(Arc<SegmentSlot>, SegmentHeader, u64, u64)>,
     pub report: Recovery,
 }
 
+/// How many times a reader re-reads a manifest that changed under it before giving up.
+const MANIFEST_RETRIES: u32 = 100;
+
+/// The error for a segment header that does not decode.
+pub(crate) fn header_error(path: PathBuf, e: HeaderError) -> Error {
+    match e {
+        HeaderError::Version { found } => Error::UnsupportedVersion { file: path, found },
+        e => Error::Corrupt {
+            file: path,
+            offset: 0,
+            reason: e.to_string(),
+        },
+    }
+}
+
 /// Scans the directory. With `read_only`, nothing is removed or written: a torn tail is
-/// reported and skipped, and temporary files are left alone.
+/// reported and skipped, temporary files are left alone, and segments created after the
+/// manifest was read are not read (the view is the log as the manifest lists it).
 pub(crate) fn recover(
     storage: &dyn Storage,
     read_only: bool,
     visit: &mut dyn FnMut(Position, &Record<'_>) -> Result<()>,
 ) -> Result<Recovered> {
     let dir = storage.path().to_path_buf();
+    if !read_only {
+        // After a failed directory sync, the directory may show creates, renames and
+        // removals that are not durable (a manifest renamed into place, say). Syncing it
+        // first makes what recovery sees the state a crash can no longer undo.
+        storage
+            .sync_dir()
+            .map_err(|e| Error::io("sync directory", &dir, e))?;
+    }
+    let manifest = read_manifest(storage)?;
     let names = storage
         .list()
         .map_err(|e| Error::io("list directory", &dir, e))?;
-    let mut report = Recovery::default();
-    let mut ids: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
-    ids.sort_unstable();
+    let mut report = Recovery {
+        manifest: manifest.clone(),
+        ..Recovery::default()
+    };
+    let mut present: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+    present.sort_unstable();
+    let mut leftovers: Vec<String> = names
+        .iter()
+        .filter(|n| is_temp_name(n) || *n == MANIFEST_TEMP_FILE)
+        .cloned()
+        .collect();
+    // The segments to scan, in order; `listed` is how many of them the manifest lists (the
+    // rest were installed after it was written, and may hold no record).
+    let (ids, listed) = match &manifest {
+        None => (present.clone(), present.len()),
+        Some(m) => {
+            let last_listed = m.segments.last().copied().unwrap_or(0);
+            if !read_only {
+                if let Some(&missing) = m
+                    .segments
+                    .iter()
+                    .find(|id| present.binary_search(id).is_err())
+                {
+                    return Err(missing_segment(&dir, missing));
+                }
+            }
+            for &id in &present {
+                if id < last_listed && m.segments.binary_search(&id).is_err() {
+                    leftovers.push(segment_name(id));
+                }
+            }
+            let mut ids = m.segments.clone();
+            if !read_only {
+                ids.extend(present.iter().filter(|&&id| id > last_listed));
+            }
+            (ids, m.segments.len())
+        }
+    };
     if !read_only {
-        let mut temps: Vec<&String> = names.iter().filter(|n| is_temp_name(n)).collect();
-        temps.sort();
-        for name in temps {
+        leftovers.sort();
+        for name in leftovers {
             storage
-                .remove(name)
-                .map_err(|e| Error::io("remove temporary file", dir.join(name), e))?;
-            report.removed_temp_files.push(name.clone());
+                .remove(&name)
+                .map_err(|e| Error::io("remove leftover file", dir.join(&name), e))?;
+            report.removed_temp_files.push(name);
         }
         if !report.removed_temp_files.is_empty() {
             storage
@@ -92,37 +157,38 @@ pub(crate) fn recover(
     let mut sealed = Vec::new();
     let mut active = None;
     let mut last_seq = 0u64;
+    let mut seen_v2 = None;
+    let mut manifest_now = manifest.clone();
     for (i, &id) in ids.iter().enumerate() {
         let is_last = i + 1 == ids.len();
         let path = dir.join(segment_name(id));
-        let file: Arc<dyn StorageFile> = Arc::from(
-            storage
-                .open(&segment_name(id))
-                .map_err(|e| Error::io("open segment", &path, e))?,
-        );
+        let Some(file) = open_listed(storage, &mut manifest_now, id, read_only)? else {
+            continue;
+        };
         let file_len = file
             .len()
             .map_err(|e| Error::io("stat segment", &path, e))?;
         // Sealed segments are never written again, so they can be mapped whole. The last one
-        // may be written (its tail cut, then appended), so it is read into memory instead.
-        // The map is dropped once the segment is scanned, so a scan holds one segment in
-        // memory at a time whatever the size of the log (readers map again on demand).
-        let bytes = if is_last {
-            let mut buf = vec![0u8; file_len as usize];
-            read_exact_at(&*file, &mut buf, 0).map_err(|e| Error::io("read segment", &path, e))?;
-            SegmentData::Owned(buf)
+        // may be written (its tail cut, then appended), so it is read in chunks instead: the
+        // memory a scan needs is bounded whatever the file holds. The map is dropped once the
+        // segment is scanned, so a scan maps one segment at a time.
+        let map;
+        let mut chunked;
+        let mut whole;
+        let bytes: &mut dyn Bytes = if is_last {
+            chunked = Chunked::new(&*file, file_len);
+            &mut chunked
         } else {
-            let map = file
+            map = file
                 .map(file_len)
                 .map_err(|e| Error::io("map segment", &path, e))?;
-            SegmentData::Mapped(map)
+            whole = Whole(&map);
+            &mut whole
         };
-        let bytes: &[u8] = &bytes;
-        let header = decode_header(bytes).map_err(|e| Error::Corrupt {
-            file: path.clone(),
-            offset: 0,
-            reason: e.to_string(),
-        })?;
+        let head = bytes
+            .at(0, MAX_SEGMENT_HEADER_LEN)
+            .map_err(|e| Error::io("read segment", &path, e))?;
+        let header = decode_header(head).map_err(|e| header_error(path.clone(), e))?;
         if header.segment_id != id {
             return Err(Error::Corrupt {
                 file: path,
@@ -132,6 +198,23 @@ pub(crate) fn recover(
                     header.segment_id
                 ),
             });
+        }
+        if header.has_seals() {
+            seen_v2.get_or_insert(id);
+            match &manifest {
+                Some(m) if header.directory_id != m.directory_id => {
+                    return Err(Error::Corrupt {
+                        file: path,
+                        offset: 0,
+                        reason: format!(
+                            "the segment belongs to another directory (id {:032x}; this \
+                             directory's MANIFEST says {:032x})",
+                            header.directory_id, m.directory_id
+                        ),
+                    });
+                }
+                _ => {}
+            }
         }
         if header.first_seq <= last_seq {
             return Err(Error::Corrupt {
@@ -145,9 +228,20 @@ pub(crate) fn recover(
         }
         report.event_id_floor = report.event_id_floor.max(header.event_id_floor);
         report.job_id_floor = report.job_id_floor.max(header.job_id_floor);
+        let data_start = header.len() as u64;
         let scan = scan_segment(bytes, &header, &path, visit)?;
         report.records += scan.records;
-        report.record_bytes += scan.end - DATA_START;
+        report.record_bytes += scan.end - data_start;
+        if i >= listed && scan.records > 0 {
+            return Err(Error::Corrupt {
+                file: path,
+                offset: data_start,
+                reason: format!(
+                    "the segment holds {} records but the MANIFEST does not list it",
+                    scan.records
+                ),
+            });
+        }
         // A segment without records (the active one after a compaction removed everything
         // before it, say) still reserves the sequence numbers below its first: the next
         // record must not be numbered below its header's `first_seq`.
@@ -155,16 +249,23 @@ pub(crate) fn recover(
         if scan.last_seq != 0 {
             last_seq = scan.last_seq;
         }
-        let end = scan.end as usize;
+        if let Some(seal_seq) = scan.sealed {
+            // The seal names the number the next segment's first record takes.
+            last_seq = last_seq.max(seal_seq - 1);
+        }
+        let end = scan.end;
         if let Some(bad) = scan.stopped {
             // Everything from `end` on must be zeros, or (last segment only) a torn tail.
-            let nonzero_end = last_nonzero(bytes, end).map(|i| i + 1);
+            let nonzero_end = last_nonzero(bytes, end)
+                .map_err(|e| Error::io("read segment", &path, e))?
+                .map(|i| i + 1);
             if let Some(nonzero_end) = nonzero_end {
-                if !is_last {
+                if !is_last || scan.sealed.is_some() {
                     return Err(bad.into_error(path, scan.end));
                 }
                 let expected = scan.last_seq.max(header.first_seq - 1).saturating_add(1);
                 if let Some((offset, seq)) = later_sync_group(bytes, end, nonzero_end, id, expected)
+                    .map_err(|e| Error::io("read segment", &path, e))?
                 {
                     return Err(Error::Corrupt {
                         file: path,
@@ -176,33 +277,63 @@ pub(crate) fn recover(
                         ),
                     });
                 }
-                report.torn_bytes = (nonzero_end - end) as u64;
+                report.torn_bytes = nonzero_end - end;
                 report.torn_at = Some((id, scan.end));
                 if !read_only {
-                    zero_fill(&*file, scan.end, nonzero_end as u64)
+                    zero_fill(&*file, scan.end, nonzero_end)
                         .map_err(|e| Error::io("cut torn tail", &path, e))?;
                     file.sync_data()
                         .map_err(|e| Error::io("sync segment", &path, e))?;
                 }
             }
         }
-        if is_last && !read_only && end > DATA_START as usize {
+        if !is_last && header.has_seals() && scan.sealed.is_none() {
+            return Err(Error::Corrupt {
+                file: path,
+                offset: scan.end,
+                reason: format!(
+                    "the sealed segment has no seal where its {} records end: it was cut short \
+                     (synced records are missing)",
+                    scan.records
+                ),
+            });
+        }
+        // The seal, if any, is data too.
+        let data_end = end
+            + scan
+                .sealed
+                .map_or(0, |_| crate::format::SEAL_FRAME_LEN as u64);
+        if is_last && !read_only && data_end > data_start {
             // After a failed sync the page cache may still show records that never reached
             // the disk (Linux marks their pages clean, and a later sync does not write
             // them). Rewriting what recovery read and syncing it makes every record it hands
-            // up durable before anything is appended after it.
-            file.write_all_at(&bytes[DATA_START as usize..end], DATA_START)
+            // up durable before anything is appended after it — or, when the segment is
+            // sealed, before the next segment is installed behind its seal.
+            rewrite(bytes, &*file, data_start, data_end)
                 .map_err(|e| Error::io("rewrite segment", &path, e))?;
             file.sync_data()
                 .map_err(|e| Error::io("sync segment", &path, e))?;
         }
         report.segments += 1;
-        if is_last {
+        if is_last && scan.sealed.is_none() {
             let slot = Arc::new(SegmentSlot::active(id, file));
-            active = Some((slot, header, scan.end));
+            active = Some((slot, header, scan.end, scan.records));
         } else {
-            sealed.push(Arc::new(SegmentSlot::sealed(id, file, scan.end, None)));
+            sealed.push(Arc::new(SegmentSlot::sealed(id, file, data_end, None)));
         }
+    }
+    if manifest.is_none()
+        && let Some(id) = seen_v2
+    {
+        return Err(Error::Corrupt {
+            file: dir.join(MANIFEST_FILE),
+            offset: 0,
+            reason: format!(
+                "the MANIFEST is missing, but the directory holds format-2 segments ({} and \
+                 on): it was deleted, so segments may be missing too (salvage copies what is left)",
+                segment_name(id)
+            ),
+        });
     }
     report.last_seq = last_seq;
     Ok(Recovered {
@@ -212,28 +343,187 @@ pub(crate) fn recover(
     })
 }
 
-enum SegmentData {
-    Owned(Vec<u8>),
-    Mapped(crate::storage::Mapped),
-}
-
-impl std::ops::Deref for SegmentData {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            SegmentData::Owned(v) => v,
-            SegmentData::Mapped(m) => m,
+/// Scans one segment as if it were the whole log (`afterlog verify` checks each segment on its
+/// own): read only; `sealed` says whether it must prove its end with a seal.
+pub(crate) fn scan_alone(
+    storage: &dyn Storage,
+    id: u64,
+    sealed: bool,
+    visit: &mut dyn FnMut(Position, &Record<'_>) -> Result<()>,
+) -> Result<Recovery> {
+    let path = storage.path().join(segment_name(id));
+    let file = storage
+        .open(&segment_name(id))
+        .map_err(|e| Error::io("open segment", &path, e))?;
+    let file_len = file
+        .len()
+        .map_err(|e| Error::io("stat segment", &path, e))?;
+    let mut bytes = Chunked::new(&*file, file_len);
+    let head = bytes
+        .at(0, MAX_SEGMENT_HEADER_LEN)
+        .map_err(|e| Error::io("read segment", &path, e))?;
+    let header = decode_header(head).map_err(|e| header_error(path.clone(), e))?;
+    let scan = scan_segment(&mut bytes, &header, &path, visit)?;
+    let mut report = Recovery {
+        segments: 1,
+        records: scan.records,
+        record_bytes: scan.end - header.len() as u64,
+        last_seq: scan.last_seq,
+        event_id_floor: header.event_id_floor,
+        job_id_floor: header.job_id_floor,
+        ..Recovery::default()
+    };
+    if let Some(bad) = scan.stopped {
+        let nonzero_end = last_nonzero(&mut bytes, scan.end)
+            .map_err(|e| Error::io("read segment", &path, e))?
+            .map(|i| i + 1);
+        if let Some(nonzero_end) = nonzero_end {
+            if sealed || scan.sealed.is_some() {
+                return Err(bad.into_error(path, scan.end));
+            }
+            report.torn_bytes = nonzero_end - scan.end;
+            report.torn_at = Some((id, scan.end));
         }
     }
+    if sealed && header.has_seals() && scan.sealed.is_none() {
+        return Err(Error::Corrupt {
+            file: path,
+            offset: scan.end,
+            reason: format!(
+                "the sealed segment has no seal where its {} records end: it was cut short \
+                 (synced records are missing)",
+                scan.records
+            ),
+        });
+    }
+    Ok(report)
+}
+
+fn missing_segment(dir: &Path, id: u64) -> Error {
+    Error::Corrupt {
+        file: dir.join(segment_name(id)),
+        offset: 0,
+        reason: "the segment is missing: the MANIFEST lists it, so synced records are gone".into(),
+    }
+}
+
+/// Opens listed segment `id`. Beside a running engine (`read_only`), compaction may have
+/// removed it since the manifest was read, which it does only after unlisting it: then the
+/// manifest is read again (into `current`), and `None` says the segment is legitimately gone.
+/// A segment the manifest still lists, unchanged, is missing.
+fn open_listed(
+    storage: &dyn Storage,
+    current: &mut Option<Manifest>,
+    id: u64,
+    read_only: bool,
+) -> Result<Option<Arc<dyn StorageFile>>> {
+    let path = storage.path().join(segment_name(id));
+    for _ in 0..MANIFEST_RETRIES {
+        match storage.open(&segment_name(id)) {
+            Ok(file) => return Ok(Some(Arc::from(file))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && read_only && current.is_some() => {
+                let now = read_manifest(storage)?;
+                if !now
+                    .as_ref()
+                    .is_some_and(|m| m.segments.binary_search(&id).is_ok())
+                {
+                    return Ok(None);
+                }
+                if now == *current {
+                    return Err(missing_segment(storage.path(), id));
+                }
+                *current = now;
+            }
+            Err(e) => return Err(Error::io("open segment", &path, e)),
+        }
+    }
+    Err(missing_segment(storage.path(), id))
+}
+
+/// The bytes of one segment file, handed out from an offset on.
+trait Bytes {
+    /// The bytes from `offset` on: at least `want` of them, or every byte up to the end of the
+    /// file if fewer remain.
+    fn at(&mut self, offset: u64, want: usize) -> io::Result<&[u8]>;
+    /// The file's length.
+    fn len(&self) -> u64;
+}
+
+/// A mapped (or copied) whole file.
+struct Whole<'a>(&'a [u8]);
+
+impl Bytes for Whole<'_> {
+    fn at(&mut self, offset: u64, _want: usize) -> io::Result<&[u8]> {
+        Ok(self.0.get(offset as usize..).unwrap_or(&[]))
+    }
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+}
+
+/// Bytes read in chunks of `CHUNK_BYTES` (plus one frame): memory stays bounded whatever
+/// the length of the file.
+struct Chunked<'a> {
+    file: &'a dyn StorageFile,
+    len: u64,
+    buf: Vec<u8>,
+    start: u64,
+}
+
+/// Bytes a chunked read holds at a time, beyond one frame.
+const CHUNK_BYTES: usize = 4 << 20;
+
+impl<'a> Chunked<'a> {
+    fn new(file: &'a dyn StorageFile, len: u64) -> Chunked<'a> {
+        Chunked {
+            file,
+            len,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+}
+
+impl Bytes for Chunked<'_> {
+    fn at(&mut self, offset: u64, want: usize) -> io::Result<&[u8]> {
+        let available = self.len.saturating_sub(offset);
+        let need = (want as u64).min(available);
+        let buf_end = self.start + self.buf.len() as u64;
+        if offset < self.start || offset + need > buf_end {
+            let n = ((want.max(CHUNK_BYTES)) as u64).min(available) as usize;
+            self.buf.clear();
+            self.buf.resize(n, 0);
+            read_exact_at(self.file, &mut self.buf, offset)?;
+            self.start = offset;
+        }
+        Ok(&self.buf[(offset - self.start) as usize..])
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// Writes `start..end` of `bytes` back to `file`, a chunk at a time.
+fn rewrite(bytes: &mut dyn Bytes, file: &dyn StorageFile, start: u64, end: u64) -> io::Result<()> {
+    let mut at = start;
+    while at < end {
+        let n = ((end - at) as usize).min(CHUNK_BYTES);
+        let chunk = bytes.at(at, n)?;
+        file.write_all_at(&chunk[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 struct Scan {
     records: u64,
     last_seq: u64,
-    /// The end of the valid frames.
+    /// The end of the valid frames (the seal's offset, in a sealed segment).
     end: u64,
     /// Why the scan stopped before the end of the file: None at a zero length.
     stopped: Option<Stop>,
+    /// The seal's sequence number, when the segment ends with a seal.
+    sealed: Option<u64>,
 }
 
 enum Stop {
@@ -267,23 +557,32 @@ impl Stop {
 }
 
 /// Visits every valid frame from the header on. Errors only on frames whose checksum is
-/// valid but whose content is not (bad sequence number, undecodable payload): those cannot
-/// be torn writes.
+/// valid but whose content is not (bad sequence number, undecodable payload, a seal that does
+/// not match what precedes it, bytes after a seal): those cannot be torn writes.
 fn scan_segment(
-    bytes: &[u8],
+    bytes: &mut dyn Bytes,
     header: &SegmentHeader,
-    path: &std::path::Path,
+    path: &Path,
     visit: &mut dyn FnMut(Position, &Record<'_>) -> Result<()>,
 ) -> Result<Scan> {
     let contiguous = header.flags & crate::format::FLAG_COMPACTED == 0;
-    let mut offset = DATA_START as usize;
+    let corrupt = |offset: u64, reason: String| Error::Corrupt {
+        file: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    let read_error = |e| Error::io("read segment", path, e);
+    let len = bytes.len();
+    let mut offset = header.len() as u64;
     let mut prev_seq = header.first_seq - 1;
     let mut records = 0;
+    let mut sealed = None;
     let stopped = loop {
-        if offset >= bytes.len() {
+        if offset >= len {
             break None;
         }
-        let frame = match decode_frame(&bytes[offset..], header.segment_id) {
+        let window = bytes.at(offset, MAX_FRAME_LEN).map_err(read_error)?;
+        let frame = match decode_frame(window, header.segment_id) {
             Ok(Some(f)) => f,
             Ok(None) => break Some(Stop::EndOfData),
             Err(e) => break Some(Stop::Frame(e)),
@@ -295,64 +594,95 @@ fn scan_segment(
             frame.seq <= prev_seq
         };
         if bad_seq {
-            return Err(Error::Corrupt {
-                file: path.to_path_buf(),
-                offset: offset as u64,
-                reason: format!("sequence number {} follows {prev_seq}", frame.seq),
-            });
+            return Err(corrupt(
+                offset,
+                format!("sequence number {} follows {prev_seq}", frame.seq),
+            ));
         }
-        let record = Record::decode(frame.kind, frame.payload).map_err(|e| Error::Corrupt {
-            file: path.to_path_buf(),
-            offset: offset as u64,
-            reason: e.to_string(),
-        })?;
+        if frame.kind == RecordKind::Seal {
+            if !header.has_seals() {
+                return Err(corrupt(offset, "a seal frame in a format-1 segment".into()));
+            }
+            let seal = decode_seal(frame.payload).map_err(|reason| corrupt(offset, reason))?;
+            let (seal_seq, after) = (frame.seq, offset + frame.len() as u64);
+            if seal.records != records || seal.data_len != offset {
+                return Err(corrupt(
+                    offset,
+                    format!(
+                        "the seal says {} records ending at offset {}, the segment holds {records} \
+                         ending at {offset}",
+                        seal.records, seal.data_len
+                    ),
+                ));
+            }
+            if let Some(at) = last_nonzero(bytes, after).map_err(read_error)? {
+                return Err(corrupt(
+                    after,
+                    format!("non-zero bytes follow the seal (up to offset {at})"),
+                ));
+            }
+            sealed = Some(seal_seq);
+            break None;
+        }
+        let record = Record::decode(frame.kind, frame.payload)
+            .map_err(|e| corrupt(offset, e.to_string()))?;
         let position = Position {
             segment: header.segment_id,
-            offset: offset as u64,
+            offset,
             seq: frame.seq,
         };
-        visit(position, &record)?;
+        let frame_len = frame.len() as u64;
         prev_seq = frame.seq;
+        visit(position, &record)?;
         records += 1;
-        offset += frame.len();
+        offset += frame_len;
     };
     let last_seq = if records > 0 { prev_seq } else { 0 };
     // A zero length at the very end of the file is a clean end too.
     let stopped = match stopped {
-        Some(Stop::EndOfData) if last_nonzero(bytes, offset).is_none() => None,
+        Some(Stop::EndOfData) if last_nonzero(bytes, offset).map_err(read_error)?.is_none() => None,
         other => other,
     };
     Ok(Scan {
         records,
         last_seq,
-        end: offset as u64,
+        end: offset,
         stopped,
+        sealed,
     })
 }
 
-/// The index of the last non-zero byte at or after `from`.
-fn last_nonzero(bytes: &[u8], from: usize) -> Option<usize> {
-    bytes
-        .get(from..)?
-        .iter()
-        .rposition(|&b| b != 0)
-        .map(|i| from + i)
+/// The offset of the last non-zero byte at or after `from`.
+fn last_nonzero(bytes: &mut dyn Bytes, from: u64) -> io::Result<Option<u64>> {
+    let mut last = None;
+    let mut at = from;
+    while at < bytes.len() {
+        let chunk = bytes.at(at, CHUNK_BYTES)?;
+        let n = chunk.len().min(CHUNK_BYTES);
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b != 0) {
+            last = Some(at + i as u64);
+        }
+        at += n as u64;
+    }
+    Ok(last)
 }
 
 /// Looks for a valid frame in `from+1..to` that belongs to a sync group starting after
 /// `expected` (the sequence number the bad frame at `from` should have had).
 fn later_sync_group(
-    bytes: &[u8],
-    from: usize,
-    to: usize,
+    bytes: &mut dyn Bytes,
+    from: u64,
+    to: u64,
     segment_id: u64,
     expected: u64,
-) -> Option<(u64, u64)> {
+) -> io::Result<Option<(u64, u64)>> {
     let mut off = from + 1;
-    while off + FRAME_HEADER_LEN <= to.min(bytes.len()) {
-        let len = get_u32(bytes, off) as usize;
-        let seq = get_u64(bytes, off + 8);
-        let delta = u64::from(get_u16(bytes, off + 18));
+    let to = to.min(bytes.len());
+    while off + FRAME_HEADER_LEN as u64 <= to {
+        let window = bytes.at(off, MAX_FRAME_LEN)?;
+        let len = get_u32(window, 0) as usize;
+        let seq = get_u64(window, 8);
+        let delta = u64::from(get_u16(window, 18));
         let plausible = len != 0
             && len <= MAX_PAYLOAD_LEN
             && seq > expected
@@ -360,10 +690,10 @@ fn later_sync_group(
             && seq
                 .checked_sub(delta)
                 .is_some_and(|group_first| group_first > expected);
-        if plausible && matches!(decode_frame(&bytes[off..], segment_id), Ok(Some(_))) {
-            return Some((off as u64, seq));
+        if plausible && matches!(decode_frame(window, segment_id), Ok(Some(_))) {
+            return Ok(Some((off, seq)));
         }
         off += 1;
     }
-    None
+    Ok(None)
 }

@@ -9,7 +9,7 @@
 //! is followed by a directory sync before anything in the segment is acknowledged.
 
 use crate::error::{Error, Result};
-use crate::format::{SEGMENT_HEADER_LEN, SegmentHeader, encode_header};
+use crate::format::{SegmentHeader, encode_header};
 use crate::storage::{Mapped, Storage, StorageFile, read_exact_at};
 use crate::sync::{OnceLock, RwLock};
 use std::collections::BTreeMap;
@@ -254,8 +254,15 @@ impl SegmentSet {
     }
 }
 
-/// The header of a segment created now; `floors` are the event and job id floors.
-pub fn new_header(id: u64, first_seq: u64, created_ms: i64, floors: (u64, u64)) -> SegmentHeader {
+/// The header of a segment of directory `directory_id` created now; `floors` are the event
+/// and job id floors.
+pub fn new_header(
+    id: u64,
+    first_seq: u64,
+    created_ms: i64,
+    floors: (u64, u64),
+    directory_id: u128,
+) -> SegmentHeader {
     SegmentHeader {
         format_version: crate::format::FORMAT_VERSION,
         segment_id: id,
@@ -264,11 +271,9 @@ pub fn new_header(id: u64, first_seq: u64, created_ms: i64, floors: (u64, u64)) 
         flags: 0,
         event_id_floor: floors.0,
         job_id_floor: floors.1,
+        directory_id,
     }
 }
-
-/// The first offset after the header.
-pub const DATA_START: u64 = SEGMENT_HEADER_LEN as u64;
 
 #[cfg(test)]
 mod tests {

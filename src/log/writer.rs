@@ -12,12 +12,14 @@
 //! all of its records returned `Ok` (under `Durability::Sync`). A failed write or sync
 //! poisons the log: that request and every later one fails, and no sync is ever retried.
 
-use super::segment::{
-    DATA_START, SegmentSlot, install, new_header, prepare_file, segment_name, zero_fill,
-};
+use super::directory::Directory;
+use super::segment::{SegmentSlot, install, new_header, prepare_file, segment_name, zero_fill};
 use super::{Durability, LogOptions, Position};
 use crate::error::{Error, Result};
-use crate::format::{FRAME_HEADER_LEN, RecordKind, encode_frame};
+use crate::format::{
+    FRAME_HEADER_LEN, RecordKind, SEAL_FRAME_LEN, SEGMENT_HEADER_LEN_V2, Seal, encode_frame,
+    encode_seal,
+};
 use crate::storage::{Storage, StorageFile};
 use crate::sync::{Condvar, Mutex, MutexGuard, thread};
 use std::sync::Arc;
@@ -173,6 +175,8 @@ pub(crate) struct Shared {
     pub stats: super::LogStats,
     /// The event and job id floors written into each new segment's header.
     pub floors: [std::sync::atomic::AtomicU64; 2],
+    /// The manifest: the segments the directory holds, its id and settings.
+    pub directory: Directory,
 }
 
 impl Shared {
@@ -193,13 +197,25 @@ pub(crate) struct Active {
     pub capacity: u64,
     /// The event and job id floors its header carries.
     pub floors: (u64, u64),
+    /// Where its records start (its header's length).
+    pub data_start: u64,
+    /// Records in it so far.
+    pub records: u64,
+    /// Whether it ends with a seal when it is sealed (format 2): its last `SEAL_FRAME_LEN`
+    /// bytes are kept for the seal.
+    pub seals: bool,
 }
 
 impl Active {
     /// Whether a roll has anything to seal: records, or a header whose id floors are below
     /// the log's (raised since it was written), which only a new segment's header can carry.
     fn worth_sealing(&self, floors: (u64, u64)) -> bool {
-        self.offset > DATA_START || floors.0 > self.floors.0 || floors.1 > self.floors.1
+        self.offset > self.data_start || floors.0 > self.floors.0 || floors.1 > self.floors.1
+    }
+
+    /// Bytes at the end kept for the seal.
+    fn reserved(&self) -> u64 {
+        if self.seals { SEAL_FRAME_LEN as u64 } else { 0 }
     }
 }
 
@@ -400,7 +416,7 @@ impl Writer {
                 payload_start += payload_len;
                 let seq = request.first_seq + j as u64;
                 let frame_len = (FRAME_HEADER_LEN + payload.len()) as u64;
-                if self.active.offset + frame_len > self.active.capacity {
+                if self.active.offset + frame_len + self.active.reserved() > self.active.capacity {
                     // Seal the full segment: what is buffered is written and synced first, so
                     // a sealed segment is always entirely durable.
                     self.write_buf(buf, buf_start)?;
@@ -423,6 +439,7 @@ impl Writer {
                     seq,
                 });
                 self.active.offset += frame_len;
+                self.active.records += 1;
                 if buf.len() >= MAX_WRITE_BYTES {
                     self.write_buf(buf, buf_start)?;
                     buf_start = self.active.offset;
@@ -475,9 +492,30 @@ impl Writer {
 
     /// Seals the active segment and installs the next one, whose first record will be `seq`
     /// and which must hold at least a frame of `frame_len` bytes.
+    ///
+    /// The order makes every crash recoverable: the seal (which names `seq`) is written and
+    /// synced first; then the new segment is installed (header synced, renamed, directory
+    /// synced); then the manifest lists it; only then is a record written into it.
     fn roll(&mut self, seq: u64, frame_len: u64) -> Result<()> {
         let next_id = self.active.id + 1;
-        let needed = DATA_START + frame_len;
+        if self.active.seals {
+            let mut seal = Vec::with_capacity(SEAL_FRAME_LEN);
+            encode_seal(
+                &mut seal,
+                self.active.id,
+                seq,
+                Seal {
+                    records: self.active.records,
+                    data_len: self.active.offset,
+                },
+            );
+            let at = self.active.offset;
+            self.write_buf(&mut seal, at)?;
+            self.sync()?;
+            self.active.offset += SEAL_FRAME_LEN as u64;
+        }
+        let data_start = SEGMENT_HEADER_LEN_V2 as u64;
+        let needed = data_start + frame_len + SEAL_FRAME_LEN as u64;
         let file = match self.spare.take() {
             Some(handle) => match handle.join() {
                 Ok(Ok((id, file))) if id == next_id => file,
@@ -498,20 +536,31 @@ impl Writer {
             capacity = needed;
         }
         let floors = self.shared.id_floors();
+        let storage = &*self.shared.storage;
         install(
-            &*self.shared.storage,
+            storage,
             &*file,
-            &new_header(next_id, seq, (self.clock_ms)(), floors),
+            &new_header(
+                next_id,
+                seq,
+                (self.clock_ms)(),
+                floors,
+                self.shared.directory.id(),
+            ),
         )?;
         self.active.slot.seal(self.active.offset);
+        self.shared.directory.add_segment(storage, next_id)?;
         let slot = Arc::new(SegmentSlot::active(next_id, file));
         self.shared.segments.insert(slot.clone());
         self.active = Active {
             slot,
             id: next_id,
-            offset: DATA_START,
+            offset: data_start,
             capacity,
             floors,
+            data_start,
+            records: 0,
+            seals: true,
         };
         self.shared.stats.add_roll();
         if self.options.prepare_in_background {

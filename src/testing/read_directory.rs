@@ -110,8 +110,9 @@ pub fn directory_files(data: &[u8]) -> Vec<(String, Vec<u8>)> {
                     },
                     event_id_floor: floor,
                     job_id_floor: floor,
+                    directory_id: 0,
                 };
-                let mut contents = encode_header(&header).to_vec();
+                let mut contents = encode_header(&header);
                 contents.extend_from_slice(bytes);
                 (segment_name(id), contents)
             }

@@ -7,7 +7,7 @@
 
 mod render;
 
-use afterlog::format::RecordKind;
+use afterlog::format::{Manifest, RecordKind};
 use afterlog::log::Position;
 use afterlog::{After, Engine, Error, EventId, JobId, Options, Reader, RecordFilter};
 use clap::{Parser, Subcommand};
@@ -17,6 +17,7 @@ use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -369,6 +370,7 @@ fn recovery_line(reader: &Reader, r: &afterlog::log::Recovery) -> String {
 
 fn inspect(dir: &Path, json: bool) -> CliResult {
     let reader = Reader::open(dir)?;
+    let manifest = reader.manifest()?;
     let summary = reader.overview(5)?;
     let held: u64 = summary.events_by_state.iter().map(|(_, n)| n).sum();
     let mut next: Vec<&afterlog::EventRow> = summary
@@ -404,11 +406,17 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
             "rejected_records": summary.rejected,
             "next_due": next,
             "recovery": serde_json::to_value(&summary).map_err(|e| Failure::new(1, e.to_string()))?["recovery"],
+            "directory_id": manifest.as_ref().map(|m| format!("{:032x}", m.directory_id)),
+            "format_version": if manifest.is_some() { 2 } else { 1 },
+            "retention_ms": manifest.as_ref().and_then(|m| m.retention_ms),
+            "segment_bytes": manifest.as_ref().and_then(|m| m.segment_bytes),
         }));
     }
     let mut o = out();
     writeln!(o, "directory   {}", reader.dir().display())?;
     writeln!(o, "disk bytes  {}", bytes(summary.disk_bytes))?;
+    writeln!(o, "format      {}", format_line(manifest.as_ref()))?;
+    writeln!(o, "retention   {}", retention_line(manifest.as_ref()))?;
     writeln!(
         o,
         "recovery    {}",
@@ -803,19 +811,65 @@ fn verify(dir: &Path, salvage: Option<&Path>, json: bool) -> CliResult {
     Ok(code)
 }
 
+/// The format line of `inspect`.
+fn format_line(manifest: Option<&Manifest>) -> String {
+    match manifest {
+        Some(m) => format!(
+            "2 (directory {:032x}, segments of {})",
+            m.directory_id,
+            m.segment_bytes.map_or("unknown size".into(), bytes)
+        ),
+        None => {
+            "1 (no MANIFEST: written by an older afterlog, upgraded when an engine opens it)".into()
+        }
+    }
+}
+
+/// What the directory says its retention is, in words.
+fn retention_line(manifest: Option<&Manifest>) -> String {
+    match manifest.and_then(|m| m.retention_ms) {
+        Some(ms) => format!("{} (recorded by the engine)", duration_words(ms)),
+        None => "not recorded: `afterlog compact` expires nothing".into(),
+    }
+}
+
+/// `ms` in the largest whole unit that fits (days, hours, minutes, seconds, ms).
+fn duration_words(ms: u64) -> String {
+    for (unit, len) in [
+        ("day", 86_400_000),
+        ("hour", 3_600_000),
+        ("minute", 60_000),
+        ("second", 1000),
+    ] {
+        if ms >= len && ms % len == 0 {
+            let n = ms / len;
+            return format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+        }
+    }
+    format!("{ms} ms")
+}
+
 /// Opens an engine for an offline write: the directory must exist and be a data directory
-/// (an empty one is fine); no background compaction, no delivery.
-fn open_engine(dir: &Path) -> Result<Engine, Failure> {
-    Reader::open(dir)?;
-    Ok(Engine::open_with(
-        dir,
-        Options::default().compaction_interval(None),
-    )?)
+/// (an empty one is fine); no background compaction, no delivery. It runs with the settings
+/// the directory recorded: its segment size, and its retention, or (when none is recorded,
+/// as in a format-1 directory) no expiry at all: the CLI never expires an event it cannot
+/// know is past the application's retention. It records nothing of its own.
+fn open_engine(dir: &Path) -> Result<(Engine, Option<u64>), Failure> {
+    let manifest = Reader::open(dir)?.manifest()?;
+    let retention_ms = manifest.as_ref().and_then(|m| m.retention_ms);
+    let mut options = Options::default()
+        .compaction_interval(None)
+        .record_retention(false)
+        .retention(retention_ms.map_or(Duration::MAX, Duration::from_millis));
+    if let Some(segment_bytes) = manifest.as_ref().and_then(|m| m.segment_bytes) {
+        options = options.segment_bytes(segment_bytes);
+    }
+    Ok((Engine::open_with(dir, options)?, retention_ms))
 }
 
 fn compact(dir: &Path, json: bool) -> CliResult {
     let before = Reader::open(dir)?.disk_bytes();
-    let engine = open_engine(dir)?;
+    let (engine, retention_ms) = open_engine(dir)?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new_spinner();
         bar.set_message("compacting");
@@ -834,7 +888,18 @@ fn compact(dir: &Path, json: bool) -> CliResult {
             "stats": stats,
             "disk_bytes_before": before,
             "disk_bytes_after": after,
+            "retention_ms": retention_ms,
         }));
+    }
+    match retention_ms {
+        Some(ms) => eprintln!(
+            "afterlog: retention {} (recorded by the engine)",
+            duration_words(ms)
+        ),
+        None => eprintln!(
+            "afterlog: the directory records no retention: nothing expired (open it with the \
+             application's engine once to record it)"
+        ),
     }
     let mut t = Table::new(&[("", false), ("", true)]);
     let rows = [
@@ -873,7 +938,7 @@ fn publish(dir: &Path, name: &str, body: &str, after: Option<&str>, json: bool) 
     after
         .resolve(now)
         .map_err(|e| Failure::usage(format!("bad --after: {e}")))?;
-    let engine = open_engine(dir)?;
+    let (engine, _) = open_engine(dir)?;
     let published_ms = now_ms();
     let due_ms = after
         .resolve(published_ms)

@@ -1,0 +1,147 @@
+//! The manifest: the file `MANIFEST` that names a format-2 directory and lists its segments.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic          b"AFTERMAN"
+//!      8     4  format_version u32 (2)
+//!     12     4  length         u32, bytes of the whole file
+//!     16    16  directory_id   u128, non-zero, random, chosen when the directory was made
+//!     32     8  generation     u64, 1 for the first manifest, one more at each rewrite
+//!     40     8  retention_ms   u64, the engine's retention; 0 = not recorded
+//!     48     8  segment_bytes  u64, the writer's segment size; 0 = not recorded
+//!     56     4  segment_count  u32, at most MAX_MANIFEST_SEGMENTS
+//!     60  8×n   segment ids    u64 each, strictly increasing
+//!    …      4  crc            u32, CRC-32 of every byte before it
+//! ```
+//!
+//! The manifest is replaced whole (written to `MANIFEST.tmp`, synced, renamed, directory
+//! synced), so a crash leaves the old one or the new one. A segment listed here that is
+//! missing is lost synced data; a segment whose header names another directory is foreign.
+
+use super::{get_u32, get_u64};
+
+/// The manifest's file name.
+pub const MANIFEST_FILE: &str = "MANIFEST";
+/// The name a new manifest is written under before it replaces the old one.
+pub const MANIFEST_TEMP_FILE: &str = "MANIFEST.tmp";
+const MAGIC: [u8; 8] = *b"AFTERMAN";
+const VERSION: u32 = 2;
+const FIXED_LEN: usize = 60;
+/// The most segments a manifest lists (a terabyte of 1 MiB segments).
+pub const MAX_MANIFEST_SEGMENTS: usize = 1 << 20;
+/// The largest manifest: a reader refuses a longer file before reading it.
+pub const MAX_MANIFEST_LEN: usize = FIXED_LEN + 8 * MAX_MANIFEST_SEGMENTS + 4;
+
+/// The decoded manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// The directory's id, carried by every format-2 segment header.
+    pub directory_id: u128,
+    /// How many manifests were written before this one, plus one.
+    pub generation: u64,
+    /// The retention the engine last opened the directory with, in ms.
+    pub retention_ms: Option<u64>,
+    /// The segment size the writer last used.
+    pub segment_bytes: Option<u64>,
+    /// Every segment of the directory, in id order.
+    pub segments: Vec<u64>,
+}
+
+/// Encodes `manifest`.
+pub fn encode_manifest(manifest: &Manifest) -> Vec<u8> {
+    assert!(manifest.segments.len() <= MAX_MANIFEST_SEGMENTS);
+    let len = FIXED_LEN + 8 * manifest.segments.len() + 4;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&MAGIC);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&(len as u32).to_le_bytes());
+    b.extend_from_slice(&manifest.directory_id.to_le_bytes());
+    b.extend_from_slice(&manifest.generation.to_le_bytes());
+    b.extend_from_slice(&manifest.retention_ms.unwrap_or(0).to_le_bytes());
+    b.extend_from_slice(&manifest.segment_bytes.unwrap_or(0).to_le_bytes());
+    b.extend_from_slice(&(manifest.segments.len() as u32).to_le_bytes());
+    for id in &manifest.segments {
+        b.extend_from_slice(&id.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(b.len(), len);
+    b
+}
+
+/// Decodes and checks a manifest.
+pub fn decode_manifest(b: &[u8]) -> Result<Manifest, String> {
+    if b.len() < FIXED_LEN + 4 {
+        return Err(format!("manifest is {} bytes, too short", b.len()));
+    }
+    if b[..8] != MAGIC {
+        return Err("not an afterlog manifest (bad magic)".into());
+    }
+    let version = get_u32(b, 8);
+    if version != VERSION {
+        return Err(format!("unsupported manifest version {version}"));
+    }
+    let len = get_u32(b, 12) as usize;
+    if len != b.len() {
+        return Err(format!(
+            "manifest says it is {len} bytes, the file holds {}",
+            b.len()
+        ));
+    }
+    let expected = get_u32(b, len - 4);
+    let found = crc32fast::hash(&b[..len - 4]);
+    if expected != found {
+        return Err(format!(
+            "manifest checksum mismatch: stored {expected:#010x}, computed {found:#010x}"
+        ));
+    }
+    let directory_id = u128::from_le_bytes(b[16..32].try_into().expect("16 bytes"));
+    if directory_id == 0 {
+        return Err("manifest directory id is 0".into());
+    }
+    let count = get_u32(b, 56) as usize;
+    if count > MAX_MANIFEST_SEGMENTS || FIXED_LEN + 8 * count + 4 != len {
+        return Err(format!("manifest lists {count} segments in {len} bytes"));
+    }
+    let segments: Vec<u64> = (0..count).map(|i| get_u64(b, FIXED_LEN + 8 * i)).collect();
+    if segments.windows(2).any(|w| w[0] >= w[1]) || segments.first() == Some(&0) {
+        return Err("manifest segment ids are not increasing".into());
+    }
+    let known = |v: u64| (v != 0).then_some(v);
+    Ok(Manifest {
+        directory_id,
+        generation: get_u64(b, 32),
+        retention_ms: known(get_u64(b, 40)),
+        segment_bytes: known(get_u64(b, 48)),
+        segments,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            directory_id: 0xfeed_beef << 64 | 42,
+            generation: 3,
+            retention_ms: Some(30 * 86_400_000),
+            segment_bytes: Some(1 << 20),
+            segments: vec![2, 3, 7],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_bit_flip_is_detected() {
+        let bytes = encode_manifest(&sample());
+        assert_eq!(decode_manifest(&bytes), Ok(sample()));
+        for bit in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_manifest(&b).is_err(), "flip of bit {bit}");
+        }
+        for len in 0..bytes.len() {
+            assert!(decode_manifest(&bytes[..len]).is_err(), "cut at {len}");
+        }
+    }
+}
