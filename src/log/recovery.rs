@@ -466,7 +466,9 @@ impl Bytes for Whole<'_> {
 struct Chunked<'a> {
     file: &'a dyn StorageFile,
     len: u64,
-    buf: Vec<u8>,
+    /// The buffer; its first `filled` bytes are the file's from `start` on.
+    capacity: Vec<u8>,
+    filled: usize,
     start: u64,
 }
 
@@ -478,7 +480,8 @@ impl<'a> Chunked<'a> {
         Chunked {
             file,
             len,
-            buf: Vec::new(),
+            capacity: Vec::new(),
+            filled: 0,
             start: 0,
         }
     }
@@ -488,15 +491,18 @@ impl Bytes for Chunked<'_> {
     fn at(&mut self, offset: u64, want: usize) -> io::Result<&[u8]> {
         let available = self.len.saturating_sub(offset);
         let need = (want as u64).min(available);
-        let buf_end = self.start + self.buf.len() as u64;
+        let buf_end = self.start + self.filled as u64;
         if offset < self.start || offset + need > buf_end {
             let n = ((want.max(CHUNK_BYTES)) as u64).min(available) as usize;
-            self.buf.clear();
-            self.buf.resize(n, 0);
-            read_exact_at(self.file, &mut self.buf, offset)?;
+            if self.capacity.len() < n {
+                // Allocated zeroed (no per-byte fill), once per size.
+                self.capacity = vec![0u8; n];
+            }
+            read_exact_at(self.file, &mut self.capacity[..n], offset)?;
             self.start = offset;
+            self.filled = n;
         }
-        Ok(&self.buf[(offset - self.start) as usize..])
+        Ok(&self.capacity[(offset - self.start) as usize..self.filled])
     }
     fn len(&self) -> u64 {
         self.len
@@ -652,6 +658,9 @@ fn scan_segment(
     })
 }
 
+/// Zeros to compare a segment's bytes with.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 /// The offset of the last non-zero byte at or after `from`.
 fn last_nonzero(bytes: &mut dyn Bytes, from: u64) -> io::Result<Option<u64>> {
     let mut last = None;
@@ -659,8 +668,13 @@ fn last_nonzero(bytes: &mut dyn Bytes, from: u64) -> io::Result<Option<u64>> {
     while at < bytes.len() {
         let chunk = bytes.at(at, CHUNK_BYTES)?;
         let n = chunk.len().min(CHUNK_BYTES);
-        if let Some(i) = chunk[..n].iter().rposition(|&b| b != 0) {
-            last = Some(at + i as u64);
+        for (k, piece) in chunk[..n].chunks(ZEROS.len()).enumerate() {
+            // Slice equality is a `memcmp`: fast on the long runs of zeros a segment ends with.
+            if piece != &ZEROS[..piece.len()]
+                && let Some(i) = piece.iter().rposition(|&b| b != 0)
+            {
+                last = Some(at + (k * ZEROS.len() + i) as u64);
+            }
         }
         at += n as u64;
     }
