@@ -176,6 +176,22 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Fails if the data directory was moved or replaced since the log locked it: the
+    /// writer and compaction check before they create, rename or remove a file by name.
+    pub fn check_lock(&self) -> Result<()> {
+        self.storage
+            .check_lock()
+            .map_err(|e| Error::io("write to data directory", self.storage.path(), e))
+    }
+
+    /// Poisons the log from outside the writer thread: the writer fails whatever is queued
+    /// and stops, and every later append fails.
+    pub fn poison(&self, reason: String) {
+        self.queue.lock().poisoned.get_or_insert(reason);
+        self.work.notify_one();
+        self.space.notify_all();
+    }
+
     /// The current event and job id floors.
     pub fn id_floors(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -476,6 +492,7 @@ impl Writer {
     /// Seals the active segment and installs the next one, whose first record will be `seq`
     /// and which must hold at least a frame of `frame_len` bytes.
     fn roll(&mut self, seq: u64, frame_len: u64) -> Result<()> {
+        self.shared.check_lock()?;
         let next_id = self.active.id + 1;
         let needed = DATA_START + frame_len;
         let file = match self.spare.take() {

@@ -5,9 +5,9 @@
 use super::{LockGuard, Mapped, Storage, StorageFile};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The name of the lock file inside a data directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -16,14 +16,19 @@ pub const LOCK_FILE: &str = "LOCK";
 #[derive(Debug)]
 pub struct FsStorage {
     dir: PathBuf,
+    /// The device and inode of the directory `try_lock` locked, for `check_lock`.
+    locked: Mutex<Option<(u64, u64)>>,
 }
+
+/// Attempts at locking a directory that keeps being replaced under its path.
+const LOCK_PATH_ATTEMPTS: u32 = 3;
 
 impl FsStorage {
     /// Storage in `dir`, which is created if missing.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<FsStorage> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
-        Ok(FsStorage { dir })
+        Ok(FsStorage::at(dir))
     }
 
     /// Storage in an existing `dir`, for read-only use: nothing is created.
@@ -35,8 +40,78 @@ impl FsStorage {
                 "not a directory",
             ));
         }
-        Ok(FsStorage { dir })
+        Ok(FsStorage::at(dir))
     }
+
+    fn at(dir: PathBuf) -> FsStorage {
+        FsStorage {
+            dir,
+            locked: Mutex::new(None),
+        }
+    }
+
+    /// The device and inode the directory's path names now.
+    fn path_identity(&self) -> io::Result<(u64, u64)> {
+        let meta = std::fs::metadata(&self.dir)?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
+    /// One attempt at both locks.
+    fn lock_once(&self) -> io::Result<LockAttempt> {
+        // The directory itself: deleting or replacing a file in it leaves this lock alone,
+        // so a cleaner that removes LOCK lets no second writer in.
+        let dir = File::open(&self.dir)?;
+        if !try_flock(&dir)? {
+            return Ok(LockAttempt::Busy);
+        }
+        // And LOCK, which is all that builds before this one lock: they still conflict.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join(LOCK_FILE))?;
+        if !try_flock(&file)? {
+            return Ok(LockAttempt::Busy);
+        }
+        let meta = dir.metadata()?;
+        let locked = (meta.dev(), meta.ino());
+        if self.path_identity()? != locked {
+            return Ok(LockAttempt::Replaced);
+        }
+        Ok(LockAttempt::Held(
+            LockGuard::new(Box::new((dir, file))),
+            locked,
+        ))
+    }
+}
+
+enum LockAttempt {
+    /// Both locks are held; the device and inode of the locked directory.
+    Held(LockGuard, (u64, u64)),
+    /// Another holder has one of them.
+    Busy,
+    /// The path stopped naming the directory just locked (moved or replaced meanwhile).
+    Replaced,
+}
+
+/// flock(2) `LOCK_EX | LOCK_NB`: held by the open file description, so a second open in
+/// this process conflicts too, and the kernel releases it when the process dies. False
+/// when another holder has it.
+fn try_flock(file: &File) -> io::Result<bool> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// The error of a path that no longer names the directory that was locked (the caller's
+/// error names the path).
+fn replaced(when: &str) -> io::Error {
+    io::Error::other(format!(
+        "the data directory was moved or replaced {when}: its path names another directory now"
+    ))
 }
 
 #[derive(Debug)]
@@ -93,18 +168,30 @@ impl Storage for FsStorage {
     }
 
     fn try_lock(&self) -> io::Result<Option<LockGuard>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.dir.join(LOCK_FILE))?;
-        // flock(2): held by the open file description, so a second open in this process
-        // conflicts too, and the kernel releases it when the process dies.
-        match file.try_lock() {
-            Ok(()) => Ok(Some(LockGuard::new(Box::new(file)))),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        for _ in 0..LOCK_PATH_ATTEMPTS {
+            match self.lock_once()? {
+                LockAttempt::Held(guard, locked) => {
+                    *self.locked.lock().unwrap_or_else(|e| e.into_inner()) = Some(locked);
+                    return Ok(Some(guard));
+                }
+                LockAttempt::Busy => return Ok(None),
+                // Replaced between the open and the check: lock what the path names now.
+                LockAttempt::Replaced => {}
+            }
+        }
+        Err(replaced("while it was being locked"))
+    }
+
+    fn check_lock(&self) -> io::Result<()> {
+        let locked = *self.locked.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(locked) = locked else {
+            return Ok(());
+        };
+        match self.path_identity() {
+            Ok(now) if now == locked => Ok(()),
+            Ok(_) => Err(replaced("since it was locked")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(replaced("since it was locked")),
+            Err(e) => Err(e),
         }
     }
 }
