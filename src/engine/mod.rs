@@ -369,12 +369,32 @@ impl Engine {
     /// Runs one full compaction pass now and waits for it: the active segment is sealed
     /// (if it holds any record), then every segment with any dead bytes is rewritten, so the
     /// records of every finished event leave the disk and their index entries are freed.
+    ///
+    /// When the active segment cannot be sealed because its successor cannot be created (a
+    /// full disk), the sealed segments are compacted all the same — that is how space comes
+    /// back — and sealing is tried once more after; if it still fails, the pass returns what
+    /// it did, and the active segment's records wait for a later pass. If the pass freed
+    /// nothing, the error of the roll is returned. A pass never runs after
+    /// [`close`](Engine::close) began (`Error::Closed`), and `close` waits for a running one.
     pub fn compact_now(&self) -> Result<CompactionStats> {
         let inner = self.inner();
         inner.check_open()?;
         let _pass = inner.compaction_lock.lock();
-        inner.log.roll()?;
-        compaction::pass(inner, 0.0, u64::MAX)
+        // Close may have begun while this waited for a pass of the background thread.
+        inner.check_open()?;
+        let Err(sealing) = inner.log.roll() else {
+            return compaction::pass(inner, 0.0, u64::MAX);
+        };
+        if inner.log.poisoned().is_some() {
+            return Err(sealing);
+        }
+        let mut stats = compaction::pass(inner, 0.0, u64::MAX)?;
+        if inner.log.roll().is_ok() {
+            stats.add(&compaction::pass(inner, 0.0, u64::MAX)?);
+        } else if stats.bytes_before == stats.bytes_after && stats.events_expired == 0 {
+            return Err(sealing);
+        }
+        Ok(stats)
     }
 
     /// Counters of the engine's work.
@@ -669,6 +689,10 @@ impl Inner {
         if let Some(compactor) = compactor {
             let _ = compactor.join();
         }
+        // A `compact_now` running on another thread finishes before the lock is released
+        // (a pass that starts from now on sees `closing` and does nothing), so no second
+        // engine opens the directory while this one still renames and removes files in it.
+        drop(self.compaction_lock.lock());
         let delivery = self.delivery.lock().take();
         if let Some(delivery) = delivery {
             delivery.stop(self);

@@ -804,12 +804,16 @@ fn verify(dir: &Path, salvage: Option<&Path>, json: bool) -> CliResult {
 }
 
 /// Opens an engine for an offline write: the directory must exist and be a data directory
-/// (an empty one is fine); no background compaction, no delivery.
+/// (an empty one is fine); no background compaction, no delivery, and no spare segment
+/// prepared ahead (a one-off write needs none, and a compaction run to free space on a full
+/// disk must not first claim a segment's worth of it).
 fn open_engine(dir: &Path) -> Result<Engine, Failure> {
     Reader::open(dir)?;
     Ok(Engine::open_with(
         dir,
-        Options::default().compaction_interval(None),
+        Options::default()
+            .compaction_interval(None)
+            .prepare_spare(false),
     )?)
 }
 
