@@ -117,6 +117,64 @@ fn replaced(when: &str) -> io::Error {
 #[derive(Debug)]
 struct FsFile {
     file: File,
+    /// Set when the file could only be opened for reading: why opening it for writing
+    /// failed, which every write reports instead of the kernel's "bad file descriptor".
+    read_only: Option<(io::ErrorKind, String)>,
+}
+
+impl FsFile {
+    fn writable(&self) -> io::Result<()> {
+        match &self.read_only {
+            None => Ok(()),
+            Some((kind, why)) => Err(io::Error::new(
+                *kind,
+                format!("the file cannot be written: opening it for writing failed: {why}"),
+            )),
+        }
+    }
+}
+
+/// A "not found" error for `path` that says so when `path` is a symbolic link whose target
+/// is missing (the kernel's message would suggest the link itself is).
+pub(crate) fn explain_missing(path: &Path, e: io::Error) -> io::Error {
+    if e.kind() != io::ErrorKind::NotFound {
+        return e;
+    }
+    match std::fs::read_link(path) {
+        Ok(target) => io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("a dangling symbolic link to {}", target.display()),
+        ),
+        Err(_) => e,
+    }
+}
+
+/// Refuses what is not a regular file (after following symbolic links) before it is
+/// opened, so that a FIFO never blocks an open or a read, and a dangling link says so.
+fn check_regular(path: &Path) -> io::Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| explain_missing(path, e))?;
+    if meta.is_file() {
+        return Ok(());
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "of an unknown type"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("not a regular file: it is {what}"),
+    ))
 }
 
 impl Storage for FsStorage {
@@ -141,18 +199,38 @@ impl Storage for FsStorage {
             .write(true)
             .create_new(true)
             .open(self.dir.join(name))?;
-        Ok(Box::new(FsFile { file }))
+        Ok(Box::new(FsFile {
+            file,
+            read_only: None,
+        }))
     }
 
     fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
         let path = self.dir.join(name);
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(f) => f,
-            // A read-only directory (or file) can still be inspected.
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => File::open(&path)?,
+        check_regular(&path)?;
+        let (file, read_only) = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => (f, None),
+            // A read-only file system, directory or file (or an immutable file) can still be
+            // inspected; a write then reports why it cannot be done.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                (File::open(&path)?, Some((e.kind(), e.to_string())))
+            }
             Err(e) => return Err(e),
         };
-        Ok(Box::new(FsFile { file }))
+        // Replaced by something else between the check and the open: refuse it all the same.
+        if !file.metadata()?.is_file() {
+            check_regular(&path)?;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        Ok(Box::new(FsFile { file, read_only }))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -206,10 +284,12 @@ impl StorageFile for FsFile {
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.writable()?;
         FileExt::write_all_at(&self.file, buf, offset)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.writable()?;
         self.file.set_len(len)
     }
 

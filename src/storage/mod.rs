@@ -9,6 +9,7 @@
 mod fs;
 mod mem;
 
+pub(crate) use fs::explain_missing;
 pub use fs::{FsStorage, LOCK_FILE};
 pub use mem::{CrashMode, MEM_FILE_BYTES_MAX, MemStorage, OpKind, SECTOR_BYTES, TraceEntry};
 

@@ -199,7 +199,12 @@ impl From<Error> for Failure {
                 "refusing: {} is in use by a running engine (its lock is held); stop it or use the read-only commands",
                 dir.display()
             ),
-            Error::Io { source, path, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            // The directory named on the command line is missing; anything else missing (a
+            // segment that is a dangling link, say) is said as the error says it.
+            Error::Io { source, path, .. }
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(path).is_err() =>
+            {
                 format!("{}: no such directory", path.display())
             }
             _ => e.to_string(),
