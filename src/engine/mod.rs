@@ -342,12 +342,16 @@ impl Engine {
     }
 
     /// Cancels an event: after this returns, no new attempt of it starts. Returns whether it
-    /// was pending (false if it had already finished).
+    /// was pending (false if it had already finished, even if compaction has forgotten it
+    /// since). An id this engine never gave out — 0 (ids start at 1) or one above the last —
+    /// is an error (`Error::InvalidInput`, "unknown event"), and nothing is written.
     pub fn cancel(&self, id: EventId) -> Result<bool> {
         self.inner().cancel(id)
     }
 
-    /// Cancels every event of `job` that has not started; returns how many.
+    /// Cancels every event of `job` that has not started; returns how many (0 for a job that
+    /// finished, even if compaction has forgotten it since). A job id never given out — 0 or
+    /// one above the last — is an error, as it is for [`job_stats`](Engine::job_stats).
     pub fn cancel_job(&self, job: JobId) -> Result<u64> {
         self.inner().cancel_job(job)
     }
@@ -425,6 +429,17 @@ impl Inner {
         } else {
             Ok(())
         }
+    }
+
+    /// Whether `id` was handed out by this engine or an earlier one on the directory (ids
+    /// start at 1, so 0 never was).
+    fn event_given_out(&self, id: EventId) -> bool {
+        id.0 != 0 && id.0 < self.next_event.load(Ordering::Relaxed)
+    }
+
+    /// Whether `job` was handed out (job ids start at 1).
+    fn job_given_out(&self, job: JobId) -> bool {
+        job.0 != 0 && job.0 < self.next_job.load(Ordering::Relaxed)
     }
 
     fn publish(&self, name: &str, body: &[u8], after: &After) -> Result<EventId> {
@@ -565,7 +580,7 @@ impl Inner {
                 Some(state) if state.is_pending() => {}
                 Some(_) => return Ok(false),
                 // Given out before but no longer indexed: finished, and compacted away.
-                None if id.0 < self.next_event.load(Ordering::Relaxed) => return Ok(false),
+                None if self.event_given_out(id) => return Ok(false),
                 None => return Err(Error::invalid(format!("unknown event {id}"))),
             }
         }
@@ -585,7 +600,7 @@ impl Inner {
         self.check_open()?;
         if self.core.lock().index.job_stats(job).is_none() {
             // A job given out before but no longer indexed finished and was compacted away.
-            if job.0 < self.next_job.load(Ordering::Relaxed) {
+            if self.job_given_out(job) {
                 return Ok(0);
             }
             return Err(Error::invalid(format!("unknown job {job}")));
