@@ -431,7 +431,13 @@ impl Reader {
             let path = dir.join(name);
             std::fs::metadata(&path)
                 .map(|meta| meta.len())
-                .map_err(|e| Error::io("stat file", &path, e))
+                .map_err(|e| {
+                    Error::io(
+                        "stat file",
+                        &path,
+                        crate::storage::explain_missing(&path, e),
+                    )
+                })
         })
     }
 

@@ -544,3 +544,91 @@ fn bad_directories_give_one_line_and_a_code() {
     assert!(help.contains("Exit codes:"), "{help}");
     assert!(ok(&["replay", "--help"]).contains("Examples:"));
 }
+
+/// The command's writes prepare no spare segment ahead of need: `afterlog publish` on a
+/// fresh directory creates its first segment and nothing else. Observed with `strace`
+/// (the test says so and checks nothing when `strace` is missing or cannot trace).
+#[test]
+fn publish_prepares_no_spare_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    let trace = tmp.path().join("trace");
+    let traced = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=openat", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_afterlog"))
+        .args(["publish", dir.to_str().unwrap(), "x", "y"])
+        .output();
+    let Some(o) = traced.ok().filter(|_| trace.exists()) else {
+        eprintln!("strace cannot trace here: nothing checked");
+        return;
+    };
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let opened = std::fs::read_to_string(&trace).unwrap();
+    assert!(opened.contains("00000000000000000001.seg.tmp"), "{opened}");
+    assert!(
+        !opened.contains("00000000000000000002.seg.tmp"),
+        "a spare segment was prepared:\n{opened}"
+    );
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// `None` when it cannot be mounted (not root).
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        mounted.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).output();
+    }
+}
+
+/// Fills the file system of `dir` until a write fails for lack of space.
+fn fill_up(dir: &Path) {
+    use std::io::Write;
+    let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![1u8; 4096];
+    while filler.write_all(&block).is_ok() {}
+    let _ = filler.sync_all();
+}
+
+#[test]
+fn compact_frees_space_on_a_full_disk() {
+    let Some(fs) = Tmpfs::mount("2m") else {
+        eprintln!("cannot mount a tmpfs here (not root?): nothing checked");
+        return;
+    };
+    let data = fs.0.path().join("data");
+    let clock = ManualClock::new(now_ms());
+    let engine = Engine::open_with(&data, options(&clock)).unwrap();
+    for i in 0..100 {
+        let id = engine
+            .publish("x", format!("{i:0200}"), After::parse("1 hour").unwrap())
+            .unwrap();
+        engine.cancel(id).unwrap();
+    }
+    engine.close().unwrap();
+    fill_up(fs.0.path());
+
+    let dir = data.to_str().unwrap();
+    let v = json(&["compact", dir, "--json"]);
+    let (before, after) = (
+        v["disk_bytes_before"].as_u64().unwrap(),
+        v["disk_bytes_after"].as_u64().unwrap(),
+    );
+    assert!(after < before, "{v}");
+    assert!(v["stats"]["segments_removed"].as_u64().unwrap() > 0, "{v}");
+    assert!(ok(&["verify", dir]).contains(": sound"));
+}

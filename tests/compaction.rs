@@ -181,3 +181,124 @@ fn compaction_keeps_every_live_event_with_its_state_across_a_restart() {
     let next = engine.publish("done", b"x", After::NOW).unwrap();
     assert!(next.0 > 311, "id {next} reused");
 }
+
+/// In-memory storage whose removal of a segment file waits at a gate once armed, so a test
+/// can hold a compaction pass in the middle of its work.
+#[derive(Debug, Clone)]
+struct GatedDisk {
+    inner: afterlog::storage::MemStorage,
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    /// (armed, a removal is waiting, open)
+    state: std::sync::Mutex<(bool, bool, bool)>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    fn arm(&self) {
+        self.state.lock().unwrap().0 = true;
+    }
+
+    fn wait_entered(&self) {
+        let state = self.state.lock().unwrap();
+        let (_state, timeout) = self
+            .cv
+            .wait_timeout_while(state, Duration::from_secs(10), |s| !s.1)
+            .unwrap();
+        assert!(!timeout.timed_out(), "compaction never removed a segment");
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().2 = true;
+        self.cv.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut state = self.state.lock().unwrap();
+        if state.0 {
+            state.1 = true;
+            self.cv.notify_all();
+            let _open = self.cv.wait_while(state, |s| !s.2).unwrap();
+        }
+    }
+}
+
+impl afterlog::storage::Storage for GatedDisk {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn create(&self, name: &str) -> std::io::Result<Box<dyn afterlog::storage::StorageFile>> {
+        self.inner.create(name)
+    }
+    fn open(&self, name: &str) -> std::io::Result<Box<dyn afterlog::storage::StorageFile>> {
+        self.inner.open(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        if name.ends_with(".seg") {
+            self.gate.pass();
+        }
+        self.inner.remove(name)
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+    fn try_lock(&self) -> std::io::Result<Option<afterlog::storage::LockGuard>> {
+        self.inner.try_lock()
+    }
+}
+
+#[test]
+fn close_waits_for_a_compaction_running_on_another_thread() {
+    let disk = GatedDisk {
+        inner: afterlog::storage::MemStorage::new(),
+        gate: Arc::default(),
+    };
+    let clock = ManualClock::new(START_MS);
+    let open = || Engine::open_storage(Arc::new(disk.clone()), options(&clock));
+    let engine = open().unwrap();
+    let body = vec![b'x'; 2000];
+    for _ in 0..100 {
+        let id = engine
+            .publish("x", &body, After::parse("1 hour").unwrap())
+            .unwrap();
+        engine.cancel(id).unwrap();
+    }
+    disk.gate.arm();
+    let compacting = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.compact_now())
+    };
+    disk.gate.wait_entered();
+    let closing = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.close())
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !closing.is_finished(),
+        "close returned while compaction ran"
+    );
+    match open() {
+        Err(afterlog::Error::Locked { .. }) => {}
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("a second engine opened the directory while compaction ran"),
+    }
+    // A pass asked for once close began is refused.
+    assert!(matches!(engine.compact_now(), Err(afterlog::Error::Closed)));
+    disk.gate.open();
+    let stats = compacting.join().unwrap().unwrap();
+    assert!(stats.segments_removed > 0, "{stats:?}");
+    closing.join().unwrap().unwrap();
+    let reopened = open().unwrap();
+    assert_eq!(reopened.metrics().pending, 0);
+    reopened.close().unwrap();
+}

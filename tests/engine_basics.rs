@@ -141,3 +141,36 @@ fn events_survive_a_restart_and_are_delivered_after_start() {
     let c = engine.publish("a", b"3", After::NOW).unwrap();
     assert!(c.0 > ids[1].0, "ids continue after restart");
 }
+
+/// An id the engine never gave out is unknown, whatever it is: 0 (ids start at 1) like one
+/// above the last. `cancel` and `cancel_job` refuse it as `job_stats` does; an id given out
+/// before is never an error.
+#[test]
+fn ids_never_given_out_are_unknown_to_cancel_cancel_job_and_job_stats() {
+    use afterlog::{Error, EventId, JobId};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = engine(dir.path(), &clock);
+    let id = engine
+        .publish("x", "1", After::parse("1 hour").unwrap())
+        .unwrap();
+    let job = engine.push("q", ["a"], Duration::from_secs(60)).unwrap();
+    for unknown in [EventId(0), EventId(id.0 + 100)] {
+        match engine.cancel(unknown) {
+            Err(Error::InvalidInput { reason }) => assert!(reason.contains("unknown event")),
+            other => panic!("cancel({unknown}): {other:?}"),
+        }
+    }
+    for unknown in [JobId(0), JobId(job.0 + 100)] {
+        match engine.cancel_job(unknown) {
+            Err(Error::InvalidInput { reason }) => assert!(reason.contains("unknown job")),
+            other => panic!("cancel_job({unknown}): {other:?}"),
+        }
+        assert!(engine.job_stats(unknown).is_err());
+    }
+    assert!(engine.cancel(id).unwrap());
+    assert!(!engine.cancel(id).unwrap());
+    assert_eq!(engine.cancel_job(job).unwrap(), 1);
+    assert_eq!(engine.job_stats(job).unwrap().cancelled, 1);
+    engine.close().unwrap();
+}

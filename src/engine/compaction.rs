@@ -51,6 +51,19 @@ pub struct CompactionStats {
     pub events_expired: u64,
 }
 
+impl CompactionStats {
+    /// Adds the figures of another pass.
+    pub(crate) fn add(&mut self, other: &CompactionStats) {
+        self.segments_rewritten += other.segments_rewritten;
+        self.segments_removed += other.segments_removed;
+        self.bytes_before += other.bytes_before;
+        self.bytes_after += other.bytes_after;
+        self.records_dropped += other.records_dropped;
+        self.events_released += other.events_released;
+        self.events_expired += other.events_expired;
+    }
+}
+
 /// Runs one pass. `min_dead` is the dead share (0..=1) a segment needs to be compacted;
 /// `budget_bytes` bounds the data read per pass.
 pub(crate) fn pass(

@@ -346,12 +346,16 @@ impl Engine {
     }
 
     /// Cancels an event: after this returns, no new attempt of it starts. Returns whether it
-    /// was pending (false if it had already finished).
+    /// was pending (false if it had already finished, even if compaction has forgotten it
+    /// since). An id this engine never gave out — 0 (ids start at 1) or one above the last —
+    /// is an error (`Error::InvalidInput`, "unknown event"), and nothing is written.
     pub fn cancel(&self, id: EventId) -> Result<bool> {
         self.inner().cancel(id)
     }
 
-    /// Cancels every event of `job` that has not started; returns how many.
+    /// Cancels every event of `job` that has not started; returns how many (0 for a job that
+    /// finished, even if compaction has forgotten it since). A job id never given out — 0 or
+    /// one above the last — is an error, as it is for [`job_stats`](Engine::job_stats).
     pub fn cancel_job(&self, job: JobId) -> Result<u64> {
         self.inner().cancel_job(job)
     }
@@ -373,12 +377,32 @@ impl Engine {
     /// Runs one full compaction pass now and waits for it: the active segment is sealed
     /// (if it holds any record), then every segment with any dead bytes is rewritten, so the
     /// records of every finished event leave the disk and their index entries are freed.
+    ///
+    /// When the active segment cannot be sealed because its successor cannot be created (a
+    /// full disk), the sealed segments are compacted all the same — that is how space comes
+    /// back — and sealing is tried once more after; if it still fails, the pass returns what
+    /// it did, and the active segment's records wait for a later pass. If the pass freed
+    /// nothing, the error of the roll is returned. A pass never runs after
+    /// [`close`](Engine::close) began (`Error::Closed`), and `close` waits for a running one.
     pub fn compact_now(&self) -> Result<CompactionStats> {
         let inner = self.inner();
         inner.check_open()?;
         let _pass = inner.compaction_lock.lock();
-        inner.log.roll()?;
-        compaction::pass(inner, 0.0, u64::MAX)
+        // Close may have begun while this waited for a pass of the background thread.
+        inner.check_open()?;
+        let Err(sealing) = inner.log.roll() else {
+            return compaction::pass(inner, 0.0, u64::MAX);
+        };
+        if inner.log.poisoned().is_some() {
+            return Err(sealing);
+        }
+        let mut stats = compaction::pass(inner, 0.0, u64::MAX)?;
+        if inner.log.roll().is_ok() {
+            stats.add(&compaction::pass(inner, 0.0, u64::MAX)?);
+        } else if stats.bytes_before == stats.bytes_after && stats.events_expired == 0 {
+            return Err(sealing);
+        }
+        Ok(stats)
     }
 
     /// Counters of the engine's work.
@@ -409,6 +433,17 @@ impl Inner {
         } else {
             Ok(())
         }
+    }
+
+    /// Whether `id` was handed out by this engine or an earlier one on the directory (ids
+    /// start at 1, so 0 never was).
+    fn event_given_out(&self, id: EventId) -> bool {
+        id.0 != 0 && id.0 < self.next_event.load(Ordering::Relaxed)
+    }
+
+    /// Whether `job` was handed out (job ids start at 1).
+    fn job_given_out(&self, job: JobId) -> bool {
+        job.0 != 0 && job.0 < self.next_job.load(Ordering::Relaxed)
     }
 
     fn publish(&self, name: &str, body: &[u8], after: &After) -> Result<EventId> {
@@ -549,7 +584,7 @@ impl Inner {
                 Some(state) if state.is_pending() => {}
                 Some(_) => return Ok(false),
                 // Given out before but no longer indexed: finished, and compacted away.
-                None if id.0 < self.next_event.load(Ordering::Relaxed) => return Ok(false),
+                None if self.event_given_out(id) => return Ok(false),
                 None => return Err(Error::invalid(format!("unknown event {id}"))),
             }
         }
@@ -569,7 +604,7 @@ impl Inner {
         self.check_open()?;
         if self.core.lock().index.job_stats(job).is_none() {
             // A job given out before but no longer indexed finished and was compacted away.
-            if job.0 < self.next_job.load(Ordering::Relaxed) {
+            if self.job_given_out(job) {
                 return Ok(0);
             }
             return Err(Error::invalid(format!("unknown job {job}")));
@@ -673,6 +708,10 @@ impl Inner {
         if let Some(compactor) = compactor {
             let _ = compactor.join();
         }
+        // A `compact_now` running on another thread finishes before the lock is released
+        // (a pass that starts from now on sees `closing` and does nothing), so no second
+        // engine opens the directory while this one still renames and removes files in it.
+        drop(self.compaction_lock.lock());
         let delivery = self.delivery.lock().take();
         if let Some(delivery) = delivery {
             delivery.stop(self);

@@ -125,6 +125,16 @@ impl Options {
         self
     }
 
+    /// Whether the next segment file is prepared (pre-sized, zero-filled) on a background
+    /// thread ahead of need, so that a roll does not wait for it (default true). Turn it off
+    /// for short sessions that write little, or on a disk short of space: a roll then
+    /// prepares its file itself, and an open creates no file but the first segment of an
+    /// empty directory.
+    pub fn prepare_spare(mut self, on: bool) -> Options {
+        self.log.prepare_in_background = on;
+        self
+    }
+
     /// All log options at once.
     pub fn log_options(mut self, log: LogOptions) -> Options {
         self.log = log;

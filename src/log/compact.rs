@@ -176,6 +176,12 @@ impl Log {
                 slot: Some(slot),
             });
         }
+        // Removing or renaming by name in a directory that is no longer ours would change
+        // someone else's files: stop here, and poison the log, which has lost its lock.
+        if let Err(e) = self.shared.check_lock() {
+            self.shared.poison(e.to_string());
+            return Err(e);
+        }
         let io = |op, e| Error::io(op, &path, e);
         if records_kept == 0 {
             // Unlisted first: a crash before the file is gone leaves a leftover that recovery

@@ -514,10 +514,12 @@ impl Log {
 const LOCK_ATTEMPTS: u32 = 5;
 const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
-/// Takes the directory lock. A lock held by another open fails within about 50 ms: a few
-/// retries ride out the moment when a process that just closed the directory still shares
-/// the lock with a child it is forking (`flock` locks are shared across `fork` until the
-/// child's `exec` closes its copy).
+/// Takes the directory lock (on real files, the directory itself and `LOCK`: deleting or
+/// replacing `LOCK` does not let a second writer in). It is taken before recovery, so a
+/// refused open has removed nothing (not even the temporary files of the holder). A lock held
+/// by another open fails within about 50 ms: a few retries ride out the moment when a process
+/// that just closed the directory still shares the lock with a child it is forking (`flock`
+/// locks are shared across `fork` until the child's `exec` closes its copy).
 fn take_lock(storage: &dyn Storage) -> Result<LockGuard> {
     let dir = storage.path();
     for attempt in 1..=LOCK_ATTEMPTS {

@@ -64,22 +64,31 @@ pub fn prepare_file(storage: &dyn Storage, id: u64, len: u64) -> Result<Arc<dyn 
         }
         Err(e) => return Err(Error::io("create segment", &path, e)),
     };
-    // Zeros go out in pieces, each synced before the next is written: left to accumulate,
-    // a whole segment of dirty zeros is written back in one burst, and every sync of the
-    // active segment issued meanwhile waits behind it.
+    match fill_and_sync(&*file, len) {
+        Ok(()) => Ok(file),
+        Err((op, e)) => {
+            // A half-made file holds space a full disk needs back; recovery would remove it
+            // too, but only at the next open.
+            let _ = storage.remove(&name);
+            Err(Error::io(op, &path, e))
+        }
+    }
+}
+
+/// Writes `len` bytes of zeros and syncs them. Zeros go out in pieces, each synced before
+/// the next is written: left to accumulate, a whole segment of dirty zeros is written back
+/// in one burst, and every sync of the active segment issued meanwhile waits behind it.
+fn fill_and_sync(file: &dyn StorageFile, len: u64) -> Result<(), (&'static str, std::io::Error)> {
     let mut at = 0;
     while at < len {
         let end = (at + ZERO_SYNC_STEP).min(len);
-        zero_fill(&*file, at, end).map_err(|e| Error::io("zero-fill segment", &path, e))?;
+        zero_fill(file, at, end).map_err(|e| ("zero-fill segment", e))?;
         if end < len {
-            file.sync_data()
-                .map_err(|e| Error::io("sync new segment", &path, e))?;
+            file.sync_data().map_err(|e| ("sync new segment", e))?;
         }
         at = end;
     }
-    file.sync_data()
-        .map_err(|e| Error::io("sync new segment", &path, e))?;
-    Ok(file)
+    file.sync_data().map_err(|e| ("sync new segment", e))
 }
 
 /// Writes zeros over `start..end`.

@@ -180,6 +180,22 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Fails if the data directory was moved or replaced since the log locked it: the
+    /// writer and compaction check before they create, rename or remove a file by name.
+    pub fn check_lock(&self) -> Result<()> {
+        self.storage
+            .check_lock()
+            .map_err(|e| Error::io("write to data directory", self.storage.path(), e))
+    }
+
+    /// Poisons the log from outside the writer thread: the writer fails whatever is queued
+    /// and stops, and every later append fails.
+    pub fn poison(&self, reason: String) {
+        self.queue.lock().poisoned.get_or_insert(reason);
+        self.work.notify_one();
+        self.space.notify_all();
+    }
+
     /// The current event and job id floors.
     pub fn id_floors(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -333,15 +349,35 @@ impl Writer {
             if roll_requested && self.active.worth_sealing(self.shared.id_floors()) {
                 let next_seq = self.shared.queue.lock().next_seq;
                 let first_unwritten = self.queued_first_seq().unwrap_or(next_seq);
-                if let Err(e) = self.roll(first_unwritten, 0) {
-                    // The group's records are durable; only the flushes that asked for the
-                    // roll fail, and the log is poisoned.
-                    let reason = e.to_string();
-                    self.shared.queue.lock().poisoned = Some(reason.clone());
-                    WakeTree::complete(pending.into_iter().map(|(d, p)| (d, Ok(p))).collect());
-                    fail_all(&[], &flushes, &[], &reason);
-                    // The top of the loop fails whatever is queued behind, then stops.
-                    continue;
+                match self.requested_roll(first_unwritten) {
+                    Ok(()) => {}
+                    Err(RollError::NoNextFile(e)) => {
+                        // Nothing changed: the active segment goes on. The group's records
+                        // are durable; only the flushes fail, with the reason.
+                        WakeTree::complete(
+                            pending
+                                .into_iter()
+                                .map(|(d, p)| (d, Ok(p)))
+                                .chain(flushes.into_iter().map(|f| (f, Err(copy_error(&e)))))
+                                .collect(),
+                        );
+                        last_group.0 = requests.len();
+                        if closing {
+                            self.finish();
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(RollError::Fatal(e)) => {
+                        // The group's records are durable; only the flushes that asked for
+                        // the roll fail, and the log is poisoned.
+                        let reason = e.to_string();
+                        self.shared.queue.lock().poisoned = Some(reason.clone());
+                        WakeTree::complete(pending.into_iter().map(|(d, p)| (d, Ok(p))).collect());
+                        fail_all(&[], &flushes, &[], &reason);
+                        // The top of the loop fails whatever is queued behind, then stops.
+                        continue;
+                    }
                 }
             }
             last_group.0 = requests.len();
@@ -493,10 +529,52 @@ impl Writer {
     /// Seals the active segment and installs the next one, whose first record will be `seq`
     /// and which must hold at least a frame of `frame_len` bytes.
     ///
-    /// The order makes every crash recoverable: the seal (which names `seq`) is written and
-    /// synced first; then the new segment is installed (header synced, renamed, directory
-    /// synced); then the manifest lists it; only then is a record written into it.
+    /// The order makes every crash recoverable: once the next file is prepared, the seal
+    /// (which names `seq`) is written and synced; then the new segment is installed (header
+    /// synced, renamed, directory synced); then the manifest lists it; only then is a record
+    /// written into it.
     fn roll(&mut self, seq: u64, frame_len: u64) -> Result<()> {
+        self.shared.check_lock()?;
+        let (file, capacity) = self.next_file(frame_len)?;
+        self.install_next(file, capacity, seq)
+    }
+
+    /// The file of the next segment, prepared (the spare, or made now) and large enough for
+    /// a frame of `frame_len` bytes, with its capacity. On an error nothing has changed but
+    /// the loss of the spare: the active segment is as it was.
+    ///
+    /// A spare whose preparation failed (a full disk, say) is forgotten, not inherited: its
+    /// error may be stale by now (space freed since), so the file is prepared again here, and
+    /// only that attempt's error counts.
+    fn next_file(&mut self, frame_len: u64) -> Result<(Arc<dyn StorageFile>, u64)> {
+        let next_id = self.active.id + 1;
+        let storage = &*self.shared.storage;
+        let spare = match self.spare.take().map(|handle| handle.join()) {
+            Some(Ok(Ok((id, file)))) if id == next_id => Some(file),
+            // A spare for another id (cannot happen), a failed or a panicked preparation.
+            _ => None,
+        };
+        let file = match spare {
+            Some(file) => file,
+            None => prepare_file(storage, next_id, self.options.segment_bytes)?,
+        };
+        let mut capacity = self.options.segment_bytes;
+        let needed = SEGMENT_HEADER_LEN_V2 as u64 + frame_len + SEAL_FRAME_LEN as u64;
+        if needed > capacity {
+            // One record larger than a whole segment: grow this segment for it.
+            let name = super::segment::temp_name(next_id);
+            if let Err(e) = zero_fill(&*file, capacity, needed) {
+                let _ = storage.remove(&name);
+                return Err(Error::io("zero-fill segment", storage.path().join(name), e));
+            }
+            capacity = needed;
+        }
+        Ok((file, capacity))
+    }
+
+    /// Seals the active segment and installs `file` as the next one, whose first record will
+    /// be `seq`.
+    fn install_next(&mut self, file: Arc<dyn StorageFile>, capacity: u64, seq: u64) -> Result<()> {
         let next_id = self.active.id + 1;
         if self.active.seals {
             let mut seal = Vec::with_capacity(SEAL_FRAME_LEN);
@@ -515,26 +593,6 @@ impl Writer {
             self.active.offset += SEAL_FRAME_LEN as u64;
         }
         let data_start = SEGMENT_HEADER_LEN_V2 as u64;
-        let needed = data_start + frame_len + SEAL_FRAME_LEN as u64;
-        let file = match self.spare.take() {
-            Some(handle) => match handle.join() {
-                Ok(Ok((id, file))) if id == next_id => file,
-                Ok(Ok(_)) => {
-                    prepare_file(&*self.shared.storage, next_id, self.options.segment_bytes)?
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(Error::invalid("the segment preparation thread panicked")),
-            },
-            None => prepare_file(&*self.shared.storage, next_id, self.options.segment_bytes)?,
-        };
-        let mut capacity = self.options.segment_bytes;
-        if needed > capacity {
-            // One record larger than a whole segment: grow this segment for it.
-            let path = self.shared.storage.path().join(segment_name(next_id));
-            zero_fill(&*file, capacity, needed)
-                .map_err(|e| Error::io("zero-fill segment", &path, e))?;
-            capacity = needed;
-        }
         let floors = self.shared.id_floors();
         let storage = &*self.shared.storage;
         install(
@@ -581,7 +639,27 @@ impl Writer {
     }
 }
 
+/// Why a requested roll failed.
+enum RollError {
+    /// No next segment could be had (a full disk, say): nothing changed, the log goes on.
+    NoNextFile(Error),
+    /// Anything else: the log is poisoned.
+    Fatal(Error),
+}
+
 impl Writer {
+    /// A roll asked for by `Log::roll` (compaction seals the active segment before a pass).
+    /// Unlike a roll of a full segment, which must have its next file to write the group, it
+    /// can fail harmlessly when the next file cannot be prepared: then the active segment
+    /// stays active, so a full disk does not poison the log that compaction is about to
+    /// free space in.
+    fn requested_roll(&mut self, seq: u64) -> std::result::Result<(), RollError> {
+        self.shared.check_lock().map_err(RollError::Fatal)?;
+        let (file, capacity) = self.next_file(0).map_err(RollError::NoNextFile)?;
+        self.install_next(file, capacity, seq)
+            .map_err(RollError::Fatal)
+    }
+
     /// The sequence number of the first request still queued, if any: the first record the
     /// next segment will hold.
     fn queued_first_seq(&self) -> Option<u64> {
@@ -620,6 +698,19 @@ fn take_group(requests: &mut Vec<Request>) -> Vec<Request> {
 
 pub(crate) fn max_queued_bytes() -> usize {
     MAX_QUEUED_BYTES
+}
+
+/// The same error again, for a second waiter (`Error` is not `Clone`: an I/O error keeps its
+/// kind and message).
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::Io { op, path, source } => Error::Io {
+            op,
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => Error::invalid(other.to_string()),
+    }
 }
 
 fn fail_all(

@@ -9,6 +9,7 @@
 mod fs;
 mod mem;
 
+pub(crate) use fs::explain_missing;
 pub use fs::{FsStorage, LOCK_FILE};
 pub use mem::{CrashMode, MEM_FILE_BYTES_MAX, MemStorage, OpKind, SECTOR_BYTES, TraceEntry};
 
@@ -38,6 +39,13 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// Takes the directory's exclusive lock, or returns `Ok(None)` at once if another holder
     /// (in this or another process) has it. The lock is released when the guard is dropped.
     fn try_lock(&self) -> io::Result<Option<LockGuard>>;
+    /// Fails if the directory this storage locked is no longer the one its path names (it
+    /// was moved or replaced since [`try_lock`](Storage::try_lock)): files created, renamed
+    /// or removed by path would then land in a directory someone else may hold. Storage
+    /// without paths (in memory) always passes.
+    fn check_lock(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One open file.

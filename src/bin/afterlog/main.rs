@@ -200,7 +200,12 @@ impl From<Error> for Failure {
                 "refusing: {} is in use by a running engine (its lock is held); stop it or use the read-only commands",
                 dir.display()
             ),
-            Error::Io { source, path, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            // The directory named on the command line is missing; anything else missing (a
+            // segment that is a dangling link, say) is said as the error says it.
+            Error::Io { source, path, .. }
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(path).is_err() =>
+            {
                 format!("{}: no such directory", path.display())
             }
             _ => e.to_string(),
@@ -850,15 +855,18 @@ fn duration_words(ms: u64) -> String {
 }
 
 /// Opens an engine for an offline write: the directory must exist and be a data directory
-/// (an empty one is fine); no background compaction, no delivery. It runs with the settings
-/// the directory recorded: its segment size, and its retention, or (when none is recorded,
-/// as in a format-1 directory) no expiry at all: the CLI never expires an event it cannot
-/// know is past the application's retention. It records nothing of its own.
+/// (an empty one is fine); no background compaction, no delivery, and no spare segment
+/// prepared ahead (a one-off write needs none, and a compaction run to free space on a full
+/// disk must not first claim a segment's worth of it). It runs with the settings the
+/// directory recorded: its segment size, and its retention, or (when none is recorded, as in
+/// a format-1 directory) no expiry at all: the CLI never expires an event it cannot know is
+/// past the application's retention. It records nothing of its own.
 fn open_engine(dir: &Path) -> Result<(Engine, Option<u64>), Failure> {
     let manifest = Reader::open(dir)?.manifest()?;
     let retention_ms = manifest.as_ref().and_then(|m| m.retention_ms);
     let mut options = Options::default()
         .compaction_interval(None)
+        .prepare_spare(false)
         .record_retention(false)
         .retention(retention_ms.map_or(Duration::MAX, Duration::from_millis));
     if let Some(segment_bytes) = manifest.as_ref().and_then(|m| m.segment_bytes) {
