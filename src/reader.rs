@@ -6,6 +6,11 @@
 //! prefix of the active one. A torn or in-progress tail of the last segment is reported in
 //! the [`Recovery`] value, never cut.
 //!
+//! Beside a running engine, each read is bounded to what was there when it began: it lists
+//! the segments once and opens each once (a file renamed or removed between the listing and
+//! the open, a temporary file or a segment compaction removed, is not damage), and every
+//! scan of one read ends where its first scan of the last segment ended.
+//!
 //! Memory: [`Reader::records`] streams in constant memory (a name or job filter remembers
 //! the matching ids as runs of consecutive ids); [`Reader::summary`] holds one row per event.
 //!
@@ -21,11 +26,14 @@ use crate::index::{EventState, Index};
 use crate::log::{
     Durability, Log, LogOptions, Position, Recovery, is_temp_name, parse_segment_name, segment_name,
 };
-use crate::storage::{FsStorage, LOCK_FILE, LockGuard, Storage, StorageFile, read_exact_at};
+use crate::storage::{
+    FsStorage, LOCK_FILE, LockGuard, Mapped, Storage, StorageFile, read_exact_at,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A data directory opened for reading only.
 #[derive(Debug)]
@@ -452,14 +460,14 @@ impl Reader {
         file_bytes: impl Fn(&str) -> Result<u64>,
     ) -> Result<Reader> {
         let dir = storage.path().to_path_buf();
-        let names = storage
-            .list()
-            .map_err(|e| Error::io("list directory", &dir, e))?;
+        let names = list(&*storage)?;
         let mut files = Vec::new();
         let mut disk_bytes = 0;
         let mut foreign = Vec::new();
         for name in &names {
-            let len = file_bytes(name)?;
+            let Some(len) = until_gone(&*storage, name, || file_bytes(name))? else {
+                continue; // renamed or removed since the listing (a temporary file, say)
+            };
             disk_bytes += len;
             if let Some(id) = parse_segment_name(name) {
                 files.push((id, len));
@@ -478,12 +486,14 @@ impl Reader {
                 ),
             });
         }
-        for &(id, _) in &files {
+        let mut present = Vec::with_capacity(files.len());
+        for &(id, len) in &files {
             let name = segment_name(id);
             let path = dir.join(&name);
-            let file = storage
-                .open(&name)
-                .map_err(|e| Error::io("open segment", &path, e))?;
+            let Some(file) = open_segment(&*storage, &name)? else {
+                continue; // removed by compaction since the listing
+            };
+            present.push((id, len));
             let mut head = [0u8; SEGMENT_HEADER_LEN];
             let header = read_exact_at(&*file, &mut head, 0)
                 .map_err(|e| e.to_string())
@@ -498,9 +508,14 @@ impl Reader {
         }
         Ok(Reader {
             storage,
-            files,
+            files: present,
             disk_bytes,
         })
+    }
+
+    /// What one read sees: the segments listed and opened now.
+    fn snapshot(&self) -> Result<Arc<Snapshot>> {
+        Snapshot::take(&*self.storage).map(Arc::new)
     }
 
     /// The directory.
@@ -536,7 +551,8 @@ impl Reader {
         mut visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
     ) -> Result<Recovery> {
         let mut matcher = Matcher::new(filter);
-        Log::scan(&*self.storage, |pos, record| {
+        let snap = self.snapshot()?;
+        snap.scan(&*snap, |pos, record| {
             if matcher.matches(pos, record) {
                 visit(pos, record)
             } else {
@@ -566,7 +582,8 @@ impl Reader {
         let mut kinds = [0u64; 7];
         let mut rejected = 0;
         let mut jobs: HashSet<u64> = HashSet::new();
-        let recovery = Log::scan(&*self.storage, |pos, record| {
+        let snap = self.snapshot()?;
+        let recovery = snap.scan(&*snap, |pos, record| {
             kinds[record.kind() as usize] += 1;
             if let Record::Publish(p) = record
                 && let Some(j) = p.job
@@ -587,8 +604,12 @@ impl Reader {
         })?;
 
         let mut segments: BTreeMap<u64, SegmentInfo> = BTreeMap::new();
-        let headers = self.headers()?;
-        for &(id, file_bytes) in &self.files {
+        let headers = snap.headers()?;
+        for (id, file) in &snap.segments {
+            let (id, path) = (*id, self.dir().join(segment_name(*id)));
+            let file_bytes = file
+                .len()
+                .map_err(|e| Error::io("stat segment", &path, e))?;
             segments.insert(
                 id,
                 SegmentInfo {
@@ -613,7 +634,7 @@ impl Reader {
             .copied()
             .filter(|&j| index.job_stats(JobId(j)).is_some_and(|s| s.in_progress > 0))
             .collect();
-        Log::scan(&*self.storage, |pos, record| {
+        snap.scan(&*snap, |pos, record| {
             let len = (FRAME_HEADER_LEN + record.encoded_len()) as u64;
             let live = match record {
                 Record::Publish(p) => p.events().any(|e| pending(e.id)),
@@ -705,7 +726,8 @@ impl Reader {
     ) -> Result<()> {
         let mut index = Index::new();
         let mut effects = Vec::new();
-        Log::scan(&*self.storage, |pos, record| {
+        let snap = self.snapshot()?;
+        snap.scan(&*snap, |pos, record| {
             let _ = index.apply(crate::engine::location(pos), record, &mut effects);
             effects.clear();
             Ok(())
@@ -719,7 +741,7 @@ impl Reader {
         let mut extras = HashMap::new();
         if !selected.is_empty() {
             let keep: HashSet<EventId> = selected.iter().copied().collect();
-            Log::scan(&*self.storage, |_, record| {
+            snap.scan(&*snap, |_, record| {
                 note_extra(&mut extras, record, |id| keep.contains(&id));
                 Ok(())
             })?;
@@ -769,37 +791,24 @@ impl Reader {
         Ok(Some(EventHistory { row, body, records }))
     }
 
-    /// The segments' headers, by id.
-    fn headers(&self) -> Result<HashMap<u64, SegmentHeader>> {
-        let mut headers = HashMap::new();
-        for &(id, _) in &self.files {
-            let name = segment_name(id);
-            let path = self.dir().join(&name);
-            let Ok(file) = self.storage.open(&name) else {
-                continue; // removed by compaction since open
-            };
-            let mut head = [0u8; SEGMENT_HEADER_LEN];
-            read_exact_at(&*file, &mut head, 0).map_err(|e| Error::io("read segment", &path, e))?;
-            if let Ok(h) = decode_header(&head) {
-                headers.insert(id, h);
-            }
-        }
-        Ok(headers)
-    }
-
     /// Checks every record of every segment. Unlike the other reads, it does not stop at the
     /// first damaged segment: each segment is checked on its own, then the log as a whole
     /// (sequence numbers across segments). `progress` is told the segment bytes checked so far.
     pub fn verify(&self, progress: &mut dyn FnMut(u64)) -> Result<Verification> {
         let mut out = Verification::default();
         let mut done = 0;
-        let last = self.files.last().map(|&(id, _)| id);
-        for &(id, len) in &self.files {
-            let view = SegmentView::new(&self.storage, id);
+        let snap = self.snapshot()?;
+        let last = snap.last_id();
+        for (id, file) in &snap.segments {
+            let id = *id;
+            let view = SegmentView::new(snap.clone(), id);
             let path = self.dir().join(segment_name(id));
+            let len = file
+                .len()
+                .map_err(|e| Error::io("stat segment", &path, e))?;
             out.segments += 1;
             let mut valid = 0;
-            let scanned = Log::scan(&view, |pos, _| {
+            let scanned = snap.scan(&view, |pos, _| {
                 valid += 1;
                 if pos.seq.is_multiple_of(4096) {
                     progress(done + pos.offset);
@@ -815,7 +824,7 @@ impl Reader {
                             out.torn_bytes = report.torn_bytes;
                             out.torn_at = Some((path, offset));
                         } else {
-                            let problem = self.describe_at(id, offset);
+                            let problem = describe_at(&**file, id, offset);
                             out.problems.push(Problem {
                                 file: path,
                                 offset,
@@ -830,23 +839,21 @@ impl Reader {
             progress(done);
         }
         if out.problems.is_empty()
-            && let Err(e) = Log::scan(&*self.storage, |_, _| Ok(()))
+            && let Err(e) = snap.scan(&*snap, |_, _| Ok(()))
         {
             out.problems.push(problem_of(e, self.dir()));
         }
         Ok(out)
     }
+}
 
-    /// Why no frame decodes at `offset` of segment `id`, in words.
-    fn describe_at(&self, id: u64, offset: u64) -> String {
-        let name = segment_name(id);
-        let Ok(file) = self.storage.open(&name) else {
-            return "unreadable bytes".into();
-        };
+/// Why no frame decodes at `offset` of segment `id`, in words.
+fn describe_at(file: &dyn StorageFile, id: u64, offset: u64) -> String {
+    {
         let len = file.len().unwrap_or(0);
         let want = (len.saturating_sub(offset)).min(MAX_FRAME_LEN as u64) as usize;
         let mut buf = vec![0u8; want];
-        if read_exact_at(&*file, &mut buf, offset).is_err() {
+        if read_exact_at(file, &mut buf, offset).is_err() {
             return "unreadable bytes".into();
         }
         match decode_frame(&buf, id) {
@@ -855,7 +862,9 @@ impl Reader {
             Ok(Some(_)) => "an unexpected frame".into(),
         }
     }
+}
 
+impl Reader {
     /// Writes a repaired copy of the log to the new directory `out`: every valid record, in
     /// order, with new sequence numbers; records after damage in a segment are left behind.
     /// The original is not changed. `out` must not exist or be empty.
@@ -904,7 +913,8 @@ impl Reader {
         };
         // Ids must continue above every id the original allocated: the floors of every
         // header, a damaged segment's too.
-        let floors = self.headers()?.values().fold((0, 0), |(e, j), h| {
+        let snap = self.snapshot()?;
+        let floors = snap.headers()?.values().fold((0, 0), |(e, j), h| {
             (e.max(h.event_id_floor), j.max(h.job_id_floor))
         });
         let (log, _) = Log::open(out, options, |_, _| Ok(()))?;
@@ -922,10 +932,13 @@ impl Reader {
             batch.clear();
             Ok(())
         };
-        for &(id, len) in &self.files {
-            let view = SegmentView::new(&self.storage, id);
+        let last = snap.last_id();
+        for (id, file) in &snap.segments {
+            let id = *id;
+            let len = file.len().unwrap_or(0);
+            let view = SegmentView::new(snap.clone(), id);
             let mut failed = None;
-            let scanned = Log::scan(&view, |_, record| {
+            let scanned = snap.scan(&view, |_, record| {
                 let mut payload = Vec::with_capacity(record.encoded_len());
                 record.encode(&mut payload);
                 batch.push((record.kind(), payload));
@@ -937,7 +950,6 @@ impl Reader {
             });
             match scanned {
                 Ok(r) => {
-                    let last = self.files.last().map(|&(l, _)| l);
                     if r.torn_bytes > 0 && Some(id) != last {
                         report.damaged_segments += 1;
                     }
@@ -1003,9 +1015,9 @@ struct SegmentView {
 }
 
 impl SegmentView {
-    fn new(storage: &Arc<dyn Storage>, id: u64) -> SegmentView {
+    fn new(snapshot: Arc<Snapshot>, id: u64) -> SegmentView {
         SegmentView {
-            inner: storage.clone(),
+            inner: snapshot,
             name: segment_name(id),
         }
     }
@@ -1039,6 +1051,213 @@ impl Storage for SegmentView {
     }
     fn try_lock(&self) -> io::Result<Option<LockGuard>> {
         Err(read_only())
+    }
+}
+
+/// How many times a file that a listing names but that cannot be found is looked for again
+/// while new listings still name it.
+const VANISHED_RETRIES: usize = 4;
+
+fn list(storage: &dyn Storage) -> Result<Vec<String>> {
+    storage
+        .list()
+        .map_err(|e| Error::io("list directory", storage.path(), e))
+}
+
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+}
+
+/// Runs `op` on the file `name`, which a listing just named. Beside a running engine a file
+/// can go between the listing and the open: a temporary file renamed into a segment, a
+/// segment compaction removed. Such a file is `None` once a new listing no longer names it;
+/// while listings still name it, `op` is tried again, a bounded number of times.
+fn until_gone<T>(
+    storage: &dyn Storage,
+    name: &str,
+    mut op: impl FnMut() -> Result<T>,
+) -> Result<Option<T>> {
+    let mut tries = 0;
+    loop {
+        match op() {
+            Ok(value) => return Ok(Some(value)),
+            Err(e) if is_not_found(&e) => {
+                if !list(storage)?.iter().any(|n| n == name) {
+                    return Ok(None);
+                }
+                tries += 1;
+                if tries > VANISHED_RETRIES {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens segment `name`; `None` when it was removed since the listing that named it.
+fn open_segment(storage: &dyn Storage, name: &str) -> Result<Option<Box<dyn StorageFile>>> {
+    until_gone(storage, name, || {
+        storage
+            .open(name)
+            .map_err(|e| Error::io("open segment", storage.path().join(name), e))
+    })
+}
+
+/// The segments one read sees: listed once and each opened once, so every scan of the read
+/// sees the same files whatever happens to their names meanwhile (an open file outlives a
+/// rename over it and its removal, and compaction only ever renames or removes whole
+/// files). The last segment may still be appended to: once a scan of it has ended, later
+/// scans of the same read see zeros past that end, so they all end at the same record, the
+/// durable prefix the read saw first. Read-only: every write fails.
+#[derive(Debug)]
+struct Snapshot {
+    dir: PathBuf,
+    /// Segment ids and their open files, in id order.
+    segments: Vec<(u64, Arc<dyn StorageFile>)>,
+    /// Where the first scan of the last segment ended (`u64::MAX` until then).
+    last_end: Arc<AtomicU64>,
+}
+
+impl Snapshot {
+    fn take(storage: &dyn Storage) -> Result<Snapshot> {
+        let mut ids: Vec<u64> = list(storage)?
+            .iter()
+            .filter_map(|n| parse_segment_name(n))
+            .collect();
+        ids.sort_unstable();
+        let mut segments = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(file) = open_segment(storage, &segment_name(id))? {
+                segments.push((id, Arc::from(file)));
+            }
+        }
+        Ok(Snapshot {
+            dir: storage.path().to_path_buf(),
+            segments,
+            last_end: Arc::new(AtomicU64::new(u64::MAX)),
+        })
+    }
+
+    fn last_id(&self) -> Option<u64> {
+        self.segments.last().map(|&(id, _)| id)
+    }
+
+    /// [`Log::scan`] of `storage` (this snapshot, or a view of one of its segments); a scan
+    /// that reads the whole last segment bounds the later ones to where it ended.
+    fn scan(
+        &self,
+        storage: &dyn Storage,
+        mut visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
+    ) -> Result<Recovery> {
+        let last = self.last_id();
+        let covers_last = last.is_some_and(|id| {
+            storage
+                .list()
+                .is_ok_and(|names| names.contains(&segment_name(id)))
+        });
+        let mut last_end = SEGMENT_HEADER_LEN as u64;
+        let report = Log::scan(storage, |pos, record| {
+            if Some(pos.segment) == last {
+                last_end = pos.offset + (FRAME_HEADER_LEN + record.encoded_len()) as u64;
+            }
+            visit(pos, record)
+        })?;
+        if covers_last {
+            self.last_end.fetch_min(last_end, Ordering::Relaxed);
+        }
+        Ok(report)
+    }
+
+    /// The segments' headers, by id (a header that does not decode is left out).
+    fn headers(&self) -> Result<HashMap<u64, SegmentHeader>> {
+        let mut headers = HashMap::new();
+        for (id, file) in &self.segments {
+            let path = self.dir.join(segment_name(*id));
+            let mut head = [0u8; SEGMENT_HEADER_LEN];
+            read_exact_at(&**file, &mut head, 0)
+                .map_err(|e| Error::io("read segment", &path, e))?;
+            if let Ok(h) = decode_header(&head) {
+                headers.insert(*id, h);
+            }
+        }
+        Ok(headers)
+    }
+}
+
+impl Storage for Snapshot {
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self
+            .segments
+            .iter()
+            .map(|&(id, _)| segment_name(id))
+            .collect())
+    }
+    fn create(&self, _name: &str) -> io::Result<Box<dyn StorageFile>> {
+        Err(read_only())
+    }
+    fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
+        let last = self.last_id();
+        let (id, file) = self
+            .segments
+            .iter()
+            .find(|(id, _)| segment_name(*id) == name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in this read's view"))?;
+        Ok(Box::new(SnapshotFile {
+            file: file.clone(),
+            end: (Some(*id) == last).then(|| self.last_end.clone()),
+        }))
+    }
+    fn rename(&self, _from: &str, _to: &str) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn remove(&self, _name: &str) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn try_lock(&self) -> io::Result<Option<LockGuard>> {
+        Err(read_only())
+    }
+}
+
+/// A segment of a [`Snapshot`]: the last one reads as zeros past the snapshot's end.
+#[derive(Debug)]
+struct SnapshotFile {
+    file: Arc<dyn StorageFile>,
+    end: Option<Arc<AtomicU64>>,
+}
+
+impl StorageFile for SnapshotFile {
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let n = self.file.read_at(buf, offset)?;
+        if let Some(end) = &self.end {
+            let end = end.load(Ordering::Relaxed);
+            let from = end.saturating_sub(offset).min(n as u64) as usize;
+            buf[from..n].fill(0);
+        }
+        Ok(n)
+    }
+    fn write_all_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn set_len(&self, _len: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn map(&self, len: u64) -> io::Result<Mapped> {
+        // Only sealed segments are mapped (a scan reads the last one of its view with
+        // `read_at`), and those never change.
+        self.file.map(len)
     }
 }
 

@@ -107,7 +107,7 @@ pub(crate) fn recover(
         // may be written (its tail cut, then appended), so it is read into memory instead.
         // The map is dropped once the segment is scanned, so a scan holds one segment in
         // memory at a time whatever the size of the log (readers map again on demand).
-        let bytes = if is_last {
+        let mut bytes = if is_last {
             let mut buf = vec![0u8; file_len as usize];
             read_exact_at(&*file, &mut buf, 0).map_err(|e| Error::io("read segment", &path, e))?;
             SegmentData::Owned(buf)
@@ -117,8 +117,7 @@ pub(crate) fn recover(
                 .map_err(|e| Error::io("map segment", &path, e))?;
             SegmentData::Mapped(map)
         };
-        let bytes: &[u8] = &bytes;
-        let header = decode_header(bytes).map_err(|e| Error::Corrupt {
+        let header = decode_header(&bytes).map_err(|e| Error::Corrupt {
             file: path.clone(),
             offset: 0,
             reason: e.to_string(),
@@ -145,7 +144,11 @@ pub(crate) fn recover(
         }
         report.event_id_floor = report.event_id_floor.max(header.event_id_floor);
         report.job_id_floor = report.job_id_floor.max(header.job_id_floor);
-        let scan = scan_segment(bytes, &header, &path, visit)?;
+        let mut scan = scan_segment(&bytes, &header, &path, visit)?;
+        if read_only && let SegmentData::Owned(buf) = &mut bytes {
+            scan = reread_racing_tail(&*file, buf, scan, &header, &path, visit)?;
+        }
+        let bytes: &[u8] = &bytes;
         report.records += scan.records;
         report.record_bytes += scan.end - DATA_START;
         // A segment without records (the active one after a compaction removed everything
@@ -328,6 +331,59 @@ fn scan_segment(
         end: offset as u64,
         stopped,
     })
+}
+
+/// How many times a read-only scan reads the last segment's tail again before it calls a bad
+/// frame followed by a later sync group damage.
+const TAIL_REREADS: usize = 3;
+
+/// A read-only scan of the last segment races its writer: the copy of the file can hold a
+/// region read before the writer reached it (zeros, or part of a frame) followed by a later
+/// group's frame read after, which looks like damage to synced data. The writer only moves
+/// forward and writes a group only once the previous one is synced, so every byte before the
+/// last non-zero byte seen was written by the time it was seen: reading that range again
+/// shows what it holds. The scan goes on from where it stopped (records before are not
+/// handed up twice) and still ends at the last non-zero byte of the first copy. Only after
+/// `TAIL_REREADS` reads that show the same is it damage.
+fn reread_racing_tail(
+    file: &dyn StorageFile,
+    buf: &mut [u8],
+    mut scan: Scan,
+    header: &SegmentHeader,
+    path: &std::path::Path,
+    visit: &mut dyn FnMut(Position, &Record<'_>) -> Result<()>,
+) -> Result<Scan> {
+    for _ in 0..TAIL_REREADS {
+        if scan.stopped.is_none() {
+            break;
+        }
+        let end = scan.end as usize;
+        let Some(nonzero_end) = last_nonzero(buf, end).map(|i| i + 1) else {
+            break;
+        };
+        let expected = scan.last_seq.max(header.first_seq - 1).saturating_add(1);
+        if later_sync_group(buf, end, nonzero_end, header.segment_id, expected).is_none() {
+            break;
+        }
+        read_exact_at(file, &mut buf[end..nonzero_end], scan.end)
+            .map_err(|e| Error::io("read segment", path, e))?;
+        let visited = scan.end;
+        let (records, last_seq) = (scan.records, scan.last_seq);
+        let mut rest = |pos: Position, record: &Record<'_>| {
+            if pos.offset < visited {
+                Ok(())
+            } else {
+                visit(pos, record)
+            }
+        };
+        scan = scan_segment(buf, header, path, &mut rest)?;
+        debug_assert!(
+            scan.records >= records && scan.last_seq >= last_seq,
+            "a second read lost records: {records} -> {}",
+            scan.records
+        );
+    }
+    Ok(scan)
 }
 
 /// The index of the last non-zero byte at or after `from`.
