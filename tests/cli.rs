@@ -544,3 +544,84 @@ fn bad_directories_give_one_line_and_a_code() {
     assert!(help.contains("Exit codes:"), "{help}");
     assert!(ok(&["replay", "--help"]).contains("Examples:"));
 }
+
+/// A read-only bind mount of a directory; unmounted when dropped, a failed test included.
+struct ReadOnlyMount {
+    at: std::path::PathBuf,
+}
+
+impl ReadOnlyMount {
+    /// Mounts `src` read-only at `at` (created). Tests run as root: if `mount` is refused,
+    /// that is a failure, not a reason to skip.
+    fn new(src: &Path, at: &Path) -> ReadOnlyMount {
+        std::fs::create_dir_all(at).unwrap();
+        let run = |args: &[&str]| {
+            let o = Command::new("mount")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run mount {args:?}: {e}"));
+            assert!(
+                o.status.success(),
+                "mount {args:?} failed ({}): this test needs root and a mount it may bind \
+                 read-only: {}",
+                o.status,
+                stderr(&o)
+            );
+        };
+        let (src, at_str) = (src.to_str().unwrap(), at.to_str().unwrap());
+        run(&["--bind", src, at_str]);
+        let mount = ReadOnlyMount {
+            at: at.to_path_buf(),
+        };
+        run(&["-o", "remount,bind,ro", at_str]);
+        mount
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+    }
+}
+
+/// Seen as every read-only command failing with "Read-only file system" (exit 1) on a
+/// directory of a read-only mount, the very place rescue tools are needed: the reader
+/// opened segments for writing and fell back to reading only on a permission error. The
+/// files of the mount are read-only too.
+#[test]
+fn read_only_commands_work_on_a_read_only_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    std::fs::create_dir(&src).unwrap();
+    let s = write_sample(&src);
+    let mount = ReadOnlyMount::new(&src, &tmp.path().join("ro"));
+    let dir = mount.at.to_str().unwrap();
+    let denied = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mount.at.join(SEG1))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        denied.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem,
+        "{denied}"
+    );
+
+    let v = json(&["inspect", dir, "--json"]);
+    assert_eq!(v["events"], 8);
+    let events = json(&["events", dir, "--json"]);
+    assert_eq!(events.as_array().unwrap().len(), 8);
+    ok(&["event", dir, &s.failing.to_string()]);
+    let lines = ok(&["replay", dir]);
+    assert_eq!(lines.lines().count() as u64, s.records);
+    assert!(ok(&["verify", dir]).contains("sound"));
+    let copy = tmp.path().join("copy");
+    let out = ok(&["verify", dir, "--salvage", copy.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!("salvaged {} record(s)", s.records)),
+        "{out}"
+    );
+    let salvaged = json(&["events", copy.to_str().unwrap(), "--json"]);
+    assert_eq!(salvaged, events);
+    drop(mount);
+}

@@ -16,6 +16,9 @@ pub const LOCK_FILE: &str = "LOCK";
 #[derive(Debug)]
 pub struct FsStorage {
     dir: PathBuf,
+    /// Opened with [`existing`](FsStorage::existing): files are opened for reading only, and
+    /// nothing is created, written, renamed, removed or locked.
+    read_only: bool,
 }
 
 impl FsStorage {
@@ -23,10 +26,15 @@ impl FsStorage {
     pub fn new(dir: impl AsRef<Path>) -> io::Result<FsStorage> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
-        Ok(FsStorage { dir })
+        Ok(FsStorage {
+            dir,
+            read_only: false,
+        })
     }
 
-    /// Storage in an existing `dir`, for read-only use: nothing is created.
+    /// Storage in an existing `dir`, read-only: files are opened for reading only (so a
+    /// read-only mount or read-only files work), and every create, write, rename, remove,
+    /// sync and lock fails with `PermissionDenied` without touching the directory.
     pub fn existing(dir: impl AsRef<Path>) -> io::Result<FsStorage> {
         let dir = dir.as_ref().to_path_buf();
         if !std::fs::metadata(&dir)?.is_dir() {
@@ -35,13 +43,40 @@ impl FsStorage {
                 "not a directory",
             ));
         }
-        Ok(FsStorage { dir })
+        Ok(FsStorage {
+            dir,
+            read_only: true,
+        })
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} was opened read-only", self.dir.display()),
+            ));
+        }
+        Ok(())
     }
 }
 
 #[derive(Debug)]
 struct FsFile {
     file: File,
+    /// Opened for reading only: writes fail here, not with `EBADF` from the kernel.
+    read_only: bool,
+}
+
+impl FsFile {
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "file opened read-only",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Storage for FsStorage {
@@ -61,38 +96,59 @@ impl Storage for FsStorage {
     }
 
     fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
+        self.writable()?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(self.dir.join(name))?;
-        Ok(Box::new(FsFile { file }))
+        Ok(Box::new(FsFile {
+            file,
+            read_only: false,
+        }))
     }
 
     fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
         let path = self.dir.join(name);
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(f) => f,
-            // A read-only directory (or file) can still be inspected.
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => File::open(&path)?,
+        if self.read_only {
+            return Ok(Box::new(FsFile {
+                file: File::open(&path)?,
+                read_only: true,
+            }));
+        }
+        let (file, read_only) = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => (f, false),
+            // A read-only file, or one on a read-only mount, can still be read.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                (File::open(&path)?, true)
+            }
             Err(e) => return Err(e),
         };
-        Ok(Box::new(FsFile { file }))
+        Ok(Box::new(FsFile { file, read_only }))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.writable()?;
         std::fs::rename(self.dir.join(from), self.dir.join(to))
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
+        self.writable()?;
         std::fs::remove_file(self.dir.join(name))
     }
 
     fn sync_dir(&self) -> io::Result<()> {
+        self.writable()?;
         File::open(&self.dir)?.sync_all()
     }
 
     fn try_lock(&self) -> io::Result<Option<LockGuard>> {
+        self.writable()?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -119,10 +175,12 @@ impl StorageFile for FsFile {
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.writable()?;
         FileExt::write_all_at(&self.file, buf, offset)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.writable()?;
         self.file.set_len(len)
     }
 
