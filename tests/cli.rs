@@ -625,3 +625,72 @@ fn read_only_commands_work_on_a_read_only_mount() {
     assert_eq!(salvaged, events);
     drop(mount);
 }
+
+/// Seen as `afterlog events` and `afterlog event` printing names and bodies raw: an OSC 52
+/// clipboard write or a cursor movement in a body, a name or a failure message reached the
+/// terminal. Every control character (C0, DEL, C1) and bidi override the CLI prints from
+/// data is escaped; JSON stays exact.
+#[test]
+fn control_characters_from_data_are_escaped_in_text_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let name = "evil\u{1b}]52;c;aGk=\u{7}\u{202e}\u{9b}";
+    let body = "\u{1b}[2J\u{1b}]52;c;ZXZpbA==\u{7}text\u{2066}\u{7f}";
+    let message = "boom\u{1b}[31m\r";
+    let clock = ManualClock::new(now_ms());
+    let engine = Engine::open_with(tmp.path(), options(&clock)).unwrap();
+    engine.on(name, move |_, _| Err(HandlerError::msg(message)));
+    let id = engine.publish(name, body, After::NOW).unwrap();
+    engine.start();
+    assert!(engine.wait_idle(IDLE));
+    engine.close().unwrap();
+
+    let raw = |text: &str| {
+        text.chars().find(|&c| {
+            (c.is_control() && c != '\n')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+        })
+    };
+    let id_text = id.to_string();
+    for args in [
+        vec!["events", dir],
+        vec!["event", dir, &id_text],
+        vec!["inspect", dir],
+        vec!["verify", dir],
+    ] {
+        let out = ok(&args);
+        assert_eq!(
+            raw(&out),
+            None,
+            "afterlog {args:?} printed a raw control: {out:?}"
+        );
+    }
+    let events = ok(&["events", dir]);
+    assert!(
+        events.contains(r"evil\x1b]52;c;aGk=\x07\u{202e}\u{9b}"),
+        "{events}"
+    );
+    assert!(events.contains(r"error: boom\x1b[31m\x0d"), "{events}");
+    let history = ok(&["event", dir, &id_text]);
+    assert!(
+        history.contains(r"\x1b[2J\x1b]52;c;ZXZpbA==\x07text\u{2066}\x7f"),
+        "{history}"
+    );
+
+    let exact = json(&["event", dir, &id_text, "--json"]);
+    assert_eq!(exact["event"]["name"], name);
+    assert_eq!(exact["event"]["last_message"], message);
+    assert_eq!(exact["body"], body);
+    let line: Value = serde_json::from_str(ok(&["replay", dir]).lines().next().unwrap()).unwrap();
+    assert_eq!(line["events"][0]["name"], name);
+    assert_eq!(line["events"][0]["body"], body);
+
+    // A file name in an error message.
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes\u{1b}[8m.txt"), "").unwrap();
+    let o = afterlog(&["inspect", foreign.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains(r"notes\x1b[8m.txt"), "{}", stderr(&o));
+}
