@@ -6,6 +6,11 @@
 //! prefix of the active one. A torn or in-progress tail of the last segment is reported in
 //! the [`Recovery`] value, never cut.
 //!
+//! Beside a running engine, each read is bounded to what was there when it began: it lists
+//! the segments once and opens each once (a file renamed or removed between the listing and
+//! the open, a temporary file or a segment compaction removed, is not damage), and every
+//! scan of one read ends where its first scan of the last segment ended.
+//!
 //! Memory: [`Reader::records`] streams in constant memory (a name or job filter remembers
 //! the matching ids as runs of consecutive ids); [`Reader::summary`] holds one row per event.
 //!
@@ -14,7 +19,7 @@
 use crate::error::{Error, Result};
 use crate::format::{
     Cancel, CancelTarget, DropReason, FRAME_HEADER_LEN, MANIFEST_FILE, MANIFEST_TEMP_FILE,
-    MAX_FRAME_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, Record, RecordKind, SEGMENT_HEADER_LEN,
+    MAX_FRAME_LEN, MAX_MANIFEST_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, Record, RecordKind,
     SegmentHeader, decode_frame, decode_header,
 };
 use crate::ids::{EventId, JobId};
@@ -22,10 +27,14 @@ use crate::index::{EventState, Index};
 use crate::log::{
     Durability, Log, LogOptions, Position, Recovery, is_temp_name, parse_segment_name, segment_name,
 };
-use crate::storage::{FsStorage, LOCK_FILE, Storage, StorageFile, read_exact_at};
+use crate::storage::{
+    FsStorage, LOCK_FILE, LockGuard, Mapped, Storage, StorageFile, read_exact_at,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A data directory opened for reading only.
 #[derive(Debug)]
@@ -458,14 +467,14 @@ impl Reader {
         file_bytes: impl Fn(&str) -> Result<u64>,
     ) -> Result<Reader> {
         let dir = storage.path().to_path_buf();
-        let names = storage
-            .list()
-            .map_err(|e| Error::io("list directory", &dir, e))?;
+        let names = list(&*storage)?;
         let mut files = Vec::new();
         let mut disk_bytes = 0;
         let mut foreign = Vec::new();
         for name in &names {
-            let len = file_bytes(name)?;
+            let Some(len) = until_gone(&*storage, name, || file_bytes(name))? else {
+                continue; // renamed or removed since the listing (a temporary file, say)
+            };
             disk_bytes += len;
             if let Some(id) = parse_segment_name(name) {
                 files.push((id, len));
@@ -488,19 +497,19 @@ impl Reader {
                 ),
             });
         }
-        for &(id, _) in &files {
+        let mut present = Vec::with_capacity(files.len());
+        for &(id, len) in &files {
             let name = segment_name(id);
             let path = dir.join(&name);
-            let file = storage
-                .open(&name)
-                .map_err(|e| Error::io("open segment", &path, e))?;
-            if let Err(e) = read_header(&*file, &path) {
-                return Err(e);
-            }
+            let Some(file) = open_segment(&*storage, &name)? else {
+                continue; // removed by compaction since the listing
+            };
+            present.push((id, len));
+            read_header(&*file, &path)?;
         }
         Ok(Reader {
             storage,
-            files,
+            files: present,
             disk_bytes,
         })
     }
@@ -509,6 +518,11 @@ impl Reader {
     /// recorded (retention, segment size). `None` for a format-1 directory.
     pub fn manifest(&self) -> Result<Option<Manifest>> {
         Log::manifest(&*self.storage)
+    }
+
+    /// What one read sees: the segments listed and opened now.
+    fn snapshot(&self) -> Result<Arc<Snapshot>> {
+        Snapshot::take(&*self.storage).map(Arc::new)
     }
 
     /// The directory.
@@ -544,7 +558,8 @@ impl Reader {
         mut visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
     ) -> Result<Recovery> {
         let mut matcher = Matcher::new(filter);
-        Log::scan(&*self.storage, |pos, record| {
+        let snap = self.snapshot()?;
+        snap.scan(|pos, record| {
             if matcher.matches(pos, record) {
                 visit(pos, record)
             } else {
@@ -574,7 +589,8 @@ impl Reader {
         let mut kinds = [0u64; 7];
         let mut rejected = 0;
         let mut jobs: HashSet<u64> = HashSet::new();
-        let recovery = Log::scan(&*self.storage, |pos, record| {
+        let snap = self.snapshot()?;
+        let recovery = snap.scan(|pos, record| {
             kinds[record.kind() as usize] += 1;
             if let Record::Publish(p) = record
                 && let Some(j) = p.job
@@ -595,15 +611,19 @@ impl Reader {
         })?;
 
         let mut segments: BTreeMap<u64, SegmentInfo> = BTreeMap::new();
-        let headers = self.headers()?;
-        for &(id, file_bytes) in &self.files {
+        let headers = snap.headers()?;
+        for (id, file) in &snap.segments {
+            let (id, path) = (*id, self.dir().join(segment_name(*id)));
+            let file_bytes = file
+                .len()
+                .map_err(|e| Error::io("stat segment", &path, e))?;
             segments.insert(
                 id,
                 SegmentInfo {
                     id,
                     file: segment_name(id),
                     file_bytes,
-                    data_bytes: SEGMENT_HEADER_LEN as u64,
+                    data_bytes: headers.get(&id).map_or(0, |h| h.len() as u64),
                     first_seq: None,
                     last_seq: None,
                     records: 0,
@@ -621,7 +641,7 @@ impl Reader {
             .copied()
             .filter(|&j| index.job_stats(JobId(j)).is_some_and(|s| s.in_progress > 0))
             .collect();
-        Log::scan(&*self.storage, |pos, record| {
+        snap.scan(|pos, record| {
             let len = (FRAME_HEADER_LEN + record.encoded_len()) as u64;
             let live = match record {
                 Record::Publish(p) => p.events().any(|e| pending(e.id)),
@@ -643,7 +663,8 @@ impl Reader {
             Ok(())
         })?;
         for s in segments.values_mut() {
-            let record_bytes = s.data_bytes - SEGMENT_HEADER_LEN as u64;
+            let header_len = headers.get(&s.id).map_or(0, |h| h.len() as u64);
+            let record_bytes = s.data_bytes.saturating_sub(header_len);
             s.live_share = if record_bytes == 0 {
                 1.0
             } else {
@@ -713,7 +734,8 @@ impl Reader {
     ) -> Result<()> {
         let mut index = Index::new();
         let mut effects = Vec::new();
-        Log::scan(&*self.storage, |pos, record| {
+        let snap = self.snapshot()?;
+        snap.scan(|pos, record| {
             let _ = index.apply(crate::engine::location(pos), record, &mut effects);
             effects.clear();
             Ok(())
@@ -727,7 +749,7 @@ impl Reader {
         let mut extras = HashMap::new();
         if !selected.is_empty() {
             let keep: HashSet<EventId> = selected.iter().copied().collect();
-            Log::scan(&*self.storage, |_, record| {
+            snap.scan(|_, record| {
                 note_extra(&mut extras, record, |id| keep.contains(&id));
                 Ok(())
             })?;
@@ -777,35 +799,24 @@ impl Reader {
         Ok(Some(EventHistory { row, body, records }))
     }
 
-    /// The segments' headers, by id.
-    fn headers(&self) -> Result<HashMap<u64, SegmentHeader>> {
-        let mut headers = HashMap::new();
-        for &(id, _) in &self.files {
-            let name = segment_name(id);
-            let path = self.dir().join(&name);
-            let Ok(file) = self.storage.open(&name) else {
-                continue; // removed by compaction since open
-            };
-            if let Ok(h) = read_header(&*file, &path) {
-                headers.insert(id, h);
-            }
-        }
-        Ok(headers)
-    }
-
     /// Checks every record of every segment. Unlike the other reads, it does not stop at the
     /// first damaged segment: each segment is checked on its own, then the log as a whole
     /// (sequence numbers across segments). `progress` is told the segment bytes checked so far.
     pub fn verify(&self, progress: &mut dyn FnMut(u64)) -> Result<Verification> {
         let mut out = Verification::default();
         let mut done = 0;
-        let last = self.files.last().map(|&(id, _)| id);
+        let snap = self.snapshot()?;
+        let last = snap.last_id();
         let mut records = HashMap::new();
-        for &(id, len) in &self.files {
+        for (id, file) in &snap.segments {
+            let id = *id;
             let path = self.dir().join(segment_name(id));
+            let len = file
+                .len()
+                .map_err(|e| Error::io("stat segment", &path, e))?;
             out.segments += 1;
             let mut valid = 0;
-            let scanned = Log::scan_alone(&*self.storage, id, Some(id) != last, |pos, _| {
+            let scanned = snap.scan_alone(id, |pos, _| {
                 valid += 1;
                 if pos.seq.is_multiple_of(4096) {
                     progress(done + pos.offset);
@@ -822,7 +833,7 @@ impl Reader {
                             out.torn_bytes = report.torn_bytes;
                             out.torn_at = Some((path, offset));
                         } else {
-                            let problem = self.describe_at(id, offset);
+                            let problem = describe_at(&**file, id, offset);
                             out.problems.push(Problem {
                                 file: path,
                                 offset,
@@ -836,9 +847,10 @@ impl Reader {
             done += len;
             progress(done);
         }
-        out.problems.extend(self.directory_problems(&records)?);
+        out.problems
+            .extend(self.directory_problems(&snap, &records)?);
         if out.problems.is_empty()
-            && let Err(e) = Log::scan(&*self.storage, |_, _| Ok(()))
+            && let Err(e) = snap.scan(|_, _| Ok(()))
         {
             out.problems.push(problem_of(e, self.dir()));
         }
@@ -848,18 +860,19 @@ impl Reader {
     /// Segments that are not this directory's (format 2): a header naming another directory,
     /// or records in a segment the manifest does not list. `records` holds each segment's
     /// valid records.
-    fn directory_problems(&self, records: &HashMap<u64, u64>) -> Result<Vec<Problem>> {
-        let Some(mut manifest) = self.manifest()? else {
+    fn directory_problems(
+        &self,
+        snap: &Snapshot,
+        records: &HashMap<u64, u64>,
+    ) -> Result<Vec<Problem>> {
+        let Some(mut manifest) = snap.manifest.clone() else {
             return Ok(Vec::new());
         };
+        let headers = snap.headers()?;
         let mut problems = Vec::new();
-        for &(id, _) in &self.files {
-            let name = segment_name(id);
-            let path = self.dir().join(&name);
-            let Ok(file) = self.storage.open(&name) else {
-                continue; // removed by compaction since open
-            };
-            if let Ok(header) = read_header(&*file, &path)
+        for (id, _) in &snap.segments {
+            let path = self.dir().join(segment_name(*id));
+            if let Some(header) = headers.get(id)
                 && header.has_seals()
                 && header.directory_id != manifest.directory_id
             {
@@ -874,14 +887,14 @@ impl Reader {
                 });
                 continue;
             }
-            let n = records.get(&id).copied().unwrap_or(0);
-            if n > 0 && manifest.segments.binary_search(&id).is_err() {
+            let n = records.get(id).copied().unwrap_or(0);
+            if n > 0 && manifest.segments.binary_search(id).is_err() {
                 // Beside a running engine the manifest may have moved on since it was read: a
                 // roll lists its segment before it writes a record there.
                 if let Some(now) = self.manifest()? {
                     manifest = now;
                 }
-                if manifest.segments.binary_search(&id).is_err() {
+                if manifest.segments.binary_search(id).is_err() {
                     problems.push(Problem {
                         file: path,
                         offset: 0,
@@ -895,17 +908,15 @@ impl Reader {
         }
         Ok(problems)
     }
+}
 
-    /// Why no frame decodes at `offset` of segment `id`, in words.
-    fn describe_at(&self, id: u64, offset: u64) -> String {
-        let name = segment_name(id);
-        let Ok(file) = self.storage.open(&name) else {
-            return "unreadable bytes".into();
-        };
+/// Why no frame decodes at `offset` of segment `id`, in words.
+fn describe_at(file: &dyn StorageFile, id: u64, offset: u64) -> String {
+    {
         let len = file.len().unwrap_or(0);
         let want = (len.saturating_sub(offset)).min(MAX_FRAME_LEN as u64) as usize;
         let mut buf = vec![0u8; want];
-        if read_exact_at(&*file, &mut buf, offset).is_err() {
+        if read_exact_at(file, &mut buf, offset).is_err() {
             return "unreadable bytes".into();
         }
         match decode_frame(&buf, id) {
@@ -914,7 +925,9 @@ impl Reader {
             Ok(Some(_)) => "an unexpected frame".into(),
         }
     }
+}
 
+impl Reader {
     /// Writes a repaired copy of the log to the new directory `out`: every valid record, in
     /// order, with new sequence numbers; records after damage in a segment are left behind.
     /// The original is not changed. `out` must not exist or be empty.
@@ -964,7 +977,8 @@ impl Reader {
         };
         // Ids must continue above every id the original allocated: the floors of every
         // header, a damaged segment's too.
-        let floors = self.headers()?.values().fold((0, 0), |(e, j), h| {
+        let snap = self.snapshot()?;
+        let floors = snap.headers()?.values().fold((0, 0), |(e, j), h| {
             (e.max(h.event_id_floor), j.max(h.job_id_floor))
         });
         let (log, _) = Log::open(out, options, |_, _| Ok(()))?;
@@ -982,10 +996,12 @@ impl Reader {
             batch.clear();
             Ok(())
         };
-        let last = self.files.last().map(|&(l, _)| l);
-        for &(id, len) in &self.files {
+        let last = snap.last_id();
+        for (id, file) in &snap.segments {
+            let id = *id;
+            let len = file.len().unwrap_or(0);
             let mut failed = None;
-            let scanned = Log::scan_alone(&*self.storage, id, Some(id) != last, |_, record| {
+            let scanned = snap.scan_alone(id, |_, record| {
                 let mut payload = Vec::with_capacity(record.encoded_len());
                 record.encode(&mut payload);
                 batch.push((record.kind(), payload));
@@ -1022,14 +1038,6 @@ impl Reader {
     }
 }
 
-/// Reads and decodes the header of a segment file.
-fn read_header(file: &dyn StorageFile, path: &Path) -> Result<SegmentHeader> {
-    let len = file.len().map_err(|e| Error::io("stat segment", path, e))?;
-    let mut head = vec![0u8; (len as usize).min(MAX_SEGMENT_HEADER_LEN)];
-    read_exact_at(file, &mut head, 0).map_err(|e| Error::io("read segment", path, e))?;
-    decode_header(&head).map_err(|e| crate::log::header_error(path.to_path_buf(), e))
-}
-
 fn problem_of(e: Error, fallback: &Path) -> Problem {
     match e {
         Error::Corrupt {
@@ -1058,6 +1066,351 @@ fn problem_of(e: Error, fallback: &Path) -> Problem {
             offset: 0,
             problem: other.to_string(),
         },
+    }
+}
+
+fn read_only() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "read-only view")
+}
+
+/// How many times a file that a listing names but that cannot be found is looked for again
+/// while new listings still name it.
+const VANISHED_RETRIES: usize = 4;
+
+fn list(storage: &dyn Storage) -> Result<Vec<String>> {
+    storage
+        .list()
+        .map_err(|e| Error::io("list directory", storage.path(), e))
+}
+
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+}
+
+/// Runs `op` on the file `name`, which a listing just named. Beside a running engine a file
+/// can go between the listing and the open: a temporary file renamed into a segment, a
+/// segment compaction removed. Such a file is `None` once a new listing no longer names it;
+/// while listings still name it, `op` is tried again, a bounded number of times.
+fn until_gone<T>(
+    storage: &dyn Storage,
+    name: &str,
+    mut op: impl FnMut() -> Result<T>,
+) -> Result<Option<T>> {
+    let mut tries = 0;
+    loop {
+        match op() {
+            Ok(value) => return Ok(Some(value)),
+            Err(e) if is_not_found(&e) => {
+                if !list(storage)?.iter().any(|n| n == name) {
+                    return Ok(None);
+                }
+                tries += 1;
+                if tries > VANISHED_RETRIES {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens segment `name`; `None` when it was removed since the listing that named it.
+fn open_segment(storage: &dyn Storage, name: &str) -> Result<Option<Box<dyn StorageFile>>> {
+    until_gone(storage, name, || {
+        storage
+            .open(name)
+            .map_err(|e| Error::io("open segment", storage.path().join(name), e))
+    })
+}
+
+/// The segments one read sees: listed once and each opened once, so every scan of the read
+/// sees the same files whatever happens to their names meanwhile (an open file outlives a
+/// rename over it and its removal, and compaction only ever renames or removes whole
+/// files). The last segment may still be appended to: once a scan of it has ended, later
+/// scans of the same read see zeros past that end, so they all end at the same record, the
+/// durable prefix the read saw first. Read-only: every write fails.
+#[derive(Debug)]
+struct Snapshot {
+    dir: PathBuf,
+    /// The manifest as it was read, and its bytes, which the snapshot serves as `MANIFEST`.
+    manifest: Option<Manifest>,
+    manifest_bytes: Option<Arc<Vec<u8>>>,
+    /// Segment ids and their open files, in id order.
+    segments: Vec<(u64, Arc<dyn StorageFile>)>,
+    /// The segment being appended to: the last one the manifest lists (or the last one).
+    last: Option<u64>,
+    /// Where the first scan of the last segment ended (`u64::MAX` until then).
+    last_end: Arc<AtomicU64>,
+}
+
+/// How many times a snapshot is taken again when a segment its manifest lists went before
+/// it was opened (compaction removed it, and rewrote the manifest first).
+const SNAPSHOT_RETRIES: usize = 100;
+
+impl Snapshot {
+    fn take(storage: &dyn Storage) -> Result<Snapshot> {
+        let mut tries = 0;
+        loop {
+            let (manifest_bytes, manifest) = read_manifest_bytes(storage)?;
+            let mut ids: Vec<u64> = list(storage)?
+                .iter()
+                .filter_map(|n| parse_segment_name(n))
+                .collect();
+            ids.sort_unstable();
+            let mut segments = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(file) = open_segment(storage, &segment_name(id))? {
+                    segments.push((id, Arc::from(file)));
+                }
+            }
+            let opened = |id: &u64| segments.iter().any(|(s, _)| s == id);
+            let complete = manifest
+                .as_ref()
+                .is_none_or(|m| m.segments.iter().all(opened));
+            tries += 1;
+            // A listed segment that is gone: compaction unlisted it since the manifest was
+            // read (then a new manifest says so), or it is missing, which the scan reports.
+            if !complete && tries < SNAPSHOT_RETRIES && read_manifest_bytes(storage)?.1 != manifest
+            {
+                continue;
+            }
+            let last = match &manifest {
+                Some(m) => m.segments.last().copied(),
+                None => segments.last().map(|&(id, _)| id),
+            };
+            return Ok(Snapshot {
+                dir: storage.path().to_path_buf(),
+                manifest,
+                manifest_bytes,
+                segments,
+                last,
+                last_end: Arc::new(AtomicU64::new(u64::MAX)),
+            });
+        }
+    }
+
+    fn last_id(&self) -> Option<u64> {
+        self.last
+    }
+
+    /// [`Log::scan`] of this snapshot; the first scan that reads the last segment bounds the
+    /// later ones to where it ended.
+    fn scan(&self, visit: impl FnMut(Position, &Record<'_>) -> Result<()>) -> Result<Recovery> {
+        let mut visit = self.bound_last(visit);
+        let report = Log::scan(self, |pos, record| visit.0(pos, record));
+        visit.finish(self);
+        report
+    }
+
+    /// [`Log::scan_alone`] of segment `id` of this snapshot, which must end with a seal when
+    /// it comes before the last segment.
+    fn scan_alone(
+        &self,
+        id: u64,
+        visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
+    ) -> Result<Recovery> {
+        let sealed = self.last.is_some_and(|last| id < last);
+        let mut visit = self.bound_last(visit);
+        let report = Log::scan_alone(self, id, sealed, |pos, record| visit.0(pos, record));
+        if Some(id) == self.last {
+            visit.finish(self);
+        }
+        report
+    }
+
+    /// Wraps `visit` to note where the records of the last segment end.
+    fn bound_last<F: FnMut(Position, &Record<'_>) -> Result<()>>(
+        &self,
+        visit: F,
+    ) -> LastEnd<impl FnMut(Position, &Record<'_>) -> Result<()>> {
+        let last = self.last;
+        let end = Arc::new(AtomicU64::new(self.last_header_len()));
+        let noted = end.clone();
+        let mut visit = visit;
+        LastEnd(
+            move |pos: Position, record: &Record<'_>| {
+                if Some(pos.segment) == last {
+                    let record_end = pos.offset + (FRAME_HEADER_LEN + record.encoded_len()) as u64;
+                    noted.store(record_end, Ordering::Relaxed);
+                }
+                visit(pos, record)
+            },
+            end,
+        )
+    }
+
+    /// The header length of the last segment (where its records start).
+    fn last_header_len(&self) -> u64 {
+        self.last
+            .and_then(|id| self.segments.iter().find(|(s, _)| *s == id))
+            .and_then(|(id, file)| read_header(&**file, &self.dir.join(segment_name(*id))).ok())
+            .map_or(MAX_SEGMENT_HEADER_LEN as u64, |h| h.len() as u64)
+    }
+
+    /// The segments' headers, by id (a header that does not decode is left out).
+    fn headers(&self) -> Result<HashMap<u64, SegmentHeader>> {
+        let mut headers = HashMap::new();
+        for (id, file) in &self.segments {
+            let path = self.dir.join(segment_name(*id));
+            if let Ok(h) = read_header(&**file, &path) {
+                headers.insert(*id, h);
+            }
+        }
+        Ok(headers)
+    }
+}
+
+/// A visitor and where it saw the last segment's records end.
+struct LastEnd<F>(F, Arc<AtomicU64>);
+
+impl<F> LastEnd<F> {
+    /// Bounds later scans of `snap` to where this one saw the last segment end.
+    fn finish(&self, snap: &Snapshot) {
+        snap.last_end
+            .fetch_min(self.1.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// The manifest's bytes and what they say; `None` for a directory without one.
+fn read_manifest_bytes(storage: &dyn Storage) -> Result<(Option<Arc<Vec<u8>>>, Option<Manifest>)> {
+    let path = storage.path().join(MANIFEST_FILE);
+    let file = match storage.open(MANIFEST_FILE) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((None, None)),
+        Err(e) => return Err(Error::io("open manifest", &path, e)),
+    };
+    let len = file
+        .len()
+        .map_err(|e| Error::io("stat manifest", &path, e))?;
+    let mut bytes = vec![0u8; (len as usize).min(MAX_MANIFEST_LEN + 1)];
+    read_exact_at(&*file, &mut bytes, 0).map_err(|e| Error::io("read manifest", &path, e))?;
+    let manifest = crate::format::decode_manifest(&bytes).map_err(|reason| Error::Corrupt {
+        file: path,
+        offset: 0,
+        reason,
+    })?;
+    Ok((Some(Arc::new(bytes)), Some(manifest)))
+}
+
+/// Reads and decodes the header of a segment file.
+fn read_header(file: &dyn StorageFile, path: &Path) -> Result<SegmentHeader> {
+    let len = file.len().map_err(|e| Error::io("stat segment", path, e))?;
+    let mut head = vec![0u8; (len as usize).min(MAX_SEGMENT_HEADER_LEN)];
+    read_exact_at(file, &mut head, 0).map_err(|e| Error::io("read segment", path, e))?;
+    decode_header(&head).map_err(|e| crate::log::header_error(path.to_path_buf(), e))
+}
+
+/// The manifest as a snapshot read it.
+#[derive(Debug)]
+struct ManifestFile(Arc<Vec<u8>>);
+
+impl StorageFile for ManifestFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let from = (offset as usize).min(self.0.len());
+        let n = buf.len().min(self.0.len() - from);
+        buf[..n].copy_from_slice(&self.0[from..from + n]);
+        Ok(n)
+    }
+    fn write_all_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn set_len(&self, _len: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn map(&self, len: u64) -> io::Result<Mapped> {
+        let len = (len as usize).min(self.0.len());
+        Ok(Mapped::new(Arc::new(self.0[..len].to_vec())))
+    }
+}
+
+impl Storage for Snapshot {
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self
+            .segments
+            .iter()
+            .map(|&(id, _)| segment_name(id))
+            .chain(
+                self.manifest_bytes
+                    .as_ref()
+                    .map(|_| MANIFEST_FILE.to_string()),
+            )
+            .collect())
+    }
+    fn create(&self, _name: &str) -> io::Result<Box<dyn StorageFile>> {
+        Err(read_only())
+    }
+    fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
+        if name == MANIFEST_FILE
+            && let Some(bytes) = &self.manifest_bytes
+        {
+            return Ok(Box::new(ManifestFile(bytes.clone())));
+        }
+        let (id, file) = self
+            .segments
+            .iter()
+            .find(|(id, _)| segment_name(*id) == name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in this read's view"))?;
+        Ok(Box::new(SnapshotFile {
+            file: file.clone(),
+            end: (Some(*id) == self.last).then(|| self.last_end.clone()),
+        }))
+    }
+    fn rename(&self, _from: &str, _to: &str) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn remove(&self, _name: &str) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn try_lock(&self) -> io::Result<Option<LockGuard>> {
+        Err(read_only())
+    }
+}
+
+/// A segment of a [`Snapshot`]: the last one reads as zeros past the snapshot's end.
+#[derive(Debug)]
+struct SnapshotFile {
+    file: Arc<dyn StorageFile>,
+    end: Option<Arc<AtomicU64>>,
+}
+
+impl StorageFile for SnapshotFile {
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let n = self.file.read_at(buf, offset)?;
+        if let Some(end) = &self.end {
+            let end = end.load(Ordering::Relaxed);
+            let from = end.saturating_sub(offset).min(n as u64) as usize;
+            buf[from..n].fill(0);
+        }
+        Ok(n)
+    }
+    fn write_all_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn set_len(&self, _len: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Err(read_only())
+    }
+    fn map(&self, len: u64) -> io::Result<Mapped> {
+        // Only sealed segments are mapped (a scan reads the last one of its view with
+        // `read_at`), and those never change.
+        self.file.map(len)
     }
 }
 

@@ -546,8 +546,8 @@ fn bad_directories_give_one_line_and_a_code() {
 }
 
 /// The command's writes prepare no spare segment ahead of need: `afterlog publish` on a
-/// fresh directory creates its first segment and nothing else. Observed with `strace`
-/// (the test says so and checks nothing when `strace` is missing or cannot trace).
+/// fresh directory creates its first segment and nothing else. Observed with `strace`, which
+/// the test needs (CI installs it): without it the test fails.
 #[test]
 fn publish_prepares_no_spare_segment() {
     let tmp = tempfile::tempdir().unwrap();
@@ -560,10 +560,12 @@ fn publish_prepares_no_spare_segment() {
         .arg(env!("CARGO_BIN_EXE_afterlog"))
         .args(["publish", dir.to_str().unwrap(), "x", "y"])
         .output();
-    let Some(o) = traced.ok().filter(|_| trace.exists()) else {
-        eprintln!("strace cannot trace here: nothing checked");
-        return;
-    };
+    let o = traced.expect("strace is needed for this test (apt-get install strace)");
+    assert!(
+        trace.exists(),
+        "strace could not trace here: {}",
+        stderr(&o)
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let opened = std::fs::read_to_string(&trace).unwrap();
     assert!(opened.contains("00000000000000000001.seg.tmp"), "{opened}");
@@ -577,15 +579,20 @@ fn publish_prepares_no_spare_segment() {
 struct Tmpfs(tempfile::TempDir);
 
 impl Tmpfs {
-    /// `None` when it cannot be mounted (not root).
-    fn mount(size: &str) -> Option<Tmpfs> {
+    /// Tests run as root (CI too): a tmpfs that cannot be mounted fails the test.
+    fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
             .output()
-            .is_ok_and(|o| o.status.success());
-        mounted.then_some(Tmpfs(dir))
+            .expect("run mount");
+        assert!(
+            mounted.status.success(),
+            "mounting a tmpfs failed (the tests need root): {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        Tmpfs(dir)
     }
 }
 
@@ -606,10 +613,7 @@ fn fill_up(dir: &Path) {
 
 #[test]
 fn compact_frees_space_on_a_full_disk() {
-    let Some(fs) = Tmpfs::mount("2m") else {
-        eprintln!("cannot mount a tmpfs here (not root?): nothing checked");
-        return;
-    };
+    let fs = Tmpfs::mount("2m");
     let data = fs.0.path().join("data");
     let clock = ManualClock::new(now_ms());
     let engine = Engine::open_with(&data, options(&clock)).unwrap();
@@ -631,4 +635,154 @@ fn compact_frees_space_on_a_full_disk() {
     assert!(after < before, "{v}");
     assert!(v["stats"]["segments_removed"].as_u64().unwrap() > 0, "{v}");
     assert!(ok(&["verify", dir]).contains(": sound"));
+}
+
+/// A read-only bind mount of a directory; unmounted when dropped, a failed test included.
+struct ReadOnlyMount {
+    at: std::path::PathBuf,
+}
+
+impl ReadOnlyMount {
+    /// Mounts `src` read-only at `at` (created). Tests run as root: if `mount` is refused,
+    /// that is a failure, not a reason to skip.
+    fn new(src: &Path, at: &Path) -> ReadOnlyMount {
+        std::fs::create_dir_all(at).unwrap();
+        let run = |args: &[&str]| {
+            let o = Command::new("mount")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run mount {args:?}: {e}"));
+            assert!(
+                o.status.success(),
+                "mount {args:?} failed ({}): this test needs root and a mount it may bind \
+                 read-only: {}",
+                o.status,
+                stderr(&o)
+            );
+        };
+        let (src, at_str) = (src.to_str().unwrap(), at.to_str().unwrap());
+        run(&["--bind", src, at_str]);
+        let mount = ReadOnlyMount {
+            at: at.to_path_buf(),
+        };
+        run(&["-o", "remount,bind,ro", at_str]);
+        mount
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+    }
+}
+
+/// Seen as every read-only command failing with "Read-only file system" (exit 1) on a
+/// directory of a read-only mount, the very place rescue tools are needed: the reader
+/// opened segments for writing and fell back to reading only on a permission error. The
+/// files of the mount are read-only too.
+#[test]
+fn read_only_commands_work_on_a_read_only_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    std::fs::create_dir(&src).unwrap();
+    let s = write_sample(&src);
+    let mount = ReadOnlyMount::new(&src, &tmp.path().join("ro"));
+    let dir = mount.at.to_str().unwrap();
+    let denied = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mount.at.join(SEG1))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        denied.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem,
+        "{denied}"
+    );
+
+    let v = json(&["inspect", dir, "--json"]);
+    assert_eq!(v["events"], 8);
+    let events = json(&["events", dir, "--json"]);
+    assert_eq!(events.as_array().unwrap().len(), 8);
+    ok(&["event", dir, &s.failing.to_string()]);
+    let lines = ok(&["replay", dir]);
+    assert_eq!(lines.lines().count() as u64, s.records);
+    assert!(ok(&["verify", dir]).contains("sound"));
+    let copy = tmp.path().join("copy");
+    let out = ok(&["verify", dir, "--salvage", copy.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!("salvaged {} record(s)", s.records)),
+        "{out}"
+    );
+    let salvaged = json(&["events", copy.to_str().unwrap(), "--json"]);
+    assert_eq!(salvaged, events);
+    drop(mount);
+}
+
+/// Seen as `afterlog events` and `afterlog event` printing names and bodies raw: an OSC 52
+/// clipboard write or a cursor movement in a body, a name or a failure message reached the
+/// terminal. Every control character (C0, DEL, C1) and bidi override the CLI prints from
+/// data is escaped; JSON stays exact.
+#[test]
+fn control_characters_from_data_are_escaped_in_text_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let name = "evil\u{1b}]52;c;aGk=\u{7}\u{202e}\u{9b}";
+    let body = "\u{1b}[2J\u{1b}]52;c;ZXZpbA==\u{7}text\u{2066}\u{7f}";
+    let message = "boom\u{1b}[31m\r";
+    let clock = ManualClock::new(now_ms());
+    let engine = Engine::open_with(tmp.path(), options(&clock)).unwrap();
+    engine.on(name, move |_, _| Err(HandlerError::msg(message)));
+    let id = engine.publish(name, body, After::NOW).unwrap();
+    engine.start();
+    assert!(engine.wait_idle(IDLE));
+    engine.close().unwrap();
+
+    let raw = |text: &str| {
+        text.chars().find(|&c| {
+            (c.is_control() && c != '\n')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+        })
+    };
+    let id_text = id.to_string();
+    for args in [
+        vec!["events", dir],
+        vec!["event", dir, &id_text],
+        vec!["inspect", dir],
+        vec!["verify", dir],
+    ] {
+        let out = ok(&args);
+        assert_eq!(
+            raw(&out),
+            None,
+            "afterlog {args:?} printed a raw control: {out:?}"
+        );
+    }
+    let events = ok(&["events", dir]);
+    assert!(
+        events.contains(r"evil\x1b]52;c;aGk=\x07\u{202e}\u{9b}"),
+        "{events}"
+    );
+    assert!(events.contains(r"error: boom\x1b[31m\x0d"), "{events}");
+    let history = ok(&["event", dir, &id_text]);
+    assert!(
+        history.contains(r"\x1b[2J\x1b]52;c;ZXZpbA==\x07text\u{2066}\x7f"),
+        "{history}"
+    );
+
+    let exact = json(&["event", dir, &id_text, "--json"]);
+    assert_eq!(exact["event"]["name"], name);
+    assert_eq!(exact["event"]["last_message"], message);
+    assert_eq!(exact["body"], body);
+    let line: Value = serde_json::from_str(ok(&["replay", dir]).lines().next().unwrap()).unwrap();
+    assert_eq!(line["events"][0]["name"], name);
+    assert_eq!(line["events"][0]["body"], body);
+
+    // A file name in an error message.
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes\u{1b}[8m.txt"), "").unwrap();
+    let o = afterlog(&["inspect", foreign.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains(r"notes\x1b[8m.txt"), "{}", stderr(&o));
 }

@@ -134,6 +134,33 @@ fn conformance_fs() {
     conformance(&FsStorage::new(dir.path()).unwrap());
 }
 
+/// What readers open: a directory on a read-only mount, or of read-only files, must work,
+/// so nothing may even ask for write access.
+#[test]
+fn existing_fs_storage_never_asks_for_write_access() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), b"bytes").unwrap();
+    let storage = FsStorage::existing(dir.path()).unwrap();
+    let file = storage.open("a").unwrap();
+    assert_eq!(read_all(&*file), b"bytes");
+    let refused = |r: io::Result<()>| {
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+    };
+    refused(file.write_all_at(b"x", 0));
+    refused(file.set_len(0));
+    refused(storage.create("b").map(|_| ()));
+    refused(storage.rename("a", "b"));
+    refused(storage.remove("a"));
+    refused(storage.sync_dir());
+    refused(storage.try_lock().map(|_| ()));
+    assert_eq!(
+        names(&storage),
+        ["a"],
+        "nothing was created, not even {LOCK_FILE}"
+    );
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"bytes");
+}
+
 #[test]
 fn conformance_mem() {
     conformance(&MemStorage::new());

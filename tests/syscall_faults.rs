@@ -211,10 +211,10 @@ fn delivered(dir: &std::path::Path) -> BTreeSet<u64> {
 
 #[test]
 fn failed_system_calls_in_a_real_process_never_acknowledge_lost_data() {
-    if !strace_works() {
-        println!("strace is missing or cannot trace here: skipped");
-        return;
-    }
+    assert!(
+        strace_works(),
+        "strace is missing or cannot trace here: this test needs it (apt-get install strace)"
+    );
     let probe = tempfile::tempdir().unwrap();
     let clean = child(probe.path(), FAULTS[0], 0);
     let ok = clean.lines.iter().filter(|l| l.starts_with("P ")).count() as u64;

@@ -229,7 +229,10 @@ pub(crate) fn recover(
         report.event_id_floor = report.event_id_floor.max(header.event_id_floor);
         report.job_id_floor = report.job_id_floor.max(header.job_id_floor);
         let data_start = header.len() as u64;
-        let scan = scan_segment(bytes, &header, &path, visit)?;
+        let mut scan = scan_segment(bytes, &header, &path, visit)?;
+        if read_only && is_last {
+            scan = reread_racing_tail(bytes, scan, &header, &path, visit)?;
+        }
         report.records += scan.records;
         report.record_bytes += scan.end - data_start;
         if i >= listed && scan.records > 0 {
@@ -447,6 +450,8 @@ trait Bytes {
     fn at(&mut self, offset: u64, want: usize) -> io::Result<&[u8]>;
     /// The file's length.
     fn len(&self) -> u64;
+    /// Forgets what was read, so the next reads see the file as it is now.
+    fn forget(&mut self) {}
 }
 
 /// A mapped (or copied) whole file.
@@ -488,6 +493,10 @@ impl<'a> Chunked<'a> {
 }
 
 impl Bytes for Chunked<'_> {
+    fn forget(&mut self) {
+        self.filled = 0;
+    }
+
     fn at(&mut self, offset: u64, want: usize) -> io::Result<&[u8]> {
         let available = self.len.saturating_sub(offset);
         let need = (want as u64).min(available);
@@ -656,6 +665,62 @@ fn scan_segment(
         stopped,
         sealed,
     })
+}
+
+/// How many times a read-only scan reads the last segment's tail again before it calls a bad
+/// frame followed by a later sync group damage.
+const TAIL_REREADS: usize = 3;
+
+/// A read-only scan of the last segment races its writer: what it read can hold a region
+/// read before the writer reached it (zeros, or part of a frame) followed by a later group's
+/// frame read after, which looks like damage to synced data. The writer only moves forward
+/// and writes a group only once the previous one is synced, so every byte before the last
+/// non-zero byte seen was written by the time it was seen: reading that range again shows
+/// what it holds. The scan goes on from where it stopped (records before are not handed up
+/// twice). Only after `TAIL_REREADS` reads that show the same is it damage.
+fn reread_racing_tail(
+    bytes: &mut dyn Bytes,
+    mut scan: Scan,
+    header: &SegmentHeader,
+    path: &Path,
+    visit: &mut dyn FnMut(Position, &Record<'_>) -> Result<()>,
+) -> Result<Scan> {
+    let read_error = |e| Error::io("read segment", path, e);
+    for _ in 0..TAIL_REREADS {
+        if scan.stopped.is_none() {
+            break;
+        }
+        let Some(nonzero_end) = last_nonzero(bytes, scan.end)
+            .map_err(read_error)?
+            .map(|i| i + 1)
+        else {
+            break;
+        };
+        let expected = scan.last_seq.max(header.first_seq - 1).saturating_add(1);
+        if later_sync_group(bytes, scan.end, nonzero_end, header.segment_id, expected)
+            .map_err(read_error)?
+            .is_none()
+        {
+            break;
+        }
+        bytes.forget();
+        let visited = scan.end;
+        let (records, last_seq) = (scan.records, scan.last_seq);
+        let mut rest = |pos: Position, record: &Record<'_>| {
+            if pos.offset < visited {
+                Ok(())
+            } else {
+                visit(pos, record)
+            }
+        };
+        scan = scan_segment(bytes, header, path, &mut rest)?;
+        debug_assert!(
+            scan.records >= records && scan.last_seq >= last_seq,
+            "a second read lost records: {records} -> {}",
+            scan.records
+        );
+    }
+    Ok(scan)
 }
 
 /// Zeros to compare a segment's bytes with.

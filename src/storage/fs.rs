@@ -18,6 +18,9 @@ pub struct FsStorage {
     dir: PathBuf,
     /// The device and inode of the directory `try_lock` locked, for `check_lock`.
     locked: Mutex<Option<(u64, u64)>>,
+    /// Opened with [`existing`](FsStorage::existing): files are opened for reading only, and
+    /// nothing is created, written, renamed, removed or locked.
+    read_only: bool,
 }
 
 /// Attempts at locking a directory that keeps being replaced under its path.
@@ -28,10 +31,12 @@ impl FsStorage {
     pub fn new(dir: impl AsRef<Path>) -> io::Result<FsStorage> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
-        Ok(FsStorage::at(dir))
+        Ok(FsStorage::at(dir, false))
     }
 
-    /// Storage in an existing `dir`, for read-only use: nothing is created.
+    /// Storage in an existing `dir`, read-only: files are opened for reading only (so a
+    /// read-only mount or read-only files work), and every create, write, rename, remove,
+    /// sync and lock fails with `PermissionDenied` without touching the directory.
     pub fn existing(dir: impl AsRef<Path>) -> io::Result<FsStorage> {
         let dir = dir.as_ref().to_path_buf();
         if !std::fs::metadata(&dir)?.is_dir() {
@@ -40,14 +45,25 @@ impl FsStorage {
                 "not a directory",
             ));
         }
-        Ok(FsStorage::at(dir))
+        Ok(FsStorage::at(dir, true))
     }
 
-    fn at(dir: PathBuf) -> FsStorage {
+    fn at(dir: PathBuf, read_only: bool) -> FsStorage {
         FsStorage {
             dir,
             locked: Mutex::new(None),
+            read_only,
         }
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} was opened read-only", self.dir.display()),
+            ));
+        }
+        Ok(())
     }
 
     /// The device and inode the directory's path names now.
@@ -194,6 +210,7 @@ impl Storage for FsStorage {
     }
 
     fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
+        self.writable()?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -208,8 +225,23 @@ impl Storage for FsStorage {
     fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
         let path = self.dir.join(name);
         check_regular(&path)?;
-        let (file, read_only) = match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(f) => (f, None),
+        let opened = if self.read_only {
+            File::open(&path).map(|file| {
+                let why = (
+                    io::ErrorKind::PermissionDenied,
+                    "opened read-only".to_string(),
+                );
+                (file, Some(why))
+            })
+        } else {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map(|file| (file, None))
+        };
+        let (file, read_only) = match opened {
+            Ok(opened) => opened,
             // A read-only file system, directory or file (or an immutable file) can still be
             // inspected; a write then reports why it cannot be done.
             Err(e)
@@ -234,18 +266,22 @@ impl Storage for FsStorage {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.writable()?;
         std::fs::rename(self.dir.join(from), self.dir.join(to))
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
+        self.writable()?;
         std::fs::remove_file(self.dir.join(name))
     }
 
     fn sync_dir(&self) -> io::Result<()> {
+        self.writable()?;
         File::open(&self.dir)?.sync_all()
     }
 
     fn try_lock(&self) -> io::Result<Option<LockGuard>> {
+        self.writable()?;
         for _ in 0..LOCK_PATH_ATTEMPTS {
             match self.lock_once()? {
                 LockAttempt::Held(guard, locked) => {

@@ -12,7 +12,7 @@ use afterlog::log::Position;
 use afterlog::{After, Engine, Error, EventId, JobId, Options, Reader, RecordFilter};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use render::{Table, bytes, record_json, time};
+use render::{Table, bytes, escape, record_json, time};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -260,10 +260,15 @@ fn main() -> ExitCode {
         // A reader that closed the pipe (`| head`) has what it wanted.
         Err(f) if f.message.contains("Broken pipe") => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("afterlog: {}", f.message);
+            eprintln!("afterlog: {}", escape(&f.message));
             ExitCode::from(f.code)
         }
     }
+}
+
+/// A path for people, escaped (a file name may hold anything).
+fn shown(path: &Path) -> String {
+    escape(&path.display().to_string())
 }
 
 fn now_ms() -> i64 {
@@ -365,10 +370,7 @@ fn recovery_line(reader: &Reader, r: &afterlog::log::Recovery) -> String {
         Some((segment, offset)) => format!(
             "torn tail of {} bytes at {} offset {offset} (a crash interrupted a write; a writer cuts it on open)",
             r.torn_bytes,
-            reader
-                .dir()
-                .join(afterlog::log::segment_name(segment))
-                .display()
+            shown(&reader.dir().join(afterlog::log::segment_name(segment)))
         ),
     }
 }
@@ -418,7 +420,7 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
         }));
     }
     let mut o = out();
-    writeln!(o, "directory   {}", reader.dir().display())?;
+    writeln!(o, "directory   {}", shown(reader.dir()))?;
     writeln!(o, "disk bytes  {}", bytes(summary.disk_bytes))?;
     writeln!(o, "format      {}", format_line(manifest.as_ref()))?;
     writeln!(o, "retention   {}", retention_line(manifest.as_ref()))?;
@@ -625,7 +627,7 @@ fn event(dir: &Path, id: &str, json: bool) -> CliResult {
     let e = &history.row;
     let mut o = out();
     writeln!(o, "event      {id}")?;
-    writeln!(o, "name       {}", e.name)?;
+    writeln!(o, "name       {}", escape(&e.name))?;
     writeln!(o, "state      {}", e.state)?;
     writeln!(o, "attempts   {}", e.attempts)?;
     writeln!(
@@ -770,9 +772,9 @@ fn verify(dir: &Path, salvage: Option<&Path>, json: bool) -> CliResult {
         writeln!(
             o,
             "CORRUPT {} at offset {}: {}",
-            p.file.display(),
+            shown(&p.file),
             p.offset,
-            p.problem
+            escape(&p.problem)
         )?;
     }
     if let Some((file, offset)) = &report.torn_at {
@@ -780,7 +782,7 @@ fn verify(dir: &Path, salvage: Option<&Path>, json: bool) -> CliResult {
             o,
             "torn tail: {} bytes at {} offset {offset} (a crash interrupted the last write; not corruption, a writer cuts it on open)",
             report.torn_bytes,
-            file.display()
+            shown(file)
         )?;
     }
     let verdict = if code == 0 {
@@ -798,18 +800,18 @@ fn verify(dir: &Path, salvage: Option<&Path>, json: bool) -> CliResult {
             o,
             "salvaged {} record(s) to {} ({} damaged segment(s) cut short); {} is unchanged",
             s.records,
-            out_dir.display(),
+            shown(out_dir),
             s.damaged_segments,
-            dir.display()
+            shown(dir)
         )?;
     }
     o.flush()?;
     if code != 0 {
         eprintln!(
             "afterlog: {} is corrupt: {} problem(s), first in {} at offset {}",
-            dir.display(),
+            shown(dir),
             report.problems.len(),
-            report.problems[0].file.display(),
+            shown(&report.problems[0].file),
             report.problems[0].offset
         );
     }
@@ -964,7 +966,7 @@ fn publish(dir: &Path, name: &str, body: &str, after: Option<&str>, json: bool) 
         );
     }
     let mut o = out();
-    writeln!(o, "published {id} ({name}), due {}", time(due_ms))?;
+    writeln!(o, "published {id} ({}), due {}", escape(name), time(due_ms))?;
     o.flush()?;
     Ok(0)
 }

@@ -7,6 +7,44 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 
+/// Text from data (names, bodies, messages, file names) made safe for a terminal: control
+/// characters (C0 and DEL as `\x1b`, C1 as `\u{9b}`) and the bidi overrides and isolates
+/// (U+202A–U+202E, U+2066–U+2069, as `\u{202e}`) are written as escapes, so no escape
+/// sequence (an OSC 52 clipboard write, a cursor movement) and no reordering reaches the
+/// terminal. Newlines are escaped too: one item stays on one line. JSON output does not
+/// go through here (serde_json escapes it exactly).
+pub fn escape(text: &str) -> String {
+    escape_keeping(text, &[])
+}
+
+/// Like [`escape`], but leaves newlines and tabs as they are: for a body printed alone.
+pub fn escape_text(text: &str) -> String {
+    escape_keeping(text, &['\n', '\t'])
+}
+
+fn escape_keeping(text: &str, keep: &[char]) -> String {
+    let unsafe_char = |c: char| {
+        !keep.contains(&c)
+            && (c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c))
+    };
+    if !text.chars().any(unsafe_char) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    out
+}
+
 /// A Unix epoch time in ms as RFC 3339 UTC with milliseconds.
 pub fn time(epoch_ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(epoch_ms).map_or_else(
@@ -47,10 +85,11 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// A body for people: the text when it is UTF-8, else `hex:` and its bytes.
+/// A body for people: the text when it is UTF-8 (escaped, see [`escape_text`]), else `hex:`
+/// and its bytes.
 pub fn body_text(body: &[u8]) -> String {
     match std::str::from_utf8(body) {
-        Ok(text) => text.to_owned(),
+        Ok(text) => escape_text(text),
         Err(_) => format!("hex:{}", hex(body)),
     }
 }
@@ -172,9 +211,12 @@ impl Table {
         }
     }
 
+    /// Adds a row; every cell is [`escape`]d, so a cell from data cannot reach the terminal
+    /// as a control sequence or break the alignment.
     pub fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.header.len(), "cells {cells:?}");
-        self.rows.push(cells);
+        self.rows
+            .push(cells.into_iter().map(|c| escape(&c)).collect());
     }
 
     pub fn render(&self) -> String {
