@@ -19,7 +19,7 @@
 use crate::error::{Error, Result};
 use crate::format::{
     Cancel, CancelTarget, DropReason, FRAME_HEADER_LEN, MANIFEST_FILE, MANIFEST_TEMP_FILE,
-    MAX_FRAME_LEN, MAX_MANIFEST_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, Record, RecordKind,
+    MAX_FRAME_LEN, MAX_MANIFEST_FILE_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, Record, RecordKind,
     SegmentHeader, decode_frame, decode_header,
 };
 use crate::ids::{EventId, JobId};
@@ -1141,6 +1141,10 @@ struct Snapshot {
     last: Option<u64>,
     /// Where the first scan of the last segment ended (`u64::MAX` until then).
     last_end: Arc<AtomicU64>,
+    /// Segments above the last one the manifest lists, installed by a roll after the manifest
+    /// was read: they read as empty past their header (a roll writes no record into a segment
+    /// before the manifest lists it, so what they hold now came after this read began).
+    unlisted_ends: HashMap<u64, Arc<AtomicU64>>,
 }
 
 /// How many times a snapshot is taken again when a segment its manifest lists went before
@@ -1178,6 +1182,16 @@ impl Snapshot {
                 Some(m) => m.segments.last().copied(),
                 None => segments.last().map(|&(id, _)| id),
             };
+            let mut unlisted_ends = HashMap::new();
+            if manifest.is_some() {
+                let last_listed = last.unwrap_or(0);
+                for (id, file) in segments.iter().filter(|(id, _)| *id > last_listed) {
+                    let path = storage.path().join(segment_name(*id));
+                    if let Ok(header) = read_header(&**file, &path) {
+                        unlisted_ends.insert(*id, Arc::new(AtomicU64::new(header.len() as u64)));
+                    }
+                }
+            }
             return Ok(Snapshot {
                 dir: storage.path().to_path_buf(),
                 manifest,
@@ -1185,6 +1199,7 @@ impl Snapshot {
                 segments,
                 last,
                 last_end: Arc::new(AtomicU64::new(u64::MAX)),
+                unlisted_ends,
             });
         }
     }
@@ -1282,13 +1297,22 @@ fn read_manifest_bytes(storage: &dyn Storage) -> Result<(Option<Arc<Vec<u8>>>, O
     let len = file
         .len()
         .map_err(|e| Error::io("stat manifest", &path, e))?;
-    let mut bytes = vec![0u8; (len as usize).min(MAX_MANIFEST_LEN + 1)];
+    if len > MAX_MANIFEST_FILE_LEN as u64 {
+        return Err(Error::Corrupt {
+            file: path,
+            offset: 0,
+            reason: format!("manifest is {len} bytes, more than any manifest"),
+        });
+    }
+    let mut bytes = vec![0u8; len as usize];
     read_exact_at(&*file, &mut bytes, 0).map_err(|e| Error::io("read manifest", &path, e))?;
-    let manifest = crate::format::decode_manifest(&bytes).map_err(|reason| Error::Corrupt {
-        file: path,
-        offset: 0,
-        reason,
-    })?;
+    let manifest = crate::format::decode_manifest_file(&bytes)
+        .map_err(|reason| Error::Corrupt {
+            file: path,
+            offset: 0,
+            reason,
+        })?
+        .manifest;
     Ok((Some(Arc::new(bytes)), Some(manifest)))
 }
 
@@ -1359,9 +1383,14 @@ impl Storage for Snapshot {
             .iter()
             .find(|(id, _)| segment_name(*id) == name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not in this read's view"))?;
+        let end = if Some(*id) == self.last {
+            Some(self.last_end.clone())
+        } else {
+            self.unlisted_ends.get(id).cloned()
+        };
         Ok(Box::new(SnapshotFile {
             file: file.clone(),
-            end: (Some(*id) == self.last).then(|| self.last_end.clone()),
+            end,
         }))
     }
     fn rename(&self, _from: &str, _to: &str) -> io::Result<()> {

@@ -1,5 +1,13 @@
 //! The manifest: the file `MANIFEST` that names a format-2 directory and lists its segments.
 //!
+//! The file holds two slots of `slot_len` bytes each (the file is `2 × slot_len` bytes,
+//! `slot_len` a multiple of 4,096), and each slot holds one encoded manifest padded with
+//! zeros. The valid slot with the larger generation is the manifest; a rewrite goes into the
+//! other slot, in place, so it needs no new disk space (compaction rewrites the manifest to
+//! free space on a full disk) and a torn write leaves the previous manifest in force.
+//!
+//! A slot:
+//!
 //! ```text
 //! offset  size  field
 //!      0     8  magic          b"AFTERMAN"
@@ -14,9 +22,10 @@
 //!    …      4  crc            u32, CRC-32 of every byte before it
 //! ```
 //!
-//! The manifest is replaced whole (written to `MANIFEST.tmp`, synced, renamed, directory
-//! synced), so a crash leaves the old one or the new one. A segment listed here that is
-//! missing is lost synced data; a segment whose header names another directory is foreign.
+//! A manifest too long for a slot is written into a new file with larger slots (written as
+//! `MANIFEST.tmp`, synced, renamed over `MANIFEST`, directory synced). A segment listed here
+//! that is missing is lost synced data; a segment whose header names another directory is
+//! foreign.
 
 use super::{get_u32, get_u64};
 
@@ -29,8 +38,80 @@ const VERSION: u32 = 2;
 const FIXED_LEN: usize = 60;
 /// The most segments a manifest lists (a terabyte of 1 MiB segments).
 pub const MAX_MANIFEST_SEGMENTS: usize = 1 << 20;
-/// The largest manifest: a reader refuses a longer file before reading it.
+/// The largest encoded manifest.
 pub const MAX_MANIFEST_LEN: usize = FIXED_LEN + 8 * MAX_MANIFEST_SEGMENTS + 4;
+/// Slots are a multiple of this many bytes.
+pub const MANIFEST_SLOT_UNIT: usize = 4096;
+/// The largest manifest file: a reader refuses a longer one before reading it.
+pub const MAX_MANIFEST_FILE_LEN: usize =
+    2 * MAX_MANIFEST_LEN.div_ceil(MANIFEST_SLOT_UNIT) * MANIFEST_SLOT_UNIT;
+
+/// The slot length for a manifest of `encoded_len` bytes: room for it and as many again, so
+/// that the file is rarely replaced as the directory grows.
+pub fn manifest_slot_len(encoded_len: usize) -> usize {
+    (2 * encoded_len).div_ceil(MANIFEST_SLOT_UNIT).max(1) * MANIFEST_SLOT_UNIT
+}
+
+/// A manifest file's contents, decoded: the manifest in force, which slot holds it, and the
+/// slot length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// The manifest of the valid slot with the larger generation.
+    pub manifest: Manifest,
+    /// 0 or 1.
+    pub slot: usize,
+    /// Bytes per slot.
+    pub slot_len: usize,
+}
+
+/// A new manifest file of two slots: `manifest` in slot 0, slot 1 empty.
+pub fn encode_manifest_file(manifest: &Manifest) -> Vec<u8> {
+    let mut bytes = encode_manifest(manifest);
+    let slot_len = manifest_slot_len(bytes.len());
+    bytes.resize(2 * slot_len, 0);
+    bytes
+}
+
+/// Decodes a manifest file: the valid slot with the larger generation wins (a torn or failed
+/// rewrite of one slot leaves the other). Errors when neither slot is valid.
+pub fn decode_manifest_file(b: &[u8]) -> Result<ManifestFile, String> {
+    if b.is_empty() || b.len() % (2 * MANIFEST_SLOT_UNIT) != 0 || b.len() > MAX_MANIFEST_FILE_LEN {
+        return Err(format!(
+            "manifest file is {} bytes, not two slots of a multiple of {MANIFEST_SLOT_UNIT}",
+            b.len()
+        ));
+    }
+    let slot_len = b.len() / 2;
+    let decode_slot = |slot: usize| {
+        let bytes = &b[slot * slot_len..(slot + 1) * slot_len];
+        if bytes.len() < FIXED_LEN {
+            return Err("slot too short".to_string());
+        }
+        let len = get_u32(bytes, 12) as usize;
+        match bytes.get(..len) {
+            Some(encoded) => decode_manifest(encoded),
+            None => Err(format!("slot says {len} bytes, the slot holds {slot_len}")),
+        }
+    };
+    match (decode_slot(0), decode_slot(1)) {
+        (Ok(a), Ok(b)) if b.generation > a.generation => Ok(ManifestFile {
+            manifest: b,
+            slot: 1,
+            slot_len,
+        }),
+        (Ok(a), _) => Ok(ManifestFile {
+            manifest: a,
+            slot: 0,
+            slot_len,
+        }),
+        (Err(_), Ok(b)) => Ok(ManifestFile {
+            manifest: b,
+            slot: 1,
+            slot_len,
+        }),
+        (Err(e), Err(_)) => Err(format!("no valid manifest in either slot: {e}")),
+    }
+}
 
 /// The decoded manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +210,31 @@ mod tests {
             segment_bytes: Some(1 << 20),
             segments: vec![2, 3, 7],
         }
+    }
+
+    #[test]
+    fn the_newer_valid_slot_wins() {
+        let old = sample();
+        let new = Manifest {
+            generation: 4,
+            segments: vec![2, 3, 7, 8],
+            ..sample()
+        };
+        let mut file = encode_manifest_file(&old);
+        let slot_len = file.len() / 2;
+        let encoded = encode_manifest(&new);
+        file[slot_len..slot_len + encoded.len()].copy_from_slice(&encoded);
+        let decoded = decode_manifest_file(&file).unwrap();
+        assert_eq!((decoded.manifest, decoded.slot), (new, 1));
+        // A torn rewrite of slot 1: slot 0 is in force again.
+        for cut in [1, 20, encoded.len() - 1] {
+            let mut torn = file.clone();
+            torn[slot_len + cut..slot_len + encoded.len()].fill(0);
+            let decoded = decode_manifest_file(&torn).unwrap();
+            assert_eq!((decoded.manifest, decoded.slot), (old.clone(), 0));
+        }
+        assert!(decode_manifest_file(&file[..slot_len]).is_err());
+        assert!(decode_manifest_file(&vec![0; 2 * slot_len]).is_err());
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub use header::{
     header_len,
 };
 pub use manifest::{
-    MANIFEST_FILE, MANIFEST_TEMP_FILE, MAX_MANIFEST_LEN, Manifest, decode_manifest, encode_manifest,
+    MANIFEST_FILE, MANIFEST_SLOT_UNIT, MANIFEST_TEMP_FILE, MAX_MANIFEST_FILE_LEN, MAX_MANIFEST_LEN,
+    Manifest, ManifestFile, decode_manifest, decode_manifest_file, encode_manifest,
+    encode_manifest_file, manifest_slot_len,
 };
 pub use record::{
     Ack, AckOutcome, Attempt, Cancel, CancelTarget, Drop, DropReason, EventEntry, EventIter,

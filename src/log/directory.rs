@@ -9,14 +9,20 @@
 
 use crate::error::{Error, Result};
 use crate::format::{
-    MANIFEST_FILE, MANIFEST_TEMP_FILE, MAX_MANIFEST_LEN, Manifest, decode_manifest, encode_manifest,
+    MANIFEST_FILE, MANIFEST_TEMP_FILE, MAX_MANIFEST_FILE_LEN, Manifest, ManifestFile,
+    decode_manifest_file, encode_manifest, encode_manifest_file,
 };
-use crate::storage::{Storage, read_exact_at};
+use crate::storage::{Storage, StorageFile, read_exact_at};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 
 /// Reads the manifest; `None` when the directory has none (format 1, or new).
 pub(crate) fn read_manifest(storage: &dyn Storage) -> Result<Option<Manifest>> {
+    Ok(read_manifest_file(storage)?.map(|f| f.manifest))
+}
+
+/// Reads the manifest file: the manifest in force and where it is.
+fn read_manifest_file(storage: &dyn Storage) -> Result<Option<ManifestFile>> {
     let path = storage.path().join(MANIFEST_FILE);
     let file = match storage.open(MANIFEST_FILE) {
         Ok(file) => file,
@@ -26,16 +32,18 @@ pub(crate) fn read_manifest(storage: &dyn Storage) -> Result<Option<Manifest>> {
     let len = file
         .len()
         .map_err(|e| Error::io("stat manifest", &path, e))?;
-    if len > MAX_MANIFEST_LEN as u64 {
+    if len > MAX_MANIFEST_FILE_LEN as u64 {
         return Err(Error::Corrupt {
             file: path,
             offset: 0,
-            reason: format!("manifest is {len} bytes, more than any manifest ({MAX_MANIFEST_LEN})"),
+            reason: format!(
+                "manifest is {len} bytes, more than any manifest ({MAX_MANIFEST_FILE_LEN})"
+            ),
         });
     }
     let mut bytes = vec![0u8; len as usize];
     read_exact_at(&*file, &mut bytes, 0).map_err(|e| Error::io("read manifest", &path, e))?;
-    decode_manifest(&bytes)
+    decode_manifest_file(&bytes)
         .map(Some)
         .map_err(|reason| Error::Corrupt {
             file: path,
@@ -44,12 +52,12 @@ pub(crate) fn read_manifest(storage: &dyn Storage) -> Result<Option<Manifest>> {
         })
 }
 
-/// Replaces the manifest with `manifest`: written under a temporary name, synced, renamed
-/// over the old one, and the directory synced. A crash leaves the old manifest or this one.
-pub(crate) fn write_manifest(storage: &dyn Storage, manifest: &Manifest) -> Result<()> {
+/// Writes a new manifest file holding `manifest`: under a temporary name, synced, renamed over
+/// the old one, and the directory synced. A crash leaves the old file or this one.
+fn write_manifest_file(storage: &dyn Storage, manifest: &Manifest) -> Result<()> {
     let path = storage.path().join(MANIFEST_TEMP_FILE);
     let io = |op, e| Error::io(op, &path, e);
-    let bytes = encode_manifest(manifest);
+    let bytes = encode_manifest_file(manifest);
     let file = match storage.create(MANIFEST_TEMP_FILE) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -93,19 +101,68 @@ pub(crate) fn new_directory_id() -> u128 {
 /// The manifest as the writer keeps it, and the way every change to it is made durable.
 #[derive(Debug)]
 pub(crate) struct Directory {
-    manifest: crate::sync::Mutex<Manifest>,
+    state: crate::sync::Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    manifest: Manifest,
+    /// The open manifest file, the slot holding `manifest`, and the slot length.
+    file: Box<dyn StorageFile>,
+    slot: usize,
+    slot_len: usize,
 }
 
 impl Directory {
-    pub fn new(manifest: Manifest) -> Directory {
-        Directory {
-            manifest: crate::sync::Mutex::new(manifest),
-        }
+    /// Makes `manifest` (its generation aside) the directory's manifest, durably: written
+    /// into the free slot of the manifest file, or into a new file when there is none (or it
+    /// is too small). Called at every open, so that what recovery read is durable before
+    /// anything relies on it (after a failed sync the page cache may show a rewrite that
+    /// never reached the disk).
+    pub fn open(storage: &dyn Storage, mut manifest: Manifest) -> Result<Directory> {
+        let path = storage.path().join(MANIFEST_FILE);
+        let current = read_manifest_file(storage)?;
+        manifest.generation = current.as_ref().map_or(0, |c| c.manifest.generation) + 1;
+        let state = match current {
+            Some(c) => {
+                let file = storage
+                    .open(MANIFEST_FILE)
+                    .map_err(|e| Error::io("open manifest", &path, e))?;
+                let mut state = State {
+                    manifest: c.manifest,
+                    file,
+                    slot: c.slot,
+                    slot_len: c.slot_len,
+                };
+                state.write(storage, manifest)?;
+                state
+            }
+            None => {
+                write_manifest_file(storage, &manifest)?;
+                let file = storage
+                    .open(MANIFEST_FILE)
+                    .map_err(|e| Error::io("open manifest", &path, e))?;
+                let slot_len = file
+                    .len()
+                    .map_err(|e| Error::io("stat manifest", &path, e))?
+                    as usize
+                    / 2;
+                State {
+                    manifest,
+                    file,
+                    slot: 0,
+                    slot_len,
+                }
+            }
+        };
+        Ok(Directory {
+            state: crate::sync::Mutex::new(state),
+        })
     }
 
     /// The directory's id.
     pub fn id(&self) -> u128 {
-        self.manifest.lock().directory_id
+        self.state.lock().manifest.directory_id
     }
 
     /// Lists segment `id` (newly installed) and makes that durable.
@@ -124,17 +181,48 @@ impl Directory {
 
     /// Applies `edit` and writes the result. The lock is held through the write, so changes
     /// reach the disk in the order they were made; on failure the old manifest stays in force
-    /// (on disk and here).
+    /// here (and on disk, unless the page cache says otherwise: see `open`).
     pub fn change(&self, storage: &dyn Storage, edit: impl FnOnce(&mut Manifest)) -> Result<()> {
-        let mut current = self.manifest.lock();
-        let mut next = current.clone();
+        let mut state = self.state.lock();
+        let mut next = state.manifest.clone();
         edit(&mut next);
-        if next == *current {
+        if next == state.manifest {
             return Ok(());
         }
-        next.generation = current.generation + 1;
-        write_manifest(storage, &next)?;
-        *current = next;
+        next.generation = state.manifest.generation + 1;
+        state.write(storage, next)
+    }
+}
+
+impl State {
+    /// Writes `next` into the free slot, in place (no new disk space), and syncs it; or, when
+    /// it does not fit, into a new file with larger slots.
+    fn write(&mut self, storage: &dyn Storage, next: Manifest) -> Result<()> {
+        let path = storage.path().join(MANIFEST_FILE);
+        let mut bytes = encode_manifest(&next);
+        if bytes.len() <= self.slot_len {
+            let free = 1 - self.slot;
+            bytes.resize(self.slot_len, 0);
+            self.file
+                .write_all_at(&bytes, (free * self.slot_len) as u64)
+                .map_err(|e| Error::io("write manifest", &path, e))?;
+            self.file
+                .sync_data()
+                .map_err(|e| Error::io("sync manifest", &path, e))?;
+            self.slot = free;
+        } else {
+            write_manifest_file(storage, &next)?;
+            self.file = storage
+                .open(MANIFEST_FILE)
+                .map_err(|e| Error::io("open manifest", &path, e))?;
+            self.slot_len =
+                self.file
+                    .len()
+                    .map_err(|e| Error::io("stat manifest", &path, e))? as usize
+                    / 2;
+            self.slot = 0;
+        }
+        self.manifest = next;
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use crate::format::{FRAME_HEADER_LEN, Record, RecordKind, decode_frame, get_u32}
 use crate::storage::{LockGuard, Storage};
 use crate::sync::Mutex;
 use crate::sync::thread::{self, JoinHandle};
-use directory::{Directory, new_directory_id, write_manifest};
+use directory::{Directory, new_directory_id};
 use segment::{SegmentBytes, SegmentSlot, install, new_header, prepare_file};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -207,7 +207,6 @@ impl Log {
             segment_bytes: None,
             segments: Vec::new(),
         });
-        let before = manifest.clone();
         manifest.segments = recovered
             .sealed
             .iter()
@@ -218,11 +217,7 @@ impl Log {
         if options.retention_ms.is_some() {
             manifest.retention_ms = options.retention_ms;
         }
-        if manifest != before || report.manifest.is_none() {
-            manifest.generation += 1;
-            write_manifest(&*storage, &manifest)?;
-        }
-        let directory = Directory::new(manifest);
+        let directory = Directory::open(&*storage, manifest)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 next_seq: report.last_seq + 1,

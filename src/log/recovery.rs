@@ -81,8 +81,9 @@ pub(crate) fn header_error(path: PathBuf, e: HeaderError) -> Error {
 }
 
 /// Scans the directory. With `read_only`, nothing is removed or written: a torn tail is
-/// reported and skipped, temporary files are left alone, and segments created after the
-/// manifest was read are not read (the view is the log as the manifest lists it).
+/// reported and skipped, and leftover files are left alone. Segments above the last one the
+/// manifest lists must hold no record (a reader's snapshot shows them empty: they were
+/// installed after the manifest it read).
 pub(crate) fn recover(
     storage: &dyn Storage,
     read_only: bool,
@@ -129,13 +130,13 @@ pub(crate) fn recover(
             }
             for &id in &present {
                 if id < last_listed && m.segments.binary_search(&id).is_err() {
+                    // A leftover of a removal, unless it is another directory's segment.
+                    check_not_foreign(storage, id, m)?;
                     leftovers.push(segment_name(id));
                 }
             }
             let mut ids = m.segments.clone();
-            if !read_only {
-                ids.extend(present.iter().filter(|&&id| id > last_listed));
-            }
+            ids.extend(present.iter().filter(|&&id| id > last_listed));
             (ids, m.segments.len())
         }
     };
@@ -203,15 +204,7 @@ pub(crate) fn recover(
             seen_v2.get_or_insert(id);
             match &manifest {
                 Some(m) if header.directory_id != m.directory_id => {
-                    return Err(Error::Corrupt {
-                        file: path,
-                        offset: 0,
-                        reason: format!(
-                            "the segment belongs to another directory (id {:032x}; this \
-                             directory's MANIFEST says {:032x})",
-                            header.directory_id, m.directory_id
-                        ),
-                    });
+                    return Err(foreign_segment(path, header.directory_id, m.directory_id));
                 }
                 _ => {}
             }
@@ -400,6 +393,38 @@ pub(crate) fn scan_alone(
         });
     }
     Ok(report)
+}
+
+/// Fails when unlisted segment `id` is a format-2 segment of another directory than the one
+/// `manifest` names (a header that does not decode is left for the caller: the file is a
+/// leftover of a removal at worst).
+fn check_not_foreign(storage: &dyn Storage, id: u64, manifest: &Manifest) -> Result<()> {
+    let path = storage.path().join(segment_name(id));
+    let Ok(file) = storage.open(&segment_name(id)) else {
+        return Ok(());
+    };
+    let len = file
+        .len()
+        .map_err(|e| Error::io("stat segment", &path, e))?;
+    let mut head = vec![0u8; (len as usize).min(MAX_SEGMENT_HEADER_LEN)];
+    read_exact_at(&*file, &mut head, 0).map_err(|e| Error::io("read segment", &path, e))?;
+    match decode_header(&head) {
+        Ok(header) if header.has_seals() && header.directory_id != manifest.directory_id => Err(
+            foreign_segment(path, header.directory_id, manifest.directory_id),
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn foreign_segment(file: PathBuf, found: u128, expected: u128) -> Error {
+    Error::Corrupt {
+        file,
+        offset: 0,
+        reason: format!(
+            "the segment belongs to another directory (id {found:032x}; this directory's \
+             MANIFEST says {expected:032x})"
+        ),
+    }
 }
 
 fn missing_segment(dir: &Path, id: u64) -> Error {
