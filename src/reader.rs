@@ -429,7 +429,7 @@ impl Reader {
     ///
     /// Errors: `Error::Io` (kind `NotFound`) when `dir` does not exist;
     /// `Error::NotADataDirectory` when it holds no segment but other files; `Error::Corrupt`
-    /// (file, offset 0) when a segment header is invalid. Damage to records is reported by
+    /// (file, offset 0) when a segment header or the manifest is invalid. Damage to records is reported by
     /// the reads that reach it, with its file and offset.
     pub fn open(dir: impl AsRef<Path>) -> Result<Reader> {
         let dir = dir.as_ref();
@@ -507,6 +507,8 @@ impl Reader {
             present.push((id, len));
             read_header(&*file, &path)?;
         }
+        // A damaged manifest, like a damaged header, is reported at open, naming the file.
+        Log::manifest(&*storage)?;
         Ok(Reader {
             storage,
             files: present,
@@ -810,6 +812,9 @@ impl Reader {
         let mut records = HashMap::new();
         for (id, file) in &snap.segments {
             let id = *id;
+            if snap.is_leftover(id) {
+                continue;
+            }
             let path = self.dir().join(segment_name(id));
             let len = file
                 .len()
@@ -999,6 +1004,9 @@ impl Reader {
         let last = snap.last_id();
         for (id, file) in &snap.segments {
             let id = *id;
+            if snap.is_leftover(id) {
+                continue;
+            }
             let len = file.len().unwrap_or(0);
             let mut failed = None;
             let scanned = snap.scan_alone(id, |_, record| {
@@ -1206,6 +1214,16 @@ impl Snapshot {
 
     fn last_id(&self) -> Option<u64> {
         self.last
+    }
+
+    /// True for a segment the manifest does not list, below the last one it lists: what an
+    /// interrupted compaction left of a segment it unlisted (its records are finished), which
+    /// the next engine to open the directory removes. Reads skip it.
+    fn is_leftover(&self, id: u64) -> bool {
+        self.manifest.as_ref().is_some_and(|m| {
+            m.segments.last().is_some_and(|&last| id < last)
+                && m.segments.binary_search(&id).is_err()
+        })
     }
 
     /// [`Log::scan`] of this snapshot; the first scan that reads the last segment bounds the

@@ -236,10 +236,17 @@ fn real_directories_pass_the_read_directory_check() {
         }
     }
     // The first segment of a directory without its header: the check writes one (lead 0).
-    let first = &seed_directories()[0].1[..1];
-    let raw = afterlog::testing::directory_input(first);
+    let first: Vec<(String, Vec<u8>)> = seed_directories()[0]
+        .1
+        .iter()
+        .filter(|(name, _)| name.ends_with(".seg"))
+        .take(1)
+        .cloned()
+        .collect();
+    let raw = afterlog::testing::directory_input(&first);
+    let header = afterlog::format::decode_header(&first[0].1).unwrap();
     let mut input = vec![0u8];
-    input.extend_from_slice(&raw[1 + afterlog::format::SEGMENT_HEADER_LEN..]);
+    input.extend_from_slice(&raw[1 + header.len()..]);
     afterlog::testing::check_read_directory(&input);
     if let Some(dir) = &write_to {
         std::fs::write(Path::new(dir).join("seed-header"), &input).unwrap();

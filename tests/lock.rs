@@ -146,7 +146,11 @@ fn a_data_directory_moved_away_poisons_the_engine_at_its_next_roll() {
     assert!(e.to_string().contains("moved or replaced"), "{e}");
     // A wrote no segment into B's directory.
     let names: Vec<String> = files(&dir).into_keys().collect();
-    assert_eq!(names, ["00000000000000000001.seg", "LOCK"], "{names:?}");
+    assert_eq!(
+        names,
+        ["00000000000000000001.seg", "LOCK", "MANIFEST"],
+        "{names:?}"
+    );
     b.close().unwrap();
     let _ = a.close();
 }

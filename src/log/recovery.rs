@@ -160,6 +160,15 @@ pub(crate) fn recover(
     let mut last_seq = 0u64;
     let mut seen_v2 = None;
     let mut manifest_now = manifest.clone();
+    // Segments installed after the manifest was written are opened first, so that a file
+    // that cannot be one (a FIFO, a dangling link) is named before anything else is said.
+    for &id in &ids[listed..] {
+        if let Err(e) = storage.open(&segment_name(id))
+            && !(read_only && e.kind() == io::ErrorKind::NotFound)
+        {
+            return Err(Error::io("open segment", dir.join(segment_name(id)), e));
+        }
+    }
     for (i, &id) in ids.iter().enumerate() {
         let is_last = i + 1 == ids.len();
         let path = dir.join(segment_name(id));
@@ -263,15 +272,7 @@ pub(crate) fn recover(
                 if let Some((offset, seq)) = later_sync_group(bytes, end, nonzero_end, id, expected)
                     .map_err(|e| Error::io("read segment", &path, e))?
                 {
-                    return Err(Error::Corrupt {
-                        file: path,
-                        offset: scan.end,
-                        reason: format!(
-                            "{}; a frame of a later sync group (seq {seq}) follows at offset {offset}, \
-                             so this is damage to synced data, not a torn write",
-                            bad.describe()
-                        ),
-                    });
+                    return Err(synced_damage(path, scan.end, &bad, offset, seq));
                 }
                 report.torn_bytes = nonzero_end - end;
                 report.torn_at = Some((id, scan.end));
@@ -282,6 +283,19 @@ pub(crate) fn recover(
                         .map_err(|e| Error::io("sync segment", &path, e))?;
                 }
             }
+        }
+        if !is_last && i + 1 == listed && header.has_seals() && scan.sealed.is_none() {
+            // A roll seals the segment before it installs the next: an unlisted segment after
+            // an unsealed last one was not installed by this log.
+            return Err(Error::Corrupt {
+                file: dir.join(segment_name(ids[listed])),
+                offset: 0,
+                reason: format!(
+                    "the segment is not listed in the MANIFEST, and {} before it is not sealed: \
+                     it is not a segment of this log",
+                    segment_name(id)
+                ),
+            });
         }
         if !is_last && header.has_seals() && scan.sealed.is_none() {
             return Err(Error::Corrupt {
@@ -359,7 +373,10 @@ pub(crate) fn scan_alone(
         .at(0, MAX_SEGMENT_HEADER_LEN)
         .map_err(|e| Error::io("read segment", &path, e))?;
     let header = decode_header(head).map_err(|e| header_error(path.clone(), e))?;
-    let scan = scan_segment(&mut bytes, &header, &path, visit)?;
+    let mut scan = scan_segment(&mut bytes, &header, &path, visit)?;
+    if !sealed {
+        scan = reread_racing_tail(&mut bytes, scan, &header, &path, visit)?;
+    }
     let mut report = Recovery {
         segments: 1,
         records: scan.records,
@@ -376,6 +393,13 @@ pub(crate) fn scan_alone(
         if let Some(nonzero_end) = nonzero_end {
             if sealed || scan.sealed.is_some() {
                 return Err(bad.into_error(path, scan.end));
+            }
+            let expected = scan.last_seq.max(header.first_seq - 1).saturating_add(1);
+            if let Some((offset, seq)) =
+                later_sync_group(&mut bytes, scan.end, nonzero_end, id, expected)
+                    .map_err(|e| Error::io("read segment", &path, e))?
+            {
+                return Err(synced_damage(path, scan.end, &bad, offset, seq));
             }
             report.torn_bytes = nonzero_end - scan.end;
             report.torn_at = Some((id, scan.end));
@@ -423,6 +447,19 @@ fn foreign_segment(file: PathBuf, found: u128, expected: u128) -> Error {
         reason: format!(
             "the segment belongs to another directory (id {found:032x}; this directory's \
              MANIFEST says {expected:032x})"
+        ),
+    }
+}
+
+/// A bad frame at `end` followed by a valid frame of a later sync group at `offset`.
+fn synced_damage(path: PathBuf, end: u64, bad: &Stop, offset: u64, seq: u64) -> Error {
+    Error::Corrupt {
+        file: path,
+        offset: end,
+        reason: format!(
+            "{}; a frame of a later sync group (seq {seq}) follows at offset {offset}, so this \
+             is damage to synced data, not a torn write",
+            bad.describe()
         ),
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! ```text
 //! lead bits  meaning
-//!   0..=2    0..=4: a segment; 5: `<next id>.seg.tmp`; 6: `LOCK`; 7: `notes.txt`
+//!   0..=2    0..=2: a segment (format 1 in header mode); 3: a segment (format 2 in header
+//!            mode, of directory `FUZZ_DIRECTORY_ID`); 4: `MANIFEST`; 5: `<next id>.seg.tmp`;
+//!            6: `LOCK`; 7: `notes.txt`
 //!   3        skip: a header-mode segment takes the id after next (a gap); a raw segment
 //!            is named one above the id its header names (a mismatch)
 //!   4        checksums: every frame the length fields lay out after the header gets its
@@ -25,6 +27,12 @@
 //! after the id its own header names (bytes 16..24), so a real segment copied whole keeps its
 //! name. A later file with a name already used is left out.
 //!
+//! A `MANIFEST` chunk is the contents of its two slots without their zero padding (the first
+//! slot's `length` field says where it ends: the rest is the second slot), laid out in two
+//! slots of a multiple of 4,096 bytes; or with bit 4 a valid manifest file of
+//! directory `FUZZ_DIRECTORY_ID` listing the segment ids the bytes hold (up to 16 u64s,
+//! sorted, duplicates and 0 left out), generation 1 + the first byte.
+//!
 //! Checksums would stop a fuzzer at the frames it has seen: a changed byte fails the frame's
 //! checksum, and a reader goes no further. Bit 4 lets it change what records say (ids,
 //! sequence numbers, kinds, lengths, times) and still reach the code that reads them.
@@ -32,8 +40,9 @@
 use super::AllocationLimit;
 use crate::format::{
     FLAG_COMPACTED, FRAME_CRC_OFFSET, FRAME_HEADER_LEN, FRAME_LEN_OFFSET, FRAME_SEQ_OFFSET,
-    MAX_FRAME_LEN, MAX_PAYLOAD_LEN, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader, decode_frame,
-    encode_header, frame_crc, get_u32, get_u64,
+    MANIFEST_FILE, MAX_FRAME_LEN, MAX_PAYLOAD_LEN, Manifest, RecordKind, SEGMENT_HEADER_LEN,
+    SegmentHeader, decode_frame, encode_header, encode_manifest_file, frame_crc, get_u32, get_u64,
+    header_len,
 };
 use crate::log::segment_name;
 use crate::storage::{LOCK_FILE, MemStorage, Storage};
@@ -51,7 +60,12 @@ pub const INPUT_BYTES_MAX: usize = 16 << 10;
 /// larger record gets a segment of its own size).
 const SALVAGE_SEGMENT_BYTES: u64 = crate::log::MIN_SEGMENT_BYTES;
 
+/// The directory id of format-2 segments and manifests the check makes.
+pub const FUZZ_DIRECTORY_ID: u128 = 0xaf7e_5106_0000_0000_0000_0000_0000_0001;
+
 const KIND_MASK: u8 = 0b0000_0111;
+const KIND_V2: u8 = 3;
+const KIND_MANIFEST: u8 = 4;
 const KIND_TEMP: u8 = 5;
 const KIND_LOCK: u8 = 6;
 const KIND_JUNK: u8 = 7;
@@ -76,6 +90,25 @@ pub fn directory_files(data: &[u8]) -> Vec<(String, Vec<u8>)> {
             KIND_TEMP => (format!("{next_id:020}.seg.tmp"), bytes.to_vec()),
             KIND_LOCK => (LOCK_FILE.to_owned(), bytes.to_vec()),
             KIND_JUNK => ("notes.txt".to_owned(), bytes.to_vec()),
+            KIND_MANIFEST if lead & LEAD_CHECKSUMS != 0 => {
+                let mut segments: Vec<u64> = bytes
+                    .chunks_exact(8)
+                    .take(16)
+                    .map(|c| get_u64(c, 0))
+                    .filter(|&id| id != 0)
+                    .collect();
+                segments.sort_unstable();
+                segments.dedup();
+                let manifest = Manifest {
+                    directory_id: FUZZ_DIRECTORY_ID,
+                    generation: 1 + u64::from(bytes.first().copied().unwrap_or(0)),
+                    retention_ms: None,
+                    segment_bytes: None,
+                    segments,
+                };
+                (MANIFEST_FILE.to_owned(), encode_manifest_file(&manifest))
+            }
+            KIND_MANIFEST => (MANIFEST_FILE.to_owned(), manifest_slots(bytes)),
             _ if lead & LEAD_RAW != 0 => {
                 let id = match bytes.get(..HEADER_ID_OFFSET + 8) {
                     Some(head) => get_u64(head, HEADER_ID_OFFSET).wrapping_add(skip),
@@ -98,8 +131,9 @@ pub fn directory_files(data: &[u8]) -> Vec<(String, Vec<u8>)> {
                 } else {
                     0
                 };
+                let v2 = lead & KIND_MASK == KIND_V2;
                 let header = SegmentHeader {
-                    format_version: 1,
+                    format_version: if v2 { 2 } else { 1 },
                     segment_id: id,
                     first_seq,
                     created_ms: 0,
@@ -110,7 +144,7 @@ pub fn directory_files(data: &[u8]) -> Vec<(String, Vec<u8>)> {
                     },
                     event_id_floor: floor,
                     job_id_floor: floor,
-                    directory_id: 0,
+                    directory_id: if v2 { FUZZ_DIRECTORY_ID } else { 0 },
                 };
                 let mut contents = encode_header(&header);
                 contents.extend_from_slice(bytes);
@@ -118,6 +152,7 @@ pub fn directory_files(data: &[u8]) -> Vec<(String, Vec<u8>)> {
             }
         };
         if lead & LEAD_CHECKSUMS != 0
+            && lead & KIND_MASK != KIND_MANIFEST
             && let Some(id) = crate::log::parse_segment_name(&name)
         {
             fix_checksums(&mut contents, id);
@@ -139,6 +174,8 @@ pub fn directory_input(files: &[(String, Vec<u8>)]) -> Vec<u8> {
         }
         let kind = if name == LOCK_FILE {
             KIND_LOCK
+        } else if name == MANIFEST_FILE {
+            KIND_MANIFEST
         } else if crate::log::is_temp_name(name) {
             KIND_TEMP
         } else if crate::log::parse_segment_name(name).is_some() {
@@ -147,6 +184,10 @@ pub fn directory_input(files: &[(String, Vec<u8>)]) -> Vec<u8> {
             KIND_JUNK
         };
         out.push(kind | LEAD_RAW);
+        if kind == KIND_MANIFEST {
+            out.extend_from_slice(&manifest_pieces(contents));
+            continue;
+        }
         let used = if kind == 0 {
             segment_used_bytes(contents)
         } else {
@@ -160,7 +201,7 @@ pub fn directory_input(files: &[(String, Vec<u8>)]) -> Vec<u8> {
 /// Writes the correct checksum into every frame of segment `id` that the length fields lay
 /// out after the header, up to a zero length or a frame that does not fit.
 fn fix_checksums(contents: &mut [u8], id: u64) {
-    let mut at = SEGMENT_HEADER_LEN;
+    let mut at = data_start(contents);
     while let Some(head) = contents.get(at..at + FRAME_HEADER_LEN) {
         let len = get_u32(head, FRAME_LEN_OFFSET) as usize;
         let end = at + FRAME_HEADER_LEN + len;
@@ -182,11 +223,49 @@ fn segment_used_bytes(contents: &[u8]) -> usize {
         return contents.len();
     };
     let id = get_u64(head, HEADER_ID_OFFSET);
-    let mut end = SEGMENT_HEADER_LEN;
+    let mut end = data_start(contents).min(contents.len());
     while let Ok(Some(frame)) = decode_frame(&contents[end..], id) {
         end += frame.len();
     }
     end.max(nonzero_end)
+}
+
+/// The length a manifest slot's `length` field gives, within `slot`.
+fn slot_used(slot: &[u8]) -> usize {
+    slot.get(12..16)
+        .map_or(slot.len(), |b| get_u32(b, 0) as usize)
+        .min(slot.len())
+}
+
+/// A manifest file laid out from the two pieces `bytes` holds (see the module's docs).
+fn manifest_slots(bytes: &[u8]) -> Vec<u8> {
+    let (a, b) = bytes.split_at(slot_used(bytes));
+    let unit = crate::format::MANIFEST_SLOT_UNIT;
+    let slot_len = a.len().max(b.len()).max(1).div_ceil(unit) * unit;
+    let mut file = vec![0u8; 2 * slot_len];
+    file[..a.len()].copy_from_slice(a);
+    file[slot_len..slot_len + b.len()].copy_from_slice(b);
+    file
+}
+
+/// The two slots of a manifest file without their padding: the inverse of `manifest_slots`
+/// for a file whose slots say their lengths.
+fn manifest_pieces(file: &[u8]) -> Vec<u8> {
+    let slot_len = file.len() / 2;
+    let (first, second) = file.split_at(slot_len);
+    let mut out = first[..slot_used(first)].to_vec();
+    if second.iter().any(|&b| b != 0) {
+        out.extend_from_slice(&second[..slot_used(second)]);
+    }
+    out
+}
+
+/// Where a segment's frames start: after a format-2 header when the version field says 2.
+fn data_start(contents: &[u8]) -> usize {
+    match contents.get(8..12).map(|v| get_u32(v, 0)) {
+        Some(2) => header_len(2),
+        _ => SEGMENT_HEADER_LEN,
+    }
 }
 
 fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
