@@ -1304,8 +1304,11 @@ impl<F> LastEnd<F> {
     }
 }
 
+/// A manifest file's bytes and what they say.
+type ManifestRead = (Option<Arc<Vec<u8>>>, Option<Manifest>);
+
 /// The manifest's bytes and what they say; `None` for a directory without one.
-fn read_manifest_bytes(storage: &dyn Storage) -> Result<(Option<Arc<Vec<u8>>>, Option<Manifest>)> {
+fn read_manifest_bytes(storage: &dyn Storage) -> Result<ManifestRead> {
     let path = storage.path().join(MANIFEST_FILE);
     let file = match storage.open(MANIFEST_FILE) {
         Ok(file) => file,

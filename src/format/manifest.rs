@@ -75,7 +75,10 @@ pub fn encode_manifest_file(manifest: &Manifest) -> Vec<u8> {
 /// Decodes a manifest file: the valid slot with the larger generation wins (a torn or failed
 /// rewrite of one slot leaves the other). Errors when neither slot is valid.
 pub fn decode_manifest_file(b: &[u8]) -> Result<ManifestFile, String> {
-    if b.is_empty() || b.len() % (2 * MANIFEST_SLOT_UNIT) != 0 || b.len() > MAX_MANIFEST_FILE_LEN {
+    if b.is_empty()
+        || !b.len().is_multiple_of(2 * MANIFEST_SLOT_UNIT)
+        || b.len() > MAX_MANIFEST_FILE_LEN
+    {
         return Err(format!(
             "manifest file is {} bytes, not two slots of a multiple of {MANIFEST_SLOT_UNIT}",
             b.len()

@@ -119,14 +119,13 @@ pub(crate) fn recover(
         None => (present.clone(), present.len()),
         Some(m) => {
             let last_listed = m.segments.last().copied().unwrap_or(0);
-            if !read_only {
-                if let Some(&missing) = m
+            if !read_only
+                && let Some(&missing) = m
                     .segments
                     .iter()
                     .find(|id| present.binary_search(id).is_err())
-                {
-                    return Err(missing_segment(&dir, missing));
-                }
+            {
+                return Err(missing_segment(&dir, missing));
             }
             for &id in &present {
                 if id < last_listed && m.segments.binary_search(&id).is_err() {
@@ -488,9 +487,9 @@ fn open_listed(
             Ok(file) => return Ok(Some(Arc::from(file))),
             Err(e) if e.kind() == io::ErrorKind::NotFound && read_only && current.is_some() => {
                 let now = read_manifest(storage)?;
-                if !now
+                if now
                     .as_ref()
-                    .is_some_and(|m| m.segments.binary_search(&id).is_ok())
+                    .is_none_or(|m| m.segments.binary_search(&id).is_err())
                 {
                     return Ok(None);
                 }

@@ -848,7 +848,7 @@ fn duration_words(ms: u64) -> String {
         ("minute", 60_000),
         ("second", 1000),
     ] {
-        if ms >= len && ms % len == 0 {
+        if ms >= len && ms.is_multiple_of(len) {
             let n = ms / len;
             return format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
         }
