@@ -328,12 +328,15 @@ fn wake_tree_wakes_every_waiter_of_a_sync_group() {
 // ---------------------------------------------------------------------------------------
 
 /// One record is appended and durable; then the next `sync_data` is armed to fail, and three
-/// appenders of two records, a flush and a roll race. The first sync after that fails, so
-/// nothing can be acknowledged: every append and `close` fail with `Error::Poisoned` (the
-/// flush and the roll too, unless they had nothing to sync), and nothing hangs. After a
-/// power cut the disk holds the first record alone (a failed sync's writes never reach the
-/// disk). With `big_records` (about 1.5 KiB), a group can fill the segment, so the failed
-/// sync may be the one sealing it in the middle of a group's write.
+/// appenders of two records, a flush and a roll race. When the first sync after that is an
+/// append group's, nothing can be acknowledged: every append and `close` fail with
+/// `Error::Poisoned` (the flush and the roll too, unless they had nothing to sync), nothing
+/// hangs, and after a power cut the disk holds the first record alone (a failed sync's writes
+/// never reach the disk). When it is the sync of the segment the roll prepares, the roll fails
+/// alone (a requested roll that cannot get its next segment leaves the log as it was): every
+/// append succeeds and survives a power cut. With `big_records` (about 1.5 KiB), a group can
+/// fill the segment, so the failed sync may be the one sealing it in the middle of a group's
+/// write.
 fn poisoning(big_records: bool) {
     let disk = MemStorage::new();
     let (log, _) = open(&disk, options(SMALL_SEGMENT, false));
@@ -342,33 +345,64 @@ fn poisoning(big_records: bool) {
     disk.fail_sync_once();
     let log = Arc::new(log);
     let body_len = if big_records { 1500 } else { 20 };
-    let mut threads: Vec<_> = (0..3u64)
+    let appenders: Vec<_> = (0..3u64)
         .map(|t| {
             let (disk, log) = (disk.clone(), log.clone());
             thread::spawn(move || {
-                for i in 0..2 {
-                    let owned = publish(1 + t * 2 + i, body_len);
-                    match append(&disk, &log, &owned) {
-                        Err(Error::Poisoned { .. }) => {}
-                        other => panic!("append {i} of appender {t}: {other:?}, not poisoned"),
-                    }
-                }
+                (0..2)
+                    .map(|i| {
+                        let owned = publish(1 + t * 2 + i, body_len);
+                        let result = append(&disk, &log, &owned);
+                        (owned, result)
+                    })
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
     let syncer = log.clone();
-    threads.push(thread::spawn(move || {
+    let syncer = thread::spawn(move || {
         // Ahead of every append, a flush has nothing to sync and returns `Ok`; a roll then
-        // fails the sync of the next segment it prepares.
-        for (what, result) in [("flush", syncer.flush()), ("roll", syncer.roll())] {
+        // fails the sync of the next segment it prepares, or finds the log poisoned.
+        let flushed = syncer.flush();
+        assert!(
+            matches!(flushed, Ok(()) | Err(Error::Poisoned { .. })),
+            "flush: {flushed:?}"
+        );
+        syncer.roll()
+    });
+    let appended: Vec<_> = appenders
+        .into_iter()
+        .flat_map(|h| h.join().expect("an appender"))
+        .collect();
+    let rolled = syncer.join().expect("the syncer");
+    let roll_took_the_fault =
+        matches!(&rolled, Err(Error::Io { op, .. }) if *op == "sync new segment");
+    if roll_took_the_fault {
+        for (owned, result) in &appended {
             assert!(
-                matches!(result, Ok(()) | Err(Error::Poisoned { .. })),
-                "{what}: {result:?}"
+                result.is_ok(),
+                "append of {owned:?} after a roll failed alone: {result:?}"
             );
         }
-    }));
-    for handle in threads {
-        handle.join().expect("a racing thread");
+        assert!(log.poisoned().is_none());
+        close(log).expect("close after a roll that failed alone");
+        let (log, recovered) = open(
+            &disk.after_crash(CrashMode::DropUnsynced),
+            options(SMALL_SEGMENT, false),
+        );
+        assert_eq!(recovered.len(), 1 + appended.len());
+        log.close().expect("close after reopen");
+        return;
+    }
+    assert!(
+        matches!(rolled, Ok(()) | Err(Error::Poisoned { .. })),
+        "roll: {rolled:?}"
+    );
+    for (owned, result) in &appended {
+        assert!(
+            matches!(result, Err(Error::Poisoned { .. })),
+            "append of {owned:?}: {result:?}, not poisoned"
+        );
     }
     assert!(log.poisoned().is_some());
     match close(log) {
