@@ -19,8 +19,8 @@
 use crate::error::{Error, Result};
 use crate::format::{
     Cancel, CancelTarget, DropReason, FRAME_HEADER_LEN, MANIFEST_FILE, MANIFEST_TEMP_FILE,
-    MAX_FRAME_LEN, MAX_MANIFEST_FILE_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, Record, RecordKind,
-    SegmentHeader, decode_frame, decode_header,
+    MAX_FRAME_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, Record, RecordKind, SegmentHeader,
+    decode_frame, decode_header,
 };
 use crate::ids::{EventId, JobId};
 use crate::index::{EventState, Index};
@@ -1309,32 +1309,10 @@ type ManifestRead = (Option<Arc<Vec<u8>>>, Option<Manifest>);
 
 /// The manifest's bytes and what they say; `None` for a directory without one.
 fn read_manifest_bytes(storage: &dyn Storage) -> Result<ManifestRead> {
-    let path = storage.path().join(MANIFEST_FILE);
-    let file = match storage.open(MANIFEST_FILE) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((None, None)),
-        Err(e) => return Err(Error::io("open manifest", &path, e)),
-    };
-    let len = file
-        .len()
-        .map_err(|e| Error::io("stat manifest", &path, e))?;
-    if len > MAX_MANIFEST_FILE_LEN as u64 {
-        return Err(Error::Corrupt {
-            file: path,
-            offset: 0,
-            reason: format!("manifest is {len} bytes, more than any manifest"),
-        });
-    }
-    let mut bytes = vec![0u8; len as usize];
-    read_exact_at(&*file, &mut bytes, 0).map_err(|e| Error::io("read manifest", &path, e))?;
-    let manifest = crate::format::decode_manifest_file(&bytes)
-        .map_err(|reason| Error::Corrupt {
-            file: path,
-            offset: 0,
-            reason,
-        })?
-        .manifest;
-    Ok((Some(Arc::new(bytes)), Some(manifest)))
+    Ok(match Log::manifest_bytes(storage)? {
+        Some((bytes, manifest)) => (Some(Arc::new(bytes)), Some(manifest)),
+        None => (None, None),
+    })
 }
 
 /// Reads and decodes the header of a segment file.

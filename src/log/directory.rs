@@ -23,6 +23,13 @@ pub(crate) fn read_manifest(storage: &dyn Storage) -> Result<Option<Manifest>> {
 
 /// Reads the manifest file: the manifest in force and where it is.
 fn read_manifest_file(storage: &dyn Storage) -> Result<Option<ManifestFile>> {
+    Ok(read_manifest_bytes(storage)?.map(|(_, file)| file))
+}
+
+/// Reads the manifest file: its bytes, and the manifest in force and where it is.
+pub(crate) fn read_manifest_bytes(
+    storage: &dyn Storage,
+) -> Result<Option<(Vec<u8>, ManifestFile)>> {
     let path = storage.path().join(MANIFEST_FILE);
     let file = match storage.open(MANIFEST_FILE) {
         Ok(file) => file,
@@ -43,13 +50,14 @@ fn read_manifest_file(storage: &dyn Storage) -> Result<Option<ManifestFile>> {
     }
     let mut bytes = vec![0u8; len as usize];
     read_exact_at(&*file, &mut bytes, 0).map_err(|e| Error::io("read manifest", &path, e))?;
-    decode_manifest_file(&bytes)
-        .map(Some)
-        .map_err(|reason| Error::Corrupt {
+    match decode_manifest_file(&bytes) {
+        Ok(file) => Ok(Some((bytes, file))),
+        Err(reason) => Err(Error::Corrupt {
             file: path,
             offset: 0,
             reason,
-        })
+        }),
+    }
 }
 
 /// Writes a new manifest file holding `manifest`: under a temporary name, synced, renamed over

@@ -337,6 +337,11 @@ impl Log {
         directory::read_manifest(storage)
     }
 
+    /// The manifest file's bytes and the manifest they hold, if the directory has one.
+    pub(crate) fn manifest_bytes(storage: &dyn Storage) -> Result<Option<(Vec<u8>, Manifest)>> {
+        Ok(directory::read_manifest_bytes(storage)?.map(|(bytes, file)| (bytes, file.manifest)))
+    }
+
     /// Appends one record; returns once it is durable (see [`Durability`]).
     pub fn append(&self, record: &Record<'_>) -> Result<Position> {
         let positions = self.append_all(std::slice::from_ref(record))?;

@@ -297,15 +297,7 @@ pub(crate) fn recover(
             });
         }
         if !is_last && header.has_seals() && scan.sealed.is_none() {
-            return Err(Error::Corrupt {
-                file: path,
-                offset: scan.end,
-                reason: format!(
-                    "the sealed segment has no seal where its {} records end: it was cut short \
-                     (synced records are missing)",
-                    scan.records
-                ),
-            });
+            return Err(no_seal(path, scan.end, scan.records));
         }
         // The seal, if any, is data too.
         let data_end = end
@@ -405,15 +397,7 @@ pub(crate) fn scan_alone(
         }
     }
     if sealed && header.has_seals() && scan.sealed.is_none() {
-        return Err(Error::Corrupt {
-            file: path,
-            offset: scan.end,
-            reason: format!(
-                "the sealed segment has no seal where its {} records end: it was cut short \
-                 (synced records are missing)",
-                scan.records
-            ),
-        });
+        return Err(no_seal(path, scan.end, scan.records));
     }
     Ok(report)
 }
@@ -446,6 +430,18 @@ fn foreign_segment(file: PathBuf, found: u128, expected: u128) -> Error {
         reason: format!(
             "the segment belongs to another directory (id {found:032x}; this directory's \
              MANIFEST says {expected:032x})"
+        ),
+    }
+}
+
+/// A sealed format-2 segment whose frames do not end with a seal: it lost bytes at its end.
+fn no_seal(path: PathBuf, end: u64, records: u64) -> Error {
+    Error::Corrupt {
+        file: path,
+        offset: end,
+        reason: format!(
+            "the sealed segment has no seal where its {records} records end: it was cut short \
+             (synced records are missing)"
         ),
     }
 }
