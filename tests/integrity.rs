@@ -429,3 +429,36 @@ fn a_huge_last_segment_is_read_in_bounded_memory() {
     let reader = Reader::open(dir.path()).unwrap();
     assert_eq!(reader.events().unwrap().len(), 101);
 }
+
+/// A flipped bit anywhere in the manifest is never silent: the open reads the same records
+/// (the other slot, an older manifest that still describes the log), or fails naming a file.
+#[test]
+fn every_bit_flip_of_the_manifest_is_detected_or_harmless() {
+    let disk = written_log();
+    let all = scan(&disk).unwrap();
+    let original = disk.contents(MANIFEST_FILE).unwrap();
+    let used = original.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let (mut harmless, mut detected) = (0, 0);
+    for bit in 0..used * 8 {
+        let flipped = copy(&disk);
+        let mut bytes = original.clone();
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        let file = flipped.open(MANIFEST_FILE).unwrap();
+        file.write_all_at(&bytes, 0).unwrap();
+        file.sync_data().unwrap();
+        match scan(&flipped) {
+            Ok(n) => {
+                assert_eq!(n, all, "flip of bit {bit} changed what was read");
+                harmless += 1;
+            }
+            Err(e) => {
+                assert!(file_of(&e).is_some(), "flip of bit {bit}: {e}");
+                detected += 1;
+            }
+        }
+    }
+    assert!(
+        detected > 0 && harmless > 0,
+        "{detected} detected, {harmless} harmless"
+    );
+}

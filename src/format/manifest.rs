@@ -215,6 +215,14 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..9000)) {
+            let _ = decode_manifest(&bytes);
+            let _ = decode_manifest_file(&bytes);
+        }
+    }
+
     #[test]
     fn the_newer_valid_slot_wins() {
         let old = sample();
