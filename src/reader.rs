@@ -976,6 +976,7 @@ impl Reader {
         }
         let options = LogOptions {
             segment_bytes,
+            first_segment_bytes: LogOptions::default().first_segment_bytes.min(segment_bytes),
             durability: Durability::Periodic(std::time::Duration::from_secs(1)),
             prepare_in_background: false,
             retention_ms: self.manifest()?.and_then(|m| m.retention_ms),

@@ -392,3 +392,33 @@ fn another_process_cannot_take_the_lock_while_the_log_is_open() {
     drop(log);
     assert!(try_lock_elsewhere(), "the lock was not released on close");
 }
+
+/// A directory starts with a small segment, and each new one doubles the size of the one
+/// before, up to `segment_bytes`: a small log takes little disk.
+#[test]
+fn segments_start_small_and_double_up_to_the_segment_size() {
+    let disk = afterlog::storage::MemStorage::new();
+    let options = LogOptions {
+        segment_bytes: 64 << 10,
+        first_segment_bytes: 4096,
+        prepare_in_background: false,
+        ..LogOptions::default()
+    };
+    let (log, _) = Log::open(Arc::new(disk.clone()), options, |_, _| Ok(())).unwrap();
+    for i in 0..2500 {
+        append_owned(&log, &sample_record(i, &[7u8; 100])).unwrap();
+    }
+    log.close().unwrap();
+    let sizes: Vec<u64> = log
+        .segment_ids()
+        .iter()
+        .map(|&id| disk.open(&segment_name(id)).unwrap().len().unwrap())
+        .collect();
+    assert!(sizes.len() >= 6, "{sizes:?}");
+    assert_eq!(
+        sizes[..6],
+        [4096, 8192, 16384, 32768, 65536, 65536],
+        "{sizes:?}"
+    );
+    assert!(sizes.iter().all(|&s| s <= 64 << 10), "{sizes:?}");
+}

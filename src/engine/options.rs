@@ -113,7 +113,8 @@ impl Options {
         self
     }
 
-    /// Size of each segment file (default 64 MiB).
+    /// The largest segment file (default 64 MiB). A directory's first segment is 1 MiB (at most
+    /// this), and each new segment doubles the size of the one before up to this.
     pub fn segment_bytes(mut self, n: u64) -> Options {
         self.log.segment_bytes = n;
         self

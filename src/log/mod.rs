@@ -45,8 +45,12 @@ pub enum Durability {
 /// How the log is laid out and synced.
 #[derive(Clone, Debug)]
 pub struct LogOptions {
-    /// Size of each segment file, pre-allocated with zeros (default 64 MiB).
+    /// Size of a segment file, pre-allocated with zeros (default 64 MiB): the largest one.
+    /// Segments start at `first_segment_bytes` and each new one doubles the size of the one
+    /// before, up to this, so a small directory stays small.
     pub segment_bytes: u64,
+    /// Size of the first segment of a directory (default 1 MiB; at most `segment_bytes`).
+    pub first_segment_bytes: u64,
     /// When appends return.
     pub durability: Durability,
     /// Prepare the next segment on a background thread so a roll does not wait for
@@ -63,6 +67,7 @@ impl Default for LogOptions {
     fn default() -> Self {
         LogOptions {
             segment_bytes: 64 << 20,
+            first_segment_bytes: 1 << 20,
             durability: Durability::Sync,
             prepare_in_background: true,
             retention_ms: None,
@@ -72,6 +77,23 @@ impl Default for LogOptions {
 
 /// Smallest segment size accepted.
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
+impl LogOptions {
+    /// The size of the first segment of a directory.
+    fn first_segment_len(&self) -> u64 {
+        self.first_segment_bytes
+            .clamp(MIN_SEGMENT_BYTES, self.segment_bytes.max(MIN_SEGMENT_BYTES))
+    }
+
+    /// The size of the segment after one of `len` bytes: twice as large, up to
+    /// `segment_bytes`.
+    pub(crate) fn segment_len_after(&self, len: u64) -> u64 {
+        len.saturating_mul(2).clamp(
+            self.first_segment_len(),
+            self.segment_bytes.max(MIN_SEGMENT_BYTES),
+        )
+    }
+}
 
 /// The largest sequence number a writer hands out. Far beyond any real log (2^63 records), it
 /// leaves room to number a group of records without overflow, whatever a log's last one says.
@@ -260,7 +282,15 @@ impl Log {
                 // A new directory, or one whose last segment was sealed by a roll that
                 // stopped before the next segment was installed.
                 let id = last_sealed.map_or(1, |last| last + 1);
-                let file = prepare_file(&*storage, id, options.segment_bytes)?;
+                let len = match last_sealed.and_then(|last| shared.segments.get(last)) {
+                    Some(slot) => options.segment_len_after(
+                        slot.file
+                            .len()
+                            .map_err(|e| Error::io("stat segment", &dir, e))?,
+                    ),
+                    None => options.first_segment_len(),
+                };
+                let file = prepare_file(&*storage, id, len)?;
                 let floors = shared.id_floors();
                 let header = new_header(
                     id,
@@ -277,7 +307,7 @@ impl Log {
                     id,
                     slot,
                     offset: header.len() as u64,
-                    capacity: options.segment_bytes,
+                    capacity: len,
                     floors,
                     data_start: header.len() as u64,
                     records: 0,
@@ -287,7 +317,10 @@ impl Log {
         };
         let spare = options
             .prepare_in_background
-            .then(|| writer::spawn_spare(storage.clone(), active.id + 1, options.segment_bytes))
+            .then(|| {
+                let len = options.segment_len_after(active.capacity);
+                writer::spawn_spare(storage.clone(), active.id + 1, len)
+            })
             .flatten();
         let writer = Writer {
             shared: shared.clone(),

@@ -554,11 +554,18 @@ impl Writer {
             // A spare for another id (cannot happen), a failed or a panicked preparation.
             _ => None,
         };
+        let len = self.options.segment_len_after(self.active.capacity);
         let file = match spare {
             Some(file) => file,
-            None => prepare_file(storage, next_id, self.options.segment_bytes)?,
+            None => prepare_file(storage, next_id, len)?,
         };
-        let mut capacity = self.options.segment_bytes;
+        let mut capacity = file.len().map_err(|e| {
+            Error::io(
+                "stat segment",
+                storage.path().join(super::segment::temp_name(next_id)),
+                e,
+            )
+        })?;
         let needed = SEGMENT_HEADER_LEN_V2 as u64 + frame_len + SEAL_FRAME_LEN as u64;
         if needed > capacity {
             // One record larger than a whole segment: grow this segment for it.
@@ -623,7 +630,8 @@ impl Writer {
         self.shared.stats.add_roll();
         if self.options.prepare_in_background {
             let storage = self.shared.storage.clone();
-            self.spare = spawn_spare(storage, next_id + 1, self.options.segment_bytes);
+            let len = self.options.segment_len_after(capacity);
+            self.spare = spawn_spare(storage, next_id + 1, len);
         }
         Ok(())
     }
