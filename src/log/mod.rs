@@ -331,7 +331,18 @@ impl Log {
         };
         let handle = thread::Builder::new()
             .name("afterlog-writer".into())
-            .spawn(move || writer.run())
+            .spawn({
+                let shared = shared.clone();
+                move || {
+                    // Under a guard: a panic anywhere in the writer fails every waiting and
+                    // later append with an error that names it, never a hang.
+                    let ran =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run()));
+                    if let Err(payload) = ran {
+                        writer::fail_after_panic(&shared, writer::panicked(payload));
+                    }
+                }
+            })
             .map_err(|e| Error::io("start writer thread", &dir, e))?;
         Ok((
             Log {

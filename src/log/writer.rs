@@ -22,6 +22,7 @@ use crate::format::{
 };
 use crate::storage::{Storage, StorageFile};
 use crate::sync::{Condvar, Mutex, MutexGuard, thread};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -308,29 +309,32 @@ impl Writer {
                 )
             };
             let mut pending = Vec::with_capacity(requests.len());
-            let result = self
-                .write_group(&requests, &mut buf, &mut pending)
-                .and_then(|()| {
-                    dirty |= !pending.is_empty();
-                    let must_sync = match self.options.durability {
-                        Durability::Sync => true,
-                        Durability::Periodic(interval) => {
-                            // Relaxed: an appender returns once its records are written.
-                            WakeTree::complete(
-                                pending.drain(..).map(|(d, p)| (d, Ok(p))).collect(),
-                            );
-                            !flushes.is_empty() || closing || last_sync.elapsed() >= interval
+            // A panic in the storage layer fails this group like an I/O error: every request
+            // taken is failed, the log is poisoned, and nothing waits for a thread that is gone.
+            let result = guarded(|| {
+                self.write_group(&requests, &mut buf, &mut pending)
+                    .and_then(|()| {
+                        dirty |= !pending.is_empty();
+                        let must_sync = match self.options.durability {
+                            Durability::Sync => true,
+                            Durability::Periodic(interval) => {
+                                // Relaxed: an appender returns once its records are written.
+                                WakeTree::complete(
+                                    pending.drain(..).map(|(d, p)| (d, Ok(p))).collect(),
+                                );
+                                !flushes.is_empty() || closing || last_sync.elapsed() >= interval
+                            }
+                        };
+                        if must_sync && dirty {
+                            let started = Instant::now();
+                            self.sync()?;
+                            dirty = false;
+                            last_sync = Instant::now();
+                            last_group.1 = last_sync - started;
                         }
-                    };
-                    if must_sync && dirty {
-                        let started = Instant::now();
-                        self.sync()?;
-                        dirty = false;
-                        last_sync = Instant::now();
-                        last_group.1 = last_sync - started;
-                    }
-                    Ok(())
-                });
+                        Ok(())
+                    })
+            });
             if let Err(e) = result {
                 let reason = e.to_string();
                 let (queued, queued_flushes) = {
@@ -349,7 +353,10 @@ impl Writer {
             if roll_requested && self.active.worth_sealing(self.shared.id_floors()) {
                 let next_seq = self.shared.queue.lock().next_seq;
                 let first_unwritten = self.queued_first_seq().unwrap_or(next_seq);
-                match self.requested_roll(first_unwritten) {
+                let rolled =
+                    catch_unwind(AssertUnwindSafe(|| self.requested_roll(first_unwritten)))
+                        .unwrap_or_else(|payload| Err(RollError::Fatal(panicked(payload))));
+                match rolled {
                     Ok(()) => {}
                     Err(RollError::NoNextFile(e)) => {
                         // Nothing changed: the active segment goes on. The group's records
@@ -645,6 +652,39 @@ impl Writer {
             let _ = self.shared.storage.remove(&super::segment::temp_name(id));
         }
     }
+}
+
+/// After the writer thread panicked outside a group: poisons the log and fails whatever is
+/// queued, so no appender, flush or close waits for it.
+pub(crate) fn fail_after_panic(shared: &Shared, error: Error) {
+    let reason = error.to_string();
+    let (requests, flushes) = {
+        let mut q = shared.queue.lock();
+        q.poisoned.get_or_insert(reason.clone());
+        shared.space.notify_all();
+        (
+            std::mem::take(&mut q.requests),
+            std::mem::take(&mut q.flushes),
+        )
+    };
+    fail_all(&requests, &flushes, &[], &reason);
+}
+
+/// Runs `f`, turning a panic into an error that poisons the log.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(panicked(payload)))
+}
+
+/// The error for a panic of the writer thread, with the panic's own message.
+pub(crate) fn panicked(payload: Box<dyn std::any::Any + Send>) -> Error {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    // A payload whose own `Drop` panics must not unwind out of here.
+    std::mem::forget(payload);
+    Error::invalid(format!("the log writer thread panicked: {message}"))
 }
 
 /// Why a requested roll failed.
