@@ -1,7 +1,7 @@
 //! Memory per pending event: publishes 1,000,000 scheduled events (a few dozen names, a
 //! quarter of them in jobs of ten) into the event index and puts each in the timing wheel, as
 //! the scheduler does, then counts the heap bytes each holds with a counting global allocator.
-//! Run with `cargo bench --bench index_memory` (`AFTERLOG_BENCH_EVENTS` sets the count).
+//! Run with `cargo bench -p afterlog-microbench --bench index_memory` (`AFTERLOG_BENCH_EVENTS` sets the count).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
