@@ -78,7 +78,7 @@ struct Prepared {
     attempt: u32,
     job: Option<JobId>,
     retry_context: Option<RetryContext>,
-    handlers: Arc<[Registered]>,
+    handlers: Arc<Vec<Registered>>,
 }
 
 struct Outcome {
@@ -606,7 +606,10 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
                 done += 1;
             }
             Plan::Expire { .. } => {
-                inner.metrics.expired.fetch_add(1, Ordering::Relaxed);
+                // Counted only by the drop that changed the event: one count per event.
+                if matches!(applied, Ok(Applied::Changed)) {
+                    inner.metrics.expired.fetch_add(1, Ordering::Relaxed);
+                }
                 done += 1;
             }
         }
