@@ -52,7 +52,7 @@ pub use clock::{Clock, MANUAL_WAIT_CAP, ManualClock, SYSTEM_WAIT_CAP, SystemCloc
 pub use engine::{
     CompactionStats, Context, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES,
     DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, Engine, Event, FORGE_MAX_DELAY, Handler,
-    HandlerError, HandlerOptions, MAX_HANDLER_TIMEOUT, Metrics, Options,
+    HandlerError, HandlerOptions, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Metrics, Options,
 };
 pub use error::{Error, Result};
 pub use ids::{EventId, JobId};

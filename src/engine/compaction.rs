@@ -27,7 +27,8 @@ use super::Inner;
 use crate::error::Result;
 use crate::format::{CancelTarget, DropReason as RecordDropReason, Record};
 use crate::ids::{EventId, JobId};
-use crate::index::{EventState, Location};
+use crate::index::{Applied, EventState, Location, NO_TIMER};
+use crate::wheel::TimerHandle;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -87,17 +88,30 @@ pub(crate) fn pass(
     Ok(stats)
 }
 
-/// Writes a drop (expired) record for every Scheduled event past retention.
+/// Writes a drop (expired) record for every Scheduled event past retention that is still in
+/// the wheel. Those are claimed under the engine's lock, out of the wheel, so the scheduler
+/// cannot hand them to delivery too — which also drops an event past retention — and each
+/// expired event gets one drop and is counted once. An event already taken out of the wheel
+/// by the scheduler (its timer is `NO_TIMER`) is left to delivery.
 fn expire(inner: &Arc<Inner>) -> Result<u64> {
     let now_ms = inner.clock.now_ms();
     let retention_ms = inner.options.retention_ms();
     let expired: Vec<(EventId, u32)> = {
-        let core = inner.core.lock();
-        core.index
+        let mut core = inner.core.lock();
+        let claimed: Vec<(EventId, u32, u64)> = core
+            .index
             .scheduled()
             .filter(|(_, due_ms)| due_ms.saturating_add(retention_ms) < now_ms)
-            .filter_map(|(id, _)| core.index.get(id).map(|i| (id, i.attempts)))
-            .collect()
+            .filter_map(|(id, _)| core.index.get(id).map(|i| (id, i.attempts, i.timer)))
+            .filter(|&(_, _, timer)| timer != NO_TIMER)
+            .collect();
+        for &(id, _, timer) in &claimed {
+            if let Some(handle) = TimerHandle::from_u64(timer) {
+                core.wheel.cancel(handle);
+            }
+            core.index.set_timer(id, NO_TIMER);
+        }
+        claimed.into_iter().map(|(id, a, _)| (id, a)).collect()
     };
     if expired.is_empty() {
         return Ok(0);
@@ -114,15 +128,37 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
             })
         })
         .collect();
-    let positions = inner.log.append_all(&records)?;
+    let positions = match inner.log.append_all(&records) {
+        Ok(positions) => positions,
+        Err(e) => {
+            unclaim(inner, &expired);
+            return Err(e);
+        }
+    };
+    let mut n = 0;
     for (record, pos) in records.iter().zip(positions) {
-        let _ = inner.apply(pos, record);
+        if let Ok(Applied::Changed) = inner.apply(pos, record) {
+            n += 1;
+        }
     }
-    inner
-        .metrics
-        .expired
-        .fetch_add(expired.len() as u64, Ordering::Relaxed);
-    Ok(expired.len() as u64)
+    inner.metrics.expired.fetch_add(n, Ordering::Relaxed);
+    Ok(n)
+}
+
+/// Puts claimed events whose drop could not be written back in the wheel, due at once.
+fn unclaim(inner: &Inner, claimed: &[(EventId, u32)]) {
+    let mut core = inner.core.lock();
+    for &(id, _) in claimed {
+        let Some(info) = core.index.get(id) else {
+            continue;
+        };
+        if info.state != EventState::Scheduled || info.timer != NO_TIMER {
+            continue;
+        }
+        let due_ms = info.due_ms;
+        let handle = core.wheel.insert(due_ms.max(0) as u64, id.0);
+        core.index.set_timer(id, handle.to_u64());
+    }
 }
 
 /// Sealed segments worth compacting, least dead last (the caller pops from the end).

@@ -78,12 +78,25 @@ struct Prepared {
     attempt: u32,
     job: Option<JobId>,
     retry_context: Option<RetryContext>,
-    handlers: Arc<[Registered]>,
+    handlers: Arc<Vec<Registered>>,
 }
 
 struct Outcome {
     prepared: Arc<Prepared>,
-    failure: Option<Failure>,
+    failure: Option<Failed>,
+}
+
+/// A failed attempt: how it failed, for the retry policy, and the message kept in the log.
+struct Failed {
+    failure: Failure,
+    message: String,
+}
+
+impl Failed {
+    fn new(failure: Failure) -> Failed {
+        let message = failure_message(&failure);
+        Failed { failure, message }
+    }
 }
 
 #[derive(Default)]
@@ -336,7 +349,7 @@ fn run_handlers(
     shared: &Shared,
     slot: &Slot,
     p: &Arc<Prepared>,
-) -> Option<Option<Failure>> {
+) -> Option<Option<Failed>> {
     let event = Event {
         id: p.id,
         name: p.name.clone(),
@@ -385,20 +398,23 @@ fn run_handlers(
         // noticed yet: the clock decides, not the race.
         if inner.clock.now_ms() > *deadline.deadline_ms.lock() {
             inner.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
-            return Some(Some(Failure::Platform {
+            return Some(Some(Failed::new(Failure::Platform {
                 reason: RetryReason::TimeOut,
-            }));
+            })));
         }
         let failure = match result {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(match e.kind {
+            Ok(Err(e)) => Some(Failed::new(match e.kind {
                 HandlerErrorKind::Message(message) => Failure::Error { message },
                 HandlerErrorKind::Retry(options) => Failure::RetryRequested(options),
-            }),
-            Err(_) => {
+            })),
+            Err(payload) => {
                 inner.metrics.panicked.fetch_add(1, Ordering::Relaxed);
-                Some(Failure::Platform {
-                    reason: RetryReason::PlatformUnknownError,
+                Some(Failed {
+                    failure: Failure::Platform {
+                        reason: RetryReason::PlatformUnknownError,
+                    },
+                    message: format!("panicked: {}", panic_message(payload)),
                 })
             }
         };
@@ -433,9 +449,9 @@ fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
             drop(state);
             batch.outcomes.push(Outcome {
                 prepared,
-                failure: Some(Failure::Platform {
+                failure: Some(Failed::new(Failure::Platform {
                     reason: RetryReason::TimeOut,
-                }),
+                })),
             });
             inner.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
             inner
@@ -590,7 +606,10 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
                 done += 1;
             }
             Plan::Expire { .. } => {
-                inner.metrics.expired.fetch_add(1, Ordering::Relaxed);
+                // Counted only by the drop that changed the event: one count per event.
+                if matches!(applied, Ok(Applied::Changed)) {
+                    inner.metrics.expired.fetch_add(1, Ordering::Relaxed);
+                }
                 done += 1;
             }
         }
@@ -635,7 +654,7 @@ fn write_outcomes(inner: &Arc<Inner>, outcomes: Vec<Outcome>) {
     let decided: Vec<Decided> = outcomes
         .into_iter()
         .map(|o| {
-            let decision = o.failure.map(|failure| {
+            let decision = o.failure.map(|Failed { failure, message }| {
                 let p = &o.prepared;
                 let mut decision = inner.options.policy_for(&p.name).decide(&FailureInput {
                     event_id: p.id.0,
@@ -652,7 +671,7 @@ fn write_outcomes(inner: &Arc<Inner>, outcomes: Vec<Outcome>) {
                         reason: DropReason::MaxAge,
                     };
                 }
-                (decision, failure_message(&failure))
+                (decision, message)
             });
             (o.prepared, decision)
         })
@@ -714,6 +733,26 @@ fn write_outcomes(inner: &Arc<Inner>, outcomes: Vec<Outcome>) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
     finish(inner, n);
+}
+
+/// A panic's own message: its payload when that is a `&str` or a `String` (what `panic!`
+/// makes), else a placeholder. The payload is then dropped inside `catch_unwind`, because a
+/// payload's `Drop` may itself panic, and that must not unwind out of the worker (it would
+/// die with its attempt in flight, and `close` would wait for it). A payload that panics
+/// while dropped yields a second payload, which is leaked with `mem::forget` rather than
+/// dropped: dropping it could panic again, without end. Only such pathological payloads leak.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic whose payload is not a string".to_owned()
+    };
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
+    }
+    message
 }
 
 fn failure_message(failure: &Failure) -> String {

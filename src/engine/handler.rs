@@ -155,7 +155,28 @@ impl fmt::Debug for Context {
     }
 }
 
-/// Why a handler failed. `?` converts any standard error into one.
+/// Why a handler failed.
+///
+/// `?` converts any standard error (`std::io::Error`, `serde_json::Error`, ...) and any
+/// [`anyhow::Error`] into one; its message is the error's text with its chain of causes
+/// (`outer: inner`). A `Box<dyn Error + Send + Sync>` is not itself a `std::error::Error`:
+/// convert it with one call, [`HandlerError::boxed`] (or `anyhow::Error::from_boxed`, then `?`).
+///
+/// ```
+/// use afterlog::HandlerError;
+///
+/// fn parse(body: &[u8]) -> Result<u32, HandlerError> {
+///     let text = std::str::from_utf8(body)?; // a std error
+///     let n = text.parse::<u32>().map_err(anyhow::Error::from)?; // an anyhow::Error
+///     if n == 0 {
+///         return Err(HandlerError::msg("zero"));
+///     }
+///     Ok(n)
+/// }
+/// let e = parse(b"x").unwrap_err();
+/// assert_eq!(e.message(), "invalid digit found in string");
+/// assert!(!e.is_retry());
+/// ```
 pub struct HandlerError {
     pub(crate) kind: HandlerErrorKind,
 }
@@ -181,11 +202,42 @@ impl HandlerError {
             kind: HandlerErrorKind::Retry(options),
         }
     }
+
+    /// A failure from a boxed error, which `?` cannot convert (a `Box<dyn Error>` does not
+    /// implement `Error`); the message is its text with its causes, as for `?`.
+    pub fn boxed(error: Box<dyn std::error::Error + Send + Sync + 'static>) -> HandlerError {
+        HandlerError::from(anyhow::Error::from_boxed(error))
+    }
+
+    /// The failure's message: the text given to [`msg`](HandlerError::msg) or converted by
+    /// `?`; for a retry request, a description of it. This is the text kept in the log.
+    pub fn message(&self) -> &str {
+        match &self.kind {
+            HandlerErrorKind::Message(m) => m,
+            HandlerErrorKind::Retry(_) => "retry requested",
+        }
+    }
+
+    /// Whether this is a retry request made with [`retry`](HandlerError::retry).
+    pub fn is_retry(&self) -> bool {
+        matches!(self.kind, HandlerErrorKind::Retry(_))
+    }
+
+    /// The retry request, if this is one.
+    pub fn retry_options(&self) -> Option<&RetryOptions> {
+        match &self.kind {
+            HandlerErrorKind::Retry(o) => Some(o),
+            HandlerErrorKind::Message(_) => None,
+        }
+    }
 }
 
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
+/// Any standard error and any `anyhow::Error` (a blanket impl over `std::error::Error` could
+/// not also take `anyhow::Error`, which is not one).
+impl<E: Into<anyhow::Error>> From<E> for HandlerError {
     fn from(error: E) -> HandlerError {
-        HandlerError::msg(error.to_string())
+        // `{:#}` is the error with its causes, one line.
+        HandlerError::msg(format!("{:#}", error.into()))
     }
 }
 

@@ -21,7 +21,7 @@ pub use handler::{Context, Event, Handler, HandlerError, HandlerOptions};
 pub use metrics::Metrics;
 pub use options::{
     DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION,
-    FORGE_MAX_DELAY, MAX_HANDLER_TIMEOUT, Options,
+    FORGE_MAX_DELAY, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Options,
 };
 
 use crate::after::After;
@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A handler registered for a name, with its options.
+#[derive(Clone)]
 pub(crate) struct Registered {
     pub handler: Arc<Handler>,
     pub options: HandlerOptions,
@@ -91,7 +92,9 @@ pub(crate) struct Inner {
     pub core: Mutex<Core>,
     pub options: Options,
     pub clock: Arc<dyn Clock>,
-    pub handlers: RwLock<HashMap<String, Arc<[Registered]>>>,
+    /// The handlers of each name, in registration order. Registration appends in place; a
+    /// batch being prepared takes a clone of the `Arc` (a snapshot).
+    pub handlers: RwLock<HashMap<String, Arc<Vec<Registered>>>>,
     next_event: AtomicU64,
     next_job: AtomicU64,
     /// Wakes the scheduler.
@@ -278,23 +281,19 @@ impl Engine {
             + Sync
             + 'static,
     {
-        let mut handlers = self.inner().handlers.write();
-        let mut list: Vec<Registered> = handlers
-            .get(name)
-            .map(|l| {
-                l.iter()
-                    .map(|r| Registered {
-                        handler: r.handler.clone(),
-                        options: r.options,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        list.push(Registered {
+        let registered = Registered {
             handler: Arc::new(handler),
             options,
-        });
-        handlers.insert(name.to_string(), list.into());
+        };
+        let mut handlers = self.inner().handlers.write();
+        // Amortized O(1): the list is appended to in place, and copied only when a batch
+        // being prepared still holds the previous version (which keeps seeing that one).
+        match handlers.get_mut(name) {
+            Some(list) => Arc::make_mut(list).push(registered),
+            None => {
+                handlers.insert(name.to_string(), Arc::new(vec![registered]));
+            }
+        }
     }
 
     /// Starts delivering due events (recovered ones included). Call it after registering
@@ -648,18 +647,21 @@ impl Inner {
     }
 
     fn wait_idle(&self, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
+        // A timeout too long for an `Instant` (`Duration::MAX`, say) is no deadline at all.
+        let until = Instant::now().checked_add(timeout);
         let mut core = self.core.lock();
         loop {
             if self.is_idle(&core) {
                 return true;
             }
             let now = Instant::now();
-            if now >= until {
-                return false;
-            }
+            let left = match until {
+                Some(until) if now >= until => return false,
+                Some(until) => until - now,
+                None => Duration::MAX,
+            };
             // Short waits: a clock change does not notify this condition variable.
-            let step = (until - now).min(Duration::from_millis(10));
+            let step = left.min(Duration::from_millis(10));
             self.idle.wait_for(&mut core, step);
         }
     }

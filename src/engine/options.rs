@@ -11,6 +11,9 @@ use std::time::Duration;
 pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a handler may be given (Ampt): 60 seconds.
 pub const MAX_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shortest background compaction interval: a shorter one (zero, say) is raised to this,
+/// so the compaction thread never runs its passes back to back in a busy loop.
+pub const MIN_COMPACTION_INTERVAL: Duration = Duration::from_millis(10);
 /// How long an event is kept after its first due time when never acknowledged: 14 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 /// Most events in one `push` (Forge).
@@ -143,9 +146,10 @@ impl Options {
     }
 
     /// How often the background compaction pass runs, on the engine's clock (default every
-    /// 10 s); `None` turns the background pass off (`compact_now` still works).
+    /// 10 s; at least [`MIN_COMPACTION_INTERVAL`], 10 ms — shorter values, zero included, are
+    /// raised to it); `None` turns the background pass off (`compact_now` still works).
     pub fn compaction_interval(mut self, interval: Option<Duration>) -> Options {
-        self.compaction_interval = interval;
+        self.compaction_interval = interval.map(|i| i.max(MIN_COMPACTION_INTERVAL));
         self
     }
 
