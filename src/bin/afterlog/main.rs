@@ -822,7 +822,7 @@ fn verify(dir: &Path, salvage: Option<&Path>, json: bool) -> CliResult {
 fn format_line(manifest: Option<&Manifest>) -> String {
     match manifest {
         Some(m) => format!(
-            "2 (directory {:032x}, segments of {})",
+            "2 (directory {:032x}, segments up to {})",
             m.directory_id,
             m.segment_bytes.map_or("unknown size".into(), bytes)
         ),
