@@ -131,7 +131,10 @@ pub struct RetryOptions {
     pub retry_after: Duration,
     /// Why, passed to the next attempt as `retry_reason`.
     pub reason: RetryReason,
-    /// Anything the next attempt needs, passed to it as `retry_data`.
+    /// Anything the next attempt needs, passed to it as `retry_data`. The retry record holds
+    /// it, so it must fit in one record (256 KiB with the record's metadata): larger data is
+    /// dropped, and the attempt counts as a plain failure (retried as the policy retries
+    /// errors) whose message says the retry data was over the limit.
     pub data: Vec<u8>,
 }
 

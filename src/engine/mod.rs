@@ -8,7 +8,7 @@
 //! Publishing writes a durable record, then applies it to the index and the wheel under one
 //! lock (`Core`). The scheduler takes due events out of the wheel and hands them to workers in
 //! batches; a worker writes the batch's attempt records (one sync), runs the handlers, and
-//! writes their outcomes (one sync).
+//! appends each attempt's outcome as it ends.
 
 mod compaction;
 mod delivery;
