@@ -73,3 +73,31 @@ fn retry_data_over_the_record_limit_fails_its_attempt_alone() {
         "the message says why: {message}"
     );
 }
+
+#[test]
+fn compaction_expires_a_retried_event_by_its_first_due_time_as_delivery_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let retention = Duration::from_secs(3600);
+    let opts = || options(&clock).retention(retention);
+    let id = {
+        let engine = Engine::open_with(dir.path(), opts()).unwrap();
+        engine.on("job", |_, _| Err(HandlerError::msg("down")));
+        let id = engine.publish("job", b"x", After::NOW).unwrap();
+        engine.start();
+        assert!(engine.wait_idle(IDLE));
+        // One failure: the retry is due 6 minutes after the first due time.
+        assert_eq!(engine.metrics().retried, 1);
+        engine.close().unwrap();
+        id
+    };
+    // Not started, so nothing delivers it. Past the first due time plus the retention, but
+    // not yet past the retry's due time plus the retention.
+    clock.set(START_MS + 3_600_000 + 60_000);
+    let engine = Engine::open_with(dir.path(), opts()).unwrap();
+    let stats = engine.compact_now().unwrap();
+    assert_eq!(stats.events_expired, 1, "{stats:?}");
+    assert!(!engine.cancel(id).unwrap(), "the event expired");
+    assert_eq!(engine.metrics().expired, 1);
+    engine.close().unwrap();
+}

@@ -2,8 +2,9 @@
 //! use follows the live data, and free the index entries of those events.
 //!
 //! A pass (`compact_now`, or the background thread every `compaction_interval`):
-//! 1. **Retention**: a Scheduled event whose due time is more than the retention in the past
-//!    (it was never delivered: the engine was not started, say) gets a drop record (expired).
+//! 1. **Retention**: a Scheduled event more than the retention past its first due time (it
+//!    was not delivered: the engine was not started, say) gets a drop record (expired), by the
+//!    rule delivery applies (`Options::past_retention`).
 //! 2. **Choice**: for each sealed segment, its live bytes are the frames of publish records
 //!    that still hold a pending event — known from the index, no scan of the log — and the
 //!    rest is dead. Segments whose dead share is at least the threshold are compacted, most
@@ -24,10 +25,12 @@
 //! much, never drop a live record.
 
 use super::Inner;
+use super::options::EXPIRED_MESSAGE;
 use crate::error::Result;
 use crate::format::{CancelTarget, DropReason as RecordDropReason, Record};
 use crate::ids::{EventId, JobId};
 use crate::index::{EventState, Location};
+use crate::log::SegmentReader;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -87,18 +90,43 @@ pub(crate) fn pass(
     Ok(stats)
 }
 
-/// Writes a drop (expired) record for every Scheduled event past retention.
+/// Writes a drop (expired) record for every Scheduled event past retention, by the rule
+/// delivery applies (`Options::past_retention`): retention counts from the first due time.
+/// Only events due in the past can be past it (a retry due past retention drops its event
+/// instead). An event never attempted is still due at its first due time; for one retried
+/// since, the first due time is read from its publish record.
 fn expire(inner: &Arc<Inner>) -> Result<u64> {
     let now_ms = inner.clock.now_ms();
-    let retention_ms = inner.options.retention_ms();
-    let expired: Vec<(EventId, u32)> = {
+    type Due = (EventId, u32, i64, Option<(Location, Option<SegmentReader>)>);
+    let due: Vec<Due> = {
         let core = inner.core.lock();
         core.index
             .scheduled()
-            .filter(|(_, due_ms)| due_ms.saturating_add(retention_ms) < now_ms)
-            .filter_map(|(id, _)| core.index.get(id).map(|i| (id, i.attempts)))
+            .filter(|&(_, due_ms)| due_ms < now_ms)
+            .filter_map(|(id, due_ms)| {
+                let i = core.index.get(id)?;
+                // The reader is taken under the lock that compaction swaps segments under.
+                let publish = (i.attempts > 0).then(|| {
+                    let reader = inner.log.segment_reader(u64::from(i.location.segment));
+                    (i.location, reader)
+                });
+                Some((id, i.attempts, due_ms, publish))
+            })
             .collect()
     };
+    let expired: Vec<(EventId, u32)> = due
+        .into_iter()
+        .filter_map(|(id, attempts, due_ms, publish)| {
+            // A publish that cannot be read: its current due time is a later bound.
+            let first_due_ms = publish
+                .and_then(|p| super::delivery::read_publish(id, p))
+                .map_or(due_ms, |(_, _, _, first_due_ms)| first_due_ms);
+            inner
+                .options
+                .past_retention(first_due_ms, now_ms)
+                .then_some((id, attempts))
+        })
+        .collect();
     if expired.is_empty() {
         return Ok(0);
     }
@@ -110,7 +138,7 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
                 attempt,
                 dropped_ms: now_ms,
                 reason: RecordDropReason::Expired,
-                message: "not delivered within the retention after its due time",
+                message: EXPIRED_MESSAGE,
             })
         })
         .collect();

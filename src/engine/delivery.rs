@@ -22,6 +22,7 @@
 //! runs, so attempt counts never go backwards across a crash.
 
 use super::handler::{Context, Deadline, Event, HandlerErrorKind};
+use super::options::EXPIRED_MESSAGE;
 use super::{Inner, Registered};
 use crate::clock::Wake;
 use crate::format::{
@@ -472,7 +473,6 @@ enum Plan {
 /// whose handlers should run.
 fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
     let now_ms = inner.clock.now_ms();
-    let retention_ms = inner.options.retention_ms();
     let started = inner.started.load(Ordering::Acquire);
     let mut plans = Vec::with_capacity(ids.len());
     let mut finished = 0u64;
@@ -514,7 +514,7 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
             finished += 1;
             continue;
         };
-        if now_ms > first_due_ms.saturating_add(retention_ms) {
+        if inner.options.past_retention(first_due_ms, now_ms) {
             plans.push(Plan::Expire {
                 id,
                 attempt: attempts,
@@ -568,7 +568,7 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
                 attempt: *attempt,
                 dropped_ms: now_ms,
                 reason: RecordDropReason::Expired,
-                message: "not acknowledged within the retention after its first due time",
+                message: EXPIRED_MESSAGE,
             }),
         })
         .collect();
@@ -607,7 +607,7 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
 
 /// Reads an event's publish record: the record, the body's range in its payload, when it
 /// was published and when it was first due.
-fn read_publish(
+pub(super) fn read_publish(
     id: EventId,
     (location, reader): (crate::index::Location, Option<crate::log::SegmentReader>),
 ) -> Option<(Arc<RecordBytes>, Range<usize>, i64, i64)> {
@@ -692,7 +692,7 @@ fn decide(inner: &Inner, p: &Prepared, failure: &Failure, now_ms: i64) -> Decide
         failure,
     });
     if let Decision::Retry { next_due_ms, .. } = decision
-        && next_due_ms > p.first_due_ms.saturating_add(inner.options.retention_ms())
+        && inner.options.past_retention(p.first_due_ms, next_due_ms)
     {
         decision = Decision::Drop {
             reason: DropReason::MaxAge,
