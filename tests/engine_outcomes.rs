@@ -101,3 +101,29 @@ fn compaction_expires_a_retried_event_by_its_first_due_time_as_delivery_does() {
     assert_eq!(engine.metrics().expired, 1);
     engine.close().unwrap();
 }
+
+#[test]
+fn a_policy_built_from_forge_keeps_forge_push_limits() {
+    use afterlog::RetryPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = Engine::open_with(
+        dir.path(),
+        options(&clock)
+            .policy(
+                "shorter",
+                RetryPolicy::forge().max_retry_after(Duration::from_secs(60)),
+            )
+            .policy("fewer", RetryPolicy::forge().max_attempts(2))
+            .policy("plain", RetryPolicy::fixed(Duration::from_secs(60))),
+    )
+    .unwrap();
+    let sixteen_minutes = Duration::from_secs(16 * 60);
+    for name in ["shorter", "fewer"] {
+        let refused = engine.push(name, ["a"], sixteen_minutes);
+        assert!(refused.is_err(), "{name}: {refused:?}");
+        engine.push(name, ["a"], afterlog::FORGE_MAX_DELAY).unwrap();
+    }
+    engine.push("plain", ["a"], sixteen_minutes).unwrap();
+    engine.close().unwrap();
+}

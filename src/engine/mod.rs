@@ -33,7 +33,6 @@ use crate::format::{
 use crate::ids::{EventId, JobId};
 use crate::index::{Applied, Effect, Index, JobStats, Location};
 use crate::log::{Log, Position};
-use crate::retry::RetryPolicy;
 use crate::storage::{FsStorage, Storage};
 use crate::wheel::{TimerHandle, Wheel};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -102,7 +101,6 @@ pub(crate) struct Inner {
     pub idle: Condvar,
     pub metrics: metrics::Counters,
     pub delivery: Mutex<Option<delivery::Delivery>>,
-    forge_names: Vec<String>,
     /// One compaction pass at a time.
     compaction_lock: Mutex<()>,
     /// Wakes the background compaction thread (on close).
@@ -203,13 +201,6 @@ impl Engine {
             .map_or(1, |id| id.0 + 1)
             .max(recovery.job_id_floor);
         log.raise_id_floors(next_event, next_job);
-        let forge = RetryPolicy::forge();
-        let forge_names = options
-            .policies
-            .iter()
-            .filter(|(_, p)| **p == forge)
-            .map(|(n, _)| n.clone())
-            .collect();
         let metrics = metrics::Counters::default();
         metrics.replay_rejected.store(rejected, Ordering::Relaxed);
         let inner = Arc::new(Inner {
@@ -231,7 +222,6 @@ impl Engine {
             idle: Condvar::new(),
             metrics,
             delivery: Mutex::new(None),
-            forge_names,
             compaction_lock: Mutex::new(()),
             compaction_wake: Wake::new(),
             compactor: Mutex::new(None),
@@ -333,7 +323,9 @@ impl Engine {
 
     /// Pushes a job of events named `name` (Forge's `queue.push`), all due after `delay`, written
     /// atomically: all of them or none. At most 50 events and 200 KiB (see [`Options`]); on a
-    /// name with the Forge policy, `delay` is at most 15 minutes. A zero `delay` makes the
+    /// name whose policy is Forge's
+    /// ([`RetryPolicy::is_forge`](crate::RetryPolicy::is_forge): `RetryPolicy::forge()` and
+    /// any policy built from it, the default policy included), `delay` is at most 15 minutes. A zero `delay` makes the
     /// events due at once.
     pub fn push<I, B>(&self, name: &str, bodies: I, delay: Duration) -> Result<JobId>
     where
@@ -492,7 +484,7 @@ impl Inner {
                 self.options.max_push_bytes,
             );
         }
-        if self.forge_names.iter().any(|n| n == name) && delay > FORGE_MAX_DELAY {
+        if self.options.policy_for(name).is_forge() && delay > FORGE_MAX_DELAY {
             return Err(Error::invalid(format!(
                 "push delay of {}s on {name:?} exceeds the 900s (15 minutes) a queue with the Forge policy allows",
                 delay.as_secs()

@@ -69,8 +69,9 @@ impl Options {
         self
     }
 
-    /// The retry policy of events named `name` (a queue, in Forge's words). A name with the
-    /// Forge policy also gets Forge's push limits (a delay of at most 15 minutes).
+    /// The retry policy of events named `name` (a queue, in Forge's words). A name whose
+    /// policy is Forge's ([`RetryPolicy::is_forge`]: `RetryPolicy::forge()` and any policy
+    /// built from it) also gets Forge's push limits (a delay of at most 15 minutes).
     pub fn policy(mut self, name: impl Into<String>, policy: RetryPolicy) -> Options {
         self.policies.insert(name.into(), policy);
         self
