@@ -127,3 +127,41 @@ fn a_policy_built_from_forge_keeps_forge_push_limits() {
     engine.push("plain", ["a"], sixteen_minutes).unwrap();
     engine.close().unwrap();
 }
+
+#[test]
+fn cancel_job_metrics_and_job_stats_count_the_same_cancelled_events() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = Engine::open_with(dir.path(), options(&clock).workers(1)).unwrap();
+    let returned = Arc::new(AtomicU64::new(u64::MAX));
+    let r = returned.clone();
+    // The first event cancels its job and fails: the rest of the job never starts.
+    engine.on("queue", move |event, ctx| {
+        if event.body() == b"first" {
+            r.store(ctx.cancel_job().unwrap(), Ordering::SeqCst);
+            return Err(HandlerError::msg("gave up"));
+        }
+        Ok(())
+    });
+    let job = engine
+        .push("queue", ["first", "b", "c", "d"], Duration::ZERO)
+        .unwrap();
+    let later = engine
+        .push("queue", ["e", "f", "g"], Duration::from_secs(60))
+        .unwrap();
+    engine.start();
+    assert!(engine.wait_idle(IDLE));
+    let in_handler = returned.load(Ordering::SeqCst);
+    let n = in_handler + engine.cancel_job(later).unwrap();
+    let stats = engine.job_stats(job).unwrap();
+    let later_stats = engine.job_stats(later).unwrap();
+    let m = engine.metrics();
+    assert_eq!(n, 6, "{stats:?} {later_stats:?}");
+    assert_eq!(m.cancelled, n, "{m:?}");
+    assert_eq!(stats.cancelled + later_stats.cancelled, n, "{stats:?}");
+    // The attempt that ran fails; it is not retried, since its job is cancelled.
+    assert_eq!((stats.failed, stats.in_progress), (1, 0), "{stats:?}");
+    engine.close().unwrap();
+}

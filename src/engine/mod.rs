@@ -346,7 +346,11 @@ impl Engine {
     }
 
     /// Cancels every event of `job` that has not started; returns how many (0 for a job that
-    /// finished, even if compaction has forgotten it since). A job id never given out — 0 or
+    /// finished, even if compaction has forgotten it since). Those are the events whose
+    /// attempt had not begun — scheduled, or handed to a worker whose handlers had not
+    /// started — and each is counted once, here, in [`JobStats::cancelled`] and in
+    /// [`Metrics::cancelled`]. An attempt already running finishes: if it fails, its event
+    /// fails (`JobStats::failed`) instead of being retried. A job id never given out — 0 or
     /// one above the last — is an error, as it is for [`job_stats`](Engine::job_stats).
     pub fn cancel_job(&self, job: JobId) -> Result<u64> {
         self.inner().cancel_job(job)
@@ -572,7 +576,18 @@ impl Inner {
         self.check_open()?;
         {
             let core = self.core.lock();
+            let cancelled_with_job = || {
+                core.waiting.contains(&id)
+                    && core
+                        .index
+                        .get(id)
+                        .and_then(|i| i.job)
+                        .and_then(|job| core.index.job_cancelled(job))
+                        .unwrap_or(false)
+            };
             match core.index.state(id) {
+                // Its job's cancel counted it already; its worker cancels it.
+                Some(_) if cancelled_with_job() => return Ok(false),
                 Some(state) if state.is_pending() => {}
                 Some(_) => return Ok(false),
                 // Given out before but no longer indexed: finished, and compacted away.
