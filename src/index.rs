@@ -15,7 +15,7 @@
 //! | Publish (known id)     | any                          | Duplicate                                 |
 //! | Attempt `n > a`        | Scheduled, Running           | Running, `a = n` (Rejected if its job is cancelled) |
 //! | Attempt `n ≤ a`        | any                          | Duplicate                                 |
-//! | Retry `n == a`         | Running                      | Scheduled at `next_due_ms` with the retry context; Cancelled if its job is cancelled |
+//! | Retry `n == a`         | Running                      | Scheduled at `next_due_ms` with the retry context; Failed (not retried) if its job is cancelled |
 //! | Retry `n < a`          | Running                      | Duplicate (a stale outcome)               |
 //! | Retry `n ≤ a`          | Scheduled, finished          | Duplicate (a replay)                      |
 //! | Ack                    | Scheduled, Running           | Succeeded, `a = max(a, n)`                |
@@ -245,7 +245,13 @@ pub struct JobStats {
     pub in_progress: u64,
     /// Events dropped: retries exhausted, maximum age, or past retention.
     pub failed: u64,
-    /// Events cancelled.
+    /// Events cancelled before their attempt began: scheduled ones, and ones handed to a
+    /// worker whose handlers had not started (what [`cancel_job`](crate::Engine::cancel_job)
+    /// and [`cancel`](crate::Engine::cancel) count), plus events of the job cancelled one by
+    /// one while running. An attempt already running when its job is cancelled finishes: it
+    /// counts as a success or, failed, as failed (its job being cancelled, it is not retried).
+    /// After a crash, an event whose attempt the crash interrupted in a cancelled job counts
+    /// here too.
     pub cancelled: u64,
 }
 
@@ -710,8 +716,11 @@ impl Index {
         if state != EventState::Running || n < attempts {
             return Ok(Applied::Duplicate);
         }
+        // The attempt started before its job was cancelled, so the cancel did not stop it: it
+        // failed, and is not retried. Cancelled counts only events a cancel stopped before
+        // their attempt began, as `cancel_job` returns.
         if self.job_cancelled_for(e) {
-            self.transition(id, EventState::Cancelled, 0, effects);
+            self.transition(id, EventState::Failed, 0, effects);
             return Ok(Applied::Changed);
         }
         if r.retry_count > 0 {

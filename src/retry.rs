@@ -131,7 +131,10 @@ pub struct RetryOptions {
     pub retry_after: Duration,
     /// Why, passed to the next attempt as `retry_reason`.
     pub reason: RetryReason,
-    /// Anything the next attempt needs, passed to it as `retry_data`.
+    /// Anything the next attempt needs, passed to it as `retry_data`. The retry record holds
+    /// it, so it must fit in one record (256 KiB with the record's metadata): larger data is
+    /// dropped, and the attempt counts as a plain failure (retried as the policy retries
+    /// errors) whose message says the retry data was over the limit.
     pub data: Vec<u8>,
 }
 
@@ -261,6 +264,8 @@ pub struct RetryPolicy {
     max_retry_after_ms: i64,
     /// The context reason a plain error gets, if plain errors carry a context.
     error_reason: Option<RetryReason>,
+    /// Built from [`RetryPolicy::forge`]: Forge's limits hold whatever the builders changed.
+    forge: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -299,7 +304,36 @@ impl RetryPolicy {
     pub fn forge() -> RetryPolicy {
         RetryPolicy {
             error_reason: Some(RetryReason::PlatformUnknownError),
+            forge: true,
             ..RetryPolicy::fixed(FORGE_RETRY_DELAY).max_attempts(FORGE_MAX_RETRIES + 1)
+        }
+    }
+
+    /// Whether this policy is Forge's: [`RetryPolicy::forge`], or built from it with the
+    /// builders (`max_attempts`, `max_age`, `max_retry_after`), which keep the property. A
+    /// Forge policy keeps Forge's limits whatever the builders set — at most
+    /// [`FORGE_MAX_RETRIES`] retries and a `retry_after` of at most [`MAX_RETRY_AFTER`]
+    /// (stricter settings stay) — and a name with it gets Forge's push limit, a delay of at
+    /// most 15 minutes.
+    pub fn is_forge(&self) -> bool {
+        self.forge
+    }
+
+    /// The most attempts, Forge's limit included.
+    fn max_attempts_limit(&self) -> Option<u32> {
+        match (self.max_attempts, self.forge) {
+            (Some(max), true) => Some(max.min(FORGE_MAX_RETRIES + 1)),
+            (None, true) => Some(FORGE_MAX_RETRIES + 1),
+            (max, false) => max,
+        }
+    }
+
+    /// The clamp on a requested `retry_after`, Forge's limit included.
+    fn max_retry_after_limit_ms(&self) -> i64 {
+        if self.forge {
+            self.max_retry_after_ms.min(duration_ms(MAX_RETRY_AFTER))
+        } else {
+            self.max_retry_after_ms
         }
     }
 
@@ -314,6 +348,7 @@ impl RetryPolicy {
             max_age_ms: None,
             max_retry_after_ms: duration_ms(MAX_RETRY_AFTER),
             error_reason: None,
+            forge: false,
         }
     }
 
@@ -370,7 +405,7 @@ impl RetryPolicy {
     /// Decides what follows the failed attempt described by `input`.
     pub fn decide(&self, input: &FailureInput<'_>) -> Decision {
         let attempt = input.attempt.max(1);
-        if self.max_attempts.is_some_and(|max| attempt >= max) {
+        if self.max_attempts_limit().is_some_and(|max| attempt >= max) {
             return Decision::Drop {
                 reason: DropReason::Exhausted,
             };
@@ -385,7 +420,7 @@ impl RetryPolicy {
         };
         let (delay_ms, context) = match input.failure {
             Failure::RetryRequested(options) => (
-                duration_ms(options.retry_after).min(self.max_retry_after_ms),
+                duration_ms(options.retry_after).min(self.max_retry_after_limit_ms()),
                 Some(context(options.reason, options.data.clone())),
             ),
             Failure::Platform { reason } => (
@@ -644,6 +679,30 @@ mod tests {
         let custom =
             RetryPolicy::fixed(Duration::from_secs(1)).max_retry_after(Duration::from_secs(10));
         assert_eq!(next_due(&decide(&custom, 1, T0, None, &long)), T0 + 10_000);
+    }
+
+    #[test]
+    fn a_policy_built_from_forge_keeps_its_limits() {
+        let policy = RetryPolicy::forge()
+            .max_attempts(10)
+            .max_retry_after(Duration::from_secs(3600));
+        assert!(policy.is_forge());
+        assert!(!RetryPolicy::fixed(FORGE_RETRY_DELAY).is_forge());
+        let long = requested(Duration::from_secs(3600), RetryReason::RetryRequest, b"");
+        assert_eq!(next_due(&decide(&policy, 1, T0, None, &long)), T0 + 900_000);
+        assert_eq!(
+            decide(&policy, FORGE_MAX_RETRIES + 1, T0, None, &long),
+            Decision::Drop {
+                reason: DropReason::Exhausted
+            }
+        );
+        // Stricter limits than Forge's stay.
+        let fewer = RetryPolicy::forge().max_attempts(2);
+        assert!(fewer.is_forge());
+        assert!(matches!(
+            decide(&fewer, 2, T0, None, &long),
+            Decision::Drop { .. }
+        ));
     }
 
     #[test]

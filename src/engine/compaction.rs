@@ -2,8 +2,9 @@
 //! use follows the live data, and free the index entries of those events.
 //!
 //! A pass (`compact_now`, or the background thread every `compaction_interval`):
-//! 1. **Retention**: a Scheduled event whose due time is more than the retention in the past
-//!    (it was never delivered: the engine was not started, say) gets a drop record (expired).
+//! 1. **Retention**: a Scheduled event more than the retention past its first due time (it
+//!    was not delivered: the engine was not started, say) gets a drop record (expired), by the
+//!    rule delivery applies (`Options::past_retention`).
 //! 2. **Choice**: for each sealed segment, its live bytes are the frames of publish records
 //!    that still hold a pending event — known from the index, no scan of the log — and the
 //!    rest is dead. Segments whose dead share is at least the threshold are compacted, most
@@ -24,10 +25,12 @@
 //! much, never drop a live record.
 
 use super::Inner;
+use super::options::EXPIRED_MESSAGE;
 use crate::error::Result;
 use crate::format::{CancelTarget, DropReason as RecordDropReason, Record};
 use crate::ids::{EventId, JobId};
 use crate::index::{Applied, EventState, Location, NO_TIMER};
+use crate::log::SegmentReader;
 use crate::wheel::TimerHandle;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -88,30 +91,73 @@ pub(crate) fn pass(
     Ok(stats)
 }
 
-/// Writes a drop (expired) record for every Scheduled event past retention that is still in
-/// the wheel. Those are claimed under the engine's lock, out of the wheel, so the scheduler
-/// cannot hand them to delivery too — which also drops an event past retention — and each
-/// expired event gets one drop and is counted once. An event already taken out of the wheel
-/// by the scheduler (its timer is `NO_TIMER`) is left to delivery.
+/// Writes a drop (expired) record for every Scheduled event past retention, by the rule
+/// delivery applies (`Options::past_retention`): retention counts from the first due time.
+/// Only events due in the past can be past it (a retry due past retention drops its event
+/// instead). An event never attempted is still due at its first due time; for one retried
+/// since, the first due time is read from its publish record.
+///
+/// The events are claimed under the engine's lock, out of the wheel, so the scheduler cannot
+/// hand them to delivery too — which also drops an event past retention — and each expired
+/// event gets one drop and is counted once. An event already taken out of the wheel by the
+/// scheduler (its timer is `NO_TIMER`) is left to delivery.
 fn expire(inner: &Arc<Inner>) -> Result<u64> {
     let now_ms = inner.clock.now_ms();
-    let retention_ms = inner.options.retention_ms();
+    type Due = (EventId, u32, i64, Option<(Location, Option<SegmentReader>)>);
+    let due: Vec<Due> = {
+        let core = inner.core.lock();
+        core.index
+            .scheduled()
+            .filter(|&(_, due_ms)| due_ms < now_ms)
+            .filter_map(|(id, due_ms)| {
+                let i = core.index.get(id)?;
+                if i.timer == NO_TIMER {
+                    return None;
+                }
+                // The reader is taken under the lock that compaction swaps segments under.
+                let publish = (i.attempts > 0).then(|| {
+                    let reader = inner.log.segment_reader(u64::from(i.location.segment));
+                    (i.location, reader)
+                });
+                Some((id, i.attempts, due_ms, publish))
+            })
+            .collect()
+    };
+    let past: Vec<(EventId, u32)> = due
+        .into_iter()
+        .filter_map(|(id, attempts, due_ms, publish)| {
+            // A publish that cannot be read: its current due time is a later bound.
+            let first_due_ms = publish
+                .and_then(|p| super::delivery::read_publish(id, p))
+                .map_or(due_ms, |(_, _, _, first_due_ms)| first_due_ms);
+            inner
+                .options
+                .past_retention(first_due_ms, now_ms)
+                .then_some((id, attempts))
+        })
+        .collect();
     let expired: Vec<(EventId, u32)> = {
         let mut core = inner.core.lock();
-        let claimed: Vec<(EventId, u32, u64)> = core
-            .index
-            .scheduled()
-            .filter(|(_, due_ms)| due_ms.saturating_add(retention_ms) < now_ms)
-            .filter_map(|(id, _)| core.index.get(id).map(|i| (id, i.attempts, i.timer)))
-            .filter(|&(_, _, timer)| timer != NO_TIMER)
-            .collect();
-        for &(id, _, timer) in &claimed {
+        let mut claimed = Vec::with_capacity(past.len());
+        for (id, attempts) in past {
+            // Still scheduled, still in the wheel, not attempted since it was looked at.
+            let Some(info) = core.index.get(id) else {
+                continue;
+            };
+            if info.state != EventState::Scheduled
+                || info.timer == NO_TIMER
+                || info.attempts != attempts
+            {
+                continue;
+            }
+            let timer = info.timer;
             if let Some(handle) = TimerHandle::from_u64(timer) {
                 core.wheel.cancel(handle);
             }
             core.index.set_timer(id, NO_TIMER);
+            claimed.push((id, attempts));
         }
-        claimed.into_iter().map(|(id, a, _)| (id, a)).collect()
+        claimed
     };
     if expired.is_empty() {
         return Ok(0);
@@ -124,7 +170,7 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
                 attempt,
                 dropped_ms: now_ms,
                 reason: RecordDropReason::Expired,
-                message: "not delivered within the retention after its due time",
+                message: EXPIRED_MESSAGE,
             })
         })
         .collect();

@@ -5,7 +5,9 @@
 //! in batches. A worker *prepares* a batch — reads each publish record, and writes one record
 //! per event, all with one sync: an attempt (the handlers will run), an ack (no handler for
 //! the name: ignored) or a drop (past retention) — then runs the handlers of each attempted
-//! event in turn and writes the outcomes, again with one sync.
+//! event in turn, appending each attempt's outcome (ack, retry or drop) as soon as it ends.
+//! An outcome is durable on its own, and a bad one fails alone; the outcomes of concurrent
+//! workers share syncs through the log's group commit.
 //!
 //! A worker's batch lives in its `Slot`, so that when a handler runs past its deadline the
 //! watchdog can abandon the worker (its thread is left to finish the handler; the late
@@ -20,11 +22,12 @@
 //! runs, so attempt counts never go backwards across a crash.
 
 use super::handler::{Context, Deadline, Event, HandlerErrorKind};
+use super::options::EXPIRED_MESSAGE;
 use super::{Inner, Registered};
 use crate::clock::Wake;
 use crate::format::{
-    Ack, AckOutcome, Attempt, Cancel, CancelTarget, DropReason as RecordDropReason, Record, Retry,
-    clip_message,
+    Ack, AckOutcome, Attempt, Cancel, CancelTarget, DropReason as RecordDropReason,
+    MAX_PAYLOAD_LEN, Record, Retry, clip_message,
 };
 use crate::ids::{EventId, JobId};
 use crate::index::{Applied, EventState, NO_TIMER};
@@ -102,6 +105,8 @@ impl Failed {
 #[derive(Default)]
 struct Batch {
     remaining: VecDeque<Arc<Prepared>>,
+    /// Outcomes not yet written: the watchdog leaves a timed-out attempt's here for the
+    /// worker that takes over the batch.
     outcomes: Vec<Outcome>,
 }
 
@@ -278,17 +283,22 @@ fn work(inner: &Arc<Inner>, shared: &Shared, slot: &Slot) {
     shared.exited.notify_all();
 }
 
-/// Runs the handlers of every event in the slot's batch, then writes the outcomes. Returns
-/// false if the watchdog abandoned this worker meanwhile.
+/// Runs the handlers of every event in the slot's batch, writing each attempt's outcome as
+/// soon as it ends. Returns false if the watchdog abandoned this worker meanwhile.
 fn run_batch(inner: &Arc<Inner>, shared: &Shared, slot: &Slot) -> bool {
     loop {
-        let next = {
+        let (outcomes, next) = {
             let mut state = slot.state.lock();
             if state.abandoned {
                 return false;
             }
-            state.batch.remaining.pop_front()
+            // Outcomes the watchdog left (the attempt that timed out in an abandoned worker).
+            let outcomes = std::mem::take(&mut state.batch.outcomes);
+            (outcomes, state.batch.remaining.pop_front())
         };
+        for outcome in outcomes {
+            write_outcome(inner, outcome);
+        }
         let Some(prepared) = next else { break };
         if !take_for_handlers(inner, &prepared) {
             finish(inner, 1);
@@ -297,14 +307,11 @@ fn run_batch(inner: &Arc<Inner>, shared: &Shared, slot: &Slot) -> bool {
         let Some(failure) = run_handlers(inner, shared, slot, &prepared) else {
             return false;
         };
-        let mut state = slot.state.lock();
-        if state.abandoned {
+        if slot.state.lock().abandoned {
             return false;
         }
-        state.batch.outcomes.push(Outcome { prepared, failure });
+        write_outcome(inner, Outcome { prepared, failure });
     }
-    let outcomes = std::mem::take(&mut slot.state.lock().batch.outcomes);
-    write_outcomes(inner, outcomes);
     true
 }
 
@@ -482,7 +489,6 @@ enum Plan {
 /// whose handlers should run.
 fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
     let now_ms = inner.clock.now_ms();
-    let retention_ms = inner.options.retention_ms();
     let started = inner.started.load(Ordering::Acquire);
     let mut plans = Vec::with_capacity(ids.len());
     let mut finished = 0u64;
@@ -524,7 +530,7 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
             finished += 1;
             continue;
         };
-        if now_ms > first_due_ms.saturating_add(retention_ms) {
+        if inner.options.past_retention(first_due_ms, now_ms) {
             plans.push(Plan::Expire {
                 id,
                 attempt: attempts,
@@ -578,7 +584,7 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
                 attempt: *attempt,
                 dropped_ms: now_ms,
                 reason: RecordDropReason::Expired,
-                message: "not acknowledged within the retention after its first due time",
+                message: EXPIRED_MESSAGE,
             }),
         })
         .collect();
@@ -620,7 +626,7 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
 
 /// Reads an event's publish record: the record, the body's range in its payload, when it
 /// was published and when it was first due.
-fn read_publish(
+pub(super) fn read_publish(
     id: EventId,
     (location, reader): (crate::index::Location, Option<crate::log::SegmentReader>),
 ) -> Option<(Arc<RecordBytes>, Range<usize>, i64, i64)> {
@@ -640,91 +646,25 @@ fn read_publish(
     Some((Arc::new(bytes), range, published_ms, first_due_ms))
 }
 
-/// An attempt and, if it failed, what its policy decided and the failure's message.
-type Decided = (Arc<Prepared>, Option<(Decision, String)>);
+/// What an attempt's policy decided after a failure, and the failure's message.
+type Decided = (Decision, String);
 
-/// Writes the outcomes of a batch's attempts with one sync and applies them.
-fn write_outcomes(inner: &Arc<Inner>, outcomes: Vec<Outcome>) {
-    if outcomes.is_empty() {
-        return;
-    }
+/// Writes the outcome of one attempt and applies it: an ack, a retry or a drop.
+///
+/// Each outcome is its own append, so it is durable on its own as soon as its attempt ends
+/// (concurrent workers' outcomes still share syncs through the log's group commit), and a
+/// record the log refuses fails only its own attempt, never the rest of a batch.
+fn write_outcome(inner: &Arc<Inner>, outcome: Outcome) {
     let now_ms = inner.clock.now_ms();
-    let retention_ms = inner.options.retention_ms();
-    // Decide first, with owned messages, then borrow them into records.
-    let decided: Vec<Decided> = outcomes
-        .into_iter()
-        .map(|o| {
-            let decision = o.failure.map(|Failed { failure, message }| {
-                let p = &o.prepared;
-                let mut decision = inner.options.policy_for(&p.name).decide(&FailureInput {
-                    event_id: p.id.0,
-                    attempt: p.attempt,
-                    first_due_ms: p.first_due_ms,
-                    now_ms,
-                    previous: p.retry_context.as_ref(),
-                    failure: &failure,
-                });
-                if let Decision::Retry { next_due_ms, .. } = decision
-                    && next_due_ms > p.first_due_ms.saturating_add(retention_ms)
-                {
-                    decision = Decision::Drop {
-                        reason: DropReason::MaxAge,
-                    };
-                }
-                (decision, message)
-            });
-            (o.prepared, decision)
-        })
-        .collect();
-    let records: Vec<Record<'_>> = decided
-        .iter()
-        .map(|(p, decision)| match decision {
-            None => Record::Ack(Ack {
-                event: p.id,
-                attempt: p.attempt,
-                acked_ms: now_ms,
-                outcome: AckOutcome::Handled,
-            }),
-            Some((
-                Decision::Retry {
-                    next_due_ms,
-                    context,
-                },
-                message,
-            )) => Record::Retry(Retry {
-                event: p.id,
-                attempt: p.attempt,
-                failed_ms: now_ms,
-                next_due_ms: *next_due_ms,
-                retry_count: context.as_ref().map_or(0, |c| c.retry_count),
-                reason: context.as_ref().map_or(0, |c| c.retry_reason.code()),
-                message: clip_message(message),
-                data: context.as_ref().map_or(&[][..], |c| &c.retry_data),
-            }),
-            Some((Decision::Drop { reason }, message)) => Record::Drop(crate::format::Drop {
-                event: p.id,
-                attempt: p.attempt,
-                dropped_ms: now_ms,
-                reason: match reason {
-                    DropReason::Exhausted => RecordDropReason::Exhausted,
-                    DropReason::MaxAge => RecordDropReason::MaxAge,
-                },
-                message: clip_message(message),
-            }),
-        })
-        .collect();
-    let n = records.len() as u64;
-    // A record the limits refuse (retry data too large) fails alone: its event is retried
-    // without the data rather than losing the whole batch.
-    let positions = match inner.log.append_all(&records) {
-        Ok(p) => p,
-        Err(_) => {
-            finish(inner, n);
-            return;
-        }
-    };
-    for (record, pos) in records.iter().zip(positions) {
-        let _ = inner.apply(pos, record);
+    let p = &outcome.prepared;
+    let decided = outcome
+        .failure
+        .map(|failed| decide_fitting(inner, p, failed, now_ms));
+    let record = outcome_record(p, decided.as_ref(), now_ms);
+    // Only a poisoned or closed log refuses a record that fits: the event then stays Running
+    // on disk and is delivered again after a restart.
+    if let Ok(pos) = inner.log.append(&record) {
+        let _ = inner.apply(pos, &record);
         let counter = match record {
             Record::Ack(_) => &inner.metrics.acked,
             Record::Retry(_) => &inner.metrics.retried,
@@ -732,7 +672,92 @@ fn write_outcomes(inner: &Arc<Inner>, outcomes: Vec<Outcome>) {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
-    finish(inner, n);
+    finish(inner, 1);
+}
+
+/// Decides what follows a failed attempt. A retry request whose data would make its record
+/// larger than the log takes (`MAX_PAYLOAD_LEN` with the metadata) cannot be written: the
+/// request is turned into a plain failure of the attempt whose message says so, the data is
+/// dropped, and the policy decides again (a plain error's retry, at the policy's backoff).
+fn decide_fitting(inner: &Inner, p: &Prepared, failed: Failed, now_ms: i64) -> Decided {
+    let Failed { failure, message } = failed;
+    let decided = decide(inner, p, &failure, message.clone(), now_ms);
+    let len = outcome_record(p, Some(&decided), now_ms).encoded_len();
+    if len <= MAX_PAYLOAD_LEN {
+        return decided;
+    }
+    let data_len = match &failure {
+        Failure::RetryRequested(options) => options.data.len(),
+        _ => 0,
+    };
+    let message = format!(
+        "{message}, but its retry data of {data_len} bytes makes a record of {len} bytes, over \
+         the limit of {MAX_PAYLOAD_LEN}: the data was dropped and the attempt failed"
+    );
+    let oversized = Failure::Error {
+        message: message.clone(),
+    };
+    decide(inner, p, &oversized, message, now_ms)
+}
+
+/// What the name's policy decides after `failure`, with the retention's limit on top: a retry
+/// due past retention drops the event instead.
+fn decide(inner: &Inner, p: &Prepared, failure: &Failure, message: String, now_ms: i64) -> Decided {
+    let mut decision = inner.options.policy_for(&p.name).decide(&FailureInput {
+        event_id: p.id.0,
+        attempt: p.attempt,
+        first_due_ms: p.first_due_ms,
+        now_ms,
+        previous: p.retry_context.as_ref(),
+        failure,
+    });
+    if let Decision::Retry { next_due_ms, .. } = decision
+        && inner.options.past_retention(p.first_due_ms, next_due_ms)
+    {
+        decision = Decision::Drop {
+            reason: DropReason::MaxAge,
+        };
+    }
+    (decision, message)
+}
+
+/// The record of an attempt's outcome: an ack if it succeeded (`decided` is `None`), else
+/// the retry or drop its policy decided.
+fn outcome_record<'a>(p: &Prepared, decided: Option<&'a Decided>, now_ms: i64) -> Record<'a> {
+    match decided {
+        None => Record::Ack(Ack {
+            event: p.id,
+            attempt: p.attempt,
+            acked_ms: now_ms,
+            outcome: AckOutcome::Handled,
+        }),
+        Some((
+            Decision::Retry {
+                next_due_ms,
+                context,
+            },
+            message,
+        )) => Record::Retry(Retry {
+            event: p.id,
+            attempt: p.attempt,
+            failed_ms: now_ms,
+            next_due_ms: *next_due_ms,
+            retry_count: context.as_ref().map_or(0, |c| c.retry_count),
+            reason: context.as_ref().map_or(0, |c| c.retry_reason.code()),
+            message: clip_message(message),
+            data: context.as_ref().map_or(&[][..], |c| &c.retry_data),
+        }),
+        Some((Decision::Drop { reason }, message)) => Record::Drop(crate::format::Drop {
+            event: p.id,
+            attempt: p.attempt,
+            dropped_ms: now_ms,
+            reason: match reason {
+                DropReason::Exhausted => RecordDropReason::Exhausted,
+                DropReason::MaxAge => RecordDropReason::MaxAge,
+            },
+            message: clip_message(message),
+        }),
+    }
 }
 
 /// A panic's own message: its payload when that is a `&str` or a `String` (what `panic!`

@@ -160,7 +160,9 @@ pub struct Metrics {
     pub expired: u64,
     /// Events acknowledged without a handler for their name.
     pub ignored: u64,
-    /// Events cancelled (one by one or with their job).
+    /// Events cancelled (one by one or with their job): the sum of what `cancel` (one for
+    /// each `true`) and `cancel_job` returned, so the same events as in
+    /// [`JobStats::cancelled`](crate::JobStats::cancelled) of jobs cancelled by this engine.
     pub cancelled: u64,
     /// Attempts failed by a handler timeout.
     pub timed_out: u64,

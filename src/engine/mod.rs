@@ -8,7 +8,7 @@
 //! Publishing writes a durable record, then applies it to the index and the wheel under one
 //! lock (`Core`). The scheduler takes due events out of the wheel and hands them to workers in
 //! batches; a worker writes the batch's attempt records (one sync), runs the handlers, and
-//! writes their outcomes (one sync).
+//! appends each attempt's outcome as it ends.
 
 mod compaction;
 mod delivery;
@@ -33,7 +33,6 @@ use crate::format::{
 use crate::ids::{EventId, JobId};
 use crate::index::{Applied, Effect, Index, JobStats, Location};
 use crate::log::{Log, Position};
-use crate::retry::RetryPolicy;
 use crate::storage::{FsStorage, Storage};
 use crate::wheel::{TimerHandle, Wheel};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -105,7 +104,6 @@ pub(crate) struct Inner {
     pub idle: Condvar,
     pub metrics: metrics::Counters,
     pub delivery: Mutex<Option<delivery::Delivery>>,
-    forge_names: Vec<String>,
     /// One compaction pass at a time.
     compaction_lock: Mutex<()>,
     /// Wakes the background compaction thread (on close).
@@ -206,13 +204,6 @@ impl Engine {
             .map_or(1, |id| id.0 + 1)
             .max(recovery.job_id_floor);
         log.raise_id_floors(next_event, next_job);
-        let forge = RetryPolicy::forge();
-        let forge_names = options
-            .policies
-            .iter()
-            .filter(|(_, p)| **p == forge)
-            .map(|(n, _)| n.clone())
-            .collect();
         let metrics = metrics::Counters::default();
         metrics.replay_rejected.store(rejected, Ordering::Relaxed);
         let inner = Arc::new(Inner {
@@ -234,7 +225,6 @@ impl Engine {
             idle: Condvar::new(),
             metrics,
             delivery: Mutex::new(None),
-            forge_names,
             compaction_lock: Mutex::new(()),
             compaction_wake: Wake::new(),
             compactor: Mutex::new(None),
@@ -332,7 +322,9 @@ impl Engine {
 
     /// Pushes a job of events named `name` (Forge's `queue.push`), all due after `delay`, written
     /// atomically: all of them or none. At most 50 events and 200 KiB (see [`Options`]); on a
-    /// name with the Forge policy, `delay` is at most 15 minutes. A zero `delay` makes the
+    /// name whose policy is Forge's
+    /// ([`RetryPolicy::is_forge`](crate::RetryPolicy::is_forge): `RetryPolicy::forge()` and
+    /// any policy built from it, the default policy included), `delay` is at most 15 minutes. A zero `delay` makes the
     /// events due at once.
     pub fn push<I, B>(&self, name: &str, bodies: I, delay: Duration) -> Result<JobId>
     where
@@ -353,7 +345,11 @@ impl Engine {
     }
 
     /// Cancels every event of `job` that has not started; returns how many (0 for a job that
-    /// finished, even if compaction has forgotten it since). A job id never given out — 0 or
+    /// finished, even if compaction has forgotten it since). Those are the events whose
+    /// attempt had not begun — scheduled, or handed to a worker whose handlers had not
+    /// started — and each is counted once, here, in [`JobStats::cancelled`] and in
+    /// [`Metrics::cancelled`]. An attempt already running finishes: if it fails, its event
+    /// fails (`JobStats::failed`) instead of being retried. A job id never given out — 0 or
     /// one above the last — is an error, as it is for [`job_stats`](Engine::job_stats).
     pub fn cancel_job(&self, job: JobId) -> Result<u64> {
         self.inner().cancel_job(job)
@@ -491,7 +487,7 @@ impl Inner {
                 self.options.max_push_bytes,
             );
         }
-        if self.forge_names.iter().any(|n| n == name) && delay > FORGE_MAX_DELAY {
+        if self.options.policy_for(name).is_forge() && delay > FORGE_MAX_DELAY {
             return Err(Error::invalid(format!(
                 "push delay of {}s on {name:?} exceeds the 900s (15 minutes) a queue with the Forge policy allows",
                 delay.as_secs()
@@ -579,7 +575,18 @@ impl Inner {
         self.check_open()?;
         {
             let core = self.core.lock();
+            let cancelled_with_job = || {
+                core.waiting.contains(&id)
+                    && core
+                        .index
+                        .get(id)
+                        .and_then(|i| i.job)
+                        .and_then(|job| core.index.job_cancelled(job))
+                        .unwrap_or(false)
+            };
             match core.index.state(id) {
+                // Its job's cancel counted it already; its worker cancels it.
+                Some(_) if cancelled_with_job() => return Ok(false),
                 Some(state) if state.is_pending() => {}
                 Some(_) => return Ok(false),
                 // Given out before but no longer indexed: finished, and compacted away.

@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_PUSH_BYTES: usize = 200 * 1024;
 /// The longest `push` delay on a queue with the Forge policy: 15 minutes.
 pub const FORGE_MAX_DELAY: Duration = Duration::from_secs(900);
 
+/// The message of the drop record of an event past retention.
+pub(crate) const EXPIRED_MESSAGE: &str =
+    "not acknowledged within the retention after its first due time";
+
 /// Options of [`Engine::open_with`](crate::Engine::open_with). Every setter consumes and
 /// returns the options, so they chain.
 #[derive(Clone, Debug)]
@@ -68,8 +72,9 @@ impl Options {
         self
     }
 
-    /// The retry policy of events named `name` (a queue, in Forge's words). A name with the
-    /// Forge policy also gets Forge's push limits (a delay of at most 15 minutes).
+    /// The retry policy of events named `name` (a queue, in Forge's words). A name whose
+    /// policy is Forge's ([`RetryPolicy::is_forge`]: `RetryPolicy::forge()` and any policy
+    /// built from it) also gets Forge's push limits (a delay of at most 15 minutes).
     pub fn policy(mut self, name: impl Into<String>, policy: RetryPolicy) -> Options {
         self.policies.insert(name.into(), policy);
         self
@@ -174,6 +179,14 @@ impl Options {
     /// The retention in milliseconds, saturated to `i64`.
     pub(crate) fn retention_ms(&self) -> i64 {
         self.retention.as_millis().min(i64::MAX as u128) as i64
+    }
+
+    /// Whether an event first due at `first_due_ms` is past retention at `at_ms`: more than
+    /// the retention after its *first* due time, whatever its retries made its current due
+    /// time. The one rule of retention: delivery checks it before an attempt and for a retry's
+    /// due time, compaction before it expires an event that nothing delivers.
+    pub(crate) fn past_retention(&self, first_due_ms: i64, at_ms: i64) -> bool {
+        at_ms > first_due_ms.saturating_add(self.retention_ms())
     }
 
     pub(crate) fn policy_for(&self, name: &str) -> &RetryPolicy {

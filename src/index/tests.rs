@@ -406,13 +406,14 @@ fn cancel_job_stops_what_has_not_started() {
     assert_eq!(ix.job_stats(JobId(1)), stats(1, 3, 0, 1));
     assert_eq!(ix.job_cancelled(JobId(1)), Some(true));
     dup(&mut ix, Owned::CancelJob(1));
-    // Running events finish: a retry cancels, an ack succeeds, a drop fails.
+    // Running events finish: a retry fails (not retried), an ack succeeds, a drop fails.
+    // Cancelled counts only the event the cancel stopped before its attempt.
     assert!(ok(&mut ix, retry(1, 1, 9000, 1)).is_empty());
     ok(&mut ix, Owned::Ack(2, 1));
     ok(&mut ix, Owned::Drop(3, 1, DropReason::Exhausted));
-    assert_eq!(state(&ix, 1), Some(EventState::Cancelled));
+    assert_eq!(state(&ix, 1), Some(EventState::Failed));
     assert_eq!(ix.get(EventId(1)).unwrap().retry, None);
-    assert_eq!(ix.job_stats(JobId(1)), stats(2, 0, 1, 2));
+    assert_eq!(ix.job_stats(JobId(1)), stats(2, 0, 2, 1));
     // The other job is untouched.
     assert_eq!(ix.job_stats(JobId(2)), stats(0, 1, 0, 0));
     rejected(&mut ix, Owned::CancelJob(3), RejectKind::Unknown);
@@ -700,8 +701,9 @@ mod model {
                     if e.state != Running || *n < e.attempts {
                         return Ok(Applied::Duplicate);
                     }
+                    // A running attempt of a cancelled job fails: no retry.
                     if self.job_cancelled(&e) {
-                        self.set(*id, Cancelled, 0, fx);
+                        self.set(*id, Failed, 0, fx);
                         return Ok(Applied::Changed);
                     }
                     self.events.get_mut(id).unwrap().retry =
