@@ -603,6 +603,10 @@ fn expiring_life(
         clock.set(end_ms);
         let engine = open(&disk, clock, w.segment_bytes, "crashed life");
         let mut book = book.copy();
+        // Retention counts from the first due time, so the expiring events are published
+        // (on a clock stepped back) before every event still pending was first due: the life
+        // began `RETENTION + 1 s` after T0.
+        clock.set(T0 + RETENTION.as_millis() as i64 - 1_000);
         for _ in 0..2 {
             let id = book.publish(&engine, Kind::Exp, b"expiring", After::NOW);
             book.expiring.insert(id);
