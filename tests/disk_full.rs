@@ -5,11 +5,13 @@
 //! with ENOSPC (overwriting bytes a file already has succeeds, as on a real disk where they
 //! are allocated). The command-line test runs on a small tmpfs when it can mount one (root).
 
+mod common;
+
 use afterlog::log::LogOptions;
-use afterlog::storage::{LockGuard, Mapped, MemStorage, Storage, StorageFile};
+use afterlog::storage::{Storage, StorageFile};
 use afterlog::{After, Engine, ManualClock, Options};
+use common::hooked::{Hooked, Hooks};
 use std::io;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,97 +29,27 @@ struct Space {
     created: Mutex<Vec<String>>,
 }
 
-#[derive(Debug, Clone)]
-struct FullDisk {
-    inner: MemStorage,
-    space: Arc<Space>,
-}
-
-#[derive(Debug)]
-struct FullFile {
-    inner: Box<dyn StorageFile>,
-    space: Arc<Space>,
-}
-
-impl FullDisk {
-    fn new() -> FullDisk {
-        FullDisk {
-            inner: MemStorage::new(),
-            space: Arc::default(),
-        }
+impl Hooks for Space {
+    fn create(&self, name: &str) {
+        self.created.lock().unwrap().push(name.to_owned());
     }
-
-    fn set_full(&self, full: bool) {
-        self.space.full.store(full, Ordering::SeqCst);
-    }
-
-    fn wrap(&self, file: Box<dyn StorageFile>) -> Box<dyn StorageFile> {
-        Box::new(FullFile {
-            inner: file,
-            space: self.space.clone(),
-        })
-    }
-}
-
-impl Storage for FullDisk {
-    fn path(&self) -> &Path {
-        self.inner.path()
-    }
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
-        self.space.created.lock().unwrap().push(name.to_owned());
-        self.inner.create(name).map(|f| self.wrap(f))
-    }
-    fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
-        self.inner.open(name).map(|f| self.wrap(f))
-    }
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn sync_dir(&self) -> io::Result<()> {
-        self.inner.sync_dir()
-    }
-    fn try_lock(&self) -> io::Result<Option<LockGuard>> {
-        self.inner.try_lock()
-    }
-}
-
-impl FullFile {
-    fn claim(&self, end: u64) -> io::Result<()> {
-        if self.space.full.load(Ordering::SeqCst) && end > self.inner.len()? {
-            self.space.refused.fetch_add(1, Ordering::SeqCst);
+    fn write(&self, file: &dyn StorageFile, end: u64) -> io::Result<()> {
+        if self.full.load(Ordering::SeqCst) && end > file.len()? {
+            self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(io::Error::from_raw_os_error(ENOSPC));
         }
         Ok(())
     }
 }
 
-impl StorageFile for FullFile {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.claim(offset + buf.len() as u64)?;
-        self.inner.write_all_at(buf, offset)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.claim(len)?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn map(&self, len: u64) -> io::Result<Mapped> {
-        self.inner.map(len)
-    }
+type FullDisk = Hooked<Space>;
+
+fn full_disk() -> FullDisk {
+    Hooked::new(Space::default())
+}
+
+fn set_full(disk: &FullDisk, full: bool) {
+    disk.hooks.full.store(full, Ordering::SeqCst);
 }
 
 fn options(clock: &ManualClock, background: bool) -> Options {
@@ -141,22 +73,22 @@ fn body(i: u64) -> String {
 
 #[test]
 fn a_spare_that_failed_on_a_full_disk_is_prepared_again_once_space_is_back() {
-    let disk = FullDisk::new();
+    let disk = full_disk();
     let clock = ManualClock::new(START_MS);
     let engine = open(&disk, options(&clock, false)).unwrap();
     engine.publish("x", "0", After::NOW).unwrap();
     engine.close().unwrap();
 
     // Reopened on a full disk: its spare segment fails in the background.
-    disk.set_full(true);
+    set_full(&disk, true);
     let engine = open(&disk, options(&clock, true)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while disk.space.refused.load(Ordering::SeqCst) == 0 {
+    while disk.hooks.refused.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "the spare never tried to write");
         std::thread::sleep(Duration::from_millis(1));
     }
     // Space is freed; publishing fills the segment and rolls without the stale error.
-    disk.set_full(false);
+    set_full(&disk, false);
     for i in 1..=64 {
         if let Err(e) = engine.publish("x", body(i), After::NOW) {
             panic!("publish {i} after space came back: {e}");
@@ -171,20 +103,20 @@ fn a_spare_that_failed_on_a_full_disk_is_prepared_again_once_space_is_back() {
 
 #[test]
 fn a_roll_that_finds_the_disk_full_fails_but_the_next_one_succeeds_once_space_is_back() {
-    let disk = FullDisk::new();
+    let disk = full_disk();
     let clock = ManualClock::new(START_MS);
     let engine = open(&disk, options(&clock, false)).unwrap();
     for i in 0..8 {
         engine.publish("x", body(i), After::NOW).unwrap();
     }
-    disk.set_full(true);
+    set_full(&disk, true);
     // Sealing needs a new segment, which cannot be made: the compaction pass still runs on
     // what is sealed, and the log is not poisoned.
     engine.compact_now().unwrap_err();
     // No half-made segment is left holding space.
     let names = disk.inner.list().unwrap();
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
-    disk.set_full(false);
+    set_full(&disk, false);
     engine.compact_now().unwrap();
     engine.publish("x", "after", After::NOW).unwrap();
     engine.close().unwrap();
@@ -192,20 +124,20 @@ fn a_roll_that_finds_the_disk_full_fails_but_the_next_one_succeeds_once_space_is
 
 #[test]
 fn an_engine_without_a_spare_creates_no_file_ahead_of_need() {
-    let disk = FullDisk::new();
+    let disk = full_disk();
     let clock = ManualClock::new(START_MS);
     let engine = open(&disk, options(&clock, true).prepare_spare(false)).unwrap();
     engine.publish("x", "0", After::NOW).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     engine.close().unwrap();
-    let created = disk.space.created.lock().unwrap().clone();
+    let created = disk.hooks.created.lock().unwrap().clone();
     // The manifest of the new directory, and its first segment: no spare.
     assert_eq!(created, ["MANIFEST.tmp", "00000000000000000001.seg.tmp"]);
 }
 
 #[test]
 fn compaction_on_a_full_disk_frees_space() {
-    let disk = FullDisk::new();
+    let disk = full_disk();
     let clock = ManualClock::new(START_MS);
     let engine = open(&disk, options(&clock, false).prepare_spare(false)).unwrap();
     let ids: Vec<_> = (0..40)
@@ -230,7 +162,7 @@ fn compaction_on_a_full_disk_frees_space() {
     let before = segments(&disk);
     assert!(before >= 3, "{before} segments");
 
-    disk.set_full(true);
+    set_full(&disk, true);
     let engine = open(&disk, options(&clock, false).prepare_spare(false)).unwrap();
     let stats = engine.compact_now().unwrap();
     assert!(stats.segments_removed > 0, "{stats:?}");

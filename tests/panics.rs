@@ -1,11 +1,13 @@
 //! A panic in the storage layer under the log's writer thread fails calls with an error that
-//! names it; nothing hangs. `PanicDisk` wraps the in-memory storage: once armed, a file's
-//! `sync_data` (or `write_all_at`) panics.
+//! names it; nothing hangs. The in-memory storage is wrapped (`common::hooked`): once armed, a
+//! file's `sync_data` (or `write_all_at`) panics.
 
-use afterlog::storage::{LockGuard, Mapped, MemStorage, Storage, StorageFile};
+mod common;
+
+use afterlog::storage::StorageFile;
 use afterlog::{After, Engine, ManualClock, Options};
+use common::hooked::{Hooked, Hooks};
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
@@ -19,78 +21,22 @@ const ARMED_NONE: u8 = 0;
 const ARMED_SYNC: u8 = 1;
 const ARMED_WRITE: u8 = 2;
 
-#[derive(Debug, Clone)]
-struct PanicDisk {
-    inner: MemStorage,
-    armed: Arc<AtomicU8>,
-}
+/// What is armed to panic.
+#[derive(Debug, Default)]
+struct Armed(AtomicU8);
 
-#[derive(Debug)]
-struct PanicFile {
-    inner: Box<dyn StorageFile>,
-    armed: Arc<AtomicU8>,
-}
-
-impl PanicDisk {
-    fn wrap(&self, file: Box<dyn StorageFile>) -> Box<dyn StorageFile> {
-        Box::new(PanicFile {
-            inner: file,
-            armed: self.armed.clone(),
-        })
-    }
-}
-
-impl Storage for PanicDisk {
-    fn path(&self) -> &Path {
-        self.inner.path()
-    }
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
-        self.inner.create(name).map(|f| self.wrap(f))
-    }
-    fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
-        self.inner.open(name).map(|f| self.wrap(f))
-    }
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn sync_dir(&self) -> io::Result<()> {
-        self.inner.sync_dir()
-    }
-    fn try_lock(&self) -> io::Result<Option<LockGuard>> {
-        self.inner.try_lock()
-    }
-}
-
-impl StorageFile for PanicFile {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.armed.load(Ordering::SeqCst) == ARMED_WRITE {
+impl Hooks for Armed {
+    fn write(&self, _file: &dyn StorageFile, _end: u64) -> io::Result<()> {
+        if self.0.load(Ordering::SeqCst) == ARMED_WRITE {
             panic!("injected panic in write_all_at");
         }
-        self.inner.write_all_at(buf, offset)
+        Ok(())
     }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        if self.armed.load(Ordering::SeqCst) == ARMED_SYNC {
+    fn sync(&self) -> io::Result<()> {
+        if self.0.load(Ordering::SeqCst) == ARMED_SYNC {
             panic!("injected panic in sync_data");
         }
-        self.inner.sync_data()
-    }
-    fn map(&self, len: u64) -> io::Result<Mapped> {
-        self.inner.map(len)
+        Ok(())
     }
 }
 
@@ -105,10 +51,7 @@ fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static)
 }
 
 fn panic_in_the_writer(armed_with: u8, injected: &'static str) {
-    let disk = PanicDisk {
-        inner: MemStorage::new(),
-        armed: Arc::default(),
-    };
+    let disk = Hooked::new(Armed::default());
     let engine = Engine::open_storage(
         Arc::new(disk.clone()),
         Options::default()
@@ -118,7 +61,7 @@ fn panic_in_the_writer(armed_with: u8, injected: &'static str) {
     )
     .unwrap();
     engine.publish("x", "before", After::NOW).unwrap();
-    disk.armed.store(armed_with, Ordering::SeqCst);
+    disk.hooks.0.store(armed_with, Ordering::SeqCst);
     for attempt in ["the publish that meets the panic", "a later publish"] {
         let e = within(attempt, {
             let engine = engine.clone();
@@ -138,7 +81,7 @@ fn panic_in_the_writer(armed_with: u8, injected: &'static str) {
         "close of a log whose writer panicked: {closed:?}"
     );
     // What was acknowledged before the panic is there.
-    disk.armed.store(ARMED_NONE, Ordering::SeqCst);
+    disk.hooks.0.store(ARMED_NONE, Ordering::SeqCst);
     let engine = Engine::open_storage(
         Arc::new(disk.inner.clone()),
         Options::default()

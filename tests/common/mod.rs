@@ -83,4 +83,5 @@ pub fn collect(
         Ok(())
     }
 }
+pub mod hooked;
 pub mod workload;
