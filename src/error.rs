@@ -171,3 +171,25 @@ impl std::error::Error for Error {
         }
     }
 }
+
+/// A panic's own message: its payload when that is a `&str` or a `String` (what `panic!`
+/// makes), else a placeholder. The payload is then dropped inside `catch_unwind`, because a
+/// payload's `Drop` may itself panic, and that must not unwind out of the thread that caught
+/// it (a worker would die with its attempt in flight, and `close` would wait for it). A payload that panics
+/// while dropped yields a second payload, which is leaked with `mem::forget` rather than
+/// dropped: dropping it could panic again, without end. Only such pathological payloads leak.
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic whose payload is not a string".to_owned()
+    };
+    if let Err(again) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)))
+    {
+        std::mem::forget(again);
+    }
+    message
+}

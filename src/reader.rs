@@ -20,12 +20,13 @@ use crate::error::{Error, Result};
 use crate::format::{
     Cancel, CancelTarget, DropReason, FRAME_HEADER_LEN, MANIFEST_FILE, MANIFEST_TEMP_FILE,
     MAX_FRAME_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, Record, RecordKind, SegmentHeader,
-    decode_frame, decode_header,
+    decode_frame,
 };
 use crate::ids::{EventId, JobId};
 use crate::index::{EventState, Index};
 use crate::log::{
-    Durability, Log, LogOptions, Position, Recovery, is_temp_name, parse_segment_name, segment_name,
+    Durability, Log, LogOptions, Position, Recovery, is_temp_name, parse_segment_name, read_header,
+    segment_name,
 };
 use crate::storage::{
     FsStorage, LOCK_FILE, LockGuard, Mapped, Storage, StorageFile, read_exact_at,
@@ -1230,10 +1231,7 @@ impl Snapshot {
     /// [`Log::scan`] of this snapshot; the first scan that reads the last segment bounds the
     /// later ones to where it ended.
     fn scan(&self, visit: impl FnMut(Position, &Record<'_>) -> Result<()>) -> Result<Recovery> {
-        let mut visit = self.bound_last(visit);
-        let report = Log::scan(self, |pos, record| visit.0(pos, record));
-        visit.finish(self);
-        report
+        self.bounded(true, visit, |visit| Log::scan(self, visit))
     }
 
     /// [`Log::scan_alone`] of segment `id` of this snapshot, which must end with a seal when
@@ -1244,33 +1242,30 @@ impl Snapshot {
         visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
     ) -> Result<Recovery> {
         let sealed = self.last.is_some_and(|last| id < last);
-        let mut visit = self.bound_last(visit);
-        let report = Log::scan_alone(self, id, sealed, |pos, record| visit.0(pos, record));
-        if Some(id) == self.last {
-            visit.finish(self);
-        }
-        report
+        self.bounded(Some(id) == self.last, visit, |visit| {
+            Log::scan_alone(self, id, sealed, visit)
+        })
     }
 
-    /// Wraps `visit` to note where the records of the last segment end.
-    fn bound_last<F: FnMut(Position, &Record<'_>) -> Result<()>>(
+    /// Runs `scan` with `visit`, noting where the records of the last segment end; when the
+    /// scan read the last segment (`covers_last`), later scans of this snapshot end there.
+    fn bounded(
         &self,
-        visit: F,
-    ) -> LastEnd<impl FnMut(Position, &Record<'_>) -> Result<()>> {
-        let last = self.last;
-        let end = Arc::new(AtomicU64::new(self.last_header_len()));
-        let noted = end.clone();
-        let mut visit = visit;
-        LastEnd(
-            move |pos: Position, record: &Record<'_>| {
-                if Some(pos.segment) == last {
-                    let record_end = pos.offset + (FRAME_HEADER_LEN + record.encoded_len()) as u64;
-                    noted.store(record_end, Ordering::Relaxed);
-                }
-                visit(pos, record)
-            },
-            end,
-        )
+        covers_last: bool,
+        mut visit: impl FnMut(Position, &Record<'_>) -> Result<()>,
+        scan: impl FnOnce(&mut dyn FnMut(Position, &Record<'_>) -> Result<()>) -> Result<Recovery>,
+    ) -> Result<Recovery> {
+        let mut end = self.last_header_len();
+        let report = scan(&mut |pos, record| {
+            if Some(pos.segment) == self.last {
+                end = pos.offset + (FRAME_HEADER_LEN + record.encoded_len()) as u64;
+            }
+            visit(pos, record)
+        });
+        if covers_last {
+            self.last_end.fetch_min(end, Ordering::Relaxed);
+        }
+        report
     }
 
     /// The header length of the last segment (where its records start).
@@ -1294,17 +1289,6 @@ impl Snapshot {
     }
 }
 
-/// A visitor and where it saw the last segment's records end.
-struct LastEnd<F>(F, Arc<AtomicU64>);
-
-impl<F> LastEnd<F> {
-    /// Bounds later scans of `snap` to where this one saw the last segment end.
-    fn finish(&self, snap: &Snapshot) {
-        snap.last_end
-            .fetch_min(self.1.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-}
-
 /// A manifest file's bytes and what they say.
 type ManifestRead = (Option<Arc<Vec<u8>>>, Option<Manifest>);
 
@@ -1314,14 +1298,6 @@ fn read_manifest_bytes(storage: &dyn Storage) -> Result<ManifestRead> {
         Some((bytes, manifest)) => (Some(Arc::new(bytes)), Some(manifest)),
         None => (None, None),
     })
-}
-
-/// Reads and decodes the header of a segment file.
-fn read_header(file: &dyn StorageFile, path: &Path) -> Result<SegmentHeader> {
-    let len = file.len().map_err(|e| Error::io("stat segment", path, e))?;
-    let mut head = vec![0u8; (len as usize).min(MAX_SEGMENT_HEADER_LEN)];
-    read_exact_at(file, &mut head, 0).map_err(|e| Error::io("read segment", path, e))?;
-    decode_header(&head).map_err(|e| crate::log::header_error(path.to_path_buf(), e))
 }
 
 /// The manifest as a snapshot read it.

@@ -421,7 +421,7 @@ fn run_handlers(
                     failure: Failure::Platform {
                         reason: RetryReason::PlatformUnknownError,
                     },
-                    message: format!("panicked: {}", panic_message(payload)),
+                    message: format!("panicked: {}", crate::error::panic_message(payload)),
                 })
             }
         };
@@ -758,26 +758,6 @@ fn outcome_record<'a>(p: &Prepared, decided: Option<&'a Decided>, now_ms: i64) -
             message: clip_message(message),
         }),
     }
-}
-
-/// A panic's own message: its payload when that is a `&str` or a `String` (what `panic!`
-/// makes), else a placeholder. The payload is then dropped inside `catch_unwind`, because a
-/// payload's `Drop` may itself panic, and that must not unwind out of the worker (it would
-/// die with its attempt in flight, and `close` would wait for it). A payload that panics
-/// while dropped yields a second payload, which is leaked with `mem::forget` rather than
-/// dropped: dropping it could panic again, without end. Only such pathological payloads leak.
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic whose payload is not a string".to_owned()
-    };
-    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-        std::mem::forget(again);
-    }
-    message
 }
 
 fn failure_message(failure: &Failure) -> String {

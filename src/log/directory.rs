@@ -22,7 +22,7 @@ pub(crate) fn read_manifest(storage: &dyn Storage) -> Result<Option<Manifest>> {
 }
 
 /// Reads the manifest file: the manifest in force and where it is.
-fn read_manifest_file(storage: &dyn Storage) -> Result<Option<ManifestFile>> {
+pub(crate) fn read_manifest_file(storage: &dyn Storage) -> Result<Option<ManifestFile>> {
     Ok(read_manifest_bytes(storage)?.map(|(_, file)| file))
 }
 
@@ -127,9 +127,13 @@ impl Directory {
     /// is too small). Called at every open, so that what recovery read is durable before
     /// anything relies on it (after a failed sync the page cache may show a rewrite that
     /// never reached the disk).
-    pub fn open(storage: &dyn Storage, mut manifest: Manifest) -> Result<Directory> {
+    /// `current` is the manifest file as recovery read it (`None` when there is none).
+    pub fn open(
+        storage: &dyn Storage,
+        current: Option<ManifestFile>,
+        mut manifest: Manifest,
+    ) -> Result<Directory> {
         let path = storage.path().join(MANIFEST_FILE);
-        let current = read_manifest_file(storage)?;
         manifest.generation = current.as_ref().map_or(0, |c| c.manifest.generation) + 1;
         let state = match current {
             Some(c) => {

@@ -13,7 +13,7 @@ mod writer;
 
 pub use compact::{Compacted, SealedSegment, SegmentReader};
 pub use recovery::Recovery;
-pub(crate) use recovery::header_error;
+pub(crate) use recovery::read_header;
 pub use segment::{is_temp_name, parse_segment_name, segment_name};
 
 use crate::error::{Error, Result};
@@ -239,7 +239,7 @@ impl Log {
         if options.retention_ms.is_some() {
             manifest.retention_ms = options.retention_ms;
         }
-        let directory = Directory::open(&*storage, manifest)?;
+        let directory = Directory::open(&*storage, recovered.manifest_file, manifest)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 next_seq: report.last_seq + 1,

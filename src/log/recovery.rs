@@ -16,13 +16,13 @@
 //!   appended: after a failed sync they may exist only in the page cache.
 
 use super::Position;
-use super::directory::read_manifest;
+use super::directory::{read_manifest, read_manifest_file};
 use super::segment::{SegmentSlot, is_temp_name, parse_segment_name, segment_name, zero_fill};
 use crate::error::{Error, Result};
 use crate::format::{
     FRAME_HEADER_LEN, FrameError, HeaderError, MANIFEST_FILE, MANIFEST_TEMP_FILE, MAX_FRAME_LEN,
-    MAX_PAYLOAD_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, Record, RecordKind, SegmentHeader,
-    decode_frame, decode_header, decode_seal, get_u16, get_u32, get_u64,
+    MAX_PAYLOAD_LEN, MAX_SEGMENT_HEADER_LEN, Manifest, ManifestFile, Record, RecordKind,
+    SegmentHeader, decode_frame, decode_header, decode_seal, get_u16, get_u32, get_u64,
 };
 use crate::storage::{Storage, StorageFile, read_exact_at};
 use std::io;
@@ -63,6 +63,8 @@ pub(crate) struct Recovered {
     /// (then it is the last of `sealed`, and a new segment starts at `last_seq + 1`).
     pub active: Option<(Arc<SegmentSlot>, SegmentHeader, u64, u64)>,
     pub report: Recovery,
+    /// The manifest file as read before the scan, and where its manifest is.
+    pub manifest_file: Option<ManifestFile>,
 }
 
 /// How many times a reader re-reads a manifest that changed under it before giving up.
@@ -98,7 +100,8 @@ pub(crate) fn recover(
             .sync_dir()
             .map_err(|e| Error::io("sync directory", &dir, e))?;
     }
-    let manifest = read_manifest(storage)?;
+    let manifest_file = read_manifest_file(storage)?;
+    let manifest = manifest_file.as_ref().map(|f| f.manifest.clone());
     let names = storage
         .list()
         .map_err(|e| Error::io("list directory", &dir, e))?;
@@ -258,29 +261,14 @@ pub(crate) fn recover(
             last_seq = last_seq.max(seal_seq - 1);
         }
         let end = scan.end;
-        if let Some(bad) = scan.stopped {
-            // Everything from `end` on must be zeros, or (last segment only) a torn tail.
-            let nonzero_end = last_nonzero(bytes, end)
-                .map_err(|e| Error::io("read segment", &path, e))?
-                .map(|i| i + 1);
-            if let Some(nonzero_end) = nonzero_end {
-                if !is_last || scan.sealed.is_some() {
-                    return Err(bad.into_error(path, scan.end));
-                }
-                let expected = scan.last_seq.max(header.first_seq - 1).saturating_add(1);
-                if let Some((offset, seq)) = later_sync_group(bytes, end, nonzero_end, id, expected)
-                    .map_err(|e| Error::io("read segment", &path, e))?
-                {
-                    return Err(synced_damage(path, scan.end, &bad, offset, seq));
-                }
-                report.torn_bytes = nonzero_end - end;
-                report.torn_at = Some((id, scan.end));
-                if !read_only {
-                    zero_fill(&*file, scan.end, nonzero_end)
-                        .map_err(|e| Error::io("cut torn tail", &path, e))?;
-                    file.sync_data()
-                        .map_err(|e| Error::io("sync segment", &path, e))?;
-                }
+        if let Some(torn_end) = torn_tail(bytes, &scan, &header, &path, !is_last)? {
+            report.torn_bytes = torn_end - end;
+            report.torn_at = Some((id, end));
+            if !read_only {
+                zero_fill(&*file, end, torn_end)
+                    .map_err(|e| Error::io("cut torn tail", &path, e))?;
+                file.sync_data()
+                    .map_err(|e| Error::io("sync segment", &path, e))?;
             }
         }
         if !is_last && i + 1 == listed && header.has_seals() && scan.sealed.is_none() {
@@ -341,6 +329,7 @@ pub(crate) fn recover(
         sealed,
         active,
         report,
+        manifest_file,
     })
 }
 
@@ -377,24 +366,9 @@ pub(crate) fn scan_alone(
         job_id_floor: header.job_id_floor,
         ..Recovery::default()
     };
-    if let Some(bad) = scan.stopped {
-        let nonzero_end = last_nonzero(&mut bytes, scan.end)
-            .map_err(|e| Error::io("read segment", &path, e))?
-            .map(|i| i + 1);
-        if let Some(nonzero_end) = nonzero_end {
-            if sealed || scan.sealed.is_some() {
-                return Err(bad.into_error(path, scan.end));
-            }
-            let expected = scan.last_seq.max(header.first_seq - 1).saturating_add(1);
-            if let Some((offset, seq)) =
-                later_sync_group(&mut bytes, scan.end, nonzero_end, id, expected)
-                    .map_err(|e| Error::io("read segment", &path, e))?
-            {
-                return Err(synced_damage(path, scan.end, &bad, offset, seq));
-            }
-            report.torn_bytes = nonzero_end - scan.end;
-            report.torn_at = Some((id, scan.end));
-        }
+    if let Some(torn_end) = torn_tail(&mut bytes, &scan, &header, &path, sealed)? {
+        report.torn_bytes = torn_end - scan.end;
+        report.torn_at = Some((id, scan.end));
     }
     if sealed && header.has_seals() && scan.sealed.is_none() {
         return Err(no_seal(path, scan.end, scan.records));
@@ -410,17 +384,20 @@ fn check_not_foreign(storage: &dyn Storage, id: u64, manifest: &Manifest) -> Res
     let Ok(file) = storage.open(&segment_name(id)) else {
         return Ok(());
     };
-    let len = file
-        .len()
-        .map_err(|e| Error::io("stat segment", &path, e))?;
-    let mut head = vec![0u8; (len as usize).min(MAX_SEGMENT_HEADER_LEN)];
-    read_exact_at(&*file, &mut head, 0).map_err(|e| Error::io("read segment", &path, e))?;
-    match decode_header(&head) {
+    match read_header(&*file, &path) {
         Ok(header) if header.has_seals() && header.directory_id != manifest.directory_id => Err(
             foreign_segment(path, header.directory_id, manifest.directory_id),
         ),
         _ => Ok(()),
     }
+}
+
+/// Reads and decodes the header of the segment file `file` (at `path`, for errors).
+pub(crate) fn read_header(file: &dyn StorageFile, path: &Path) -> Result<SegmentHeader> {
+    let len = file.len().map_err(|e| Error::io("stat segment", path, e))?;
+    let mut head = vec![0u8; (len as usize).min(MAX_SEGMENT_HEADER_LEN)];
+    read_exact_at(file, &mut head, 0).map_err(|e| Error::io("read segment", path, e))?;
+    decode_header(&head).map_err(|e| header_error(path.to_path_buf(), e))
 }
 
 fn foreign_segment(file: PathBuf, found: u128, expected: u128) -> Error {
@@ -446,17 +423,46 @@ fn no_seal(path: PathBuf, end: u64, records: u64) -> Error {
     }
 }
 
-/// A bad frame at `end` followed by a valid frame of a later sync group at `offset`.
-fn synced_damage(path: PathBuf, end: u64, bad: &Stop, offset: u64, seq: u64) -> Error {
-    Error::Corrupt {
-        file: path,
-        offset: end,
-        reason: format!(
-            "{}; a frame of a later sync group (seq {seq}) follows at offset {offset}, so this \
-             is damage to synced data, not a torn write",
-            bad.describe()
-        ),
+/// Where a torn tail after the scan's valid frames ends: `None` when only zeros follow them.
+/// Everything after them must be zeros in a segment that is `sealed` (or ends with a seal); in
+/// the last segment the bytes are a torn tail, unless a valid frame of a later sync group lies
+/// among them, which proves they had been synced: then it is damage to synced data.
+fn torn_tail(
+    bytes: &mut dyn Bytes,
+    scan: &Scan,
+    header: &SegmentHeader,
+    path: &Path,
+    sealed: bool,
+) -> Result<Option<u64>> {
+    let Some(bad) = &scan.stopped else {
+        return Ok(None);
+    };
+    let read_error = |e| Error::io("read segment", path, e);
+    let Some(nonzero_end) = last_nonzero(bytes, scan.end)
+        .map_err(read_error)?
+        .map(|i| i + 1)
+    else {
+        return Ok(None);
+    };
+    if sealed || scan.sealed.is_some() {
+        return Err(bad.to_error(path.to_path_buf(), scan.end));
     }
+    let expected = scan.last_seq.max(header.first_seq - 1).saturating_add(1);
+    if let Some((offset, seq)) =
+        later_sync_group(bytes, scan.end, nonzero_end, header.segment_id, expected)
+            .map_err(read_error)?
+    {
+        return Err(Error::Corrupt {
+            file: path.to_path_buf(),
+            offset: scan.end,
+            reason: format!(
+                "{}; a frame of a later sync group (seq {seq}) follows at offset {offset}, so \
+                 this is damage to synced data, not a torn write",
+                bad.describe()
+            ),
+        });
+    }
+    Ok(Some(nonzero_end))
 }
 
 fn missing_segment(dir: &Path, id: u64) -> Error {
@@ -611,18 +617,18 @@ impl Stop {
         }
     }
 
-    fn into_error(self, file: PathBuf, offset: u64) -> Error {
-        match self {
+    fn to_error(&self, file: PathBuf, offset: u64) -> Error {
+        match *self {
             Stop::Frame(FrameError::Checksum { expected, found }) => Error::ChecksumMismatch {
                 file,
                 offset,
                 expected,
                 found,
             },
-            other => Error::Corrupt {
+            _ => Error::Corrupt {
                 file,
                 offset,
-                reason: other.describe(),
+                reason: self.describe(),
             },
         }
     }

@@ -677,13 +677,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// The error for a panic of the writer thread, with the panic's own message.
 pub(crate) fn panicked(payload: Box<dyn std::any::Any + Send>) -> Error {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into());
-    // A payload whose own `Drop` panics must not unwind out of here.
-    std::mem::forget(payload);
+    let message = crate::error::panic_message(payload);
     Error::invalid(format!("the log writer thread panicked: {message}"))
 }
 
