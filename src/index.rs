@@ -16,6 +16,7 @@
 //! | Attempt `n > a`        | Scheduled, Running           | Running, `a = n` (Rejected if its job is cancelled) |
 //! | Attempt `n ≤ a`        | any                          | Duplicate                                 |
 //! | Retry `n == a`         | Running                      | Scheduled at `next_due_ms` with the retry context; Failed (not retried) if its job is cancelled |
+//! | Retry `n > a`          | Scheduled                    | Scheduled at `next_due_ms`, `a = n`: attempt `n`'s own record was compacted away |
 //! | Retry `n < a`          | Running                      | Duplicate (a stale outcome)               |
 //! | Retry `n ≤ a`          | Scheduled, finished          | Duplicate (a replay)                      |
 //! | Ack                    | Scheduled, Running           | Succeeded, `a = max(a, n)`                |
@@ -205,6 +206,8 @@ pub enum Effect {
 /// The retry context for an event's next attempt, as the log stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRetryContext {
+    /// The attempt whose retry record carried this context: compaction keeps that record.
+    pub attempt: u32,
     /// How many retries were requested so far (at least 1).
     pub retry_count: u32,
     /// The `RetryReason` code (1..=6).
@@ -703,7 +706,11 @@ impl Index {
         if state == EventState::Cancelled {
             return Ok(Applied::Duplicate);
         }
-        if n > attempts {
+        // A retry of an attempt later than any started, on a Scheduled event: compaction
+        // keeps only the latest retry (and attempt) of a pending event, so the retry's own
+        // attempt record may be gone. The retry says that attempt ran and failed.
+        let compacted_history = state == EventState::Scheduled && n > attempts;
+        if n > attempts && !compacted_history {
             return Err(reject(
                 Some(id),
                 RejectKind::Transition,
@@ -713,13 +720,15 @@ impl Index {
                 ),
             ));
         }
-        if state != EventState::Running || n < attempts {
+        if !compacted_history && (state != EventState::Running || n < attempts) {
             return Ok(Applied::Duplicate);
         }
+        let job_cancelled = self.job_cancelled_for(e);
+        self.entry_mut(id).attempts = n;
         // The attempt started before its job was cancelled, so the cancel did not stop it: it
         // failed, and is not retried. Cancelled counts only events a cancel stopped before
         // their attempt began, as `cancel_job` returns.
-        if self.job_cancelled_for(e) {
+        if job_cancelled {
             self.transition(id, EventState::Failed, 0, effects);
             return Ok(Applied::Changed);
         }
@@ -727,6 +736,7 @@ impl Index {
             self.retries.insert(
                 id,
                 StoredRetryContext {
+                    attempt: n,
                     retry_count: r.retry_count,
                     reason: r.reason,
                     data: r.data.into(),

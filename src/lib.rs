@@ -50,9 +50,10 @@ pub mod wheel;
 pub use after::{After, ONE_YEAR_MS, latest_due_ms};
 pub use clock::{Clock, MANUAL_WAIT_CAP, ManualClock, SYSTEM_WAIT_CAP, SystemClock, Wake};
 pub use engine::{
-    CompactionStats, Context, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES,
-    DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, Engine, Event, FORGE_MAX_DELAY, Handler,
-    HandlerError, HandlerOptions, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Metrics, Options,
+    ABANDONED_TOTAL_FACTOR, CompactionStats, Context, DEFAULT_ABANDONED_THREADS,
+    DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION,
+    Engine, Event, FORGE_MAX_DELAY, Handler, HandlerError, HandlerOptions, MAX_HANDLER_TIMEOUT,
+    MIN_COMPACTION_INTERVAL, Metrics, Options,
 };
 pub use error::{Error, Result};
 pub use ids::{EventId, JobId};

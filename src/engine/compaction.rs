@@ -5,16 +5,22 @@
 //! 1. **Retention**: a Scheduled event more than the retention past its first due time (it
 //!    was not delivered: the engine was not started, say) gets a drop record (expired), by the
 //!    rule delivery applies (`Options::past_retention`).
-//! 2. **Choice**: for each sealed segment, its live bytes are the frames of publish records
-//!    that still hold a pending event — known from the index, no scan of the log — and the
-//!    rest is dead. Segments whose dead share is at least the threshold are compacted, most
-//!    dead first, up to a byte budget per pass.
+//! 2. **Choice**: for each sealed segment, the core keeps its publish and history bytes and
+//!    how many of its events are pending as records apply (`core.rs`, "Bytes per segment"),
+//!    so the choice reads neither the log nor every event: O(segments). Segments whose
+//!    estimated reclaimable share is at least the threshold are compacted, most first, up to
+//!    a byte budget per pass; bytes an earlier rewrite could not drop are not counted again,
+//!    so a pass that would save nothing does not run.
 //! 3. **Rewrite** (`Log::compact_segment`): a record is kept when
 //!    - it is a publish with a pending event (a job's publish is kept whole while any of its
 //!      events is pending, so job stats survive a restart);
-//!    - it names an event the index still holds whose publish is kept — in this segment or in
-//!      another one. An ack, cancel or drop whose publish still exists elsewhere is therefore
-//!      never dropped: no finished event comes back after a restart (no resurrection);
+//!    - it names a finished event the index still holds whose publish is kept — in this
+//!      segment or in another one. An ack, cancel or drop whose publish still exists
+//!      elsewhere is therefore never dropped: no finished event comes back after a restart
+//!      (no resurrection);
+//!    - it is what replay needs of a pending event's history: its latest attempt, the retry
+//!      that scheduled it again, and the retry that carried its retry context (`Keep`);
+//!      older attempts and retries go, so retry history does not grow with the retries;
 //!    - it cancels a job the index still holds.
 //! 4. **Swap**: under the engine's lock, the new segment becomes visible to readers, the
 //!    locations of moved publishes are updated and the events whose publish was dropped are
@@ -25,13 +31,13 @@
 //! much, never drop a live record.
 
 use super::Inner;
+use super::core::{Keep, SegmentBytes, frame_len};
 use super::options::EXPIRED_MESSAGE;
 use crate::error::Result;
 use crate::format::{CancelTarget, DropReason as RecordDropReason, Record};
 use crate::ids::{EventId, JobId};
-use crate::index::{Applied, EventState, Location, NO_TIMER};
-use crate::log::SegmentReader;
-use crate::wheel::TimerHandle;
+use crate::index::{Applied, Location};
+use crate::log::{Position, SegmentReader};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -68,26 +74,34 @@ impl CompactionStats {
     }
 }
 
-/// Runs one pass. `min_dead` is the dead share (0..=1) a segment needs to be compacted;
-/// `budget_bytes` bounds the data read per pass.
+/// Runs one pass. `min_dead` is the estimated reclaimable share (0..=1) a segment needs to
+/// be compacted; `budget_bytes` bounds the data read per pass. A `full` pass (`compact_now`)
+/// rewrites every segment with anything estimated reclaimable, oldest first, ignoring what
+/// earlier rewrites found unreclaimable; a background pass skips what would save nothing.
 pub(crate) fn pass(
     inner: &Arc<Inner>,
     min_dead: f64,
     budget_bytes: u64,
+    full: bool,
 ) -> Result<CompactionStats> {
     let mut stats = CompactionStats {
         events_expired: expire(inner)?,
         ..CompactionStats::default()
     };
-    let mut candidates = choose(inner, min_dead);
+    let sealed = inner.log.sealed_segments();
+    let mut candidates = inner.core.lock().candidates(&sealed, min_dead, full);
     let mut spent = 0u64;
-    while let Some((id, data_len)) = candidates.pop() {
-        if spent > 0 && spent + data_len > budget_bytes {
+    while let Some(candidate) = candidates.pop() {
+        if spent > 0 && spent + candidate.data_len > budget_bytes {
             break;
         }
-        spent += data_len;
-        compact_one(inner, id, &mut stats)?;
+        spent += candidate.data_len;
+        compact_one(inner, candidate.segment, &mut stats)?;
     }
+    inner
+        .metrics
+        .compaction_passes
+        .fetch_add(1, Ordering::Relaxed);
     Ok(stats)
 }
 
@@ -97,29 +111,33 @@ pub(crate) fn pass(
 /// instead). An event never attempted is still due at its first due time; for one retried
 /// since, the first due time is read from its publish record.
 ///
+/// Delivery applies the same rule to every event it takes, so once the engine is started
+/// there is nothing to do here; nor when nothing is due. Otherwise the scan is linear in the
+/// pending events.
+///
 /// The events are claimed under the engine's lock, out of the wheel, so the scheduler cannot
-/// hand them to delivery too — which also drops an event past retention — and each expired
-/// event gets one drop and is counted once. An event already taken out of the wheel by the
-/// scheduler (its timer is `NO_TIMER`) is left to delivery.
+/// hand them to delivery too, and each expired event gets one drop and is counted once. An
+/// event already taken out of the wheel by the scheduler is left to delivery.
 fn expire(inner: &Arc<Inner>) -> Result<u64> {
     let now_ms = inner.clock.now_ms();
+    if inner.started.load(Ordering::Acquire) {
+        return Ok(0);
+    }
     type Due = (EventId, u32, i64, Option<(Location, Option<SegmentReader>)>);
     let due: Vec<Due> = {
         let core = inner.core.lock();
-        core.index
-            .scheduled()
-            .filter(|&(_, due_ms)| due_ms < now_ms)
-            .filter_map(|(id, due_ms)| {
-                let i = core.index.get(id)?;
-                if i.timer == NO_TIMER {
-                    return None;
-                }
+        if !core.any_due(now_ms) {
+            return Ok(0);
+        }
+        core.overdue(now_ms)
+            .into_iter()
+            .map(|o| {
                 // The reader is taken under the lock that compaction swaps segments under.
-                let publish = (i.attempts > 0).then(|| {
-                    let reader = inner.log.segment_reader(u64::from(i.location.segment));
-                    (i.location, reader)
+                let publish = (o.attempts > 0).then(|| {
+                    let reader = inner.log.segment_reader(u64::from(o.location.segment));
+                    (o.location, reader)
                 });
-                Some((id, i.attempts, due_ms, publish))
+                (o.id, o.attempts, o.due_ms, publish)
             })
             .collect()
     };
@@ -138,26 +156,9 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
         .collect();
     let expired: Vec<(EventId, u32)> = {
         let mut core = inner.core.lock();
-        let mut claimed = Vec::with_capacity(past.len());
-        for (id, attempts) in past {
-            // Still scheduled, still in the wheel, not attempted since it was looked at.
-            let Some(info) = core.index.get(id) else {
-                continue;
-            };
-            if info.state != EventState::Scheduled
-                || info.timer == NO_TIMER
-                || info.attempts != attempts
-            {
-                continue;
-            }
-            let timer = info.timer;
-            if let Some(handle) = TimerHandle::from_u64(timer) {
-                core.wheel.cancel(handle);
-            }
-            core.index.set_timer(id, NO_TIMER);
-            claimed.push((id, attempts));
-        }
-        claimed
+        past.into_iter()
+            .filter(|&(id, attempts)| core.claim(id, attempts))
+            .collect()
     };
     if expired.is_empty() {
         return Ok(0);
@@ -177,7 +178,10 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
     let positions = match inner.log.append_all(&records) {
         Ok(positions) => positions,
         Err(e) => {
-            unclaim(inner, &expired);
+            let mut core = inner.core.lock();
+            for &(id, _) in &expired {
+                core.unclaim(id);
+            }
             return Err(e);
         }
     };
@@ -191,80 +195,45 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
     Ok(n)
 }
 
-/// Puts claimed events whose drop could not be written back in the wheel, due at once.
-fn unclaim(inner: &Inner, claimed: &[(EventId, u32)]) {
-    let mut core = inner.core.lock();
-    for &(id, _) in claimed {
-        let Some(info) = core.index.get(id) else {
-            continue;
-        };
-        if info.state != EventState::Scheduled || info.timer != NO_TIMER {
-            continue;
-        }
-        let due_ms = info.due_ms;
-        let handle = core.wheel.insert(due_ms.max(0) as u64, id.0);
-        core.index.set_timer(id, handle.to_u64());
-    }
-}
-
-/// Sealed segments worth compacting, least dead last (the caller pops from the end).
-fn choose(inner: &Arc<Inner>, min_dead: f64) -> Vec<(u64, u64)> {
-    let sealed = inner.log.sealed_segments();
-    let live_publishes: HashSet<(u32, u32)> = {
-        let core = inner.core.lock();
-        core.index
-            .held_events()
-            .filter(|e| e.state.is_pending())
-            .map(|e| (e.location.segment, e.location.offset))
-            .collect()
-    };
-    let mut live_bytes: HashMap<u64, u64> = HashMap::new();
-    for (segment, offset) in live_publishes {
-        let len = inner
-            .log
-            .segment_reader(u64::from(segment))
-            .and_then(|r| r.read(u64::from(offset)).ok())
-            .map_or(0, |r| {
-                r.payload().len() as u64 + crate::format::FRAME_HEADER_LEN as u64
-            });
-        *live_bytes.entry(u64::from(segment)).or_default() += len;
-    }
-    let header = crate::format::SEGMENT_HEADER_LEN as u64;
-    let mut candidates: Vec<(f64, u64, u64)> = sealed
-        .iter()
-        .filter(|s| s.data_len > header)
-        .filter_map(|s| {
-            let data = s.data_len - header;
-            let live = live_bytes.get(&s.id).copied().unwrap_or(0).min(data);
-            let dead = (data - live) as f64 / data as f64;
-            (dead > 0.0 && dead >= min_dead).then_some((dead, s.id, s.data_len))
-        })
-        .collect();
-    candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
-    candidates
-        .into_iter()
-        .map(|(_, id, len)| (id, len))
-        .collect()
-}
-
 /// What compaction decided for the ids a segment mentions.
 struct Decisions {
     /// Publish frames (offsets in the segment) to keep.
     publishes: HashSet<u64>,
-    /// Events whose records in the segment are kept.
-    events: HashSet<EventId>,
+    /// Events whose records in the segment are kept, and which of them.
+    events: HashMap<EventId, Keep>,
     /// Jobs whose cancel records are kept.
     jobs: HashSet<JobId>,
+}
+
+impl Decisions {
+    fn keeps(&self, pos: Position, record: &Record<'_>) -> bool {
+        match record {
+            Record::Publish(_) => self.publishes.contains(&pos.offset),
+            Record::Cancel(c) => match c.target {
+                CancelTarget::Event(e) => self.events.contains_key(&e),
+                CancelTarget::Job(j) => self.jobs.contains(&j),
+            },
+            other => other
+                .event()
+                .and_then(|e| self.events.get(&e))
+                .is_some_and(|keep| keep.keeps(other)),
+        }
+    }
 }
 
 fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Result<()> {
     let Ok(segment) = u32::try_from(id) else {
         return Ok(());
     };
-    // Phase 1, no lock: which ids does the segment mention?
-    let (mut events, mut jobs) = (HashSet::new(), HashSet::new());
+    // Phase 1, no lock: which ids does the segment mention, and whose publish is in it?
+    let (mut events, mut published, mut jobs) = (HashSet::new(), Vec::new(), HashSet::new());
     inner.log.visit_segment(id, &mut |_, record| match record {
-        Record::Publish(p) => events.extend(p.events().map(|e| e.id)),
+        Record::Publish(p) => {
+            for e in p.events() {
+                events.insert(e.id);
+                published.push(e.id);
+            }
+        }
         Record::Cancel(c) => match c.target {
             CancelTarget::Event(e) => {
                 events.insert(e);
@@ -278,23 +247,25 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
     // Phase 2, under the lock: decide.
     let decisions = {
         let core = inner.core.lock();
-        let held: Vec<_> = events.iter().filter_map(|e| core.index.get(*e)).collect();
-        let publishes: HashSet<u64> = held
+        let publishes: HashSet<u64> = events
             .iter()
+            .filter_map(|e| core.event(*e))
             .filter(|e| e.state.is_pending() && e.location.segment == segment)
             .map(|e| u64::from(e.location.offset))
             .collect();
-        let kept_events = held
+        let kept_events = events
             .iter()
-            .filter(|e| {
-                e.location.segment != segment || publishes.contains(&u64::from(e.location.offset))
+            .filter_map(|&e| {
+                let kept_publish = core
+                    .event(e)
+                    .is_some_and(|i| publishes.contains(&u64::from(i.location.offset)));
+                Some((e, core.keep_rule(e, segment, kept_publish)?))
             })
-            .map(|e| e.id)
             .collect();
         let kept_jobs = jobs
             .iter()
             .copied()
-            .filter(|j| core.index.job_stats(*j).is_some())
+            .filter(|j| core.job_stats(*j).is_some())
             .collect();
         Decisions {
             publishes,
@@ -303,50 +274,25 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
         }
     };
     // Phase 3, no lock: rewrite and swap on disk.
-    let compacted = inner
-        .log
-        .compact_segment(id, &mut |pos, record| match record {
-            Record::Publish(_) => decisions.publishes.contains(&pos.offset),
-            Record::Cancel(c) => match c.target {
-                CancelTarget::Event(e) => decisions.events.contains(&e),
-                CancelTarget::Job(j) => decisions.jobs.contains(&j),
-            },
-            other => other.event().is_some_and(|e| decisions.events.contains(&e)),
-        })?;
-    // Phase 4, under the lock: make it visible, move locations, release dropped events.
-    let mut released = 0u64;
-    {
-        let mut core = inner.core.lock();
-        inner.log.install_compacted(&compacted);
-        let in_segment: Vec<(EventId, u32, EventState)> = core
-            .index
-            .held_events()
-            .filter(|e| e.location.segment == segment)
-            .map(|e| (e.id, e.location.offset, e.state))
-            .collect();
-        for (event, offset, state) in in_segment {
-            let offset = u64::from(offset);
-            match compacted
-                .moved
-                .binary_search_by_key(&offset, |&(old, _)| old)
-            {
-                Ok(i) if decisions.publishes.contains(&offset) => {
-                    let new = compacted.moved[i].1 as u32;
-                    core.index.set_location(
-                        event,
-                        Location {
-                            segment,
-                            offset: new,
-                        },
-                    );
-                }
-                _ if !state.is_pending() && core.index.release(event) => released += 1,
-                // Pending but its publish was not kept: impossible, since decisions only keep
-                // more than needed; leave the entry as it is.
-                _ => {}
+    let mut kept = SegmentBytes::default();
+    let compacted = inner.log.compact_segment(id, &mut |pos, record| {
+        let keep = decisions.keeps(pos, record);
+        if keep {
+            match record {
+                Record::Publish(_) => kept.publish += frame_len(record),
+                _ => kept.history += frame_len(record),
             }
         }
-    }
+        keep
+    })?;
+    // Phase 4, under the lock: make it visible, move locations, release dropped events.
+    let released = {
+        let mut core = inner.core.lock();
+        inner.log.install_compacted(&compacted);
+        published.sort_unstable();
+        published.dedup();
+        core.install_rewrite(segment, &published, &compacted.moved, kept)
+    };
     if compacted.removed() {
         stats.segments_removed += 1;
     } else {
@@ -360,5 +306,9 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
         compacted.bytes_before - compacted.bytes_after,
         Ordering::Relaxed,
     );
+    inner
+        .metrics
+        .compaction_written_bytes
+        .fetch_add(compacted.bytes_after, Ordering::Relaxed);
     Ok(())
 }

@@ -1,26 +1,33 @@
 //! Delivery: the scheduler thread, the worker pool and the timeout watchdog.
 //!
 //! The scheduler sleeps on the engine's clock until the wheel's next deadline (or a wake-up
-//! from a publisher), takes every due event out of the wheel and sends them to the workers
-//! in batches. A worker *prepares* a batch — reads each publish record, and writes one record
-//! per event, all with one sync: an attempt (the handlers will run), an ack (no handler for
-//! the name: ignored) or a drop (past retention) — then runs the handlers of each attempted
-//! event in turn, appending each attempt's outcome (ack, retry or drop) as soon as it ends.
-//! An outcome is durable on its own, and a bad one fails alone; the outcomes of concurrent
-//! workers share syncs through the log's group commit.
+//! from a publisher), takes every due event out of the wheel into the core's ledger and sends
+//! their ids to the workers in batches. A worker that takes a batch *prepares* it — reads each
+//! publish record and writes one record per event, all with one sync: an attempt (the
+//! handlers will run), an ack (no handler for the name: ignored) or a drop (past retention) —
+//! and puts every attempted event on the shared ready queue. Every worker takes ready events
+//! one at a time, so events due together spread across idle workers, and appends each
+//! attempt's outcome (ack, retry or drop) as soon as it ends. An outcome is durable on its
+//! own, and a bad one fails alone; the outcomes of concurrent workers share syncs through
+//! the log's group commit.
 //!
-//! A worker's batch lives in its `Slot`, so that when a handler runs past its deadline the
-//! watchdog can abandon the worker (its thread is left to finish the handler; the late
-//! result is ignored), fail that attempt with `FUNCTION_TIME_OUT`, and hand the rest of the
-//! batch to a new worker thread: capacity is kept.
+//! A worker's running attempt lives in its `Slot`, so that when a handler runs past its
+//! deadline the watchdog can abandon the worker (its thread is left to finish the handler;
+//! the late result is ignored), fail that attempt with `FUNCTION_TIME_OUT`, and start a new
+//! worker thread: capacity is kept, and a hung handler holds only its own worker. Abandoned
+//! threads are bounded (`Options::abandoned_threads`): a name with that many handlers still
+//! running past their timeouts is *stalled* — its due events wait, nothing written, until
+//! one of them returns — and the names of other handlers go on.
 //!
-//! An event waits in its batch between its attempt record and its handlers; a worker checks
-//! just before the handlers whether a cancel (of the event or its job) arrived meanwhile, and
-//! if so skips it, so no handler starts after `cancel` or `cancel_job` returned.
+//! An event waits on the ready queue between its attempt record and its handlers; a worker
+//! checks just before the handlers whether a cancel (of the event or its job) arrived
+//! meanwhile, and if so skips it, so no handler starts after `cancel` or `cancel_job`
+//! returned.
 //!
 //! Architecture Invariant: an attempt record is durable before any handler of that attempt
 //! runs, so attempt counts never go backwards across a crash.
 
+use super::core::Begin;
 use super::handler::{Context, Deadline, Event, HandlerErrorKind};
 use super::options::EXPIRED_MESSAGE;
 use super::{Inner, Registered};
@@ -30,23 +37,25 @@ use crate::format::{
     MAX_PAYLOAD_LEN, Record, Retry, clip_message,
 };
 use crate::ids::{EventId, JobId};
-use crate::index::{Applied, EventState, NO_TIMER};
+use crate::index::{Applied, EventState};
 use crate::log::RecordBytes;
 use crate::retry::{Decision, DropReason, Failure, FailureInput, RetryContext, RetryReason};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, select};
 use parking_lot::{Condvar, Mutex};
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Most events in one batch handed to a worker.
 const MAX_BATCH: usize = 512;
-/// Most events a worker takes at once when several batches wait in the queue.
+/// Most events a worker prepares at once when several batches wait in the queue.
 const MAX_WORKER_BATCH: usize = 4096;
+/// How long a stalled name's due event waits before it is looked at again.
+pub(crate) const STALL_RETRY_MS: i64 = 1_000;
 
 /// The running delivery threads of an engine.
 pub(crate) struct Delivery {
@@ -57,8 +66,13 @@ pub(crate) struct Delivery {
 
 /// What the scheduler, the workers and the watchdog share.
 struct Shared {
-    dispatch: Mutex<Option<Sender<Vec<u64>>>>,
-    receiver: Receiver<Vec<u64>>,
+    /// Due events, from the scheduler to the workers; `None` once delivery stops.
+    dispatch: Mutex<Option<Sender<Vec<EventId>>>>,
+    due: Receiver<Vec<EventId>>,
+    /// Prepared events (attempt record durable), from the worker that prepared them to
+    /// whichever worker is free. Holds at most the events in flight.
+    ready_tx: Sender<Arc<Prepared>>,
+    ready: Receiver<Arc<Prepared>>,
     slots: Mutex<Vec<Arc<Slot>>>,
     /// Wakes the watchdog when a handler starts.
     watch: Wake,
@@ -66,6 +80,78 @@ struct Shared {
     /// Workers not abandoned and not yet exited.
     alive: Mutex<usize>,
     exited: Condvar,
+    /// Threads abandoned in a handler that has not returned yet, by name, and in all.
+    abandoned: Mutex<HashMap<Arc<str>, usize>>,
+    abandoned_total: AtomicUsize,
+    /// Prepared events of stalled names, waiting (attempt record durable) until one of the
+    /// name's abandoned threads returns.
+    parked: Mutex<HashMap<Arc<str>, Vec<Arc<Prepared>>>>,
+}
+
+impl Shared {
+    /// Whether `name`'s attempts wait because too many of its handlers hang.
+    fn stalled(&self, inner: &Inner, name: &str) -> bool {
+        let bound = inner.options.abandoned_threads;
+        let abandoned = self.abandoned.lock();
+        let of_name = abandoned.get(name).copied().unwrap_or(0);
+        of_name >= bound
+            || (of_name > 0
+                && self.abandoned_total.load(Ordering::Relaxed)
+                    >= bound.saturating_mul(super::options::ABANDONED_TOTAL_FACTOR))
+    }
+
+    fn abandon(&self, name: &Arc<str>) {
+        *self.abandoned.lock().entry(name.clone()).or_default() += 1;
+        self.abandoned_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An abandoned thread's handler returned.
+    fn returned(&self, inner: &Inner, name: &str) {
+        let mut abandoned = self.abandoned.lock();
+        if let Some(n) = abandoned.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                abandoned.remove(name);
+            }
+        }
+        drop(abandoned);
+        self.abandoned_total.fetch_sub(1, Ordering::Relaxed);
+        inner
+            .metrics
+            .abandoned_returned
+            .fetch_add(1, Ordering::Relaxed);
+        // Every name may be free now (the engine-wide bound): ready what waited.
+        let parked: Vec<Arc<Prepared>> = {
+            let mut parked = self.parked.lock();
+            let names: Vec<Arc<str>> = parked.keys().cloned().collect();
+            names
+                .into_iter()
+                .filter(|n| !self.stalled(inner, n))
+                .filter_map(|n| parked.remove(&n))
+                .flatten()
+                .collect()
+        };
+        for prepared in parked {
+            let _ = self.ready_tx.send(prepared);
+        }
+    }
+
+    /// Keeps a prepared event of a stalled name until the name is free again.
+    fn park(&self, inner: &Inner, prepared: Arc<Prepared>) {
+        inner.metrics.stalled.fetch_add(1, Ordering::Relaxed);
+        let mut parked = self.parked.lock();
+        // Checked again under the lock `returned` takes: a thread that returned meanwhile
+        // found nothing to ready.
+        if self.stalled(inner, &prepared.name) {
+            parked
+                .entry(prepared.name.clone())
+                .or_default()
+                .push(prepared);
+        } else {
+            drop(parked);
+            let _ = self.ready_tx.send(prepared);
+        }
+    }
 }
 
 /// One event ready for its handlers: its attempt record is durable.
@@ -103,18 +189,9 @@ impl Failed {
 }
 
 #[derive(Default)]
-struct Batch {
-    remaining: VecDeque<Arc<Prepared>>,
-    /// Outcomes not yet written: the watchdog leaves a timed-out attempt's here for the
-    /// worker that takes over the batch.
-    outcomes: Vec<Outcome>,
-}
-
-#[derive(Default)]
 struct SlotState {
     abandoned: bool,
     current: Option<(Arc<Prepared>, Arc<Deadline>)>,
-    batch: Batch,
 }
 
 /// A worker's state, shared with the watchdog.
@@ -126,18 +203,24 @@ struct Slot {
 impl Delivery {
     pub fn start(inner: &Arc<Inner>) -> Delivery {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (ready_tx, ready) = crossbeam_channel::unbounded();
         let workers = inner.options.workers;
         let shared = Arc::new(Shared {
             dispatch: Mutex::new(Some(tx)),
-            receiver: rx,
+            due: rx,
+            ready_tx,
+            ready,
             slots: Mutex::new(Vec::new()),
             watch: Wake::new(),
             stopping: AtomicBool::new(false),
             alive: Mutex::new(0),
             exited: Condvar::new(),
+            abandoned: Mutex::new(HashMap::new()),
+            abandoned_total: AtomicUsize::new(0),
+            parked: Mutex::new(HashMap::new()),
         });
         for _ in 0..workers {
-            spawn_worker(inner, &shared, Batch::default());
+            spawn_worker(inner, &shared);
         }
         let scheduler = {
             let (inner, shared) = (inner.clone(), shared.clone());
@@ -178,15 +261,29 @@ impl Delivery {
         self.shared.watch.notify();
         let _ = self.watchdog.join();
     }
+
+    /// Threads abandoned in a handler that has not returned yet.
+    pub fn abandoned(&self) -> u64 {
+        self.shared.abandoned_total.load(Ordering::Relaxed) as u64
+    }
+
+    /// Names whose attempts wait because too many of their handlers hang.
+    pub fn stalled_names(&self, inner: &Inner) -> Vec<String> {
+        let names: Vec<Arc<str>> = self.shared.abandoned.lock().keys().cloned().collect();
+        let mut stalled: Vec<String> = names
+            .into_iter()
+            .filter(|n| self.shared.stalled(inner, n))
+            .map(|n| n.to_string())
+            .collect();
+        stalled.sort();
+        stalled
+    }
 }
 
-fn spawn_worker(inner: &Arc<Inner>, shared: &Arc<Shared>, batch: Batch) {
-    let slot = Arc::new(Slot {
-        state: Mutex::new(SlotState {
-            batch,
-            ..SlotState::default()
-        }),
-    });
+/// Starts a worker thread. If the operating system refuses one, delivery goes on with the
+/// workers it has (counted in `Metrics::worker_spawn_failures`).
+fn spawn_worker(inner: &Arc<Inner>, shared: &Arc<Shared>) {
+    let slot = Arc::new(Slot::default());
     shared.slots.lock().push(slot.clone());
     *shared.alive.lock() += 1;
     let (thread_inner, thread_shared, thread_slot) = (inner.clone(), shared.clone(), slot.clone());
@@ -194,21 +291,13 @@ fn spawn_worker(inner: &Arc<Inner>, shared: &Arc<Shared>, batch: Batch) {
         .name("afterlog-worker".into())
         .spawn(move || work(&thread_inner, &thread_shared, &thread_slot));
     if spawned.is_err() {
-        // The operating system refused a thread. The batch's events stay Running in the log
-        // and are delivered again after a restart; here they stop counting as in flight.
         shared.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
         *shared.alive.lock() -= 1;
-        let state = std::mem::take(&mut *slot.state.lock());
-        {
-            let mut core = inner.core.lock();
-            for p in &state.batch.remaining {
-                core.waiting.remove(&p.id);
-            }
-        }
-        finish(
-            inner,
-            (state.batch.remaining.len() + state.batch.outcomes.len()) as u64,
-        );
+        shared.exited.notify_all();
+        inner
+            .metrics
+            .worker_spawn_failures
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -220,26 +309,10 @@ fn schedule(inner: &Arc<Inner>, shared: &Shared) {
             return;
         }
         let now_ms = inner.clock.now_ms();
-        let next = {
-            let mut core = inner.core.lock();
-            core.wheel
-                .advance(now_ms.max(0) as u64, |_, id| due.push(id));
-            for id in &due {
-                core.index.set_timer(EventId(*id), NO_TIMER);
-            }
-            core.in_flight += due.len() as u64;
-            let next = core
-                .wheel
-                .next_deadline_ms()
-                .map(|d| d.min(i64::MAX as u64) as i64);
-            core.sleeping_until_ms = if due.is_empty() {
-                next.unwrap_or(i64::MAX)
-            } else {
-                i64::MIN
-            };
-            next
-        };
+        let next = inner.core.lock().take_due(now_ms, &mut due);
         if !due.is_empty() {
+            // Small batches, so that preparing (one sync per batch) spreads over the workers
+            // too; each worker then takes ready events one at a time.
             let per_worker = due
                 .len()
                 .div_ceil(inner.options.workers)
@@ -258,84 +331,78 @@ fn schedule(inner: &Arc<Inner>, shared: &Shared) {
     }
 }
 
-/// A worker thread.
-fn work(inner: &Arc<Inner>, shared: &Shared, slot: &Slot) {
+/// A worker thread: runs ready events one at a time, and prepares due batches when none is
+/// ready.
+fn work(inner: &Arc<Inner>, shared: &Arc<Shared>, slot: &Slot) {
+    let mut dispatch_open = true;
     loop {
-        if !run_batch(inner, shared, slot) {
-            // Abandoned by the watchdog: another thread carries on with the batch.
-            return;
-        }
-        let Ok(mut ids) = shared.receiver.recv() else {
-            break;
-        };
-        // Under load, batches queue up while workers wait for syncs: take them all at once
-        // (up to a limit), so one sync serves more events.
-        while ids.len() < MAX_WORKER_BATCH {
-            match shared.receiver.try_recv() {
-                Ok(more) => ids.extend(more),
-                Err(_) => break,
+        if let Ok(prepared) = shared.ready.try_recv() {
+            if !run_one(inner, shared, slot, prepared) {
+                // Abandoned by the watchdog: a new worker took this one's place.
+                return;
             }
+            continue;
         }
-        let prepared = prepare(inner, ids);
-        slot.state.lock().batch.remaining.extend(prepared);
+        if !dispatch_open {
+            break;
+        }
+        select! {
+            recv(shared.ready) -> prepared => {
+                if let Ok(prepared) = prepared
+                    && !run_one(inner, shared, slot, prepared)
+                {
+                    return;
+                }
+            }
+            recv(shared.due) -> ids => match ids {
+                Ok(mut ids) => {
+                    // Under load, batches queue up while workers wait for syncs: take them
+                    // all at once (up to a limit), so one sync serves more events.
+                    while ids.len() < MAX_WORKER_BATCH {
+                        match shared.due.try_recv() {
+                            Ok(more) => ids.extend(more),
+                            Err(_) => break,
+                        }
+                    }
+                    for prepared in prepare(inner, shared, ids) {
+                        let _ = shared.ready_tx.send(prepared);
+                    }
+                }
+                Err(_) => dispatch_open = false,
+            },
+        }
     }
     *shared.alive.lock() -= 1;
     shared.exited.notify_all();
 }
 
-/// Runs the handlers of every event in the slot's batch, writing each attempt's outcome as
-/// soon as it ends. Returns false if the watchdog abandoned this worker meanwhile.
-fn run_batch(inner: &Arc<Inner>, shared: &Shared, slot: &Slot) -> bool {
-    loop {
-        let (outcomes, next) = {
-            let mut state = slot.state.lock();
-            if state.abandoned {
-                return false;
-            }
-            // Outcomes the watchdog left (the attempt that timed out in an abandoned worker).
-            let outcomes = std::mem::take(&mut state.batch.outcomes);
-            (outcomes, state.batch.remaining.pop_front())
-        };
-        for outcome in outcomes {
-            write_outcome(inner, outcome);
-        }
-        let Some(prepared) = next else { break };
-        if !take_for_handlers(inner, &prepared) {
-            finish(inner, 1);
-            continue;
-        }
-        let Some(failure) = run_handlers(inner, shared, slot, &prepared) else {
-            return false;
-        };
-        if slot.state.lock().abandoned {
-            return false;
-        }
-        write_outcome(inner, Outcome { prepared, failure });
+/// Runs one ready event's handlers and writes its outcome. Returns false if the watchdog
+/// abandoned this worker meanwhile (the watchdog wrote the outcome).
+fn run_one(inner: &Arc<Inner>, shared: &Shared, slot: &Slot, prepared: Arc<Prepared>) -> bool {
+    if shared.stalled(inner, &prepared.name) {
+        shared.park(inner, prepared);
+        return true;
     }
+    if !take_for_handlers(inner, &prepared) {
+        finish(inner, prepared.id);
+        return true;
+    }
+    let Some(failure) = run_handlers(inner, shared, slot, &prepared) else {
+        return false;
+    };
+    write_outcome(inner, Outcome { prepared, failure });
     true
 }
 
-/// Takes an event out of `Core::waiting` before its handlers run. False if a cancel reached
-/// it while it waited in the batch, so that no attempt starts after a cancel returned: the
-/// event was cancelled itself (nothing more to write), or its job was (the event is still
-/// Running, and is cancelled here, durably, instead of being run; `cancel_job` counted it).
+/// Moves an event from waiting to running before its handlers run. False if a cancel reached
+/// it while it waited, so that no attempt starts after a cancel returned: the event was
+/// cancelled itself (nothing more to write), or its job was (the event is still Running, and
+/// is cancelled here, durably, instead of being run; `cancel_job` counted it).
 fn take_for_handlers(inner: &Inner, p: &Prepared) -> bool {
-    {
-        let mut core = inner.core.lock();
-        core.waiting.remove(&p.id);
-        let Some(info) = core.index.get(p.id) else {
-            return false;
-        };
-        if info.state != EventState::Running || info.attempts != p.attempt {
-            return false;
-        }
-        let job_cancelled = info
-            .job
-            .and_then(|job| core.index.job_cancelled(job))
-            .unwrap_or(false);
-        if !job_cancelled {
-            return true;
-        }
+    match inner.core.lock().begin_handlers(p.id, p.attempt) {
+        Begin::Run => return true,
+        Begin::Skip => return false,
+        Begin::CancelForJob => {}
     }
     let record = Record::Cancel(Cancel {
         target: CancelTarget::Event(p.id),
@@ -397,6 +464,11 @@ fn run_handlers(
         {
             let mut state = slot.state.lock();
             if state.abandoned {
+                drop(state);
+                // Dropped here, on the thread it was abandoned with, before it counts as
+                // returned (a panicking drop included).
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(result)));
+                shared.returned(inner, &p.name);
                 return None;
             }
             state.current = None;
@@ -448,29 +520,29 @@ fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
                 earliest = Some(earliest.map_or(deadline_ms, |e| e.min(deadline_ms)));
                 continue;
             }
-            // Abandon the worker: its thread finishes the handler on its own and exits; the
-            // rest of its batch moves to a new worker.
+            // Abandon the worker: its thread finishes the handler on its own and exits; a new
+            // worker takes its place, and the attempt fails here.
             state.abandoned = true;
             state.current = None;
-            let mut batch = std::mem::take(&mut state.batch);
             drop(state);
-            batch.outcomes.push(Outcome {
-                prepared,
-                failure: Some(Failed::new(Failure::Platform {
-                    reason: RetryReason::TimeOut,
-                })),
-            });
+            shared.abandon(&prepared.name);
             inner.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
             inner
                 .metrics
                 .workers_replaced
                 .fetch_add(1, Ordering::Relaxed);
             shared.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
-            {
-                let mut alive = shared.alive.lock();
-                *alive -= 1;
-            }
-            spawn_worker(inner, shared, batch);
+            *shared.alive.lock() -= 1;
+            spawn_worker(inner, shared);
+            write_outcome(
+                inner,
+                Outcome {
+                    prepared,
+                    failure: Some(Failed::new(Failure::Platform {
+                        reason: RetryReason::TimeOut,
+                    })),
+                },
+            );
         }
         inner
             .clock
@@ -486,18 +558,17 @@ enum Plan {
 }
 
 /// Reads each due event and writes its attempt (or ignore/expire) record; returns the events
-/// whose handlers should run.
-fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
+/// whose handlers should run. Every other event leaves the ledger here.
+fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Prepared>> {
     let now_ms = inner.clock.now_ms();
     let started = inner.started.load(Ordering::Acquire);
     let mut plans = Vec::with_capacity(ids.len());
-    let mut finished = 0u64;
+    let mut finished = Vec::new();
+    let mut stalled = Vec::new();
     for id in ids {
-        let id = EventId(id);
         let info = {
             let core = inner.core.lock();
-            core.index
-                .get(id)
+            core.event(id)
                 .filter(|i| i.state == EventState::Scheduled)
                 .map(|i| {
                     let retry = i.retry.and_then(|r| {
@@ -522,12 +593,12 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
         };
         let Some((location, attempts, due_ms, job, name, retry_context)) = info else {
             // Cancelled or finished since it fell due.
-            finished += 1;
+            finished.push(id);
             continue;
         };
         let Some((record, body, published_ms, first_due_ms)) = read_publish(id, location) else {
             inner.metrics.read_errors.fetch_add(1, Ordering::Relaxed);
-            finished += 1;
+            finished.push(id);
             continue;
         };
         if inner.options.past_retention(first_due_ms, now_ms) {
@@ -539,6 +610,7 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
         }
         let handlers = inner.handlers.read().get(&*name).cloned();
         match handlers {
+            Some(_) if shared.stalled(inner, &name) => stalled.push(id),
             Some(handlers) if !handlers.is_empty() => {
                 plans.push(Plan::Attempt(Prepared {
                     id,
@@ -558,10 +630,26 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
                 id,
                 attempt: attempts,
             }),
-            _ => finished += 1,
+            _ => finished.push(id),
         }
     }
-    finish(inner, finished);
+    if !stalled.is_empty() {
+        // Too many of the name's handlers hang: its events wait, nothing written.
+        inner
+            .metrics
+            .stalled
+            .fetch_add(stalled.len() as u64, Ordering::Relaxed);
+        let mut core = inner.core.lock();
+        let wake = stalled.iter().fold(false, |wake, &id| {
+            core.put_back(id, now_ms.saturating_add(STALL_RETRY_MS)) | wake
+        });
+        drop(core);
+        if wake {
+            inner.wake.notify();
+        }
+        inner.idle.notify_all();
+    }
+    finish_all(inner, &finished);
     if plans.is_empty() {
         return Vec::new();
     }
@@ -590,38 +678,45 @@ fn prepare(inner: &Arc<Inner>, ids: Vec<u64>) -> Vec<Arc<Prepared>> {
         .collect();
     let Ok(positions) = inner.log.append_all(&records) else {
         // The log is poisoned: nothing more can be recorded; the events stay pending on disk.
-        finish(inner, plans.len() as u64);
+        let ids: Vec<EventId> = plans.iter().map(Plan::id).collect();
+        finish_all(inner, &ids);
         return Vec::new();
     };
     let mut ready = Vec::new();
-    let mut done = 0u64;
+    let mut done = Vec::new();
     for ((plan, record), pos) in plans.into_iter().zip(&records).zip(positions) {
-        let applied = inner.apply_then(pos, record, |core, applied| {
-            if let (Record::Attempt(a), Ok(Applied::Changed)) = (record, applied) {
-                core.waiting.insert(a.event);
-            }
-        });
+        let applied = inner.apply(pos, record);
+        let changed = matches!(applied, Ok(Applied::Changed));
         match plan {
-            Plan::Attempt(p) if matches!(applied, Ok(Applied::Changed)) => {
+            Plan::Attempt(p) if changed => {
                 inner.metrics.delivered.fetch_add(1, Ordering::Relaxed);
                 ready.push(Arc::new(p));
             }
-            Plan::Attempt(_) => done += 1,
-            Plan::Ignore { .. } => {
+            Plan::Attempt(p) => done.push(p.id),
+            Plan::Ignore { id, .. } => {
                 inner.metrics.ignored.fetch_add(1, Ordering::Relaxed);
-                done += 1;
+                done.push(id);
             }
-            Plan::Expire { .. } => {
+            Plan::Expire { id, .. } => {
                 // Counted only by the drop that changed the event: one count per event.
-                if matches!(applied, Ok(Applied::Changed)) {
+                if changed {
                     inner.metrics.expired.fetch_add(1, Ordering::Relaxed);
                 }
-                done += 1;
+                done.push(id);
             }
         }
     }
-    finish(inner, done);
+    finish_all(inner, &done);
     ready
+}
+
+impl Plan {
+    fn id(&self) -> EventId {
+        match self {
+            Plan::Attempt(p) => p.id,
+            Plan::Ignore { id, .. } | Plan::Expire { id, .. } => *id,
+        }
+    }
 }
 
 /// Reads an event's publish record: the record, the body's range in its payload, when it
@@ -664,15 +759,19 @@ fn write_outcome(inner: &Arc<Inner>, outcome: Outcome) {
     // Only a poisoned or closed log refuses a record that fits: the event then stays Running
     // on disk and is delivered again after a restart.
     if let Ok(pos) = inner.log.append(&record) {
-        let _ = inner.apply(pos, &record);
+        // Counted before the event stops being in flight, so `wait_idle` sees the count.
         let counter = match record {
             Record::Ack(_) => &inner.metrics.acked,
             Record::Retry(_) => &inner.metrics.retried,
             _ => &inner.metrics.dropped,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        // The event leaves the ledger under the lock that may put it back in the wheel, so
+        // the scheduler never finds it in both.
+        let _ = inner.apply_then(pos, &record, |core, _| core.finish(p.id));
+    } else {
+        finish(inner, p.id);
     }
-    finish(inner, 1);
 }
 
 /// Decides what follows a failed attempt. A retry request whose data would make its record
@@ -768,13 +867,20 @@ fn failure_message(failure: &Failure) -> String {
     }
 }
 
-/// Marks `n` in-flight events finished.
-fn finish(inner: &Inner, n: u64) {
-    if n == 0 {
+/// An event in flight is done.
+fn finish(inner: &Inner, id: EventId) {
+    finish_all(inner, &[id]);
+}
+
+/// Events in flight are done.
+fn finish_all(inner: &Inner, ids: &[EventId]) {
+    if ids.is_empty() {
         return;
     }
     let mut core = inner.core.lock();
-    core.in_flight = core.in_flight.saturating_sub(n);
+    for &id in ids {
+        core.finish(id);
+    }
     drop(core);
     inner.idle.notify_all();
 }

@@ -29,6 +29,13 @@ fn bucket_max_ms(bucket: usize) -> u64 {
     }
 }
 
+/// What delivery reports of its threads, for a snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct DeliveryGauges {
+    pub abandoned_threads: u64,
+    pub stalled_names: Vec<String>,
+}
+
 #[derive(Debug)]
 pub(crate) struct Counters {
     pub published: AtomicU64,
@@ -42,9 +49,14 @@ pub(crate) struct Counters {
     pub timed_out: AtomicU64,
     pub panicked: AtomicU64,
     pub workers_replaced: AtomicU64,
+    pub abandoned_returned: AtomicU64,
+    pub stalled: AtomicU64,
+    pub worker_spawn_failures: AtomicU64,
     pub read_errors: AtomicU64,
     pub replay_rejected: AtomicU64,
     pub compacted_bytes: AtomicU64,
+    pub compaction_passes: AtomicU64,
+    pub compaction_written_bytes: AtomicU64,
     lateness: [AtomicU64; BUCKETS],
     lateness_max_ms: AtomicU64,
 }
@@ -63,9 +75,14 @@ impl Default for Counters {
             timed_out: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             workers_replaced: AtomicU64::new(0),
+            abandoned_returned: AtomicU64::new(0),
+            stalled: AtomicU64::new(0),
+            worker_spawn_failures: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
             replay_rejected: AtomicU64::new(0),
             compacted_bytes: AtomicU64::new(0),
+            compaction_passes: AtomicU64::new(0),
+            compaction_written_bytes: AtomicU64::new(0),
             lateness: std::array::from_fn(|_| AtomicU64::new(0)),
             lateness_max_ms: AtomicU64::new(0),
         }
@@ -108,6 +125,7 @@ impl Counters {
         in_flight: u64,
         index_bytes: u64,
         log: LogCounters,
+        delivery: DeliveryGauges,
     ) -> Metrics {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Metrics {
@@ -122,9 +140,16 @@ impl Counters {
             timed_out: get(&self.timed_out),
             panicked: get(&self.panicked),
             workers_replaced: get(&self.workers_replaced),
+            abandoned_threads: delivery.abandoned_threads,
+            abandoned_returned: get(&self.abandoned_returned),
+            stalled: get(&self.stalled),
+            stalled_names: delivery.stalled_names,
+            worker_spawn_failures: get(&self.worker_spawn_failures),
             read_errors: get(&self.read_errors),
             replay_rejected: get(&self.replay_rejected),
             compacted_bytes: get(&self.compacted_bytes),
+            compaction_passes: get(&self.compaction_passes),
+            compaction_written_bytes: get(&self.compaction_written_bytes),
             pending,
             in_flight,
             index_bytes,
@@ -170,12 +195,27 @@ pub struct Metrics {
     pub panicked: u64,
     /// Worker threads replaced after a handler timed out.
     pub workers_replaced: u64,
+    /// Threads left running a handler past its timeout, now (see
+    /// [`Options::abandoned_threads`](crate::Options::abandoned_threads)).
+    pub abandoned_threads: u64,
+    /// Abandoned threads whose handler returned since (and which exited).
+    pub abandoned_returned: u64,
+    /// Due events that waited because their name was stalled (each wait counts).
+    pub stalled: u64,
+    /// Names stalled now: too many of their handlers run past their timeouts.
+    pub stalled_names: Vec<String>,
+    /// Worker threads the operating system refused to start (delivery goes on with fewer).
+    pub worker_spawn_failures: u64,
     /// Events whose publish record could not be read back.
     pub read_errors: u64,
     /// Records recovery could not apply (counted, skipped).
     pub replay_rejected: u64,
     /// Bytes of log reclaimed by compaction.
     pub compacted_bytes: u64,
+    /// Compaction passes run (background and `compact_now`).
+    pub compaction_passes: u64,
+    /// Bytes compaction wrote (the segments it rewrote): what its savings cost.
+    pub compaction_written_bytes: u64,
     /// Events scheduled or running now.
     pub pending: u64,
     /// Events taken for delivery whose attempt has not finished.

@@ -11,6 +11,7 @@
 //! appends each attempt's outcome as it ends.
 
 mod compaction;
+mod core;
 mod delivery;
 mod handler;
 mod metrics;
@@ -20,10 +21,13 @@ pub use compaction::CompactionStats;
 pub use handler::{Context, Event, Handler, HandlerError, HandlerOptions};
 pub use metrics::Metrics;
 pub use options::{
-    DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION,
-    FORGE_MAX_DELAY, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Options,
+    ABANDONED_TOTAL_FACTOR, DEFAULT_ABANDONED_THREADS, DEFAULT_HANDLER_TIMEOUT,
+    DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, FORGE_MAX_DELAY,
+    MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Options,
 };
 
+use self::core::Core;
+pub(crate) use self::core::location;
 use crate::after::After;
 use crate::clock::{Clock, Wake};
 use crate::error::{Error, Result};
@@ -31,12 +35,11 @@ use crate::format::{
     Cancel, CancelTarget, MAX_PAYLOAD_LEN, Publish, PublishEntry, Record, validate_name,
 };
 use crate::ids::{EventId, JobId};
-use crate::index::{Applied, Effect, Index, JobStats, Location};
+use crate::index::{Applied, JobStats};
 use crate::log::{Log, Position};
 use crate::storage::{FsStorage, Storage};
-use crate::wheel::{TimerHandle, Wheel};
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,45 +52,9 @@ pub(crate) struct Registered {
     pub options: HandlerOptions,
 }
 
-/// The index and the wheel, always changed together under one lock.
-pub(crate) struct Core {
-    pub index: Index,
-    pub wheel: Wheel<u64>,
-    /// Events taken out of the wheel whose attempt has not finished.
-    pub in_flight: u64,
-    /// Events whose attempt record is durable but whose handlers have not begun (they wait
-    /// in a worker's batch). A cancel that reaches one of them stops it: the worker checks
-    /// before running the handlers.
-    pub waiting: HashSet<EventId>,
-    /// The deadline the scheduler sleeps until (`i64::MAX`: none), so publishers know
-    /// whether to wake it.
-    pub sleeping_until_ms: i64,
-}
-
-impl Core {
-    /// Carries out the index's effects on the wheel.
-    pub fn apply_effects(&mut self, effects: &mut Vec<Effect>) -> Option<i64> {
-        let mut earliest = None;
-        for effect in effects.drain(..) {
-            match effect {
-                Effect::Schedule { event, due_ms } => {
-                    let handle = self.wheel.insert(due_ms.max(0) as u64, event.0);
-                    self.index.set_timer(event, handle.to_u64());
-                    earliest = Some(earliest.map_or(due_ms, |e: i64| e.min(due_ms)));
-                }
-                Effect::Unschedule { timer, .. } => {
-                    if let Some(handle) = TimerHandle::from_u64(timer) {
-                        self.wheel.cancel(handle);
-                    }
-                }
-            }
-        }
-        earliest
-    }
-}
-
 pub(crate) struct Inner {
     pub log: Log,
+    /// The delivery state (see `core.rs` for what it holds and the lock order).
     pub core: Mutex<Core>,
     pub options: Options,
     pub clock: Arc<dyn Clock>,
@@ -166,40 +133,31 @@ impl Engine {
                 max: u64::from(u32::MAX),
             });
         }
-        let mut index = Index::new();
-        let mut effects = Vec::new();
+        let mut core = Core::new();
         let mut rejected = 0u64;
         let mut log_options = options.log.clone();
         if options.record_retention {
             log_options.retention_ms = Some(options.retention_ms().max(1) as u64);
         }
         let (log, recovery) = Log::open(storage, log_options, |pos, record| {
-            match index.apply(location(pos), record, &mut effects) {
-                Ok(_) => {}
-                // A record the index cannot apply (an outcome whose publish was compacted
-                // away, say) changes nothing; replay carries on.
-                Err(_) => rejected += 1,
+            // A record the index cannot apply (an outcome whose publish was compacted away,
+            // say) changes nothing; replay carries on.
+            if core.replay(pos, record).is_err() {
+                rejected += 1;
             }
-            effects.clear();
             Ok(())
         })?;
         let clock = options.clock.clone();
-        let now_ms = clock.now_ms();
-        index.finish_replay(now_ms, &mut effects);
-        effects.clear();
-        let scheduled: Vec<(EventId, i64)> = index.scheduled().collect();
-        let mut wheel = Wheel::with_capacity(now_ms.max(0) as u64, scheduled.len());
-        for (id, due_ms) in scheduled {
-            let handle = wheel.insert(due_ms.max(0) as u64, id.0);
-            index.set_timer(id, handle.to_u64());
-        }
+        core.finish_replay(clock.now_ms());
         // Ids continue above every id in the log and above the floors in segment headers, which
         // remember allocated ids even after compaction removed every record naming them.
-        let next_event = index
+        let next_event = core
+            .index()
             .max_event_id()
             .map_or(1, |id| id.0 + 1)
             .max(recovery.event_id_floor);
-        let next_job = index
+        let next_job = core
+            .index()
             .max_job_id()
             .map_or(1, |id| id.0 + 1)
             .max(recovery.job_id_floor);
@@ -208,13 +166,7 @@ impl Engine {
         metrics.replay_rejected.store(rejected, Ordering::Relaxed);
         let inner = Arc::new(Inner {
             log,
-            core: Mutex::new(Core {
-                index,
-                wheel,
-                in_flight: 0,
-                waiting: HashSet::new(),
-                sleeping_until_ms: i64::MAX,
-            }),
+            core: Mutex::new(core),
             clock,
             handlers: RwLock::new(HashMap::new()),
             next_event: AtomicU64::new(next_event),
@@ -358,8 +310,7 @@ impl Engine {
     /// Progress of a job.
     pub fn job_stats(&self, job: JobId) -> Result<JobStats> {
         let core = self.inner().core.lock();
-        core.index
-            .job_stats(job)
+        core.job_stats(job)
             .ok_or_else(|| Error::invalid(format!("unknown job {job}")))
     }
 
@@ -386,14 +337,14 @@ impl Engine {
         // Close may have begun while this waited for a pass of the background thread.
         inner.check_open()?;
         let Err(sealing) = inner.log.roll() else {
-            return compaction::pass(inner, 0.0, u64::MAX);
+            return compaction::pass(inner, 0.0, u64::MAX, true);
         };
         if inner.log.poisoned().is_some() {
             return Err(sealing);
         }
-        let mut stats = compaction::pass(inner, 0.0, u64::MAX)?;
+        let mut stats = compaction::pass(inner, 0.0, u64::MAX, true)?;
         if inner.log.roll().is_ok() {
-            stats.add(&compaction::pass(inner, 0.0, u64::MAX)?);
+            stats.add(&compaction::pass(inner, 0.0, u64::MAX, true)?);
         } else if stats.bytes_before == stats.bytes_after && stats.events_expired == 0 {
             return Err(sealing);
         }
@@ -409,15 +360,6 @@ impl Engine {
     /// releases the directory lock. Later calls on any clone fail with `Error::Closed`.
     pub fn close(&self) -> Result<()> {
         self.inner().close()
-    }
-}
-
-/// The index's location of a record position. Segments are at most 4 GiB (checked on open),
-/// and segment ids fit in 32 bits for any realistic log.
-pub(crate) fn location(pos: Position) -> Location {
-    Location {
-        segment: pos.segment as u32,
-        offset: pos.offset as u32,
     }
 }
 
@@ -557,12 +499,9 @@ impl Inner {
         record: &Record<'_>,
         then: impl FnOnce(&mut Core, &std::result::Result<Applied, crate::index::Rejected>),
     ) -> std::result::Result<Applied, crate::index::Rejected> {
-        let mut effects = Vec::new();
         let mut core = self.core.lock();
-        let result = core.index.apply(location(pos), record, &mut effects);
+        let (result, wake) = core.apply(pos, record);
         then(&mut core, &result);
-        let earliest = core.apply_effects(&mut effects);
-        let wake = earliest.is_some_and(|due| due < core.sleeping_until_ms);
         drop(core);
         if wake {
             self.wake.notify();
@@ -575,18 +514,9 @@ impl Inner {
         self.check_open()?;
         {
             let core = self.core.lock();
-            let cancelled_with_job = || {
-                core.waiting.contains(&id)
-                    && core
-                        .index
-                        .get(id)
-                        .and_then(|i| i.job)
-                        .and_then(|job| core.index.job_cancelled(job))
-                        .unwrap_or(false)
-            };
-            match core.index.state(id) {
+            match core.index().state(id) {
                 // Its job's cancel counted it already; its worker cancels it.
-                Some(_) if cancelled_with_job() => return Ok(false),
+                Some(_) if core.cancelled_with_job(id) => return Ok(false),
                 Some(state) if state.is_pending() => {}
                 Some(_) => return Ok(false),
                 // Given out before but no longer indexed: finished, and compacted away.
@@ -608,7 +538,7 @@ impl Inner {
 
     pub(crate) fn cancel_job(&self, job: JobId) -> Result<u64> {
         self.check_open()?;
-        if self.core.lock().index.job_stats(job).is_none() {
+        if self.core.lock().job_stats(job).is_none() {
             // A job given out before but no longer indexed finished and was compacted away.
             if self.job_given_out(job) {
                 return Ok(0);
@@ -624,23 +554,17 @@ impl Inner {
         // and the events already handed to a worker whose handlers have not begun, which
         // their worker cancels instead of running (see `delivery::take_for_handlers`).
         let n = {
-            let mut effects = Vec::new();
             let mut core = self.core.lock();
-            let before = core.index.job_stats(job).map_or(0, |s| s.cancelled);
-            let was_cancelled = core.index.job_cancelled(job).unwrap_or(true);
-            let _ = core.index.apply(location(pos), &record, &mut effects);
-            // Cancelling only unschedules: the scheduler needs no wake-up.
-            core.apply_effects(&mut effects);
-            let after = core.index.job_stats(job).map_or(before, |s| s.cancelled);
+            let before = core.job_stats(job).map_or(0, |s| s.cancelled);
+            let was_cancelled = core.index().job_cancelled(job).unwrap_or(true);
             let waiting = if was_cancelled {
                 0
             } else {
-                let core = &*core;
-                core.index
-                    .job_events(job)
-                    .filter(|id| core.waiting.contains(id))
-                    .count() as u64
+                core.job_waiting(job)
             };
+            // Cancelling only unschedules: the scheduler needs no wake-up.
+            let _ = core.apply(pos, &record);
+            let after = core.job_stats(job).map_or(before, |s| s.cancelled);
             after.saturating_sub(before) + waiting
         };
         self.idle.notify_all();
@@ -649,8 +573,7 @@ impl Inner {
     }
 
     fn is_idle(&self, core: &Core) -> bool {
-        let now_ms = self.clock.now_ms().max(0) as u64;
-        core.in_flight == 0 && core.wheel.next_deadline_ms().is_none_or(|d| d > now_ms)
+        core.is_idle(self.clock.now_ms())
     }
 
     fn wait_idle(&self, timeout: Duration) -> bool {
@@ -677,20 +600,28 @@ impl Inner {
         let (pending, in_flight, index_bytes) = {
             let core = self.core.lock();
             (
-                core.index.pending_count(),
-                core.in_flight,
-                core.index.memory_bytes() as u64,
+                core.index().pending_count(),
+                core.in_flight(),
+                core.memory_bytes() as u64,
             )
         };
+        let gauges = match &*self.delivery.lock() {
+            Some(d) => metrics::DeliveryGauges {
+                abandoned_threads: d.abandoned(),
+                stalled_names: d.stalled_names(self),
+            },
+            None => metrics::DeliveryGauges::default(),
+        };
         self.metrics
-            .snapshot(pending, in_flight, index_bytes, self.log.counters())
+            .snapshot(pending, in_flight, index_bytes, self.log.counters(), gauges)
     }
 
     /// The background compaction thread: a paced pass every `interval` on the engine's clock.
     fn compact_in_background(self: Arc<Inner>, first_ms: i64, interval_ms: i64) {
         let mut next_ms = first_ms;
         while !self.closing.load(Ordering::Acquire) {
-            if self.clock.now_ms() >= next_ms {
+            let now_ms = self.clock.now_ms();
+            if now_ms >= next_ms {
                 let _pass = self.compaction_lock.lock();
                 if self.closing.load(Ordering::Acquire) {
                     break;
@@ -700,8 +631,15 @@ impl Inner {
                     self.options.compaction_budget_bytes,
                 );
                 // A failed pass leaves everything as it was; the next one tries again.
-                let _ = compaction::pass(&self, min_dead, budget);
-                next_ms = self.clock.now_ms().saturating_add(interval_ms);
+                let took = Instant::now();
+                let _ = compaction::pass(&self, min_dead, budget, false);
+                // An interval from the pass's start, so a clock that moves on during the pass
+                // does not push the next one back; a pass that took longer than the interval
+                // is followed by a quarter of an interval's rest.
+                next_ms = now_ms.saturating_add(interval_ms);
+                if took.elapsed().as_millis() >= interval_ms as u128 {
+                    next_ms = self.clock.now_ms().saturating_add(interval_ms / 4);
+                }
             }
             self.clock.wait_until(&self.compaction_wake, Some(next_ms));
         }

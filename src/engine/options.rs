@@ -27,6 +27,12 @@ pub const FORGE_MAX_DELAY: Duration = Duration::from_secs(900);
 pub(crate) const EXPIRED_MESSAGE: &str =
     "not acknowledged within the retention after its first due time";
 
+/// Default of [`Options::abandoned_threads`].
+pub const DEFAULT_ABANDONED_THREADS: usize = 8;
+/// The engine-wide bound on abandoned handler threads, as a multiple of
+/// [`Options::abandoned_threads`].
+pub const ABANDONED_TOTAL_FACTOR: usize = 4;
+
 /// Options of [`Engine::open_with`](crate::Engine::open_with). Every setter consumes and
 /// returns the options, so they chain.
 #[derive(Clone, Debug)]
@@ -35,6 +41,7 @@ pub struct Options {
     pub(crate) policies: HashMap<String, RetryPolicy>,
     pub(crate) default_policy: RetryPolicy,
     pub(crate) workers: usize,
+    pub(crate) abandoned_threads: usize,
     pub(crate) retention: Duration,
     pub(crate) record_retention: bool,
     pub(crate) max_push_events: usize,
@@ -52,6 +59,7 @@ impl Default for Options {
             policies: HashMap::new(),
             default_policy: RetryPolicy::default(),
             workers: 4,
+            abandoned_threads: DEFAULT_ABANDONED_THREADS,
             retention: DEFAULT_RETENTION,
             record_retention: true,
             max_push_events: DEFAULT_MAX_PUSH_EVENTS,
@@ -90,6 +98,19 @@ impl Options {
     /// Worker threads running handlers (default 4, at least 1).
     pub fn workers(mut self, workers: usize) -> Options {
         self.workers = workers.max(1);
+        self
+    }
+
+    /// Most threads left running handlers of one name past their timeout (default
+    /// [`DEFAULT_ABANDONED_THREADS`], at least 1); the engine as a whole leaves at most
+    /// [`ABANDONED_TOTAL_FACTOR`] times as many. A timed-out attempt fails at once and a new
+    /// worker takes its thread's place, but the thread itself cannot be stopped: it finishes
+    /// the handler on its own. A name with this many such threads is *stalled*: its due events
+    /// wait (nothing is written; they are looked at again every second) until one of its
+    /// handlers returns, and other names are delivered as before. `Metrics::abandoned_threads`
+    /// and `Metrics::stalled_names` say so.
+    pub fn abandoned_threads(mut self, n: usize) -> Options {
+        self.abandoned_threads = n.max(1);
         self
     }
 

@@ -287,17 +287,26 @@ fn retry_reschedules_with_its_context() {
     // The same record again, or a stale one, changes nothing.
     dup(&mut ix, retry(1, 1, 5000, 1));
     dup(&mut ix, retry(1, 0, 5000, 1));
-    // A retry of an attempt that never started.
-    rejected(&mut ix, retry(1, 2, 6000, 2), RejectKind::Transition);
-    ok(&mut ix, Owned::Attempt(1, 2));
-    dup(&mut ix, retry(1, 1, 5000, 1));
-    // A retry without a context clears the previous one.
-    ok(&mut ix, retry(1, 2, 7000, 0));
-    assert_eq!(ix.get(EventId(1)).unwrap().retry, None);
+    // A retry of a later attempt on a Scheduled event: compaction removed that attempt's own
+    // record, and the retry says it ran and failed.
+    ok(&mut ix, retry(1, 2, 6000, 2));
+    let info = ix.get(EventId(1)).unwrap();
+    assert_eq!(
+        (info.state, info.attempts, info.due_ms),
+        (EventState::Scheduled, 2, 6000)
+    );
+    assert_eq!(info.retry.map(|r| (r.attempt, r.retry_count)), Some((2, 2)));
     ok(&mut ix, Owned::Attempt(1, 3));
-    ok(&mut ix, Owned::Ack(1, 3));
-    dup(&mut ix, retry(1, 3, 7000, 0));
-    rejected(&mut ix, retry(1, 4, 7000, 0), RejectKind::Transition);
+    dup(&mut ix, retry(1, 1, 5000, 1));
+    // A retry of an attempt that never started, on a Running event.
+    rejected(&mut ix, retry(1, 4, 6000, 2), RejectKind::Transition);
+    // A retry without a context clears the previous one.
+    ok(&mut ix, retry(1, 3, 7000, 0));
+    assert_eq!(ix.get(EventId(1)).unwrap().retry, None);
+    ok(&mut ix, Owned::Attempt(1, 4));
+    ok(&mut ix, Owned::Ack(1, 4));
+    dup(&mut ix, retry(1, 4, 7000, 0));
+    rejected(&mut ix, retry(1, 5, 7000, 0), RejectKind::Transition);
     rejected(&mut ix, retry(8, 1, 7000, 0), RejectKind::Unknown);
 }
 
@@ -695,12 +704,16 @@ mod model {
                     if e.state == Cancelled {
                         return Ok(Applied::Duplicate);
                     }
-                    if *n > e.attempts {
+                    // A later attempt's retry on a Scheduled event: compaction removed that
+                    // attempt's record; the retry says it ran.
+                    let compacted = e.state == Scheduled && *n > e.attempts;
+                    if *n > e.attempts && !compacted {
                         return Err(RejectKind::Transition);
                     }
-                    if e.state != Running || *n < e.attempts {
+                    if !compacted && (e.state != Running || *n < e.attempts) {
                         return Ok(Applied::Duplicate);
                     }
+                    self.events.get_mut(id).unwrap().attempts = *n;
                     // A running attempt of a cancelled job fails: no retry.
                     if self.job_cancelled(&e) {
                         self.set(*id, Failed, 0, fx);
