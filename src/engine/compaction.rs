@@ -27,10 +27,11 @@
 use super::Inner;
 use super::options::EXPIRED_MESSAGE;
 use crate::error::Result;
-use crate::format::{CancelTarget, DropReason as RecordDropReason, Record};
+use crate::format::{CancelTarget, Record};
 use crate::ids::{EventId, JobId};
 use crate::index::{Applied, EventState, Location, NO_TIMER};
 use crate::log::SegmentReader;
+use crate::retry::DropReason;
 use crate::wheel::TimerHandle;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -169,7 +170,7 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
                 event,
                 attempt,
                 dropped_ms: now_ms,
-                reason: RecordDropReason::Expired,
+                reason: DropReason::Expired,
                 message: EXPIRED_MESSAGE,
             })
         })
