@@ -6,7 +6,9 @@
 //! ```
 //!
 //! Appends publish records of 200-byte bodies (due in a day) through the log in batches of
-//! 1,024 until the log holds about GIB gibibytes (default 1).
+//! 1,024 until the log holds about GIB gibibytes (default 1). It writes through the log
+//! directly, which only the `internals` feature exposes (examples get it, as the tests do, from
+//! the crate's dev-dependency on itself); an application publishes through `Engine`.
 
 use afterlog::EventId;
 use afterlog::format::{Publish, PublishEntry, Record};

@@ -7,12 +7,14 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// The identifier of one published event. Displayed as `ev-<number>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The identifier of one published event. Displayed as `ev-<number>`; serialized as the
+/// number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct EventId(pub u64);
 
-/// The identifier of a job: the events of one `push`. Displayed as `job-<number>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The identifier of a job: the events of one `push`. Displayed as `job-<number>`;
+/// serialized as the number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct JobId(pub u64);
 
 impl fmt::Display for EventId {

@@ -35,17 +35,43 @@ mod after;
 mod clock;
 mod engine;
 mod error;
-pub mod format;
 mod ids;
-pub mod index;
-pub mod log;
 mod reader;
 mod retry;
-pub mod storage;
 mod sync;
+
+// The internals: private to the crate, or `#[doc(hidden)]` public under the `internals`
+// feature for afterlog's own tests, fuzz targets and benchmarks. Nothing in them is API.
+macro_rules! internal_modules {
+    ($(mod $name:ident;)*) => {
+        $(
+            #[cfg(feature = "internals")]
+            #[doc(hidden)]
+            pub mod $name;
+            #[cfg(not(feature = "internals"))]
+            #[allow(
+                dead_code,
+                unused_imports,
+                reason = "what only the tests, fuzz targets and benchmarks use"
+            )]
+            mod $name;
+        )*
+    };
+}
+
+internal_modules! {
+    mod format;
+    mod index;
+    mod log;
+    mod storage;
+    mod wheel;
+}
+
+/// The checks the fuzz targets run (and `tests/fuzz_corpus.rs` replays): nothing the engine
+/// needs, so built with `internals` only.
+#[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod testing;
-pub mod wheel;
 
 pub use after::{After, ONE_YEAR_MS, latest_due_ms};
 pub use clock::{Clock, MANUAL_WAIT_CAP, ManualClock, SYSTEM_WAIT_CAP, SystemClock, Wake};
@@ -56,13 +82,27 @@ pub use engine::{
     MIN_COMPACTION_INTERVAL, Metrics, Options,
 };
 pub use error::{Error, Result};
+pub use format::Manifest;
 pub use ids::{EventId, JobId};
-pub use index::JobStats;
+pub use index::{EventState, JobStats};
+pub use log::{Durability, Position, Recovery};
 pub use reader::{
     EventFilter, EventHistory, EventRow, Problem, Reader, RecordFilter, Salvage, SegmentInfo,
     Summary, Verification, drop_reason_name, record_time_ms, retry_reason_name,
 };
+pub use record::{Record, RecordKind};
 pub use retry::{
     AMPT_MAX_AGE, AMPT_RETRY_INTERVAL, Decision, DropReason, FORGE_MAX_RETRIES, FORGE_RETRY_DELAY,
     Failure, FailureInput, MAX_RETRY_AFTER, RetryContext, RetryOptions, RetryPolicy, RetryReason,
 };
+pub use storage::{CrashMode, FsStorage, LockGuard, Mapped, MemStorage, Storage, StorageFile};
+
+/// The records of the log, as [`Reader::records`] and [`Reader::event_history`] hand them
+/// over: one type per record kind, borrowed from the segment they were read from.
+/// `docs/FORMAT.md` gives each one's bytes.
+pub mod record {
+    pub use crate::format::{
+        Ack, AckOutcome, Attempt, Cancel, CancelTarget, Drop, EventIter, Publish, PublishEntry,
+        Record, RecordError, RecordKind, Retry,
+    };
+}

@@ -93,19 +93,21 @@ impl EventFilter {
     }
 }
 
-/// One event as the log describes it.
+/// One event as the log describes it. Serialized with its ids as numbers and its state as
+/// the state's lower-case [name](EventState::name).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct EventRow {
     /// The event id.
-    pub id: u64,
+    pub id: EventId,
     /// Its name.
     pub name: String,
-    /// Its state (lower-case name: scheduled, running, succeeded, failed, cancelled, expired).
-    pub state: &'static str,
+    /// Its state.
+    #[serde(serialize_with = "state_name")]
+    pub state: EventState,
     /// Attempts started.
     pub attempts: u32,
     /// Its job, if it was pushed as part of one.
-    pub job: Option<u64>,
+    pub job: Option<JobId>,
     /// When it was published, Unix epoch ms.
     pub published_ms: i64,
     /// Its first due time, Unix epoch ms.
@@ -119,6 +121,10 @@ pub struct EventRow {
     pub last_reason: Option<String>,
     /// The message of its last failure or drop, if any.
     pub last_message: Option<String>,
+}
+
+fn state_name<S: serde::Serializer>(state: &EventState, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(state.name())
 }
 
 /// One segment file.
@@ -245,11 +251,7 @@ pub fn record_time_ms(record: &Record<'_>) -> i64 {
 
 /// The name of a drop record's reason.
 pub fn drop_reason_name(reason: DropReason) -> &'static str {
-    match reason {
-        DropReason::Exhausted => "exhausted",
-        DropReason::MaxAge => "max_age",
-        DropReason::Expired => "expired",
-    }
+    reason.name()
 }
 
 /// The name of a retry record's reason code: `error` for 0, else the retry reason.
@@ -411,11 +413,11 @@ fn row(index: &Index, extras: &HashMap<EventId, Extra>, id: EventId) -> Option<E
     let info = index.get(id)?;
     let extra = extras.get(&id);
     Some(EventRow {
-        id: id.0,
+        id,
         name: info.name.to_owned(),
-        state: info.state.name(),
+        state: info.state,
         attempts: info.attempts,
-        job: info.job.map(|j| j.0),
+        job: info.job,
         published_ms: extra.map_or(0, |x| x.published_ms),
         first_due_ms: extra.map_or(info.due_ms, |x| x.first_due_ms),
         next_due_ms: info.due_ms,
@@ -531,6 +533,11 @@ impl Reader {
     /// The directory.
     pub fn dir(&self) -> &Path {
         self.storage.path()
+    }
+
+    /// The path of segment `segment`'s file in the directory.
+    pub fn segment_path(&self, segment: u64) -> PathBuf {
+        self.dir().join(segment_name(segment))
     }
 
     /// Bytes of every file in the directory, as listed at open.
@@ -1323,7 +1330,11 @@ impl StorageFile for ManifestFile {
     fn sync_data(&self) -> io::Result<()> {
         Err(read_only())
     }
-    fn map(&self, len: u64) -> io::Result<Mapped> {
+    #[allow(
+        unsafe_code,
+        reason = "the trait's method is unsafe to call; this copy is safe"
+    )]
+    unsafe fn map(&self, len: u64) -> io::Result<Mapped> {
         let len = (len as usize).min(self.0.len());
         Ok(Mapped::new(Arc::new(self.0[..len].to_vec())))
     }
@@ -1412,10 +1423,15 @@ impl StorageFile for SnapshotFile {
     fn sync_data(&self) -> io::Result<()> {
         Err(read_only())
     }
-    fn map(&self, len: u64) -> io::Result<Mapped> {
-        // Only sealed segments are mapped (a scan reads the last one of its view with
-        // `read_at`), and those never change.
-        self.file.map(len)
+    #[allow(
+        unsafe_code,
+        reason = "passes the caller's promise on to the file it wraps"
+    )]
+    unsafe fn map(&self, len: u64) -> io::Result<Mapped> {
+        // SAFETY: our caller makes `map`'s promise for `0..len` of this file, which is the
+        // wrapped file. Only sealed segments are mapped (a scan reads the last one of its
+        // view with `read_at`), and those never change.
+        unsafe { self.file.map(len) }
     }
 }
 

@@ -190,30 +190,47 @@ pub enum Decision {
     },
 }
 
-/// Why an event was dropped. The numeric codes are stable and stored on disk.
+/// Why an event was dropped: the retry policy's decision ([`Decision::Drop`]) or the
+/// retention, and the reason a drop record carries. The numeric codes are stable and stored
+/// on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DropReason {
     /// The policy's `max_attempts` were used up.
-    Exhausted,
+    Exhausted = 1,
     /// The next attempt would fall due after the policy's `max_age` (measured from the first
     /// due time), or after the last representable millisecond.
-    MaxAge,
+    MaxAge = 2,
+    /// Not acknowledged within the retention after its first due time (decided by the
+    /// engine, never by a policy).
+    Expired = 3,
 }
 
 impl DropReason {
-    /// The stable on-disk code: 1 for `Exhausted`, 2 for `MaxAge`.
+    /// Every reason, in code order.
+    pub const ALL: [DropReason; 3] = [
+        DropReason::Exhausted,
+        DropReason::MaxAge,
+        DropReason::Expired,
+    ];
+
+    /// The stable on-disk code: 1 for `Exhausted`, 2 for `MaxAge`, 3 for `Expired`.
     pub fn code(self) -> u8 {
-        match self {
-            DropReason::Exhausted => 1,
-            DropReason::MaxAge => 2,
-        }
+        self as u8
     }
 
     /// The reason with on-disk code `code`, or `None` for an unknown code.
     pub fn from_code(code: u8) -> Option<DropReason> {
-        [DropReason::Exhausted, DropReason::MaxAge]
-            .into_iter()
-            .find(|r| r.code() == code)
+        DropReason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// The lower-case name the reader and the CLI show: `exhausted`, `max_age`, `expired`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Exhausted => "exhausted",
+            DropReason::MaxAge => "max_age",
+            DropReason::Expired => "expired",
+        }
     }
 }
 
@@ -222,6 +239,7 @@ impl fmt::Display for DropReason {
         f.write_str(match self {
             DropReason::Exhausted => "retries exhausted",
             DropReason::MaxAge => "too old to retry",
+            DropReason::Expired => "past retention",
         })
     }
 }
@@ -561,7 +579,7 @@ mod tests {
             message.contains("unknown retry reason \"FUNCTION_NAP\""),
             "{message}"
         );
-        for reason in [DropReason::Exhausted, DropReason::MaxAge] {
+        for reason in DropReason::ALL {
             assert_eq!(DropReason::from_code(reason.code()), Some(reason));
         }
         assert_eq!(DropReason::from_code(0), None);

@@ -25,7 +25,7 @@ fn last_message(dir: &Path, id: afterlog::EventId) -> Option<String> {
     let events = Reader::open(dir).unwrap().events().unwrap();
     let row = events
         .iter()
-        .find(|e| e.id == id.0)
+        .find(|e| e.id == id)
         .expect("the event is in the log");
     row.last_message.clone()
 }

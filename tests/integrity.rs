@@ -276,7 +276,7 @@ fn the_format_1_fixture_is_read_and_delivered() {
     let reader = Reader::open(&fixture).unwrap();
     assert_eq!(reader.manifest().unwrap(), None);
     let events = reader.events().unwrap();
-    let mut ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+    let mut ids: Vec<u64> = events.iter().map(|e| e.id.0).collect();
     ids.sort_unstable();
     assert_eq!(ids, [62, 64, 65, 66, 67, 68]);
     let verified = reader.verify(&mut |_| {}).unwrap();

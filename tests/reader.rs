@@ -222,8 +222,9 @@ impl StorageFile for RacedFile {
     fn sync_data(&self) -> std::io::Result<()> {
         self.inner.sync_data()
     }
-    fn map(&self, len: u64) -> std::io::Result<Mapped> {
-        self.inner.map(len)
+    unsafe fn map(&self, len: u64) -> std::io::Result<Mapped> {
+        // SAFETY: the caller's promise for this file is the promise for the file it wraps.
+        unsafe { self.inner.map(len) }
     }
 }
 

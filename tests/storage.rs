@@ -84,9 +84,13 @@ fn conformance(storage: &dyn Storage) {
     assert_eq!(read_all(&*a), b"hel\0\0\0");
 
     // Maps are of a prefix, and not beyond the end.
-    assert_eq!(&*a.map(4).unwrap(), b"hel\0");
-    assert!(a.map(0).unwrap().is_empty());
-    assert!(a.map(7).is_err());
+    // SAFETY: nothing writes or shrinks the file while these maps live (each is dropped at
+    // once).
+    unsafe {
+        assert_eq!(&*a.map(4).unwrap(), b"hel\0");
+        assert!(a.map(0).unwrap().is_empty());
+        assert!(a.map(7).is_err());
+    }
 
     // Another handle sees the same file.
     let a2 = storage.open("a").unwrap();
@@ -277,7 +281,8 @@ fn crash_at_fails_the_op_and_every_later_call() {
     assert_simulated_crash(f.sync_data());
     assert_simulated_crash(f.read_at(&mut [0; 1], 0));
     assert_simulated_crash(f.len());
-    assert_simulated_crash(f.map(0));
+    // SAFETY: nothing maps anything (the disk has crashed), and memory maps are copies.
+    assert_simulated_crash(unsafe { f.map(0) });
     assert_simulated_crash(disk.create("x"));
     assert_simulated_crash(disk.open("f"));
     assert_simulated_crash(disk.list());
@@ -562,7 +567,9 @@ fn the_lock_is_held_until_the_guard_drops() {
 fn a_map_is_a_snapshot() {
     let disk = MemStorage::new();
     let f = durable_file(&disk, "f", b"sealed");
-    let map = f.map(6).unwrap();
+    // SAFETY: in memory a map is a copy, so the write below (which `map`'s contract forbids
+    // for real files) cannot change it: that is what this test shows.
+    let map = unsafe { f.map(6) }.unwrap();
     f.write_all_at(b"XXXXXX", 0).unwrap();
     assert_eq!(&*map, b"sealed");
     assert_eq!(read_all(&*f), b"XXXXXX");
@@ -579,7 +586,8 @@ fn wild_offsets_are_errors_not_panics() {
     assert!(f.write_all_at(b"x", u64::MAX - 1).is_err());
     assert!(f.set_len(u64::MAX).is_err());
     assert_eq!(f.read_at(&mut [0; 4], u64::MAX).unwrap(), 0);
-    assert!(f.map(u64::MAX).is_err());
+    // SAFETY: the map fails; nothing is mapped.
+    assert!(unsafe { f.map(u64::MAX) }.is_err());
     assert_eq!(f.len().unwrap(), 0);
     disk.rename("f", "f").unwrap();
     assert_eq!(names(&disk), ["f"]);

@@ -34,10 +34,11 @@ use super::Inner;
 use super::core::{Keep, SegmentBytes, frame_len};
 use super::options::EXPIRED_MESSAGE;
 use crate::error::Result;
-use crate::format::{CancelTarget, DropReason as RecordDropReason, Record};
+use crate::format::{CancelTarget, Record};
 use crate::ids::{EventId, JobId};
 use crate::index::{Applied, Location};
 use crate::log::{Position, SegmentReader};
+use crate::retry::DropReason;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -170,7 +171,7 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
                 event,
                 attempt,
                 dropped_ms: now_ms,
-                reason: RecordDropReason::Expired,
+                reason: DropReason::Expired,
                 message: EXPIRED_MESSAGE,
             })
         })

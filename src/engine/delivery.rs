@@ -33,8 +33,7 @@ use super::options::EXPIRED_MESSAGE;
 use super::{Inner, Registered};
 use crate::clock::Wake;
 use crate::format::{
-    Ack, AckOutcome, Attempt, Cancel, CancelTarget, DropReason as RecordDropReason,
-    MAX_PAYLOAD_LEN, Record, Retry, clip_message,
+    Ack, AckOutcome, Attempt, Cancel, CancelTarget, MAX_PAYLOAD_LEN, Record, Retry, clip_message,
 };
 use crate::ids::{EventId, JobId};
 use crate::index::{Applied, EventState};
@@ -671,7 +670,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
                 event: *id,
                 attempt: *attempt,
                 dropped_ms: now_ms,
-                reason: RecordDropReason::Expired,
+                reason: DropReason::Expired,
                 message: EXPIRED_MESSAGE,
             }),
         })
@@ -850,10 +849,7 @@ fn outcome_record<'a>(p: &Prepared, decided: Option<&'a Decided>, now_ms: i64) -
             event: p.id,
             attempt: p.attempt,
             dropped_ms: now_ms,
-            reason: match reason {
-                DropReason::Exhausted => RecordDropReason::Exhausted,
-                DropReason::MaxAge => RecordDropReason::MaxAge,
-            },
+            reason: *reason,
             message: clip_message(message),
         }),
     }

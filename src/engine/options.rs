@@ -165,7 +165,10 @@ impl Options {
         self
     }
 
-    /// All log options at once.
+    /// All log options at once (with the `internals` feature only: the log's options are
+    /// not API).
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
     pub fn log_options(mut self, log: LogOptions) -> Options {
         self.log = log;
         self

@@ -4,6 +4,9 @@
 
 use super::{get_i64, get_u16, get_u32, get_u64};
 use crate::ids::{EventId, JobId};
+/// A drop record's reason is the policy's (and the retention's) [`DropReason`], stored as
+/// its code.
+pub use crate::retry::DropReason;
 
 /// Largest event name, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 255;
@@ -333,29 +336,6 @@ pub struct Drop<'a> {
 }
 const DROP_FIXED_LEN: usize = 23;
 
-/// Why an event was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// The retry policy allows no more attempts.
-    Exhausted = 1,
-    /// The retry policy's maximum age passed.
-    MaxAge = 2,
-    /// Not acknowledged within the retention after its first due time.
-    Expired = 3,
-}
-
-impl DropReason {
-    fn from_u8(b: u8) -> Option<DropReason> {
-        [
-            DropReason::Exhausted,
-            DropReason::MaxAge,
-            DropReason::Expired,
-        ]
-        .into_iter()
-        .find(|r| *r as u8 == b)
-    }
-}
-
 /// Why a payload did not decode: the offset inside the payload and the problem.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordError {
@@ -535,7 +515,7 @@ impl<'a> Record<'a> {
                 out.extend_from_slice(&d.event.0.to_le_bytes());
                 out.extend_from_slice(&d.attempt.to_le_bytes());
                 out.extend_from_slice(&d.dropped_ms.to_le_bytes());
-                out.push(d.reason as u8);
+                out.push(d.reason.code());
                 out.extend_from_slice(&(d.message.len() as u16).to_le_bytes());
                 out.extend_from_slice(d.message.as_bytes());
             }
@@ -697,7 +677,7 @@ impl<'a> Record<'a> {
                     ));
                 }
                 exact(DROP_FIXED_LEN + message_len)?;
-                let reason = DropReason::from_u8(p[20])
+                let reason = DropReason::from_code(p[20])
                     .ok_or_else(|| err(kind, 20, format!("unknown drop reason {}", p[20])))?;
                 let message = std::str::from_utf8(&p[DROP_FIXED_LEN..])
                     .map_err(|_| err(kind, DROP_FIXED_LEN, "message is not UTF-8"))?;
@@ -847,7 +827,7 @@ mod tests {
         #[test]
         fn drop_round_trips(event in 1u64.., attempt in any::<u32>(), dropped_ms in any::<i64>(),
                             reason in 1u8..=3, message in ".{0,100}") {
-            let reason = DropReason::from_u8(reason).unwrap();
+            let reason = DropReason::from_code(reason).unwrap();
             round_trip(&Record::Drop(Drop { event: EventId(event), attempt, dropped_ms, reason, message: clip_message(&message) }));
         }
 

@@ -191,9 +191,12 @@ pub(crate) fn recover(
             chunked = Chunked::new(&*file, file_len);
             &mut chunked
         } else {
-            map = file
-                .map(file_len)
-                .map_err(|e| Error::io("map segment", &path, e))?;
+            // SAFETY: a sealed segment is never written, truncated or shrunk again, by the
+            // engine or anyone else who follows afterlog's rules; compaction replaces it with
+            // a new file and removes it whole, which leaves the map readable.
+            #[allow(unsafe_code, reason = "maps a sealed segment, which never changes")]
+            let mapped = unsafe { file.map(file_len) };
+            map = mapped.map_err(|e| Error::io("map segment", &path, e))?;
             whole = Whole(&map);
             &mut whole
         };

@@ -189,10 +189,13 @@ impl SegmentSlot {
             let map = match self.map.get() {
                 Some(m) => m.clone(),
                 None => {
-                    let m = self
-                        .file
-                        .map(sealed_len)
-                        .map_err(|e| Error::io("map segment", path(), e))?;
+                    // SAFETY: the segment is sealed (`sealed_len` is set only by `seal` and
+                    // `sealed`): its bytes `0..sealed_len` are never written, truncated or
+                    // shrunk again; compaction removes the file whole, which leaves the map
+                    // readable.
+                    #[allow(unsafe_code, reason = "maps a sealed segment, which never changes")]
+                    let mapped = unsafe { self.file.map(sealed_len) };
+                    let m = mapped.map_err(|e| Error::io("map segment", path(), e))?;
                     self.map.get_or_init(|| m).clone()
                 }
             };

@@ -333,7 +333,7 @@ impl StorageFile for FsFile {
         self.file.sync_data()
     }
 
-    fn map(&self, len: u64) -> io::Result<Mapped> {
+    unsafe fn map(&self, len: u64) -> io::Result<Mapped> {
         if len == 0 {
             return Ok(Mapped::new(Arc::new(Vec::<u8>::new())));
         }
@@ -344,10 +344,11 @@ impl StorageFile for FsFile {
                 format!("cannot map {len} bytes of a {file_len}-byte file"),
             ));
         }
-        // SAFETY: the map covers `0..len`, which the caller guarantees is sealed: afterlog
-        // never writes, truncates or shrinks a sealed segment (compaction writes new files
-        // and deletes old ones whole; a deleted file stays readable while mapped), so the
-        // mapped bytes cannot change or vanish under us. We checked `len <= file_len` above,
+        // SAFETY: the map covers `0..len`, which our caller promises (see `map`'s safety
+        // section) is not written, truncated or shrunk while the map lives: afterlog maps
+        // sealed segments only (compaction writes new files and deletes old ones whole; a
+        // deleted file stays readable while mapped), so the mapped bytes cannot change or
+        // vanish under us. We checked `len <= file_len` above,
         // so no page of the map lies beyond the end of the file.
         let map = unsafe {
             memmap2::MmapOptions::new()

@@ -419,6 +419,7 @@ impl MemStorage {
 
     /// Starts (or stops, discarding it) recording a trace of the numbered operations. A disk
     /// built by `after_crash` records too if this one did, from an empty trace.
+    #[doc(hidden)]
     pub fn record_trace(&self, on: bool) {
         let mut state = self.disk.state.lock();
         match (on, state.trace.is_some()) {
@@ -429,11 +430,13 @@ impl MemStorage {
     }
 
     /// The recorded trace (empty unless `record_trace(true)` was called).
+    #[doc(hidden)]
     pub fn trace(&self) -> Vec<TraceEntry> {
         self.disk.state.lock().trace.clone().unwrap_or_default()
     }
 
     /// The trace as one line per operation, for a failing test's message.
+    #[doc(hidden)]
     pub fn trace_text(&self) -> String {
         let mut text = String::new();
         for e in self.trace() {
@@ -777,7 +780,8 @@ impl StorageFile for MemFile {
         }
     }
 
-    fn map(&self, len: u64) -> io::Result<Mapped> {
+    #[allow(unsafe_code, reason = "the trait's method is unsafe to call; this copy is safe")]
+    unsafe fn map(&self, len: u64) -> io::Result<Mapped> {
         let mut state = self.disk.state.lock();
         state.alive()?;
         let bytes = Arc::clone(&state.inode(self.ino).current);

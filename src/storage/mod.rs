@@ -66,9 +66,22 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data (and the metadata needed to read it) durable: `fdatasync`.
     fn sync_data(&self) -> io::Result<()>;
-    /// A read-only view of the bytes `0..len`. The caller guarantees that this range is never
-    /// written, truncated or shrunk while the view lives (sealed segments only).
-    fn map(&self, len: u64) -> io::Result<Mapped>;
+    /// A read-only view of the bytes `0..len`: a memory map for real files.
+    ///
+    /// The contract is on the caller, so the method is `unsafe` rather than the trait
+    /// sealed: implementing the trait (a wrapper that injects faults, say) is safe, while
+    /// mapping a file that someone then shrinks is not, whoever implemented it. A sealed
+    /// trait would forbid the first and still allow the second.
+    ///
+    /// # Safety
+    ///
+    /// While the returned view (or a clone of it) lives, the file must not be truncated or
+    /// shrunk below `len`, nor the bytes `0..len` written, by this process or any other:
+    /// with a memory map, a truncated page faults (`SIGBUS`) on the next read and a write
+    /// changes bytes that safe code holds as `&[u8]`. afterlog maps sealed segments only,
+    /// which it never writes again.
+    #[allow(unsafe_code, reason = "the caller promises the mapped range does not change")]
+    unsafe fn map(&self, len: u64) -> io::Result<Mapped>;
 }
 
 /// A held directory lock; dropping it releases the lock.

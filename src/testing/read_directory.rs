@@ -365,7 +365,7 @@ pub fn check_read_directory(data: &[u8]) {
     // Histories of a few events the summary lists, and of ids it does not.
     for row in events.iter().take(4) {
         let history = reader
-            .event_history(EventId(row.id))
+            .event_history(row.id)
             .expect("the log scanned for the summary scans again")
             .unwrap_or_else(|| panic!("event {} is listed but has no history", row.id));
         assert_eq!(
@@ -399,13 +399,13 @@ pub fn check_read_directory(data: &[u8]) {
             ..RecordFilter::default()
         },
         RecordFilter {
-            event: Some(EventId(first.map_or(1, |e| e.id))),
+            event: Some(first.map_or(EventId(1), |e| e.id)),
             ..RecordFilter::default()
         },
     ];
     if let Some(job) = events.iter().find_map(|e| e.job) {
         filters.push(RecordFilter {
-            job: Some(crate::JobId(job)),
+            job: Some(job),
             kinds: vec![RecordKind::Publish, RecordKind::Cancel],
             ..RecordFilter::default()
         });

@@ -106,7 +106,8 @@ impl<H: Hooks> StorageFile for HookedFile<H> {
         self.hooks.sync()?;
         self.inner.sync_data()
     }
-    fn map(&self, len: u64) -> io::Result<Mapped> {
-        self.inner.map(len)
+    unsafe fn map(&self, len: u64) -> io::Result<Mapped> {
+        // SAFETY: the caller's promise for this file is the promise for the file it wraps.
+        unsafe { self.inner.map(len) }
     }
 }

@@ -7,9 +7,10 @@
 
 mod render;
 
-use afterlog::format::{Manifest, RecordKind};
-use afterlog::log::Position;
-use afterlog::{After, Engine, Error, EventId, JobId, Options, Reader, RecordFilter};
+use afterlog::{
+    After, Engine, Error, EventId, EventState, JobId, Manifest, Options, Position, Reader, Record,
+    RecordFilter, RecordKind, Recovery,
+};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use render::{Table, bytes, escape, record_json, time};
@@ -364,13 +365,13 @@ fn print_json(value: &serde_json::Value) -> CliResult {
     Ok(0)
 }
 
-fn recovery_line(reader: &Reader, r: &afterlog::log::Recovery) -> String {
+fn recovery_line(reader: &Reader, r: &Recovery) -> String {
     match r.torn_at {
         None => "clean (no torn tail)".into(),
         Some((segment, offset)) => format!(
             "torn tail of {} bytes at {} offset {offset} (a crash interrupted a write; a writer cuts it on open)",
             r.torn_bytes,
-            shown(&reader.dir().join(afterlog::log::segment_name(segment)))
+            shown(&reader.segment_path(segment))
         ),
     }
 }
@@ -383,7 +384,7 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
     let mut next: Vec<&afterlog::EventRow> = summary
         .events
         .iter()
-        .filter(|e| e.state == "scheduled")
+        .filter(|e| e.state == EventState::Scheduled)
         .collect();
     next.sort_by_key(|e| (e.next_due_ms, e.id));
     next.truncate(5);
@@ -483,11 +484,7 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
     } else {
         let mut t = Table::new(&[("ID", false), ("NAME", false), ("DUE", false)]);
         for e in &next {
-            t.row(vec![
-                EventId(e.id).to_string(),
-                e.name.clone(),
-                time(e.next_due_ms),
-            ]);
+            t.row(vec![e.id.to_string(), e.name.clone(), time(e.next_due_ms)]);
         }
         write!(o, "{}", t.render())?;
     }
@@ -506,7 +503,7 @@ fn events(
 ) -> CliResult {
     let state = state
         .map(|s| {
-            afterlog::index::EventState::ALL
+            EventState::ALL
                 .into_iter()
                 .find(|k| k.name() == s)
                 .ok_or_else(|| {
@@ -574,11 +571,11 @@ fn events(
             (None, None) => String::new(),
         };
         t.row(vec![
-            EventId(e.id).to_string(),
+            e.id.to_string(),
             e.name.clone(),
-            e.state.into(),
+            e.state.name().into(),
             e.attempts.to_string(),
-            e.job.map_or("-".into(), |j| JobId(j).to_string()),
+            e.job.map_or("-".into(), |j| j.to_string()),
             time(e.first_due_ms),
             time(e.next_due_ms),
             failure,
@@ -603,14 +600,10 @@ fn event(dir: &Path, id: &str, json: bool) -> CliResult {
             ),
         ));
     };
-    let decoded: Vec<(Position, afterlog::format::Record<'_>)> = history
+    let decoded: Vec<(Position, Record<'_>)> = history
         .records
         .iter()
-        .filter_map(|(pos, kind, payload)| {
-            afterlog::format::Record::decode(*kind, payload)
-                .ok()
-                .map(|r| (*pos, r))
-        })
+        .filter_map(|(pos, kind, payload)| Record::decode(*kind, payload).ok().map(|r| (*pos, r)))
         .collect();
     if json {
         let mut body = serde_json::Map::new();
@@ -628,12 +621,12 @@ fn event(dir: &Path, id: &str, json: bool) -> CliResult {
     let mut o = out();
     writeln!(o, "event      {id}")?;
     writeln!(o, "name       {}", escape(&e.name))?;
-    writeln!(o, "state      {}", e.state)?;
+    writeln!(o, "state      {}", e.state.name())?;
     writeln!(o, "attempts   {}", e.attempts)?;
     writeln!(
         o,
         "job        {}",
-        e.job.map_or("-".into(), |j| JobId(j).to_string())
+        e.job.map_or("-".into(), |j| j.to_string())
     )?;
     writeln!(o, "published  {}", time(e.published_ms))?;
     writeln!(o, "first due  {}", time(e.first_due_ms))?;

@@ -1,8 +1,7 @@
 //! How the CLI shows things: aligned tables for people, JSON for scripts, times, bodies.
 
-use afterlog::format::{AckOutcome, CancelTarget, Record};
-use afterlog::log::Position;
-use afterlog::{drop_reason_name, record_time_ms, retry_reason_name};
+use afterlog::record::{AckOutcome, CancelTarget, Record};
+use afterlog::{Position, drop_reason_name, record_time_ms, retry_reason_name};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
