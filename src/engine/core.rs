@@ -6,6 +6,13 @@
 //! compaction do the threads and the I/O around it, and hold it under one mutex
 //! (`Inner::core`).
 //!
+//! # Planning
+//!
+//! [`plan`] decides what becomes of a due event — attempted, expired (the one retention
+//! rule: `Options::past_retention`, from the first due time), ignored (the one no-handler
+//! rule: only once delivery started), left waiting (a stalled name) or left pending — from
+//! what delivery read of it, as a pure function.
+//!
 //! # The ledger
 //!
 //! An event taken out of the wheel is *in flight* until its attempt ends, in one of three
@@ -123,6 +130,60 @@ pub(crate) struct Overdue {
     pub attempts: u32,
     pub due_ms: i64,
     pub location: Location,
+}
+
+/// What delivery knows of a due event when it plans its attempt.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlanInput {
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Whether it is past retention now (`Options::past_retention`, from its first due time).
+    pub past_retention: bool,
+    /// Whether its name has handlers.
+    pub has_handlers: bool,
+    /// Whether delivery has started (`Engine::start`).
+    pub started: bool,
+    /// Whether its name is stalled (too many of its handlers hang).
+    pub stalled: bool,
+}
+
+/// What becomes of a due event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Planned {
+    /// Write attempt `attempt`, then run the handlers.
+    Attempt { attempt: u32 },
+    /// Write a drop (expired): past retention, whatever its handlers.
+    Expire { attempt: u32 },
+    /// Write an ack marked ignored: no handler for its name, once delivery has started.
+    Ignore { attempt: u32 },
+    /// Put it back in the wheel a while, nothing written: its name is stalled.
+    Wait,
+    /// Nothing: no handler, and delivery has not started (it stays pending).
+    Leave,
+}
+
+/// The rules of delivery's plan, in order: retention first (an event past it is dropped,
+/// even on a stalled name), then a stalled name waits, then an event without handler is
+/// ignored (only once delivery started: handlers may still be registered before), and
+/// everything else is attempted.
+pub(crate) fn plan(input: &PlanInput) -> Planned {
+    if input.past_retention {
+        Planned::Expire {
+            attempt: input.attempts,
+        }
+    } else if input.has_handlers && input.stalled {
+        Planned::Wait
+    } else if input.has_handlers {
+        Planned::Attempt {
+            attempt: input.attempts.saturating_add(1),
+        }
+    } else if input.started {
+        Planned::Ignore {
+            attempt: input.attempts,
+        }
+    } else {
+        Planned::Leave
+    }
 }
 
 /// The delivery state of an engine. See the module documentation.
@@ -534,7 +595,7 @@ impl Core {
             }
         }
         if full {
-            out.sort_by(|a, b| b.segment.cmp(&a.segment));
+            out.sort_by_key(|c| std::cmp::Reverse(c.segment));
         } else {
             out.sort_by(|a, b| {
                 let share = |c: &Candidate| c.reclaimable as f64 / c.data_len.max(1) as f64;
@@ -922,7 +983,7 @@ mod tests {
                             target: CancelTarget::Event(EventId(id)),
                             cancelled_ms: self.now,
                         });
-                        self.apply(&record);
+                        let _ = self.apply(&record);
                         self.core.finish(EventId(id));
                         let e = self.events.get_mut(&id).unwrap();
                         e.cancelled = true;
@@ -1090,8 +1151,8 @@ mod tests {
                 .events
                 .values()
                 .filter(|e| {
-                    !e.cancelled && (e.running || matches!(e.m, M::Scheduled(_)))
-                        || matches!(e.m, M::Flight(Stage::Taken)) && !e.cancelled
+                    !e.cancelled
+                        && (e.running || matches!(e.m, M::Scheduled(_) | M::Flight(Stage::Taken)))
                 })
                 .count() as u64;
             assert_eq!(self.core.index().pending_count(), pending);
@@ -1133,6 +1194,37 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_puts_retention_first_then_stalls_then_handlers() {
+        let input = |past_retention, has_handlers, started, stalled| PlanInput {
+            attempts: 2,
+            past_retention,
+            has_handlers,
+            started,
+            stalled,
+        };
+        for (has, started, stalled) in [
+            (true, true, true),
+            (false, true, false),
+            (true, false, false),
+        ] {
+            assert_eq!(
+                plan(&input(true, has, started, stalled)),
+                Planned::Expire { attempt: 2 }
+            );
+        }
+        assert_eq!(plan(&input(false, true, true, true)), Planned::Wait);
+        assert_eq!(
+            plan(&input(false, true, true, false)),
+            Planned::Attempt { attempt: 3 }
+        );
+        assert_eq!(
+            plan(&input(false, false, true, true)),
+            Planned::Ignore { attempt: 2 }
+        );
+        assert_eq!(plan(&input(false, false, false, false)), Planned::Leave);
+    }
+
+    #[test]
     #[should_panic(expected = "finished twice")]
     fn a_double_finish_panics() {
         let mut core = Core::new();
@@ -1144,7 +1236,7 @@ mod tests {
             body: b"",
         }];
         let record = Record::Publish(Publish::new(None, 0, &entries));
-        core.apply(
+        let _ = core.apply(
             Position {
                 segment: 1,
                 offset: 0,

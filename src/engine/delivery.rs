@@ -27,7 +27,7 @@
 //! Architecture Invariant: an attempt record is durable before any handler of that attempt
 //! runs, so attempt counts never go backwards across a crash.
 
-use super::core::Begin;
+use super::core::{Begin, Planned};
 use super::handler::{Context, Deadline, Event, HandlerErrorKind};
 use super::options::EXPIRED_MESSAGE;
 use super::{Inner, Registered};
@@ -39,9 +39,8 @@ use crate::ids::{EventId, JobId};
 use crate::index::{Applied, EventState};
 use crate::log::RecordBytes;
 use crate::retry::{Decision, DropReason, Failure, FailureInput, RetryContext, RetryReason};
-use crossbeam_channel::{Receiver, Sender, select};
 use parking_lot::{Condvar, Mutex};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -65,13 +64,10 @@ pub(crate) struct Delivery {
 
 /// What the scheduler, the workers and the watchdog share.
 struct Shared {
-    /// Due events, from the scheduler to the workers; `None` once delivery stops.
-    dispatch: Mutex<Option<Sender<Vec<EventId>>>>,
-    due: Receiver<Vec<EventId>>,
-    /// Prepared events (attempt record durable), from the worker that prepared them to
-    /// whichever worker is free. Holds at most the events in flight.
-    ready_tx: Sender<Arc<Prepared>>,
-    ready: Receiver<Arc<Prepared>>,
+    /// Due batches from the scheduler and prepared events between workers.
+    queue: Mutex<Queue>,
+    /// Notified when the queue gains work or closes.
+    queued: Condvar,
     slots: Mutex<Vec<Arc<Slot>>>,
     /// Wakes the watchdog when a handler starts.
     watch: Wake,
@@ -130,9 +126,7 @@ impl Shared {
                 .flatten()
                 .collect()
         };
-        for prepared in parked {
-            let _ = self.ready_tx.send(prepared);
-        }
+        self.push_ready(parked);
     }
 
     /// Keeps a prepared event of a stalled name until the name is free again.
@@ -148,7 +142,84 @@ impl Shared {
                 .push(prepared);
         } else {
             drop(parked);
-            let _ = self.ready_tx.send(prepared);
+            self.push_ready([prepared]);
+        }
+    }
+}
+
+/// The workers' queue. Holds at most the events in flight.
+#[derive(Default)]
+struct Queue {
+    /// Due events, from the scheduler.
+    due: VecDeque<Vec<EventId>>,
+    /// Prepared events (attempt record durable), from the worker that prepared them to
+    /// whichever worker is free: taken before due batches.
+    ready: VecDeque<Arc<Prepared>>,
+    /// No more due batches come: workers exit once the ready events are done.
+    closed: bool,
+}
+
+/// What a worker takes from the queue.
+enum Work {
+    Ready(Arc<Prepared>),
+    Due(Vec<EventId>),
+    Exit,
+}
+
+impl Shared {
+    fn push_ready(&self, prepared: impl IntoIterator<Item = Arc<Prepared>>) {
+        let mut queue = self.queue.lock();
+        let before = queue.ready.len();
+        queue.ready.extend(prepared);
+        let added = queue.ready.len() - before;
+        drop(queue);
+        match added {
+            0 => {}
+            1 => {
+                self.queued.notify_one();
+            }
+            _ => {
+                self.queued.notify_all();
+            }
+        }
+    }
+
+    fn push_due(&self, batch: Vec<EventId>) {
+        let mut queue = self.queue.lock();
+        if queue.closed {
+            return;
+        }
+        queue.due.push_back(batch);
+        drop(queue);
+        self.queued.notify_one();
+    }
+
+    fn close_queue(&self) {
+        self.queue.lock().closed = true;
+        self.queued.notify_all();
+    }
+
+    /// Waits for work: a ready event first, else due batches (several at once under load, so
+    /// that one sync serves more events, up to a limit), else the end.
+    fn take_work(&self) -> Work {
+        let mut queue = self.queue.lock();
+        loop {
+            if let Some(prepared) = queue.ready.pop_front() {
+                return Work::Ready(prepared);
+            }
+            if let Some(mut ids) = queue.due.pop_front() {
+                while ids.len() < MAX_WORKER_BATCH {
+                    match queue.due.pop_front() {
+                        Some(more) => ids.extend(more),
+                        None => break,
+                    }
+                }
+                return Work::Due(ids);
+            }
+            if queue.closed {
+                return Work::Exit;
+            }
+            self.queued.wait(&mut queue);
         }
     }
 }
@@ -201,14 +272,10 @@ struct Slot {
 
 impl Delivery {
     pub fn start(inner: &Arc<Inner>) -> Delivery {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let (ready_tx, ready) = crossbeam_channel::unbounded();
         let workers = inner.options.workers;
         let shared = Arc::new(Shared {
-            dispatch: Mutex::new(Some(tx)),
-            due: rx,
-            ready_tx,
-            ready,
+            queue: Mutex::new(Queue::default()),
+            queued: Condvar::new(),
             slots: Mutex::new(Vec::new()),
             watch: Wake::new(),
             stopping: AtomicBool::new(false),
@@ -247,7 +314,7 @@ impl Delivery {
     pub fn stop(self, inner: &Inner) {
         inner.wake.notify();
         let _ = self.scheduler.join();
-        self.shared.dispatch.lock().take();
+        self.shared.close_queue();
         let until = Instant::now() + super::MAX_HANDLER_TIMEOUT + Duration::from_secs(5);
         let mut alive = self.shared.alive.lock();
         while *alive > 0 && Instant::now() < until {
@@ -316,11 +383,8 @@ fn schedule(inner: &Arc<Inner>, shared: &Shared) {
                 .len()
                 .div_ceil(inner.options.workers)
                 .clamp(1, MAX_BATCH);
-            let dispatch = shared.dispatch.lock().clone();
             for chunk in due.chunks(per_worker) {
-                if let Some(tx) = &dispatch {
-                    let _ = tx.send(chunk.to_vec());
-                }
+                shared.push_due(chunk.to_vec());
             }
             due.clear();
             // More may have fallen due meanwhile: look again before sleeping.
@@ -333,42 +397,16 @@ fn schedule(inner: &Arc<Inner>, shared: &Shared) {
 /// A worker thread: runs ready events one at a time, and prepares due batches when none is
 /// ready.
 fn work(inner: &Arc<Inner>, shared: &Arc<Shared>, slot: &Slot) {
-    let mut dispatch_open = true;
     loop {
-        if let Ok(prepared) = shared.ready.try_recv() {
-            if !run_one(inner, shared, slot, prepared) {
-                // Abandoned by the watchdog: a new worker took this one's place.
-                return;
-            }
-            continue;
-        }
-        if !dispatch_open {
-            break;
-        }
-        select! {
-            recv(shared.ready) -> prepared => {
-                if let Ok(prepared) = prepared
-                    && !run_one(inner, shared, slot, prepared)
-                {
+        match shared.take_work() {
+            Work::Ready(prepared) => {
+                if !run_one(inner, shared, slot, prepared) {
+                    // Abandoned by the watchdog: a new worker took this one's place.
                     return;
                 }
             }
-            recv(shared.due) -> ids => match ids {
-                Ok(mut ids) => {
-                    // Under load, batches queue up while workers wait for syncs: take them
-                    // all at once (up to a limit), so one sync serves more events.
-                    while ids.len() < MAX_WORKER_BATCH {
-                        match shared.due.try_recv() {
-                            Ok(more) => ids.extend(more),
-                            Err(_) => break,
-                        }
-                    }
-                    for prepared in prepare(inner, shared, ids) {
-                        let _ = shared.ready_tx.send(prepared);
-                    }
-                }
-                Err(_) => dispatch_open = false,
-            },
+            Work::Due(ids) => shared.push_ready(prepare(inner, shared, ids)),
+            Work::Exit => break,
         }
     }
     *shared.alive.lock() -= 1;
@@ -600,17 +638,16 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
             finished.push(id);
             continue;
         };
-        if inner.options.past_retention(first_due_ms, now_ms) {
-            plans.push(Plan::Expire {
-                id,
-                attempt: attempts,
-            });
-            continue;
-        }
         let handlers = inner.handlers.read().get(&*name).cloned();
-        match handlers {
-            Some(_) if shared.stalled(inner, &name) => stalled.push(id),
-            Some(handlers) if !handlers.is_empty() => {
+        let planned = super::core::plan(&super::core::PlanInput {
+            attempts,
+            past_retention: inner.options.past_retention(first_due_ms, now_ms),
+            has_handlers: handlers.as_ref().is_some_and(|h| !h.is_empty()),
+            started,
+            stalled: shared.stalled(inner, &name),
+        });
+        match (planned, handlers) {
+            (Planned::Attempt { attempt }, Some(handlers)) => {
                 plans.push(Plan::Attempt(Prepared {
                     id,
                     name,
@@ -619,17 +656,16 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
                     published_ms,
                     first_due_ms,
                     due_ms,
-                    attempt: attempts + 1,
+                    attempt,
                     job,
                     retry_context,
                     handlers,
                 }));
             }
-            _ if started => plans.push(Plan::Ignore {
-                id,
-                attempt: attempts,
-            }),
-            _ => finished.push(id),
+            (Planned::Expire { attempt }, _) => plans.push(Plan::Expire { id, attempt }),
+            (Planned::Ignore { attempt }, _) => plans.push(Plan::Ignore { id, attempt }),
+            (Planned::Wait, _) => stalled.push(id),
+            (Planned::Attempt { .. } | Planned::Leave, _) => finished.push(id),
         }
     }
     if !stalled.is_empty() {
