@@ -3,6 +3,7 @@
 //! table on the terminal, and optionally a JSON file and an SVG plot. See
 //! `docs/BENCHMARKS.md` for what each scenario and baseline does.
 
+mod core_runs;
 mod engine_runs;
 mod machine;
 mod plot;
@@ -28,14 +29,24 @@ enum Scenario {
     Recovery,
     /// 6: publish throughput with compaction on vs off, disk bytes over time.
     Compaction,
+    /// 7: 40 events due at once, 100 ms handlers, 4 workers: wall time against the ideal.
+    Workers,
+    /// 8: lateness of events due within one second, one publish each from 32 threads.
+    Timer32,
+    /// 9: a compaction pass with nothing to compact beside many pending events, and publish
+    /// latency with passes running vs without.
+    IdlePass,
 }
 
-const ALL: [Scenario; 5] = [
+const ALL: [Scenario; 8] = [
     Scenario::Publish,
     Scenario::EndToEnd,
     Scenario::Timer,
     Scenario::Recovery,
     Scenario::Compaction,
+    Scenario::Workers,
+    Scenario::Timer32,
+    Scenario::IdlePass,
 ];
 
 /// afterlog's benchmark harness: durable publish against raw pwrite+fdatasync, SQLite and
@@ -78,12 +89,12 @@ struct Args {
     /// Events of the end-to-end scenario (default 1,000,000; 100,000 with --quick).
     #[arg(long)]
     e2e_events: Option<u64>,
-    /// Events due within one second in the timer scenario (default 100,000; 20,000 with
-    /// --quick).
+    /// Events due within one second in the timer and timer32 scenarios (default 100,000;
+    /// 20,000 with --quick).
     #[arg(long)]
     timer_events: Option<u64>,
-    /// Seconds between the start of publishing and the first due time in the timer scenario
-    /// (default 3; 2 with --quick).
+    /// Seconds between the start of publishing and the first due time in the timer and
+    /// timer32 scenarios (default 3; 2 with --quick).
     #[arg(long)]
     timer_lead: Option<f64>,
     /// Pending-event counts of the recovery and memory scenarios, comma-separated (default
@@ -100,6 +111,18 @@ struct Args {
     /// Compaction on/off pairs (default 1).
     #[arg(long, default_value_t = 1)]
     compaction_pairs: usize,
+    /// Events of the workers scenario (default 40).
+    #[arg(long, default_value_t = 40)]
+    workers_events: u64,
+    /// Pending events of the idle-pass scenario (default 1,000,000; 100,000 with --quick).
+    #[arg(long)]
+    idle_pending: Option<u64>,
+    /// Timed idle compaction passes (default 5).
+    #[arg(long, default_value_t = 5)]
+    idle_passes: usize,
+    /// Seconds per publish-latency run of the idle-pass scenario (default 5; 1 with --quick).
+    #[arg(long)]
+    idle_secs: Option<f64>,
     /// Internal: open this data directory, print the open time and memory as JSON, exit.
     #[arg(long, hide = true)]
     child_open: Option<PathBuf>,
@@ -124,6 +147,10 @@ struct Params {
     cold: bool,
     compaction_secs: f64,
     compaction_pairs: usize,
+    workers_events: u64,
+    idle_pending: u64,
+    idle_passes: usize,
+    idle_secs: f64,
 }
 
 impl Params {
@@ -160,6 +187,12 @@ impl Params {
             cold: args.cold,
             compaction_secs: args.compaction_secs.unwrap_or(if q { 2.0 } else { 10.0 }),
             compaction_pairs: args.compaction_pairs.max(1),
+            workers_events: args.workers_events.max(1),
+            idle_pending: args
+                .idle_pending
+                .unwrap_or(if q { 100_000 } else { 1_000_000 }),
+            idle_passes: args.idle_passes.max(1),
+            idle_secs: args.idle_secs.unwrap_or(if q { 1.0 } else { 5.0 }),
         }
     }
 
@@ -180,6 +213,8 @@ impl Params {
         if self.runs(Scenario::Compaction) {
             n += 2 * self.compaction_pairs as u64;
         }
+        n += 2 * self.runs(Scenario::Workers) as u64 + self.runs(Scenario::Timer32) as u64;
+        n += 3 * self.runs(Scenario::IdlePass) as u64;
         n
     }
 }
@@ -222,6 +257,9 @@ struct Report {
     recovery: Option<Vec<recovery::Recovery>>,
     memory: Option<Vec<recovery::Memory>>,
     compaction: Option<engine_runs::Compaction>,
+    workers: Option<core_runs::Workers>,
+    timer32: Option<core_runs::Timer32>,
+    idle_pass: Option<core_runs::IdlePass>,
     targets: Vec<Target>,
 }
 
@@ -387,6 +425,7 @@ fn main() {
             &progress,
         )
     });
+    let (workers, timer32, idle_pass) = core_scenarios(&dir, &params, &progress);
     progress.finish();
     let _ = std::fs::remove_dir_all(&dir);
     machine.load_average_end = machine::load_average();
@@ -404,6 +443,9 @@ fn main() {
         recovery,
         memory,
         compaction,
+        workers,
+        timer32,
+        idle_pass,
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -417,6 +459,41 @@ fn main() {
         plot::draw(&report, path).expect("draw plot");
         eprintln!("wrote {}", path.display());
     }
+}
+
+type CoreResults = (
+    Option<core_runs::Workers>,
+    Option<core_runs::Timer32>,
+    Option<core_runs::IdlePass>,
+);
+
+fn core_scenarios(dir: &Path, params: &Params, progress: &Progress) -> CoreResults {
+    let workers = params
+        .runs(Scenario::Workers)
+        .then(|| core_runs::workers(dir, params.workers_events, progress));
+    let timer32 = params.runs(Scenario::Timer32).then(|| {
+        let r = core_runs::timer32(
+            dir,
+            params.timer_events,
+            Duration::from_secs_f64(params.timer_lead_secs),
+            progress,
+        );
+        progress.println(&format!(
+            "timer32: lateness p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            r.lateness_p50_ms, r.lateness_p99_ms, r.lateness_max_ms
+        ));
+        r
+    });
+    let idle_pass = params.runs(Scenario::IdlePass).then(|| {
+        core_runs::idle_pass(
+            dir,
+            params.idle_pending,
+            params.idle_passes,
+            Duration::from_secs_f64(params.idle_secs),
+            progress,
+        )
+    });
+    (workers, timer32, idle_pass)
 }
 
 fn targets(r: &Report) -> Vec<Target> {
@@ -464,6 +541,15 @@ fn targets(r: &Report) -> Vec<Target> {
             5.0,
         ));
     }
+    // Side by side with the jobs-of-50 timer above.
+    if let Some(timer) = &r.timer32 {
+        t.push(target(
+            format!("lateness p99, ms ({} publishes, 32 threads)", timer.events),
+            timer.lateness_p99_ms,
+            "<=",
+            5.0,
+        ));
+    }
     for rec in r.recovery.iter().flatten() {
         t.push(target(
             format!("recovery of {} pending, events/s", rec.pending),
@@ -488,7 +574,43 @@ fn targets(r: &Report) -> Vec<Target> {
             0.85,
         ));
     }
+    core_targets(r, &mut t);
     t
+}
+
+fn core_targets(r: &Report, t: &mut Vec<Target>) {
+    if let Some(w) = &r.workers {
+        for run in &w.runs {
+            t.push(target(
+                format!(
+                    "workers, {} of {}: elapsed / ideal {:.1} s",
+                    run.shape, run.events, w.ideal_s
+                ),
+                run.ratio_to_ideal,
+                "<=",
+                1.2,
+            ));
+        }
+    }
+    if let Some(p) = &r.idle_pass {
+        for (what, ms) in [
+            ("median", p.idle_pass_median_ms),
+            ("max", p.idle_pass_max_ms),
+        ] {
+            t.push(target(
+                format!("idle pass at {} pending, {what} ms", p.pending),
+                ms,
+                "<=",
+                10.0,
+            ));
+        }
+        t.push(target(
+            "publish p99 with passes every 100 ms / off".into(),
+            p.p99_ratio,
+            "<=",
+            1.2,
+        ));
+    }
 }
 
 fn print_table(r: &Report) {
@@ -588,6 +710,23 @@ fn print_table(r: &Report) {
             t.engine_lateness_max_ms
         );
     }
+    if let Some(t) = &r.timer32 {
+        println!(
+            "timer32: {} publishes from {} threads, due within 1 s: lateness p50 {:.2} ms, \
+             p99 {:.2} ms, max {:.2} ms (engine metrics: {} / {} / {} ms; published in \
+             {:.2} s, {} after their due time)",
+            t.events,
+            t.threads,
+            t.lateness_p50_ms,
+            t.lateness_p99_ms,
+            t.lateness_max_ms,
+            t.engine_lateness_p50_ms,
+            t.engine_lateness_p99_ms,
+            t.engine_lateness_max_ms,
+            t.publish_s,
+            t.published_late
+        );
+    }
     if let (Some(rec), Some(mem)) = (&r.recovery, &r.memory) {
         println!();
         println!(
@@ -646,6 +785,7 @@ fn print_table(r: &Report) {
             );
         }
     }
+    print_core(r);
     println!();
     println!(
         "{:<52} {:>12} {:>12} {:>5}",
@@ -658,6 +798,62 @@ fn print_table(r: &Report) {
             fmt_figure(t.measured),
             format!("{} {}", t.comparison, fmt_figure(t.target)),
             if t.met { "yes" } else { "NO" }
+        );
+    }
+}
+
+fn print_core(r: &Report) {
+    if let Some(w) = &r.workers {
+        println!();
+        for run in &w.runs {
+            println!(
+                "workers: {} events by {}, {} ms handlers on {} workers: {:.3} s, {:.2}x the \
+                 ideal {:.1} s (engine lateness p50 {} / p99 {} / max {} ms)",
+                run.events,
+                run.shape,
+                w.handler_ms,
+                w.workers,
+                run.elapsed_s,
+                run.ratio_to_ideal,
+                w.ideal_s,
+                run.lateness_p50_ms,
+                run.lateness_p99_ms,
+                run.lateness_max_ms
+            );
+        }
+    }
+    if let Some(p) = &r.idle_pass {
+        println!();
+        println!(
+            "idle pass: {} pending (prefilled in {:.2} s); first compact_now {:.1} ms; {} idle \
+             passes: median {:.2} ms, max {:.2} ms ({} segments touched)",
+            p.pending,
+            p.prefill_s,
+            p.first_pass_ms,
+            p.idle_pass_ms.len(),
+            p.idle_pass_median_ms,
+            p.idle_pass_max_ms,
+            p.idle_segments_touched
+        );
+        for run in &p.runs {
+            println!(
+                "  publish latency, {} publishers, compaction {}: p50 {:.0} µs, p99 {:.0} µs, \
+                 max {:.0} µs ({}/s)",
+                p.publishers,
+                if run.compaction {
+                    "every 100 ms"
+                } else {
+                    "off"
+                },
+                run.p50_us,
+                run.p99_us,
+                run.max_us,
+                format_rate(run.events_per_s)
+            );
+        }
+        println!(
+            "  on / off: p50 {:.2}x, p99 {:.2}x",
+            p.p50_ratio, p.p99_ratio
         );
     }
 }

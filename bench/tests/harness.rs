@@ -44,6 +44,8 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
             "1",
         ])
         .args(["--recovery-events", "3000,6000", "--compaction-secs", "0.6"])
+        .args(["--workers-events", "8", "--idle-pending", "2000"])
+        .args(["--idle-passes", "3", "--idle-secs", "0.3"])
         .arg("--dir")
         .arg(base.join("data"))
         .arg("--json")
@@ -71,7 +73,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     }
     assert!(v["machine"]["file_system"].is_string());
     assert_eq!(v["parameters"]["quick"], Value::Bool(true));
-    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 5);
+    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 8);
 
     let publish = v["publish"].as_array().expect("publish");
     assert_eq!(publish.len(), 3);
@@ -116,10 +118,43 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     }
     assert_eq!(v["compaction"]["runs"].as_array().unwrap().len(), 2);
 
+    assert!(number(&v, "workers.ideal_s") > 0.0);
+    let workers = v["workers"]["runs"].as_array().expect("workers runs");
+    assert_eq!(workers.len(), 2);
+    for (i, shape) in ["push", "publish"].iter().enumerate() {
+        assert_eq!(workers[i]["shape"], *shape);
+        assert_eq!(number(&v, &format!("workers.runs.{i}.events")), 8.0);
+        for key in ["elapsed_s", "ratio_to_ideal", "lateness_p99_ms"] {
+            number(&v, &format!("workers.runs.{i}.{key}"));
+        }
+    }
+    assert_eq!(number(&v, "timer32.threads"), 32.0);
+    for key in ["lateness_p50_ms", "lateness_p99_ms", "lateness_max_ms"] {
+        assert!(number(&v, &format!("timer32.{key}")) >= 0.0);
+    }
+    assert_eq!(number(&v, "idle_pass.pending"), 2000.0);
+    assert_eq!(v["idle_pass"]["idle_pass_ms"].as_array().unwrap().len(), 3);
+    for key in [
+        "first_pass_ms",
+        "idle_pass_median_ms",
+        "idle_pass_max_ms",
+        "p50_ratio",
+        "p99_ratio",
+    ] {
+        number(&v, &format!("idle_pass.{key}"));
+    }
+    let latency = v["idle_pass"]["runs"].as_array().expect("idle_pass runs");
+    assert_eq!(latency.len(), 2);
+    for i in 0..2 {
+        assert!(number(&v, &format!("idle_pass.runs.{i}.published")) > 0.0);
+        number(&v, &format!("idle_pass.runs.{i}.p99_us"));
+    }
+
     // 3 log-vs-raw and 3 publish-vs-raw targets, 2 against SQLite and fjall, end to end,
-    // lateness, 2 recovery, 2 memory, compaction.
+    // lateness, 2 recovery, 2 memory, compaction; 2 workers, lateness of timer32, 2 idle
+    // pass and the publish latency ratio.
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 15, "{targets:?}");
+    assert_eq!(targets.len(), 21, "{targets:?}");
     for t in targets {
         assert!(t["name"].is_string() && t["met"].is_boolean());
         assert!(t["measured"].is_number() && t["target"].is_number(), "{t}");
