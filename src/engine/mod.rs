@@ -380,7 +380,8 @@ impl Engine {
     }
 
     /// Waits until nothing is due now and nothing is running, or `timeout` (real time)
-    /// passes. Returns whether the engine became idle.
+    /// passes. Returns whether the engine became idle: false at once when a background
+    /// thread panicked (the engine is stopped; see [`close`](Engine::close)).
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         self.inner().wait_idle(timeout)
     }
