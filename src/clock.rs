@@ -6,8 +6,8 @@
 //! has changed.
 
 use std::fmt;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -29,6 +29,22 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// `wake`, so a notification sent before the call is not lost. May return early
     /// spuriously; callers re-check their condition.
     fn wait_until(&self, wake: &Wake, deadline_ms: Option<i64>);
+
+    /// A monotonic time in milliseconds, for measuring how long something runs (handler
+    /// timeouts): it never steps when the wall clock does. Its origin is arbitrary; only
+    /// differences mean anything. The default is [`now_ms`](Clock::now_ms), for clocks whose
+    /// time never steps (a manual clock); [`SystemClock`] counts from an `Instant`.
+    fn monotonic_ms(&self) -> i64 {
+        self.now_ms()
+    }
+
+    /// [`wait_until`](Clock::wait_until) on the timeline of
+    /// [`monotonic_ms`](Clock::monotonic_ms): blocks until it reads ≥ `deadline_ms`, or
+    /// `wake` is notified, or the clock is changed. The default is `wait_until`, which
+    /// matches the default `monotonic_ms`.
+    fn wait_monotonic_until(&self, wake: &Wake, deadline_ms: Option<i64>) {
+        self.wait_until(wake, deadline_ms);
+    }
 }
 
 /// A cheap, clonable notifier for one waiting thread (or a few). Clones share one flag.
@@ -109,6 +125,29 @@ impl Clock for SystemClock {
                 return;
             }
         }
+    }
+
+    /// Milliseconds since an `Instant` taken at the first call in the process.
+    fn monotonic_ms(&self) -> i64 {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        let origin = *ORIGIN.get_or_init(Instant::now);
+        i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Sleeps on `Instant` time until the monotonic deadline, or until `wake` is notified.
+    fn wait_monotonic_until(&self, wake: &Wake, deadline_ms: Option<i64>) {
+        let step = match deadline_ms {
+            None => SYSTEM_WAIT_CAP,
+            Some(deadline_ms) => {
+                let remaining_ms = deadline_ms.saturating_sub(self.monotonic_ms());
+                if remaining_ms <= 0 {
+                    wake.wait_timeout(Duration::ZERO);
+                    return;
+                }
+                Duration::from_millis(remaining_ms.unsigned_abs())
+            }
+        };
+        wake.wait_timeout(step);
     }
 }
 

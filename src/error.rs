@@ -77,6 +77,14 @@ pub enum Error {
     },
     /// The log or engine has been closed.
     Closed,
+    /// A background thread of the engine panicked; the engine is stopped and every call
+    /// fails with this error until the directory is reopened.
+    Panicked {
+        /// Which thread: `scheduler`, `worker`, `watchdog`, `compactor` or `segment preparer`.
+        thread: String,
+        /// The panic's own message.
+        message: String,
+    },
     /// A directory opened for reading is not an afterlog data directory.
     NotADataDirectory {
         /// The directory.
@@ -152,6 +160,10 @@ impl fmt::Display for Error {
             }
             Error::InvalidInput { reason } => write!(f, "{reason}"),
             Error::Closed => write!(f, "the log is closed"),
+            Error::Panicked { thread, message } => write!(
+                f,
+                "afterlog's {thread} thread panicked: {message}; the engine is stopped, reopen it"
+            ),
             Error::NotADataDirectory { dir, reason } => {
                 write!(
                     f,

@@ -610,15 +610,24 @@ impl<T: Copy> Wheel<T> {
     /// Yields the ready entries due at or before `now_ms`; the others stay.
     fn expire_ready(&mut self, now_ms: u64, on_due: &mut impl FnMut(u64, T)) {
         let mut index = self.heads[READY_LIST];
+        // The bound is raised to the earliest timer left: after a partial expiry (the time
+        // given is before the wheel's, as after a backward step of the wall clock) a bound
+        // left at an expired timer's deadline would name a deadline already past, and a
+        // caller sleeping until `next_deadline_ms` would never sleep.
+        let mut left_min_ms = u64::MAX;
         while index < LIST_MARKER_BASE {
             let next = self.links[index as usize].next;
-            if self.entry_due_ms(index) <= now_ms {
+            let due_ms = self.entry_due_ms(index);
+            if due_ms <= now_ms {
                 self.unlink(index);
                 let (due_ms, value) = self.release(index);
                 on_due(due_ms, value);
+            } else {
+                left_min_ms = left_min_ms.min(due_ms);
             }
             index = next;
         }
+        self.ready_due_min_ms = left_min_ms;
     }
 
     /// Empties a slot that the wheel's time has just reached: yields the entries due at or

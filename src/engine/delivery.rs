@@ -28,6 +28,7 @@
 //! runs, so attempt counts never go backwards across a crash.
 
 use super::core::{Begin, Planned};
+use super::guard::guarded;
 use super::handler::{Context, Deadline, Event, HandlerErrorKind};
 use super::options::EXPIRED_MESSAGE;
 use super::{Inner, Registered};
@@ -40,6 +41,7 @@ use crate::index::{Applied, EventState};
 use crate::log::RecordBytes;
 use crate::retry::{Decision, DropReason, Failure, FailureInput, RetryContext, RetryReason};
 use parking_lot::{Condvar, Mutex};
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -292,14 +294,18 @@ impl Delivery {
             let (inner, shared) = (inner.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("afterlog-scheduler".into())
-                .spawn(move || schedule(&inner, &shared))
+                .spawn(move || {
+                    guarded(&inner, "scheduler", || schedule(&inner, &shared));
+                })
                 .expect("spawn the scheduler thread")
         };
         let watchdog = {
             let (inner, shared) = (inner.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("afterlog-watchdog".into())
-                .spawn(move || watch(&inner, &shared))
+                .spawn(move || {
+                    guarded(&inner, "watchdog", || watch(&inner, &shared));
+                })
                 .expect("spawn the watchdog thread")
         };
         Delivery {
@@ -311,21 +317,42 @@ impl Delivery {
 
     /// Stops the scheduler, lets the workers finish what was dispatched (running handlers up
     /// to their timeouts), then stops the watchdog.
-    pub fn stop(self, inner: &Inner) {
+    ///
+    /// Called from a handler (a worker of this engine), it does not wait for that worker,
+    /// and returns true: the worker closes the log when it exits, after the handler's
+    /// outcome is written. A stopped engine (a background thread panicked) waits for no
+    /// handler: the log is poisoned, so nothing they do can be recorded.
+    pub fn stop(self, inner: &Inner) -> bool {
         inner.wake.notify();
         let _ = self.scheduler.join();
         self.shared.close_queue();
+        let own = own_slot(inner);
         let until = Instant::now() + super::MAX_HANDLER_TIMEOUT + Duration::from_secs(5);
-        let mut alive = self.shared.alive.lock();
-        while *alive > 0 && Instant::now() < until {
+        loop {
+            // The calling worker counts as alive until the watchdog abandons it.
+            let own_alive = own
+                .as_ref()
+                .is_some_and(|slot| !slot.state.lock().abandoned);
+            let mut alive = self.shared.alive.lock();
+            if *alive <= usize::from(own_alive)
+                || Instant::now() >= until
+                || inner.stopped().is_some()
+            {
+                break;
+            }
             self.shared
                 .exited
                 .wait_for(&mut alive, Duration::from_millis(50));
         }
-        drop(alive);
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.watch.notify();
         let _ = self.watchdog.join();
+        // With the watchdog gone, the calling worker can no longer be abandoned.
+        let deferred = own.is_some_and(|slot| !slot.state.lock().abandoned);
+        if deferred {
+            CLOSE_ON_EXIT.set(true);
+        }
+        deferred
     }
 
     /// Threads abandoned in a handler that has not returned yet.
@@ -346,6 +373,46 @@ impl Delivery {
     }
 }
 
+thread_local! {
+    /// On a worker thread: its engine (the address of its `Inner`) and its slot.
+    static WORKER: RefCell<Option<(usize, Arc<Slot>)>> = const { RefCell::new(None) };
+    /// On a worker thread whose handler called `close`: the worker closes the log on exit.
+    static CLOSE_ON_EXIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread is a worker of `inner`'s engine (a handler is running on it).
+pub(super) fn on_worker_of(inner: &Inner) -> bool {
+    own_slot(inner).is_some()
+}
+
+/// The slot of the current thread, if it is a worker of `inner`'s engine.
+fn own_slot(inner: &Inner) -> Option<Arc<Slot>> {
+    let address = std::ptr::from_ref(inner) as usize;
+    WORKER.with_borrow(|worker| {
+        worker
+            .as_ref()
+            .filter(|(engine, _)| *engine == address)
+            .map(|(_, slot)| slot.clone())
+    })
+}
+
+/// After a worker's loop panicked (outside a handler, whose panics are caught): it stops
+/// counting as alive, so that `close` does not wait for it.
+fn worker_panicked(shared: &Shared, slot: &Arc<Slot>) {
+    {
+        let mut state = slot.state.lock();
+        if state.abandoned {
+            // The watchdog has already let it go.
+            return;
+        }
+        state.abandoned = true;
+        state.current = None;
+    }
+    shared.slots.lock().retain(|s| !Arc::ptr_eq(s, slot));
+    *shared.alive.lock() -= 1;
+    shared.exited.notify_all();
+}
+
 /// Starts a worker thread. If the operating system refuses one, delivery goes on with the
 /// workers it has (counted in `Metrics::worker_spawn_failures`).
 fn spawn_worker(inner: &Arc<Inner>, shared: &Arc<Shared>) {
@@ -355,7 +422,20 @@ fn spawn_worker(inner: &Arc<Inner>, shared: &Arc<Shared>) {
     let (thread_inner, thread_shared, thread_slot) = (inner.clone(), shared.clone(), slot.clone());
     let spawned = std::thread::Builder::new()
         .name("afterlog-worker".into())
-        .spawn(move || work(&thread_inner, &thread_shared, &thread_slot));
+        .spawn(move || {
+            let engine = Arc::as_ptr(&thread_inner) as usize;
+            WORKER.set(Some((engine, thread_slot.clone())));
+            let ran = guarded(&thread_inner, "worker", || {
+                work(&thread_inner, &thread_shared, &thread_slot)
+            });
+            if !ran {
+                worker_panicked(&thread_shared, &thread_slot);
+            }
+            WORKER.set(None);
+            if CLOSE_ON_EXIT.take() {
+                let _ = thread_inner.finish_close();
+            }
+        });
     if spawned.is_err() {
         shared.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
         *shared.alive.lock() -= 1;
@@ -478,7 +558,8 @@ fn run_handlers(
         .record_lateness(inner.clock.now_ms() - p.due_ms);
     let mut first_failure = None;
     for registered in p.handlers.iter() {
-        let started_ms = inner.clock.now_ms();
+        // Timeouts run on the monotonic clock: a step of the wall clock does not end them.
+        let started_ms = inner.clock.monotonic_ms();
         let timeout_ms = registered.options.timeout.as_millis() as i64;
         let deadline = Arc::new(Deadline {
             started_ms,
@@ -512,7 +593,7 @@ fn run_handlers(
         }
         // A result that arrives after the deadline is ignored, even if the watchdog has not
         // noticed yet: the clock decides, not the race.
-        if inner.clock.now_ms() > *deadline.deadline_ms.lock() {
+        if inner.clock.monotonic_ms() > *deadline.deadline_ms.lock() {
             inner.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
             return Some(Some(Failed::new(Failure::Platform {
                 reason: RetryReason::TimeOut,
@@ -544,7 +625,8 @@ fn run_handlers(
 /// The watchdog thread: fails attempts whose handler runs past its deadline.
 fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
     while !shared.stopping.load(Ordering::Acquire) {
-        let now_ms = inner.clock.now_ms();
+        // Deadlines are on the monotonic clock (see `run_handlers`).
+        let now_ms = inner.clock.monotonic_ms();
         let mut earliest: Option<i64> = None;
         let slots = shared.slots.lock().clone();
         for slot in slots {
@@ -583,7 +665,7 @@ fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
         }
         inner
             .clock
-            .wait_until(&shared.watch, earliest.map(|d| d.saturating_add(1)));
+            .wait_monotonic_until(&shared.watch, earliest.map(|d| d.saturating_add(1)));
     }
 }
 

@@ -112,7 +112,9 @@ impl fmt::Debug for Event {
     }
 }
 
-/// The running handler's deadline, shared with the watchdog that enforces it.
+/// The running handler's deadline, shared with the watchdog that enforces it. Both times are
+/// on the clock's monotonic timeline (`Clock::monotonic_ms`), which a wall-clock step does not
+/// move.
 #[derive(Debug)]
 pub(crate) struct Deadline {
     pub started_ms: i64,

@@ -3,6 +3,7 @@
 //! - `options.rs`: [`Options`].
 //! - `handler.rs`: what handlers see and return.
 //! - `delivery.rs`: the scheduler thread, the worker pool and the timeout watchdog.
+//! - `guard.rs`: the unwind guard of every background thread: a panic stops the engine.
 //! - `metrics.rs`: counters and the lateness histogram.
 //!
 //! Publishing writes a durable record, then applies it to the index and the wheel under one
@@ -13,6 +14,7 @@
 mod compaction;
 mod core;
 mod delivery;
+mod guard;
 mod handler;
 mod metrics;
 mod options;
@@ -76,6 +78,12 @@ pub(crate) struct Inner {
     /// Wakes the background compaction thread (on close).
     compaction_wake: Wake,
     compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The first background thread that panicked, if any: the engine is then stopped.
+    panicked: guard::Panicked,
+    /// Set when `close` has finished (the log is closed, the lock released), for a second
+    /// `close` to wait for.
+    closed: Mutex<bool>,
+    closed_cv: Condvar,
 }
 
 /// An open data directory: publish events, register handlers, and (after
@@ -180,6 +188,9 @@ impl Engine {
             compaction_lock: Mutex::new(()),
             compaction_wake: Wake::new(),
             compactor: Mutex::new(None),
+            panicked: guard::Panicked::default(),
+            closed: Mutex::new(false),
+            closed_cv: Condvar::new(),
             options,
         });
         if let Some(interval) = inner.options.compaction_interval {
@@ -190,7 +201,12 @@ impl Engine {
             let first_ms = inner.clock.now_ms().saturating_add(interval_ms);
             let handle = std::thread::Builder::new()
                 .name("afterlog-compactor".into())
-                .spawn(move || thread_inner.compact_in_background(first_ms, interval_ms))
+                .spawn(move || {
+                    let guard_inner = thread_inner.clone();
+                    guard::guarded(&guard_inner, "compactor", move || {
+                        thread_inner.compact_in_background(first_ms, interval_ms)
+                    });
+                })
                 .map_err(|e| Error::invalid(format!("cannot start the compaction thread: {e}")))?;
             *inner.compactor.lock() = Some(handle);
         }
@@ -315,7 +331,8 @@ impl Engine {
     }
 
     /// Waits until nothing is due now and nothing is running, or `timeout` (real time)
-    /// passes. Returns whether the engine became idle.
+    /// passes. Returns whether the engine became idle: false at once when a background
+    /// thread panicked (the engine is stopped; see [`close`](Engine::close)).
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         self.inner().wait_idle(timeout)
     }
@@ -358,6 +375,19 @@ impl Engine {
 
     /// Stops delivery (running handlers finish, up to their timeouts), syncs the log and
     /// releases the directory lock. Later calls on any clone fail with `Error::Closed`.
+    ///
+    /// A second `close` while one runs waits for it, and returns once the lock is released.
+    ///
+    /// Called from a handler (or by dropping the last clone there), `close` does not wait for
+    /// the handler that called it: it stops the scheduler, waits for the other workers, and
+    /// returns. The calling handler's attempt then ends as any other: when the handler
+    /// returns, its outcome is written (an `Ok` is acknowledged, never turned into a timeout),
+    /// and only then does its worker close the log and release the directory lock. A `close`
+    /// on another thread meanwhile waits for that.
+    ///
+    /// If a background thread of the engine panicked, the engine is stopped: `close` does not
+    /// wait for handlers (nothing more can be recorded), releases the lock and returns
+    /// `Error::Panicked`, naming the thread and the panic's message.
     pub fn close(&self) -> Result<()> {
         self.inner().close()
     }
@@ -365,7 +395,9 @@ impl Engine {
 
 impl Inner {
     fn check_open(&self) -> Result<()> {
-        if self.closing.load(Ordering::Acquire) {
+        if let Some(stopped) = self.stopped() {
+            Err(stopped)
+        } else if self.closing.load(Ordering::Acquire) {
             Err(Error::Closed)
         } else {
             Ok(())
@@ -581,6 +613,10 @@ impl Inner {
         let until = Instant::now().checked_add(timeout);
         let mut core = self.core.lock();
         loop {
+            // A stopped engine never becomes idle: its work is left for the next open.
+            if self.stopped().is_some() {
+                return false;
+            }
             if self.is_idle(&core) {
                 return true;
             }
@@ -647,7 +683,18 @@ impl Inner {
 
     fn close(&self) -> Result<()> {
         if self.closing.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            // Another close runs: wait for it to finish, so that the directory is free when
+            // this returns — unless this is a handler of this engine, which that close may
+            // be waiting for.
+            // Bounded as the first close's wait for handlers is.
+            if !delivery::on_worker_of(self) {
+                let until = Instant::now() + MAX_HANDLER_TIMEOUT + Duration::from_secs(5);
+                let mut closed = self.closed.lock();
+                while !*closed && Instant::now() < until {
+                    self.closed_cv.wait_until(&mut closed, until);
+                }
+            }
+            return self.stopped().map_or(Ok(()), Err);
         }
         self.wake.notify();
         self.compaction_wake.notify();
@@ -660,9 +707,26 @@ impl Inner {
         // engine opens the directory while this one still renames and removes files in it.
         drop(self.compaction_lock.lock());
         let delivery = self.delivery.lock().take();
-        if let Some(delivery) = delivery {
-            delivery.stop(self);
+        if let Some(delivery) = delivery
+            && delivery.stop(self)
+        {
+            // Called from a handler: its worker closes the log once the handler returned and
+            // its outcome is written (`finish_close`).
+            return self.stopped().map_or(Ok(()), Err);
         }
-        self.log.close()
+        self.finish_close()
+    }
+
+    /// The last step of `close`: closes the log (releasing the directory lock) and lets a
+    /// second `close` waiting for this one return. A stopped engine's close fails with the
+    /// panic that stopped it.
+    pub(crate) fn finish_close(&self) -> Result<()> {
+        let closed = self.log.close();
+        *self.closed.lock() = true;
+        self.closed_cv.notify_all();
+        match self.stopped() {
+            Some(stopped) => Err(stopped),
+            None => closed,
+        }
     }
 }

@@ -255,6 +255,7 @@ impl Log {
                 AtomicU64::new(report.job_id_floor),
             ],
             directory,
+            panicked: Mutex::new(None),
         });
         let last_sealed = recovered.sealed.last().map(|s| s.id);
         for slot in recovered.sealed {
@@ -319,7 +320,7 @@ impl Log {
             .prepare_in_background
             .then(|| {
                 let len = options.segment_len_after(active.capacity);
-                writer::spawn_spare(storage.clone(), active.id + 1, len)
+                writer::spawn_spare(shared.clone(), active.id + 1, len)
             })
             .flatten();
         let writer = Writer {
@@ -519,6 +520,18 @@ impl Log {
     /// The reason the log is poisoned, if it is.
     pub fn poisoned(&self) -> Option<String> {
         self.shared.queue.lock().poisoned.clone()
+    }
+
+    /// Poisons the log: whatever is queued fails with `reason`, and so does every later
+    /// append, flush and roll.
+    pub(crate) fn poison(&self, reason: String) {
+        self.shared.poison(reason);
+    }
+
+    /// The thread of the log that panicked outside the writer (the segment preparer), and
+    /// the panic's message; the log is then poisoned.
+    pub(crate) fn panicked(&self) -> Option<(String, String)> {
+        self.shared.panicked.lock().clone()
     }
 
     /// The log's counters.

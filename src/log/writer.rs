@@ -178,6 +178,8 @@ pub(crate) struct Shared {
     pub floors: [std::sync::atomic::AtomicU64; 2],
     /// The manifest: the segments the directory holds, its id and settings.
     pub directory: Directory,
+    /// The thread of the log that panicked outside the writer, and the panic's message.
+    pub panicked: Mutex<Option<(String, String)>>,
 }
 
 impl Shared {
@@ -241,10 +243,31 @@ pub(crate) type Spare = thread::JoinHandle<Result<(u64, Arc<dyn StorageFile>)>>;
 
 /// Prepares segment `id` of `len` bytes on a thread of its own, `afterlog-prepare`. `None`
 /// when no thread can be had: the writer then prepares the segment itself when it rolls.
-pub(crate) fn spawn_spare(storage: Arc<dyn Storage>, id: u64, len: u64) -> Option<Spare> {
+///
+/// The preparation runs under a guard: a panic (in the storage layer, say) poisons the log
+/// with an error that names the thread and the panic's message, so every later append fails
+/// with it at once, rather than at the next roll or never.
+pub(crate) fn spawn_spare(shared: Arc<Shared>, id: u64, len: u64) -> Option<Spare> {
     thread::Builder::new()
         .name("afterlog-prepare".into())
-        .spawn(move || prepare_file(&*storage, id, len).map(|f| (id, f)))
+        .spawn(move || {
+            let prepared =
+                catch_unwind(AssertUnwindSafe(|| prepare_file(&*shared.storage, id, len)));
+            match prepared {
+                Ok(prepared) => prepared.map(|f| (id, f)),
+                Err(payload) => {
+                    let thread = "segment preparer".to_owned();
+                    let message = crate::error::panic_message(payload);
+                    let error = Error::Panicked {
+                        thread: thread.clone(),
+                        message: message.clone(),
+                    };
+                    shared.panicked.lock().get_or_insert((thread, message));
+                    shared.poison(error.to_string());
+                    Err(error)
+                }
+            }
+        })
         .ok()
 }
 
@@ -636,9 +659,8 @@ impl Writer {
         };
         self.shared.stats.add_roll();
         if self.options.prepare_in_background {
-            let storage = self.shared.storage.clone();
             let len = self.options.segment_len_after(capacity);
-            self.spare = spawn_spare(storage, next_id + 1, len);
+            self.spare = spawn_spare(self.shared.clone(), next_id + 1, len);
         }
         Ok(())
     }

@@ -165,6 +165,22 @@ fn an_earlier_now_moves_nothing_back_and_yields_only_what_is_due() {
     assert_eq!(advance(&mut wheel, 1_001), vec![(1_001, 3)]);
 }
 
+/// After a partial expiry of the ready list (a time before the wheel's, as after a backward
+/// step of the wall clock), the next deadline is the earliest timer left, not the deadline of
+/// one already yielded: a caller that sleeps until it must not wake at once, again and again.
+#[test]
+fn a_partial_expiry_of_the_ready_list_raises_the_next_deadline() {
+    let mut wheel = Wheel::new(3_600_000);
+    wheel.insert(1_000, 1);
+    wheel.insert(1_800_000, 2);
+    assert_eq!(wheel.next_deadline_ms(), Some(1_000));
+    assert_eq!(advance(&mut wheel, 1_000), vec![(1_000, 1)]);
+    assert_eq!(wheel.next_deadline_ms(), Some(1_800_000));
+    assert_eq!(advance(&mut wheel, 1_799_999), vec![]);
+    assert_eq!(advance(&mut wheel, 1_800_000), vec![(1_800_000, 2)]);
+    assert_eq!(wheel.next_deadline_ms(), None);
+}
+
 #[test]
 fn nothing_fires_a_millisecond_early() {
     let mut wheel = Wheel::new(0);

@@ -1,5 +1,5 @@
 //! In-memory storage with hooks: a test decides what happens before a file is created,
-//! written, grown or synced (a full disk, a panic), and the rest is `MemStorage`.
+//! written, grown, synced or read (a full disk, a panic), and the rest is `MemStorage`.
 
 use afterlog::storage::{LockGuard, Mapped, MemStorage, Storage, StorageFile};
 use std::fmt;
@@ -19,6 +19,8 @@ pub trait Hooks: Send + Sync + fmt::Debug + 'static {
     fn sync(&self) -> io::Result<()> {
         Ok(())
     }
+    /// A file is about to be read (`read_at`) or mapped.
+    fn read(&self) {}
 }
 
 /// `MemStorage` behind `hooks`.
@@ -92,6 +94,7 @@ impl<H: Hooks> StorageFile for HookedFile<H> {
         self.inner.len()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.hooks.read();
         self.inner.read_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -107,6 +110,7 @@ impl<H: Hooks> StorageFile for HookedFile<H> {
         self.inner.sync_data()
     }
     unsafe fn map(&self, len: u64) -> io::Result<Mapped> {
+        self.hooks.read();
         // SAFETY: the caller's promise for this file is the promise for the file it wraps.
         unsafe { self.inner.map(len) }
     }
