@@ -20,8 +20,8 @@ fn options() -> Options {
 /// The event's state and attempts, read back from the directory.
 fn state(dir: &Path, id: EventId) -> (&'static str, u32) {
     let events = Reader::open(dir).unwrap().events().unwrap();
-    let row = events.iter().find(|e| e.id == id.0).expect("the event");
-    (row.state, row.attempts)
+    let row = events.iter().find(|e| e.id == id).expect("the event");
+    (row.state.name(), row.attempts)
 }
 
 #[test]
