@@ -6,7 +6,7 @@
 //! previous run are recovered from the log and delivered.
 //!
 //! ```text
-//! cargo run --release --example quickstart
+//! cargo run --release -p afterlog-quickstart
 //! ```
 
 use afterlog::{After, Engine, HandlerError, Options, Result, RetryPolicy};
@@ -167,7 +167,9 @@ fn main() -> Result<()> {
 }
 
 fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn secs(since: Instant) -> f64 {
