@@ -82,12 +82,21 @@ fn job_stats_move_with_each_event_of_a_batch() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
     let engine = Engine::open_with(dir.path(), options(&clock).workers(1)).unwrap();
+    // Each handler waits until every event that ran before it is acknowledged: while the
+    // batch still runs, the job's stats move with each event.
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let started = Arc::new(AtomicU32::new(0));
     {
-        let (seen, handle) = (seen.clone(), engine.clone());
+        let (seen, started, handle) = (seen.clone(), started.clone(), engine.clone());
         engine.on("step", move |event, _| {
-            let stats = handle.job_stats(event.job().unwrap()).unwrap();
-            seen.lock().push(stats.success);
+            let before = u64::from(started.fetch_add(1, Ordering::Relaxed));
+            let until = Instant::now() + HANG;
+            let mut success = handle.job_stats(event.job().unwrap()).unwrap().success;
+            while success < before && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+                success = handle.job_stats(event.job().unwrap()).unwrap().success;
+            }
+            seen.lock().push(success);
             Ok(())
         });
     }
@@ -96,9 +105,8 @@ fn job_stats_move_with_each_event_of_a_batch() {
         .push("step", (0..10).map(|i| format!("{i}")), Duration::ZERO)
         .unwrap();
     assert!(engine.wait_idle(IDLE));
-    let mut seen = seen.lock().clone();
-    seen.sort_unstable();
-    // One worker runs them in turn; each found the ones before it acknowledged already.
+    let seen = seen.lock().clone();
+    // One worker runs them in turn; each found the ones before it acknowledged.
     assert_eq!(seen, (0..10).collect::<Vec<u64>>());
     assert_eq!(engine.job_stats(job).unwrap().success, 10);
     engine.close().unwrap();

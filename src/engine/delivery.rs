@@ -61,6 +61,7 @@ pub(crate) const STALL_RETRY_MS: i64 = 1_000;
 pub(crate) struct Delivery {
     scheduler: JoinHandle<()>,
     watchdog: JoinHandle<()>,
+    applier: JoinHandle<()>,
     shared: Arc<Shared>,
 }
 
@@ -70,6 +71,10 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Notified when the queue gains work or closes.
     queued: Condvar,
+    /// Outcomes submitted to the log, for the applier.
+    outcomes: Mutex<Outcomes>,
+    /// Notified when an outcome is submitted or the applier is told to stop.
+    submitted: Condvar,
     slots: Mutex<Vec<Arc<Slot>>>,
     /// Wakes the watchdog when a handler starts.
     watch: Wake,
@@ -159,6 +164,24 @@ struct Queue {
     ready: VecDeque<Arc<Prepared>>,
     /// No more due batches come: workers exit once the ready events are done.
     closed: bool,
+}
+
+/// Outcomes whose records are queued in the log, in submission order: the applier waits
+/// for each to be durable and applies it, so a worker never waits for a sync between two
+/// attempts, and the outcomes of every worker share syncs.
+#[derive(Default)]
+struct Outcomes {
+    queue: VecDeque<Submitted>,
+    /// No more submissions: later outcomes are written and applied by their worker.
+    closed: bool,
+}
+
+/// An outcome record queued in the log, with what rebuilds it for the index.
+struct Submitted {
+    pending: crate::log::Pending,
+    prepared: Arc<Prepared>,
+    decided: Option<Decided>,
+    now_ms: i64,
 }
 
 /// What a worker takes from the queue.
@@ -278,6 +301,8 @@ impl Delivery {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
+            outcomes: Mutex::new(Outcomes::default()),
+            submitted: Condvar::new(),
             slots: Mutex::new(Vec::new()),
             watch: Wake::new(),
             stopping: AtomicBool::new(false),
@@ -308,9 +333,19 @@ impl Delivery {
                 })
                 .expect("spawn the watchdog thread")
         };
+        let applier = {
+            let (inner, shared) = (inner.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("afterlog-applier".into())
+                .spawn(move || {
+                    guarded(&inner, "applier", || apply_outcomes(&inner, &shared));
+                })
+                .expect("spawn the applier thread")
+        };
         Delivery {
             scheduler,
             watchdog,
+            applier,
             shared,
         }
     }
@@ -347,6 +382,11 @@ impl Delivery {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.watch.notify();
         let _ = self.watchdog.join();
+        // Every outcome submitted so far is applied; later ones (the calling worker's) are
+        // written by their worker.
+        self.shared.outcomes.lock().closed = true;
+        self.shared.submitted.notify_all();
+        let _ = self.applier.join();
         // With the watchdog gone, the calling worker can no longer be abandoned.
         let deferred = own.is_some_and(|slot| !slot.state.lock().abandoned);
         if deferred {
@@ -507,7 +547,7 @@ fn run_one(inner: &Arc<Inner>, shared: &Shared, slot: &Slot, prepared: Arc<Prepa
     let Some(failure) = run_handlers(inner, shared, slot, &prepared) else {
         return false;
     };
-    write_outcome(inner, Outcome { prepared, failure });
+    write_outcome(inner, shared, Outcome { prepared, failure });
     true
 }
 
@@ -655,6 +695,7 @@ fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
             spawn_worker(inner, shared);
             write_outcome(
                 inner,
+                shared,
                 Outcome {
                     prepared,
                     failure: Some(Failed::new(Failure::Platform {
@@ -861,34 +902,95 @@ pub(super) fn read_publish(
 /// What an attempt's policy decided after a failure, and the failure's message.
 type Decided = (Decision, String);
 
-/// Writes the outcome of one attempt and applies it: an ack, a retry or a drop.
+/// Writes the outcome of one attempt and has it applied: an ack, a retry or a drop.
 ///
-/// Each outcome is its own append, so it is durable on its own as soon as its attempt ends
-/// (concurrent workers' outcomes still share syncs through the log's group commit), and a
-/// record the log refuses fails only its own attempt, never the rest of a batch.
-fn write_outcome(inner: &Arc<Inner>, outcome: Outcome) {
+/// Each outcome is its own record, durable on its own as soon as its attempt ends: it is
+/// queued in the log at once and the applier applies it when its sync group is durable
+/// (concurrent workers' outcomes share syncs through the log's group commit; the worker goes
+/// on with its next attempt meanwhile). A record the log refuses fails only its own attempt,
+/// never another. Once delivery stops, an outcome is written and applied here.
+fn write_outcome(inner: &Arc<Inner>, shared: &Shared, outcome: Outcome) {
     let now_ms = inner.clock.now_ms();
-    let p = &outcome.prepared;
+    let prepared = outcome.prepared;
     let decided = outcome
         .failure
-        .map(|failed| decide_fitting(inner, p, failed, now_ms));
-    let record = outcome_record(p, decided.as_ref(), now_ms);
-    // Only a poisoned or closed log refuses a record that fits: the event then stays Running
-    // on disk and is delivered again after a restart.
-    if let Ok(pos) = inner.log.append(&record) {
-        // Counted before the event stops being in flight, so `wait_idle` sees the count.
-        let counter = match record {
-            Record::Ack(_) => &inner.metrics.acked,
-            Record::Retry(_) => &inner.metrics.retried,
-            _ => &inner.metrics.dropped,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        // The event leaves the ledger under the lock that may put it back in the wheel, so
-        // the scheduler never finds it in both.
-        let _ = inner.apply_then(pos, &record, |core, _| core.finish(p.id));
-    } else {
-        finish(inner, p.id);
+        .map(|failed| decide_fitting(inner, &prepared, failed, now_ms));
+    let record = outcome_record(&prepared, decided.as_ref(), now_ms);
+    let mut outcomes = shared.outcomes.lock();
+    if outcomes.closed {
+        drop(outcomes);
+        // Only a poisoned or closed log refuses a record that fits: the event then stays
+        // Running on disk and is delivered again after a restart.
+        let result = inner.log.append(&record).map(|pos| vec![pos]);
+        apply_outcome(inner, &prepared, &record, result);
+        return;
     }
+    match inner.log.submit_all(std::slice::from_ref(&record)) {
+        Ok(pending) => {
+            outcomes.queue.push_back(Submitted {
+                pending,
+                prepared,
+                decided,
+                now_ms,
+            });
+            drop(outcomes);
+            shared.submitted.notify_one();
+        }
+        Err(_) => {
+            drop(outcomes);
+            finish(inner, prepared.id);
+        }
+    }
+}
+
+/// The applier thread: applies each submitted outcome once it is durable, in submission
+/// order, until delivery stops and nothing is left.
+fn apply_outcomes(inner: &Arc<Inner>, shared: &Shared) {
+    loop {
+        let submitted = {
+            let mut outcomes = shared.outcomes.lock();
+            loop {
+                if let Some(submitted) = outcomes.queue.pop_front() {
+                    break submitted;
+                }
+                if outcomes.closed {
+                    return;
+                }
+                shared.submitted.wait(&mut outcomes);
+            }
+        };
+        let Submitted {
+            pending,
+            prepared,
+            decided,
+            now_ms,
+        } = submitted;
+        let record = outcome_record(&prepared, decided.as_ref(), now_ms);
+        apply_outcome(inner, &prepared, &record, pending.wait());
+    }
+}
+
+/// Applies a durable outcome (or, if the log failed it, only ends the attempt).
+fn apply_outcome(
+    inner: &Inner,
+    prepared: &Prepared,
+    record: &Record<'_>,
+    written: crate::error::Result<Vec<crate::log::Position>>,
+) {
+    let Some(&pos) = written.ok().as_ref().and_then(|p| p.first()) else {
+        finish(inner, prepared.id);
+        return;
+    };
+    // Counted before the event stops being in flight, so `wait_idle` sees the count.
+    let counter = match record {
+        Record::Ack(_) => &inner.metrics.acked,
+        Record::Retry(_) => &inner.metrics.retried,
+        _ => &inner.metrics.dropped,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    // The event leaves the ledger under the lock that may put it back in the wheel, so the
+    // scheduler never finds it in both.
+    let _ = inner.apply_then(pos, record, |core, _| core.finish(prepared.id));
 }
 
 /// Decides what follows a failed attempt. A retry request whose data would make its record

@@ -99,6 +99,24 @@ impl LogOptions {
 /// leaves room to number a group of records without overflow, whatever a log's last one says.
 pub const SEQ_MAX: u64 = 1 << 63;
 
+/// Records queued by [`Log::submit_all`]: wait for them to be durable.
+#[must_use = "records are durable only once `wait` returns their positions"]
+pub struct Pending(Arc<Completion>);
+
+impl Pending {
+    /// Waits until the records are durable; their positions, or the error that failed them
+    /// (a failed sync poisons the log: nothing queued after it is written either).
+    pub fn wait(self) -> Result<Vec<Position>> {
+        self.0.wait()
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
+}
+
 /// Where a record lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
@@ -399,6 +417,19 @@ impl Log {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        self.submit_all(records)?.wait()
+    }
+
+    /// Queues records for the writer like [`append_all`](Log::append_all), without waiting:
+    /// the returned [`Pending`] says when they are durable (or why they never will be). The
+    /// records are validated and encoded before this returns; on a bad one, nothing is
+    /// queued. Records of one caller's submissions keep the order of the calls.
+    pub fn submit_all(&self, records: &[Record<'_>]) -> Result<Pending> {
+        if records.is_empty() {
+            let done = Arc::new(Completion::default());
+            done.complete(Ok(Vec::new()));
+            return Ok(Pending(done));
+        }
         if records.len() as u64 > writer::MAX_GROUP_RECORDS {
             return Err(Error::LimitExceeded {
                 what: "records in one append",
@@ -459,7 +490,7 @@ impl Log {
         if wake {
             self.shared.work.notify_one();
         }
-        done.wait()
+        Ok(Pending(done))
     }
 
     /// Returns once everything appended before the call is durable.
