@@ -46,7 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,8 @@ use std::time::{Duration, Instant};
 const MAX_BATCH: usize = 512;
 /// Most events a worker prepares at once when several batches wait in the queue.
 const MAX_WORKER_BATCH: usize = 4096;
+/// The longest the watchdog sleeps between two looks at the running handlers.
+const WATCH_POLL_MS: i64 = 1_000;
 /// How long a stalled name's due event waits before it is looked at again.
 pub(crate) const STALL_RETRY_MS: i64 = 1_000;
 
@@ -76,8 +78,11 @@ struct Shared {
     /// Notified when an outcome is submitted or the applier is told to stop.
     submitted: Condvar,
     slots: Mutex<Vec<Arc<Slot>>>,
-    /// Wakes the watchdog when a handler starts.
+    /// Wakes the watchdog when a handler starts with a deadline before `watch_until`.
     watch: Wake,
+    /// The monotonic time the watchdog sleeps until (`i64::MAX` while it looks at the slots):
+    /// a handler whose deadline is not earlier needs no wake-up, the watchdog sees it then.
+    watch_until: AtomicI64,
     stopping: AtomicBool,
     /// Workers not abandoned and not yet exited.
     alive: Mutex<usize>,
@@ -305,6 +310,7 @@ impl Delivery {
             submitted: Condvar::new(),
             slots: Mutex::new(Vec::new()),
             watch: Wake::new(),
+            watch_until: AtomicI64::new(i64::MAX),
             stopping: AtomicBool::new(false),
             alive: Mutex::new(0),
             exited: Condvar::new(),
@@ -612,7 +618,12 @@ fn run_handlers(
             }
             state.current = Some((p.clone(), deadline.clone()));
         }
-        shared.watch.notify();
+        // Most handlers start with a deadline after the watchdog's next look: no wake-up (a
+        // wake-up per handler costs a context switch).
+        let deadline_ms = *deadline.deadline_ms.lock();
+        if deadline_ms < shared.watch_until.load(Ordering::Acquire) {
+            shared.watch.notify();
+        }
         let mut ctx = Context {
             job: p.job,
             deadline: deadline.clone(),
@@ -665,6 +676,8 @@ fn run_handlers(
 /// The watchdog thread: fails attempts whose handler runs past its deadline.
 fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
     while !shared.stopping.load(Ordering::Acquire) {
+        // Handlers starting from now on wake the watchdog, until it says how long it sleeps.
+        shared.watch_until.store(i64::MAX, Ordering::Release);
         // Deadlines are on the monotonic clock (see `run_handlers`).
         let now_ms = inner.clock.monotonic_ms();
         let mut earliest: Option<i64> = None;
@@ -704,9 +717,13 @@ fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
                 },
             );
         }
-        inner
-            .clock
-            .wait_monotonic_until(&shared.watch, earliest.map(|d| d.saturating_add(1)));
+        // At least once a second, so a deadline a handler shortened (`Context::set_timeout`)
+        // is seen within a second of passing.
+        let until = earliest
+            .map_or(i64::MAX, |d| d.saturating_add(1))
+            .min(now_ms.saturating_add(WATCH_POLL_MS));
+        shared.watch_until.store(until, Ordering::Release);
+        inner.clock.wait_monotonic_until(&shared.watch, Some(until));
     }
 }
 
@@ -946,28 +963,72 @@ fn write_outcome(inner: &Arc<Inner>, shared: &Shared, outcome: Outcome) {
 /// The applier thread: applies each submitted outcome once it is durable, in submission
 /// order, until delivery stops and nothing is left.
 fn apply_outcomes(inner: &Arc<Inner>, shared: &Shared) {
+    let mut taken = VecDeque::new();
+    let mut durable = Vec::new();
     loop {
-        let submitted = {
+        {
             let mut outcomes = shared.outcomes.lock();
-            loop {
-                if let Some(submitted) = outcomes.queue.pop_front() {
-                    break submitted;
-                }
+            while outcomes.queue.is_empty() {
                 if outcomes.closed {
                     return;
                 }
                 shared.submitted.wait(&mut outcomes);
             }
-        };
-        let Submitted {
-            pending,
-            prepared,
-            decided,
-            now_ms,
-        } = submitted;
-        let record = outcome_record(&prepared, decided.as_ref(), now_ms);
-        apply_outcome(inner, &prepared, &record, pending.wait());
+            // Everything submitted so far: most of it shares one sync group.
+            std::mem::swap(&mut taken, &mut outcomes.queue);
+        }
+        for submitted in taken.drain(..) {
+            let Submitted {
+                pending,
+                prepared,
+                decided,
+                now_ms,
+            } = submitted;
+            let written = pending.wait();
+            durable.push((prepared, decided, now_ms, written));
+        }
+        apply_durable(inner, &mut durable);
     }
+}
+
+/// Applies outcomes the log wrote (or failed), under one lock of the core.
+fn apply_durable(
+    inner: &Inner,
+    durable: &mut Vec<(
+        Arc<Prepared>,
+        Option<Decided>,
+        i64,
+        crate::error::Result<Vec<crate::log::Position>>,
+    )>,
+) {
+    let mut wake = false;
+    {
+        let mut core = inner.core.lock();
+        for (prepared, decided, now_ms, written) in durable.iter() {
+            let Some(&pos) = written.as_ref().ok().and_then(|p| p.first()) else {
+                core.finish(prepared.id);
+                continue;
+            };
+            let record = outcome_record(prepared, decided.as_ref(), *now_ms);
+            // Counted before the event stops being in flight, so `wait_idle` sees the count.
+            let counter = match record {
+                Record::Ack(_) => &inner.metrics.acked,
+                Record::Retry(_) => &inner.metrics.retried,
+                _ => &inner.metrics.dropped,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            // The event leaves the ledger under the lock that may put it back in the wheel,
+            // so the scheduler never finds it in both.
+            let (_, woken) = core.apply(pos, &record);
+            wake |= woken;
+            core.finish(prepared.id);
+        }
+    }
+    durable.clear();
+    if wake {
+        inner.wake.notify();
+    }
+    inner.idle.notify_all();
 }
 
 /// Applies a durable outcome (or, if the log failed it, only ends the attempt).
