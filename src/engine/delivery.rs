@@ -742,6 +742,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
     let mut plans = Vec::with_capacity(ids.len());
     let mut finished = Vec::new();
     let mut stalled = Vec::new();
+    let mut publishes = Publishes::default();
     for id in ids {
         let info = {
             let core = inner.core.lock();
@@ -773,7 +774,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
             finished.push(id);
             continue;
         };
-        let Some((record, body, published_ms, first_due_ms)) = read_publish(id, location) else {
+        let Some((record, body, published_ms, first_due_ms)) = publishes.read(id, location) else {
             inner.metrics.read_errors.fetch_add(1, Ordering::Relaxed);
             finished.push(id);
             continue;
@@ -894,6 +895,69 @@ impl Plan {
     }
 }
 
+/// The publish records one `prepare` read, each read and parsed once: the events of a job
+/// share one record, and reading it per event would check and parse it once per event.
+#[derive(Default)]
+struct Publishes {
+    records: HashMap<(u32, u32), ParsedPublish>,
+}
+
+struct ParsedPublish {
+    bytes: Arc<RecordBytes>,
+    published_ms: i64,
+    /// Each event of the record: its body's range in the payload and its first due time.
+    events: HashMap<EventId, (Range<usize>, i64)>,
+}
+
+impl Publishes {
+    fn read(
+        &mut self,
+        id: EventId,
+        (location, reader): (crate::index::Location, Option<crate::log::SegmentReader>),
+    ) -> Option<(Arc<RecordBytes>, Range<usize>, i64, i64)> {
+        let key = (location.segment, location.offset);
+        // A record of a compacted segment's new file may sit where another one sat in the
+        // file read before: one without the event is read again.
+        let stale = self
+            .records
+            .get(&key)
+            .is_some_and(|parsed| !parsed.events.contains_key(&id));
+        if stale || !self.records.contains_key(&key) {
+            let bytes = reader?.read(u64::from(location.offset)).ok()?;
+            let (published_ms, events) = {
+                let Ok(Record::Publish(publish)) = bytes.record() else {
+                    return None;
+                };
+                let base = bytes.payload().as_ptr() as usize;
+                let events = publish
+                    .events()
+                    .map(|e| {
+                        let start = e.body.as_ptr() as usize - base;
+                        (e.id, (start..start + e.body.len(), e.due_ms))
+                    })
+                    .collect();
+                (publish.published_ms, events)
+            };
+            self.records.insert(
+                key,
+                ParsedPublish {
+                    bytes: Arc::new(bytes),
+                    published_ms,
+                    events,
+                },
+            );
+        }
+        let parsed = self.records.get(&key)?;
+        let (body, first_due_ms) = parsed.events.get(&id)?.clone();
+        Some((
+            parsed.bytes.clone(),
+            body,
+            parsed.published_ms,
+            first_due_ms,
+        ))
+    }
+}
+
 /// Reads an event's publish record: the record, the body's range in its payload, when it
 /// was published and when it was first due.
 pub(super) fn read_publish(
@@ -991,16 +1055,16 @@ fn apply_outcomes(inner: &Arc<Inner>, shared: &Shared) {
     }
 }
 
+/// An outcome the log wrote (its position) or failed, with what rebuilds its record.
+type Durable = (
+    Arc<Prepared>,
+    Option<Decided>,
+    i64,
+    crate::error::Result<Vec<crate::log::Position>>,
+);
+
 /// Applies outcomes the log wrote (or failed), under one lock of the core.
-fn apply_durable(
-    inner: &Inner,
-    durable: &mut Vec<(
-        Arc<Prepared>,
-        Option<Decided>,
-        i64,
-        crate::error::Result<Vec<crate::log::Position>>,
-    )>,
-) {
+fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
     let mut wake = false;
     {
         let mut core = inner.core.lock();
