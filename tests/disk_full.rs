@@ -79,13 +79,20 @@ fn a_spare_that_failed_on_a_full_disk_is_prepared_again_once_space_is_back() {
     engine.publish("x", "0", After::NOW).unwrap();
     engine.close().unwrap();
 
-    // Reopened on a full disk: its spare segment fails in the background.
+    // Reopened on a full disk: once the active segment (pre-sized) is half full, its spare
+    // segment is prepared in the background, and fails.
     set_full(&disk, true);
     let engine = open(&disk, options(&clock, true)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut published = 1;
     while disk.hooks.refused.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "the spare never tried to write");
-        std::thread::sleep(Duration::from_millis(1));
+        if engine.metrics().records < 9 {
+            engine.publish("x", body(published), After::NOW).unwrap();
+            published += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     // Space is freed; publishing fills the segment and rolls without the stale error.
     set_full(&disk, false);
@@ -97,7 +104,7 @@ fn a_spare_that_failed_on_a_full_disk_is_prepared_again_once_space_is_back() {
     assert!(engine.metrics().records >= 64);
     engine.close().unwrap();
     let reopened = open(&disk, options(&clock, false)).unwrap();
-    assert_eq!(reopened.metrics().pending, 65);
+    assert_eq!(reopened.metrics().pending, published + 64);
     reopened.close().unwrap();
 }
 

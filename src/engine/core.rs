@@ -43,7 +43,9 @@
 //! 2. `Inner::core` (this struct);
 //! 3. the log's own locks (`Log::segment_reader`, `Log::install_compacted`: taken under the
 //!    core so that a publish's location and the segment file it points into change together);
-//! 4. `Inner::handlers` is never taken with the core held, nor are delivery's slot locks;
+//! 4. `Inner::handlers` is never taken with the core held, nor are delivery's own locks (a
+//!    worker's slot; the stall tables, `parked` before `abandoned`; the workers' queue; the
+//!    applier's queue, which is held while an outcome is submitted to the log's queue);
 //!    `Log::append` (which waits for a sync) is never called with the core held.
 
 use crate::format::{FRAME_HEADER_LEN, Record};

@@ -6,10 +6,11 @@
 //! publish record and writes one record per event, all with one sync: an attempt (the
 //! handlers will run), an ack (no handler for the name: ignored) or a drop (past retention) —
 //! and puts every attempted event on the shared ready queue. Every worker takes ready events
-//! one at a time, so events due together spread across idle workers, and appends each
-//! attempt's outcome (ack, retry or drop) as soon as it ends. An outcome is durable on its
-//! own, and a bad one fails alone; the outcomes of concurrent workers share syncs through
-//! the log's group commit.
+//! one at a time, so events due together spread across idle workers, and queues each
+//! attempt's outcome (ack, retry or drop) in the log as soon as it ends, without waiting;
+//! the applier thread applies each outcome once it is durable. An outcome is durable on its
+//! own, and a bad one fails alone; the outcomes of every worker share syncs through the
+//! log's group commit.
 //!
 //! A worker's running attempt lives in its `Slot`, so that when a handler runs past its
 //! deadline the watchdog can abandon the worker (its thread is left to finish the handler;

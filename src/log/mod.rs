@@ -334,20 +334,15 @@ impl Log {
                 }
             }
         };
-        let spare = options
-            .prepare_in_background
-            .then(|| {
-                let len = options.segment_len_after(active.capacity);
-                writer::spawn_spare(shared.clone(), active.id + 1, len)
-            })
-            .flatten();
-        let writer = Writer {
+        // The spare is prepared once the active segment is half full (`Writer`).
+        let mut writer = Writer {
             shared: shared.clone(),
             active,
             options,
             clock_ms: now_ms,
-            spare,
+            spare: None,
         };
+        writer.prepare_spare_if_half_full();
         let handle = thread::Builder::new()
             .name("afterlog-writer".into())
             .spawn({

@@ -520,7 +520,21 @@ impl Writer {
         self.shared
             .stats
             .add_records(requests.iter().map(|r| r.records.len() as u64).sum());
+        self.prepare_spare_if_half_full();
         Ok(())
+    }
+
+    /// Once the active segment is half full, the next one is prepared in the background (the
+    /// spare), so that a roll finds it ready; not before, so that a directory that writes
+    /// little keeps no idle segment-sized file beside its active one.
+    pub(crate) fn prepare_spare_if_half_full(&mut self) {
+        if self.options.prepare_in_background
+            && self.spare.is_none()
+            && self.active.offset >= self.active.capacity / 2
+        {
+            let len = self.options.segment_len_after(self.active.capacity);
+            self.spare = spawn_spare(self.shared.clone(), self.active.id + 1, len);
+        }
     }
 
     fn write_buf(&mut self, buf: &mut Vec<u8>, at: u64) -> Result<()> {
@@ -658,10 +672,6 @@ impl Writer {
             seals: true,
         };
         self.shared.stats.add_roll();
-        if self.options.prepare_in_background {
-            let len = self.options.segment_len_after(capacity);
-            self.spare = spawn_spare(self.shared.clone(), next_id + 1, len);
-        }
         Ok(())
     }
 
