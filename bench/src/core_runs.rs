@@ -424,3 +424,76 @@ fn timed_publishes(engine: &Engine, seed: u64, stop: &AtomicBool) -> Vec<i64> {
     }
     us
 }
+
+/// Scenario 10: disk after compacting `finished_mb` MB of acknowledged events beside
+/// `live_mb` MB of pending ones, with the default segment size.
+#[derive(Clone, Debug, Serialize)]
+pub struct Shrink {
+    pub finished_bytes: u64,
+    pub live_bytes: u64,
+    pub segment_bytes: u64,
+    /// Bytes of the directory's files before and after `compact_now`, the engine open.
+    pub disk_before: u64,
+    pub disk_after: u64,
+    /// `disk_after / (live_bytes + segment_bytes)`: the target is at most 1.05 (the live
+    /// data's segment file is a little larger than the data, and the manifest is on disk).
+    pub ratio_to_live_plus_segment: f64,
+    pub compact_s: f64,
+}
+
+fn files_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub fn shrink(base: &Path, finished_mb: u64, live_mb: u64, progress: &Progress) -> Shrink {
+    progress.step(&format!(
+        "shrink: {finished_mb} MB finished beside {live_mb} MB live"
+    ));
+    let dir = fresh_dir(base, "shrink");
+    let engine =
+        Engine::open_with(&dir, Options::default().compaction_interval(None)).expect("open");
+    engine.on("done", |_, _| Ok(()));
+    engine.start();
+    let body = vec![7u8; 1000];
+    let jobs = |mb: u64| (mb * 1_000_000).div_ceil(50 * 1000);
+    for _ in 0..jobs(live_mb) {
+        engine
+            .push(
+                "later",
+                std::iter::repeat_n(&body[..], 50),
+                Duration::from_secs(600),
+            )
+            .expect("push");
+    }
+    for _ in 0..jobs(finished_mb) {
+        engine
+            .push("done", std::iter::repeat_n(&body[..], 50), Duration::ZERO)
+            .expect("push");
+    }
+    engine.wait_idle(Duration::from_secs(600));
+    let disk_before = files_bytes(&dir);
+    let started = Instant::now();
+    engine.compact_now().expect("compact_now");
+    let compact_s = started.elapsed().as_secs_f64();
+    let disk_after = files_bytes(&dir);
+    engine.close().expect("close");
+    let _ = std::fs::remove_dir_all(&dir);
+    let segment_bytes = 64 << 20;
+    let live_bytes = jobs(live_mb) * 50 * 1000;
+    Shrink {
+        finished_bytes: jobs(finished_mb) * 50 * 1000,
+        live_bytes,
+        segment_bytes,
+        disk_before,
+        disk_after,
+        ratio_to_live_plus_segment: disk_after as f64 / (live_bytes + segment_bytes) as f64,
+        compact_s,
+    }
+}

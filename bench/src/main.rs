@@ -36,9 +36,11 @@ enum Scenario {
     /// 9: a compaction pass with nothing to compact beside many pending events, and publish
     /// latency with passes running vs without.
     IdlePass,
+    /// 10: disk after compacting 300 MB of finished events beside 1 MB of live ones.
+    Shrink,
 }
 
-const ALL: [Scenario; 8] = [
+const ALL: [Scenario; 9] = [
     Scenario::Publish,
     Scenario::EndToEnd,
     Scenario::Timer,
@@ -47,6 +49,7 @@ const ALL: [Scenario; 8] = [
     Scenario::Workers,
     Scenario::Timer32,
     Scenario::IdlePass,
+    Scenario::Shrink,
 ];
 
 /// afterlog's benchmark harness: durable publish against raw pwrite+fdatasync, SQLite and
@@ -123,6 +126,9 @@ struct Args {
     /// Seconds per publish-latency run of the idle-pass scenario (default 5; 1 with --quick).
     #[arg(long)]
     idle_secs: Option<f64>,
+    /// MB of finished events the shrink scenario compacts away (default 300; 30 with --quick).
+    #[arg(long)]
+    shrink_mb: Option<u64>,
     /// Internal: open this data directory, print the open time and memory as JSON, exit.
     #[arg(long, hide = true)]
     child_open: Option<PathBuf>,
@@ -151,6 +157,7 @@ struct Params {
     idle_pending: u64,
     idle_passes: usize,
     idle_secs: f64,
+    shrink_mb: u64,
 }
 
 impl Params {
@@ -193,6 +200,7 @@ impl Params {
                 .unwrap_or(if q { 100_000 } else { 1_000_000 }),
             idle_passes: args.idle_passes.max(1),
             idle_secs: args.idle_secs.unwrap_or(if q { 1.0 } else { 5.0 }),
+            shrink_mb: args.shrink_mb.unwrap_or(if q { 30 } else { 300 }).max(1),
         }
     }
 
@@ -215,6 +223,7 @@ impl Params {
         }
         n += 2 * self.runs(Scenario::Workers) as u64 + self.runs(Scenario::Timer32) as u64;
         n += 3 * self.runs(Scenario::IdlePass) as u64;
+        n += self.runs(Scenario::Shrink) as u64;
         n
     }
 }
@@ -260,6 +269,7 @@ struct Report {
     workers: Option<core_runs::Workers>,
     timer32: Option<core_runs::Timer32>,
     idle_pass: Option<core_runs::IdlePass>,
+    shrink: Option<core_runs::Shrink>,
     targets: Vec<Target>,
 }
 
@@ -426,6 +436,9 @@ fn main() {
         )
     });
     let (workers, timer32, idle_pass) = core_scenarios(&dir, &params, &progress);
+    let shrink = params
+        .runs(Scenario::Shrink)
+        .then(|| core_runs::shrink(&dir, params.shrink_mb, 1, &progress));
     progress.finish();
     let _ = std::fs::remove_dir_all(&dir);
     machine.load_average_end = machine::load_average();
@@ -446,6 +459,7 @@ fn main() {
         workers,
         timer32,
         idle_pass,
+        shrink,
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -591,6 +605,19 @@ fn core_targets(r: &Report, t: &mut Vec<Target>) {
                 1.2,
             ));
         }
+    }
+    if let Some(s) = &r.shrink {
+        t.push(target(
+            format!(
+                "disk after compacting {} MB finished / (live + one segment)",
+                s.finished_bytes / 1_000_000
+            ),
+            s.ratio_to_live_plus_segment,
+            "<=",
+            // The live data's own segment file is a little larger than the data, and the
+            // 8 KiB manifest is on disk too.
+            1.05,
+        ));
     }
     if let Some(p) = &r.idle_pass {
         for (what, ms) in [
@@ -821,6 +848,19 @@ fn print_core(r: &Report) {
                 run.lateness_max_ms
             );
         }
+    }
+    if let Some(s) = &r.shrink {
+        println!();
+        println!(
+            "shrink: {} MB finished beside {} MB live: {} MB on disk before compact_now, {} MB \
+             after ({:.2} s), segments of {} MiB",
+            s.finished_bytes / 1_000_000,
+            s.live_bytes / 1_000_000,
+            s.disk_before / 1_000_000,
+            s.disk_after / 1_000_000,
+            s.compact_s,
+            s.segment_bytes >> 20
+        );
     }
     if let Some(p) = &r.idle_pass {
         println!();

@@ -45,7 +45,14 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
         ])
         .args(["--recovery-events", "3000,6000", "--compaction-secs", "0.6"])
         .args(["--workers-events", "8", "--idle-pending", "2000"])
-        .args(["--idle-passes", "3", "--idle-secs", "0.3"])
+        .args([
+            "--idle-passes",
+            "3",
+            "--idle-secs",
+            "0.3",
+            "--shrink-mb",
+            "2",
+        ])
         .arg("--dir")
         .arg(base.join("data"))
         .arg("--json")
@@ -73,7 +80,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     }
     assert!(v["machine"]["file_system"].is_string());
     assert_eq!(v["parameters"]["quick"], Value::Bool(true));
-    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 8);
+    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 9);
 
     let publish = v["publish"].as_array().expect("publish");
     assert_eq!(publish.len(), 3);
@@ -150,11 +157,20 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
         number(&v, &format!("idle_pass.runs.{i}.p99_us"));
     }
 
+    for key in [
+        "finished_bytes",
+        "disk_before",
+        "disk_after",
+        "ratio_to_live_plus_segment",
+    ] {
+        assert!(number(&v, &format!("shrink.{key}")) > 0.0, "shrink.{key}");
+    }
+
     // 3 log-vs-raw and 3 publish-vs-raw targets, 2 against SQLite and fjall, end to end,
     // lateness, 2 recovery, 2 memory, compaction; 2 workers, lateness of timer32, 2 idle
-    // pass and the publish latency ratio.
+    // pass and the publish latency ratio; the disk after compaction.
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 21, "{targets:?}");
+    assert_eq!(targets.len(), 22, "{targets:?}");
     for t in targets {
         assert!(t["name"].is_string() && t["met"].is_boolean());
         assert!(t["measured"].is_number() && t["target"].is_number(), "{t}");
