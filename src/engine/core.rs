@@ -40,10 +40,12 @@
 //!
 //! Take locks only in this order, and release in reverse:
 //! 1. `Inner::compaction_lock` (one compaction pass at a time);
-//! 2. `Inner::core` (this struct);
-//! 3. the log's own locks (`Log::segment_reader`, `Log::install_compacted`: taken under the
+//! 2. `Inner::cancel_order` (a cancel's record against delivery's and expiry's records,
+//!    held across their `Log::append` and the apply that follows: see `Inner`);
+//! 3. `Inner::core` (this struct);
+//! 4. the log's own locks (`Log::segment_reader`, `Log::install_compacted`: taken under the
 //!    core so that a publish's location and the segment file it points into change together);
-//! 4. `Inner::handlers` is never taken with the core held, nor are delivery's slot locks;
+//! 5. `Inner::handlers` is never taken with the core held, nor are delivery's slot locks;
 //!    `Log::append` (which waits for a sync) is never called with the core held.
 
 use crate::format::{FRAME_HEADER_LEN, Record};
