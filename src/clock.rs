@@ -6,10 +6,10 @@
 //! has changed.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 
 /// The longest a [`SystemClock`] sleeps before reading the wall clock again, so that a jump
 /// of the wall clock (an NTP step, a suspended laptop) is noticed within this time.
@@ -84,13 +84,31 @@ impl Wake {
     /// Returns whether a notification was consumed. With a zero timeout it only consumes a
     /// pending notification. For implementors of [`Clock`].
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let until = Instant::now().checked_add(timeout);
         let mut notified = self.inner.notified.lock();
-        if !*notified && !timeout.is_zero() {
-            self.inner
-                .condvar
-                .wait_while_for(&mut notified, |notified| !*notified, timeout);
+        while !*notified {
+            let now = Instant::now();
+            let left = match until {
+                Some(until) if now < until => until - now,
+                Some(_) => break,
+                None => Duration::MAX,
+            };
+            if self.inner.condvar.wait_for(&mut notified, left).timed_out() {
+                break;
+            }
         }
         std::mem::replace(&mut *notified, false)
+    }
+
+    /// Blocks until notified, and consumes the notification: a manual clock's wait in a
+    /// shuttle build (see [`ManualClock`]).
+    #[cfg(afterlog_shuttle)]
+    fn wait(&self) {
+        let mut notified = self.inner.notified.lock();
+        while !*notified {
+            self.inner.condvar.wait(&mut notified);
+        }
+        *notified = false;
     }
 }
 
@@ -129,7 +147,8 @@ impl Clock for SystemClock {
 
     /// Milliseconds since an `Instant` taken at the first call in the process.
     fn monotonic_ms(&self) -> i64 {
-        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        // A `std` cell: it hands nothing between threads but the first `Instant`.
+        static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         let origin = *ORIGIN.get_or_init(Instant::now);
         i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
@@ -158,6 +177,11 @@ impl Clock for SystemClock {
 /// is still alive, so waiting threads re-check at once. A `wait_until` call returns after at
 /// most [`MANUAL_WAIT_CAP`] of real time even if nothing happens, so a test that forgets to
 /// advance the clock is slow, never hung.
+///
+/// In a shuttle build (src/sync.rs) that wait has no cap: shuttle does not model time, the
+/// model's time moves only when one of its threads changes the clock, and every change
+/// notifies, so a wait that only the cap would end is a lost wake-up, and the model reports
+/// it as a deadlock instead of spinning through it.
 #[derive(Clone)]
 pub struct ManualClock {
     inner: Arc<ManualInner>,
@@ -248,7 +272,10 @@ impl Clock for ManualClock {
             wake.wait_timeout(Duration::ZERO);
             return;
         }
+        #[cfg(not(afterlog_shuttle))]
         wake.wait_timeout(MANUAL_WAIT_CAP);
+        #[cfg(afterlog_shuttle)]
+        wake.wait();
     }
 }
 

@@ -1,9 +1,11 @@
-//! Concurrency models of the log's thread hand-offs, explored under `shuttle`.
+//! Concurrency models of the log's and the engine's thread hand-offs, explored under
+//! `shuttle`.
 //!
-//! Built only with `RUSTFLAGS="--cfg afterlog_shuttle"`: then the log's locks, condition
-//! variables and threads are shuttle's (src/sync.rs), and each model below runs the real
-//! `Log` on a `MemStorage` disk under many schedules, chosen at random and by PCT
-//! (probabilistic concurrency testing, which finds bugs needing a few unlikely preemptions).
+//! Built only with `RUSTFLAGS="--cfg afterlog_shuttle"`: then the locks, condition variables
+//! and threads of the log and the engine are shuttle's (src/sync.rs), and each model below
+//! runs the real `Log` or `Engine` on a `MemStorage` disk under many schedules, chosen at
+//! random and by PCT (probabilistic concurrency testing, which finds bugs needing a few
+//! unlikely preemptions).
 //! A thread that waits forever is reported as a deadlock; a failing schedule is printed as a
 //! string that `AFTERLOG_SHUTTLE_REPLAY` replays (docs/TESTING.md, "Concurrency models").
 //!
@@ -17,15 +19,19 @@
 //! run the one model it came from).
 #![cfg(afterlog_shuttle)]
 
-use afterlog::Error;
-use afterlog::format::{Publish, PublishEntry, Record, RecordKind};
+use afterlog::format::{Cancel, CancelTarget, Publish, PublishEntry, Record, RecordKind};
+use afterlog::index::{Index, Location};
 use afterlog::log::{Log, LogOptions, Position};
 use afterlog::storage::{CrashMode, MemStorage, Storage};
-use afterlog::{EventId, log::is_temp_name};
+use afterlog::{
+    After, Context, Engine, Error, Event, EventId, EventState, HandlerError, HandlerOptions,
+    ManualClock, Options, RetryReason, log::is_temp_name,
+};
 use shuttle::sync::Mutex;
 use shuttle::thread;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Schedules explored per model and per scheduler.
 fn iterations() -> usize {
@@ -647,4 +653,390 @@ fn assert_no_temporary_files(disk: &MemStorage) {
 #[test]
 fn roll_and_background_preparation_racing_close() {
     explore("roll racing close", roll_racing_close);
+}
+
+// ---------------------------------------------------------------------------------------
+// f. The engine: scheduler, workers, watchdog and close
+// ---------------------------------------------------------------------------------------
+//
+// A real `Engine` on a `ManualClock` that threads of the model advance. The handlers do not
+// panic: shuttle fails a schedule on any panic, even one the worker would catch.
+
+/// When every engine model starts.
+const T0_MS: i64 = 1_700_000_000_000;
+
+/// A small engine: `workers` workers, no background compaction, segments prepared in line
+/// (4 KiB: no model fills one).
+fn engine(disk: &MemStorage, clock: &ManualClock, workers: usize) -> Engine {
+    let options = Options::default()
+        .clock(clock.clone())
+        .workers(workers)
+        .compaction_interval(None)
+        .prepare_spare(false)
+        .segment_bytes(SMALL_SEGMENT);
+    Engine::open_storage(Arc::new(disk.clone()), options).expect("open the engine")
+}
+
+/// What a reopen of `disk` finds: each event's state once every record is replayed (as the
+/// engine's recovery does it: records in log order, then an event left running becomes
+/// scheduled again, or cancelled if its job was), and its acks and retries by attempt.
+///
+/// A worker's attempt record may follow the cancel of its event (the worker read the event
+/// before the cancel): replay rejects it, as the engine did. The engine keeps a cancel and
+/// the attempts and outcomes of the events it names in the log in the order it applied
+/// them, so the reopen decides as the engine did.
+struct Replayed {
+    index: Index,
+    outcomes: Vec<(EventId, u32, Outcome)>,
+    /// Each event's attempt records and cancels (of the event itself), by their place in
+    /// the log.
+    history: Vec<(EventId, Written)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    Attempt,
+    Cancel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Acked,
+    Retried(Option<RetryReason>),
+}
+
+impl Replayed {
+    fn of(disk: &MemStorage) -> Replayed {
+        let mut index = Index::new();
+        let mut outcomes = Vec::new();
+        let mut history = Vec::new();
+        let mut effects = Vec::new();
+        Log::scan(disk, |position, record| {
+            let location = Location {
+                segment: position.segment as u32,
+                offset: position.offset as u32,
+            };
+            // A late outcome of a cancelled event is a duplicate: rejected, and harmless.
+            let _ = index.apply(location, record, &mut effects);
+            match record {
+                Record::Ack(a) => outcomes.push((a.event, a.attempt, Outcome::Acked)),
+                Record::Retry(r) => outcomes.push((
+                    r.event,
+                    r.attempt,
+                    Outcome::Retried(RetryReason::from_code(r.reason)),
+                )),
+                Record::Attempt(a) => history.push((a.event, Written::Attempt)),
+                Record::Cancel(Cancel {
+                    target: CancelTarget::Event(id),
+                    ..
+                }) => history.push((*id, Written::Cancel)),
+                _ => {}
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("scan after close: {e}"));
+        index.finish_replay(T0_MS, &mut effects);
+        Replayed {
+            index,
+            outcomes,
+            history,
+        }
+    }
+
+    fn state(&self, id: EventId) -> EventState {
+        self.index
+            .state(id)
+            .unwrap_or_else(|| panic!("{id} is in the log"))
+    }
+
+    /// What the log holds of `id`'s attempts and cancels, in log order.
+    fn history_of(&self, id: EventId) -> Vec<Written> {
+        self.history
+            .iter()
+            .filter(|(event, _)| *event == id)
+            .map(|&(_, written)| written)
+            .collect()
+    }
+
+    fn outcomes_of(&self, id: EventId) -> Vec<(u32, Outcome)> {
+        self.outcomes
+            .iter()
+            .filter(|(event, _, _)| *event == id)
+            .map(|&(_, attempt, outcome)| (attempt, outcome))
+            .collect()
+    }
+}
+
+/// Handler calls: each event's id with the stamp its handler took as it started.
+#[derive(Clone, Default)]
+struct Calls {
+    /// One counter orders the handlers' starts and the returns of the model's calls.
+    ticks: Arc<AtomicU64>,
+    started: Arc<std::sync::Mutex<Vec<(EventId, u64)>>>,
+}
+
+impl Calls {
+    fn stamp(&self) -> u64 {
+        self.ticks.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// A handler that records its start and returns `Ok`.
+    fn handler(
+        &self,
+    ) -> impl Fn(&Event, &mut Context) -> Result<(), HandlerError> + Send + Sync + 'static {
+        let calls = self.clone();
+        move |event, _| {
+            let stamp = calls.stamp();
+            calls.started().push((event.id(), stamp));
+            Ok(())
+        }
+    }
+
+    fn started(&self) -> std::sync::MutexGuard<'_, Vec<(EventId, u64)>> {
+        // A std lock: held for one push or copy, with no shuttle operation inside.
+        self.started.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn starts_of(&self, id: EventId) -> Vec<u64> {
+        self.started()
+            .iter()
+            .filter(|(event, _)| *event == id)
+            .map(|&(_, stamp)| stamp)
+            .collect()
+    }
+}
+
+/// Two workers deliver an event and a job of two, all due now, while another thread cancels
+/// the event and then the job. Every handler runs at most once and nothing is in flight
+/// once idle. A reopen finds each event cancelled exactly when a cancel said so (`cancel`
+/// returned `true`, or `cancel_job` counted it) and acknowledged, once, otherwise; an event
+/// that `cancel_job` counted never ran; the cancelled event ran only if its attempt had
+/// begun before the cancel (its attempt record precedes the cancel in the log, and its
+/// handler started before `cancel` returned, or was already being entered then).
+fn cancel_racing_delivery() {
+    let disk = MemStorage::new();
+    let clock = ManualClock::new(T0_MS);
+    let engine = engine(&disk, &clock, 2);
+    let calls = Calls::default();
+    engine.on("model", calls.handler());
+    let single = engine
+        .publish("model", b"single", After::NOW)
+        .expect("publish");
+    let job = engine
+        .push("model", ["first", "second"], Duration::ZERO)
+        .expect("push");
+    engine.start();
+    let canceller = {
+        let (engine, calls) = (engine.clone(), calls.clone());
+        thread::spawn(move || {
+            let cancelled = engine.cancel(single).expect("cancel");
+            let cancel_returned = calls.stamp();
+            let counted = engine.cancel_job(job).expect("cancel_job");
+            (cancelled, cancel_returned, counted)
+        })
+    };
+    let (cancelled, cancel_returned, counted) = canceller.join().expect("canceller");
+    assert!(engine.wait_idle(Duration::from_secs(600)), "idle");
+    let metrics = engine.metrics();
+    assert_eq!(metrics.in_flight, 0, "nothing in flight once idle");
+    assert_eq!(metrics.cancelled, u64::from(cancelled) + counted);
+    engine.close().expect("close");
+
+    let replayed = Replayed::of(&disk);
+    let job_events: Vec<EventId> = replayed.index.job_events(job).collect();
+    assert_eq!(job_events.len(), 2);
+    let single_starts = calls.starts_of(single);
+    assert!(single_starts.len() <= 1, "{single} ran {single_starts:?}");
+    if cancelled {
+        assert_eq!(replayed.state(single), EventState::Cancelled);
+        if !single_starts.is_empty() {
+            // A start after `cancel_returned` is a worker that began the attempt before the
+            // cancel took effect and was still entering the handler: that attempt runs to
+            // its end (its ack a duplicate), and no new one starts.
+            assert_eq!(
+                replayed.history_of(single),
+                [Written::Attempt, Written::Cancel],
+                "{single} ran (at {single_starts:?}; cancel returned at {cancel_returned}), \
+                 so its attempt began before the cancel"
+            );
+            assert_eq!(replayed.outcomes_of(single), [(1, Outcome::Acked)]);
+        }
+    } else {
+        assert_eq!(
+            single_starts.len(),
+            1,
+            "{single}: not cancelled, so delivered"
+        );
+        assert_eq!(replayed.state(single), EventState::Succeeded);
+        assert_eq!(replayed.outcomes_of(single), [(1, Outcome::Acked)]);
+    }
+    let mut cancelled_in_job = 0;
+    for &id in &job_events {
+        let starts = calls.starts_of(id);
+        match replayed.state(id) {
+            EventState::Cancelled => {
+                cancelled_in_job += 1;
+                assert!(
+                    starts.is_empty(),
+                    "{id} cancelled with its job ran at {starts:?}"
+                );
+            }
+            EventState::Succeeded => {
+                assert_eq!(
+                    starts.len(),
+                    1,
+                    "{id} acknowledged, so run once: {starts:?}"
+                );
+                assert_eq!(replayed.outcomes_of(id), [(1, Outcome::Acked)]);
+            }
+            state => panic!("{id} is {state:?} after a reopen"),
+        }
+    }
+    assert_eq!(
+        cancelled_in_job, counted,
+        "cancel_job counted what it cancelled"
+    );
+}
+
+#[test]
+fn cancel_and_cancel_job_racing_delivery() {
+    explore("cancel racing delivery", cancel_racing_delivery);
+}
+
+/// A handler with a 1 s timeout returns while another thread moves the clock 2 s on, so the
+/// watchdog (or the worker's own check of the deadline) may time the attempt out as it
+/// ends. Exactly one outcome is written for the attempt: an ack, or a retry for
+/// `FUNCTION_TIME_OUT`; the metrics agree; `close` returns.
+fn timeout_racing_completion() {
+    let disk = MemStorage::new();
+    let clock = ManualClock::new(T0_MS);
+    let engine = engine(&disk, &clock, 1);
+    let entered = Arc::new(AtomicBool::new(false));
+    {
+        let entered = entered.clone();
+        let options = HandlerOptions::default().timeout(Duration::from_secs(1));
+        engine.on_with("model", options, move |_, _| {
+            entered.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+    }
+    let id = engine.publish("model", b"", After::NOW).expect("publish");
+    engine.start();
+    let advancer = {
+        let clock = clock.clone();
+        thread::spawn(move || {
+            while !entered.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
+            clock.advance(Duration::from_secs(2));
+        })
+    };
+    advancer.join().expect("advancer");
+    assert!(engine.wait_idle(Duration::from_secs(600)), "idle");
+    let metrics = engine.metrics();
+    assert_eq!(metrics.in_flight, 0, "nothing in flight once idle");
+    engine.close().expect("close");
+
+    let outcomes = Replayed::of(&disk).outcomes_of(id);
+    match outcomes[..] {
+        [(1, Outcome::Acked)] => {
+            assert_eq!(
+                (metrics.acked, metrics.retried, metrics.timed_out),
+                (1, 0, 0)
+            );
+            TIMEOUT_OUTCOMES_SEEN.fetch_or(ACKED_SEEN, Ordering::Relaxed);
+        }
+        [(1, Outcome::Retried(Some(RetryReason::TimeOut)))] => {
+            assert_eq!(
+                (metrics.acked, metrics.retried, metrics.timed_out),
+                (0, 1, 1)
+            );
+            let seen = if metrics.workers_replaced == 1 {
+                WATCHDOG_SEEN
+            } else {
+                LATE_SEEN
+            };
+            TIMEOUT_OUTCOMES_SEEN.fetch_or(seen, Ordering::Relaxed);
+        }
+        _ => panic!("attempt 1 of {id} has one outcome, not {outcomes:?}"),
+    }
+}
+
+/// The outcomes the timeout model's schedules reached: an ack, a time-out written by the
+/// watchdog (which replaced the worker), one written by the worker that saw its result late.
+static TIMEOUT_OUTCOMES_SEEN: AtomicU64 = AtomicU64::new(0);
+const ACKED_SEEN: u64 = 1;
+const WATCHDOG_SEEN: u64 = 2;
+const LATE_SEEN: u64 = 4;
+
+#[test]
+fn handler_timeout_racing_its_completion() {
+    explore("timeout racing completion", timeout_racing_completion);
+    if std::env::var("AFTERLOG_SHUTTLE_REPLAY").is_err() {
+        // Otherwise the model raced nothing.
+        assert_eq!(
+            TIMEOUT_OUTCOMES_SEEN.load(Ordering::Relaxed),
+            ACKED_SEEN | WATCHDOG_SEEN | LATE_SEEN,
+            "some outcome was reached by no schedule (1: ack, 2: watchdog, 4: late result)"
+        );
+    }
+}
+
+/// An event falls due (a thread moves the clock onto its due time) while `close` runs.
+/// `close` returns, no thread hangs, and the log shows the event pending, or acknowledged
+/// exactly when its handler ran.
+fn close_racing_due_event() {
+    let disk = MemStorage::new();
+    let clock = ManualClock::new(T0_MS);
+    let engine = engine(&disk, &clock, 1);
+    let calls = Calls::default();
+    engine.on("model", calls.handler());
+    let id = engine
+        .publish("model", b"", After::ms(1_000))
+        .expect("publish");
+    engine.start();
+    let advancer = {
+        let clock = clock.clone();
+        thread::spawn(move || clock.advance(Duration::from_secs(1)))
+    };
+    engine.close().expect("close");
+    advancer.join().expect("advancer");
+
+    let replayed = Replayed::of(&disk);
+    let starts = calls.starts_of(id);
+    match replayed.state(id) {
+        EventState::Succeeded => {
+            assert_eq!(
+                starts.len(),
+                1,
+                "{id} acknowledged, so run once: {starts:?}"
+            );
+            assert_eq!(replayed.outcomes_of(id), [(1, Outcome::Acked)]);
+            CLOSE_OUTCOMES_SEEN.fetch_or(ACKED_SEEN, Ordering::Relaxed);
+        }
+        state if state.is_pending() => {
+            assert!(
+                starts.is_empty(),
+                "{id} ran at {starts:?} but its ack is missing"
+            );
+            CLOSE_OUTCOMES_SEEN.fetch_or(PENDING_SEEN, Ordering::Relaxed);
+        }
+        state => panic!("{id} is {state:?} after a reopen"),
+    }
+}
+
+/// What the close model's schedules left: the event acknowledged, or pending.
+static CLOSE_OUTCOMES_SEEN: AtomicU64 = AtomicU64::new(0);
+const PENDING_SEEN: u64 = 2;
+
+#[test]
+fn close_racing_an_event_falling_due() {
+    explore("close racing a due event", close_racing_due_event);
+    if std::env::var("AFTERLOG_SHUTTLE_REPLAY").is_err() {
+        assert_eq!(
+            CLOSE_OUTCOMES_SEEN.load(Ordering::Relaxed),
+            ACKED_SEEN | PENDING_SEEN,
+            "no schedule delivered the event before close, or every one did (1: ack, 2: pending)"
+        );
+    }
 }

@@ -176,6 +176,8 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
             })
         })
         .collect();
+    // Released once every drop is applied (see `Inner::cancel_order`).
+    let order = inner.cancel_order.read();
     let positions = match inner.log.append_all(&records) {
         Ok(positions) => positions,
         Err(e) => {
@@ -192,6 +194,7 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
             n += 1;
         }
     }
+    drop(order);
     inner.metrics.expired.fetch_add(n, Ordering::Relaxed);
     Ok(n)
 }

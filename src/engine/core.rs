@@ -40,12 +40,15 @@
 //!
 //! Take locks only in this order, and release in reverse:
 //! 1. `Inner::compaction_lock` (one compaction pass at a time);
-//! 2. `Inner::core` (this struct);
-//! 3. the log's own locks (`Log::segment_reader`, `Log::install_compacted`: taken under the
+//! 2. `Inner::cancel_order` (a cancel's record against delivery's and expiry's records,
+//!    held across their `Log::append` and the apply that follows: see `Inner`);
+//! 3. `Inner::core` (this struct);
+//! 4. the log's own locks (`Log::segment_reader`, `Log::install_compacted`: taken under the
 //!    core so that a publish's location and the segment file it points into change together);
-//! 4. `Inner::handlers` is never taken with the core held, nor are delivery's own locks (a
+//! 5. `Inner::handlers` is never taken with the core held, nor are delivery's own locks (a
 //!    worker's slot; the stall tables, `parked` before `abandoned`; the workers' queue; the
-//!    applier's queue, which is held while an outcome is submitted to the log's queue);
+//!    applier's queue, which is held while an outcome is submitted to the log's queue, and
+//!    under which the core is taken to mark the outcome submitted);
 //!    `Log::append` (which waits for a sync) is never called with the core held.
 
 use crate::format::{FRAME_HEADER_LEN, Record};
@@ -68,6 +71,8 @@ pub(crate) enum Stage {
     Waiting,
     /// Its handlers run.
     Running,
+    /// Its outcome record is queued in the log, not yet applied.
+    Finishing,
 }
 
 /// What [`Core::begin_handlers`] found for an event waiting for its handlers.
@@ -429,6 +434,21 @@ impl Core {
         }
         *stage = Stage::Running;
         Begin::Run
+    }
+
+    /// The outcome of a running event is queued in the log.
+    pub fn outcome_submitted(&mut self, id: EventId) {
+        let stage = self.ledger.get_mut(&id);
+        let Some(stage) = stage else {
+            panic!("{id} submits an outcome while not in flight");
+        };
+        debug_assert_eq!(*stage, Stage::Running, "{id} submits an outcome twice");
+        *stage = Stage::Finishing;
+    }
+
+    /// Whether any of `ids` has an outcome queued in the log and not yet applied.
+    pub fn finishing(&self, mut ids: impl Iterator<Item = EventId>) -> bool {
+        ids.any(|id| self.stage(id) == Some(Stage::Finishing))
     }
 
     /// An event in flight is done: its attempt ended, or it was not attempted after all.

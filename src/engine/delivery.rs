@@ -21,9 +21,13 @@
 //! one of them returns — and the names of other handlers go on.
 //!
 //! An event waits on the ready queue between its attempt record and its handlers; a worker
-//! checks just before the handlers whether a cancel (of the event or its job) arrived
-//! meanwhile, and if so skips it, so no handler starts after `cancel` or `cancel_job`
-//! returned.
+//! checks just before the handlers, under the core's lock, whether a cancel (of the event or
+//! its job) arrived meanwhile, and if so skips it, so no attempt begins after `cancel` or
+//! `cancel_job` returned. An attempt that passed this check before the cancel took effect
+//! runs to its end (its worker may still be entering the handler as the cancel returns):
+//! `cancel` answers `true` and the event is not retried; `cancel_job` does not count it.
+//! Attempt and outcome records are appended and applied under `Inner::cancel_order`'s read
+//! lock, so a cancel's record sits in the log where the core applied it.
 //!
 //! Architecture Invariant: an attempt record is durable before any handler of that attempt
 //! runs, so attempt counts never go backwards across a crash.
@@ -41,14 +45,14 @@ use crate::ids::{EventId, JobId};
 use crate::index::{Applied, EventState};
 use crate::log::RecordBytes;
 use crate::retry::{Decision, DropReason, Failure, FailureInput, RetryContext, RetryReason};
-use parking_lot::{Condvar, Mutex};
+use crate::sync::thread::{self, JoinHandle};
+use crate::sync::{Condvar, Mutex};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Most events in one batch handed to a worker.
@@ -324,7 +328,7 @@ impl Delivery {
         }
         let scheduler = {
             let (inner, shared) = (inner.clone(), shared.clone());
-            std::thread::Builder::new()
+            thread::Builder::new()
                 .name("afterlog-scheduler".into())
                 .spawn(move || {
                     guarded(&inner, "scheduler", || schedule(&inner, &shared));
@@ -333,7 +337,7 @@ impl Delivery {
         };
         let watchdog = {
             let (inner, shared) = (inner.clone(), shared.clone());
-            std::thread::Builder::new()
+            thread::Builder::new()
                 .name("afterlog-watchdog".into())
                 .spawn(move || {
                     guarded(&inner, "watchdog", || watch(&inner, &shared));
@@ -342,7 +346,7 @@ impl Delivery {
         };
         let applier = {
             let (inner, shared) = (inner.clone(), shared.clone());
-            std::thread::Builder::new()
+            thread::Builder::new()
                 .name("afterlog-applier".into())
                 .spawn(move || {
                     guarded(&inner, "applier", || apply_outcomes(&inner, &shared));
@@ -397,7 +401,7 @@ impl Delivery {
         // With the watchdog gone, the calling worker can no longer be abandoned.
         let deferred = own.is_some_and(|slot| !slot.state.lock().abandoned);
         if deferred {
-            CLOSE_ON_EXIT.set(true);
+            CLOSE_ON_EXIT.with(|close| close.set(true));
         }
         deferred
     }
@@ -420,7 +424,9 @@ impl Delivery {
     }
 }
 
-thread_local! {
+// `with` alone (not `set`, `take`, `with_borrow`): a shuttle build's thread locals offer no
+// more (src/sync.rs).
+crate::sync::thread_local! {
     /// On a worker thread: its engine (the address of its `Inner`) and its slot.
     static WORKER: RefCell<Option<(usize, Arc<Slot>)>> = const { RefCell::new(None) };
     /// On a worker thread whose handler called `close`: the worker closes the log on exit.
@@ -435,8 +441,9 @@ pub(super) fn on_worker_of(inner: &Inner) -> bool {
 /// The slot of the current thread, if it is a worker of `inner`'s engine.
 fn own_slot(inner: &Inner) -> Option<Arc<Slot>> {
     let address = std::ptr::from_ref(inner) as usize;
-    WORKER.with_borrow(|worker| {
+    WORKER.with(|worker| {
         worker
+            .borrow()
             .as_ref()
             .filter(|(engine, _)| *engine == address)
             .map(|(_, slot)| slot.clone())
@@ -467,19 +474,19 @@ fn spawn_worker(inner: &Arc<Inner>, shared: &Arc<Shared>) {
     shared.slots.lock().push(slot.clone());
     *shared.alive.lock() += 1;
     let (thread_inner, thread_shared, thread_slot) = (inner.clone(), shared.clone(), slot.clone());
-    let spawned = std::thread::Builder::new()
+    let spawned = thread::Builder::new()
         .name("afterlog-worker".into())
         .spawn(move || {
             let engine = Arc::as_ptr(&thread_inner) as usize;
-            WORKER.set(Some((engine, thread_slot.clone())));
+            WORKER.with(|worker| *worker.borrow_mut() = Some((engine, thread_slot.clone())));
             let ran = guarded(&thread_inner, "worker", || {
                 work(&thread_inner, &thread_shared, &thread_slot)
             });
             if !ran {
                 worker_panicked(&thread_shared, &thread_slot);
             }
-            WORKER.set(None);
-            if CLOSE_ON_EXIT.take() {
+            WORKER.with(|worker| *worker.borrow_mut() = None);
+            if CLOSE_ON_EXIT.with(Cell::take) {
                 let _ = thread_inner.finish_close();
             }
         });
@@ -574,6 +581,7 @@ fn take_for_handlers(inner: &Inner, p: &Prepared) -> bool {
     });
     // If the log refuses the record, the event stays Running until a restart, where recovery
     // cancels it because its job is cancelled.
+    let _order = inner.cancel_order.read();
     if let Ok(pos) = inner.log.append(&record) {
         let _ = inner.apply(pos, &record);
     }
@@ -853,6 +861,8 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
             }),
         })
         .collect();
+    // Released once every record is applied (see `Inner::cancel_order`).
+    let order = inner.cancel_order.read();
     let Ok(positions) = inner.log.append_all(&records) else {
         // The log is poisoned: nothing more can be recorded; the events stay pending on disk.
         let ids: Vec<EventId> = plans.iter().map(Plan::id).collect();
@@ -883,6 +893,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
             }
         }
     }
+    drop(order);
     finish_all(inner, &done);
     ready
 }
@@ -998,6 +1009,10 @@ fn write_outcome(inner: &Arc<Inner>, shared: &Shared, outcome: Outcome) {
         .failure
         .map(|failed| decide_fitting(inner, &prepared, failed, now_ms));
     let record = outcome_record(&prepared, decided.as_ref(), now_ms);
+    // Submitted under `cancel_order`'s read lock and marked in the ledger, so that a cancel
+    // of the event waits until this outcome is applied before it writes its own record: the
+    // log's order of the two is then the order in which the core applied them.
+    let _order = inner.cancel_order.read();
     let mut outcomes = shared.outcomes.lock();
     if outcomes.closed {
         drop(outcomes);
@@ -1009,6 +1024,7 @@ fn write_outcome(inner: &Arc<Inner>, shared: &Shared, outcome: Outcome) {
     }
     match inner.log.submit_all(std::slice::from_ref(&record)) {
         Ok(pending) => {
+            inner.core.lock().outcome_submitted(prepared.id);
             outcomes.queue.push_back(Submitted {
                 pending,
                 prepared,

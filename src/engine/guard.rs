@@ -15,7 +15,7 @@
 
 use super::Inner;
 use crate::error::{Error, panic_message};
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// The first background thread of the engine that panicked, and the panic's message.

@@ -4,7 +4,7 @@ use super::options::{DEFAULT_HANDLER_TIMEOUT, MAX_HANDLER_TIMEOUT};
 use crate::ids::{EventId, JobId};
 use crate::log::RecordBytes;
 use crate::retry::{RetryContext, RetryOptions};
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;

@@ -40,7 +40,7 @@ use crate::ids::{EventId, JobId};
 use crate::index::{Applied, JobStats};
 use crate::log::{Log, Position};
 use crate::storage::{FsStorage, Storage};
-use parking_lot::{Condvar, Mutex, RwLock};
+use crate::sync::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -72,12 +72,19 @@ pub(crate) struct Inner {
     /// Notified whenever work finishes, for `wait_idle` and `close`.
     pub idle: Condvar,
     pub metrics: metrics::Counters,
+    /// Keeps the log's order of a cancel and of the records of the events it names (attempts,
+    /// outcomes, expiry drops) the order in which the core applied them, so that a replay
+    /// decides as the engine did. Delivery and expiry append and apply their records under
+    /// the read lock, `cancel` and `cancel_job` under the write lock. Without it a cancel
+    /// could be written before an ack but applied after it (`cancel` answers `false`, the
+    /// handler's success counts) and a reopen would find the event cancelled.
+    pub cancel_order: RwLock<()>,
     pub delivery: Mutex<Option<delivery::Delivery>>,
     /// One compaction pass at a time.
     compaction_lock: Mutex<()>,
     /// Wakes the background compaction thread (on close).
     compaction_wake: Wake,
-    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    compactor: Mutex<Option<crate::sync::thread::JoinHandle<()>>>,
     /// The first background thread that panicked, if any: the engine is then stopped.
     panicked: guard::Panicked,
     /// Set when `close` has finished (the log is closed, the lock released), for a second
@@ -184,6 +191,7 @@ impl Engine {
             closing: AtomicBool::new(false),
             idle: Condvar::new(),
             metrics,
+            cancel_order: RwLock::new(()),
             delivery: Mutex::new(None),
             compaction_lock: Mutex::new(()),
             compaction_wake: Wake::new(),
@@ -199,7 +207,7 @@ impl Engine {
             // starts (a clock advanced meanwhile must not push it back).
             let interval_ms = interval.as_millis().min(i64::MAX as u128) as i64;
             let first_ms = inner.clock.now_ms().saturating_add(interval_ms);
-            let handle = std::thread::Builder::new()
+            let handle = crate::sync::thread::Builder::new()
                 .name("afterlog-compactor".into())
                 .spawn(move || {
                     let guard_inner = thread_inner.clone();
@@ -560,6 +568,8 @@ impl Inner {
             target: CancelTarget::Event(id),
             cancelled_ms: self.clock.now_ms(),
         });
+        let _order = self.cancel_order.write();
+        self.wait_outcomes_applied(|core| core.finishing(std::iter::once(id)));
         let pos = self.log.append(&record)?;
         let changed = matches!(self.apply(pos, &record), Ok(Applied::Changed));
         if changed {
@@ -581,6 +591,8 @@ impl Inner {
             target: CancelTarget::Job(job),
             cancelled_ms: self.clock.now_ms(),
         });
+        let order = self.cancel_order.write();
+        self.wait_outcomes_applied(|core| core.finishing(core.index().job_events(job)));
         let pos = self.log.append(&record)?;
         // Counted under the lock that applies the cancel: the Scheduled events it cancels,
         // and the events already handed to a worker whose handlers have not begun, which
@@ -599,9 +611,20 @@ impl Inner {
             let after = core.job_stats(job).map_or(before, |s| s.cancelled);
             after.saturating_sub(before) + waiting
         };
+        drop(order);
         self.idle.notify_all();
         self.metrics.cancelled.fetch_add(n, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Under `cancel_order`'s write lock: waits until no outcome `queued` names is queued in
+    /// the log and not yet applied (the applier applies each within a sync), so that a cancel
+    /// written next is applied after them, as a replay will.
+    fn wait_outcomes_applied(&self, queued: impl Fn(&Core) -> bool) {
+        let mut core = self.core.lock();
+        while queued(&core) && self.stopped().is_none() {
+            self.idle.wait_for(&mut core, Duration::from_millis(10));
+        }
     }
 
     fn is_idle(&self, core: &Core) -> bool {
