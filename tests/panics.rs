@@ -328,9 +328,22 @@ fn a_panic_in_the_background_compactor_stops_the_engine() {
 /// `compact_now` asks for) starts the preparation of the one after.
 #[test]
 fn a_panic_in_the_segment_preparer_stops_the_engine() {
-    let s = stalled(engine_options().prepare_spare(true));
+    let s = stalled(
+        engine_options()
+            .prepare_spare(true)
+            .segment_bytes(64 * 1024),
+    );
     s.disk.hooks.create.arm("afterlog-prepare");
     let _ = s.engine.compact_now();
+    // The next segment is prepared once the active one is half full.
+    for _ in 0..100 {
+        if s.engine
+            .publish("x", [0u8; 1000], After::delay(Duration::from_secs(3600)))
+            .is_err()
+        {
+            break;
+        }
+    }
     check_stopped(
         s,
         "segment preparer",
