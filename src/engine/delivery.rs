@@ -917,8 +917,17 @@ struct Publishes {
 struct ParsedPublish {
     bytes: Arc<RecordBytes>,
     published_ms: i64,
-    /// Each event of the record: its body's range in the payload and its first due time.
-    events: HashMap<EventId, (Range<usize>, i64)>,
+    /// Each event of the record, in id order: its body's range in the payload and its first
+    /// due time.
+    events: Vec<(EventId, Range<usize>, i64)>,
+}
+
+impl ParsedPublish {
+    fn event(&self, id: EventId) -> Option<&(EventId, Range<usize>, i64)> {
+        // The first entry of the id, as the index keeps (a repeated id is a duplicate).
+        let i = self.events.partition_point(|e| e.0 < id);
+        self.events.get(i).filter(|e| e.0 == id)
+    }
 }
 
 impl Publishes {
@@ -933,7 +942,7 @@ impl Publishes {
         let stale = self
             .records
             .get(&key)
-            .is_some_and(|parsed| !parsed.events.contains_key(&id));
+            .is_some_and(|parsed| parsed.event(id).is_none());
         if stale || !self.records.contains_key(&key) {
             let bytes = reader?.read(u64::from(location.offset)).ok()?;
             let (published_ms, events) = {
@@ -941,13 +950,15 @@ impl Publishes {
                     return None;
                 };
                 let base = bytes.payload().as_ptr() as usize;
-                let events = publish
+                let mut events: Vec<(EventId, Range<usize>, i64)> = publish
                     .events()
                     .map(|e| {
                         let start = e.body.as_ptr() as usize - base;
-                        (e.id, (start..start + e.body.len(), e.due_ms))
+                        (e.id, start..start + e.body.len(), e.due_ms)
                     })
                     .collect();
+                // A push's ids are consecutive, so this is already sorted.
+                events.sort_by_key(|e| e.0);
                 (publish.published_ms, events)
             };
             self.records.insert(
@@ -960,7 +971,7 @@ impl Publishes {
             );
         }
         let parsed = self.records.get(&key)?;
-        let (body, first_due_ms) = parsed.events.get(&id)?.clone();
+        let (_, body, first_due_ms) = parsed.event(id)?.clone();
         Some((
             parsed.bytes.clone(),
             body,
