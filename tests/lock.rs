@@ -79,13 +79,18 @@ fn a_replaced_lock_file_keeps_a_second_engine_out() {
 fn a_refused_open_leaves_the_running_engines_files_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let a = Engine::open_with(tmp.path(), options(&ManualClock::new(START_MS), true)).unwrap();
-    a.publish("x", "1", After::NOW).unwrap();
-    // Wait for the spare segment A prepares in the background.
+    // A prepares its spare segment in the background once its active one is half full.
     let spare = "00000000000000000002.seg.tmp";
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut written = 0;
     while std::fs::metadata(tmp.path().join(spare)).map_or(0, |m| m.len()) < SEGMENT {
         assert!(Instant::now() < deadline, "no spare segment appeared");
-        std::thread::sleep(Duration::from_millis(5));
+        if written < SEGMENT * 5 / 8 {
+            a.publish("x", format!("{written:0200}"), After::NOW).unwrap();
+            written += 240;
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     std::fs::remove_file(tmp.path().join("LOCK")).unwrap();
     let before = files(tmp.path());
