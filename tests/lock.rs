@@ -86,7 +86,8 @@ fn a_refused_open_leaves_the_running_engines_files_untouched() {
     while std::fs::metadata(tmp.path().join(spare)).map_or(0, |m| m.len()) < SEGMENT {
         assert!(Instant::now() < deadline, "no spare segment appeared");
         if written < SEGMENT * 5 / 8 {
-            a.publish("x", format!("{written:0200}"), After::NOW).unwrap();
+            a.publish("x", format!("{written:0200}"), After::NOW)
+                .unwrap();
             written += 240;
         } else {
             std::thread::sleep(Duration::from_millis(5));

@@ -4,11 +4,12 @@
 //!
 //! Only the public API is used: `Engine`, `Options`, `After`, `Metrics`.
 
+use crate::engine_runs::LatenessRun;
 use crate::{Progress, fresh_dir, median};
 use afterlog::{After, CompactionStats, DEFAULT_MAX_PUSH_EVENTS, Engine, Options};
 use serde::Serialize;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -165,22 +166,12 @@ pub fn timer32(base: &Path, events: u64, lead: Duration, progress: &Progress) ->
         "timer accuracy: {events} publishes from 32 threads"
     ));
     let dir = fresh_dir(base, "timer32");
-    let engine = Engine::open_with(&dir, Options::default()).expect("open");
-    let late_us = Arc::new(Mutex::new(Vec::with_capacity(events as usize)));
-    let acked = Arc::new(AtomicU64::new(0));
-    let (l, a) = (late_us.clone(), acked.clone());
-    engine.on("due", move |event, _ctx| {
-        let due_us = (event.time_ms() + event.delay_ms()) * 1000;
-        l.lock().expect("lateness").push(now_us() - due_us);
-        a.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    });
-    engine.start();
+    let run = LatenessRun::start(&dir, events);
     let started = Instant::now();
     let base_us = now_us() + lead.as_micros() as i64;
     let threads: Vec<_> = (0..TIMER32_THREADS)
         .map(|t| {
-            let engine = engine.clone();
+            let engine = run.engine.clone();
             std::thread::spawn(move || publish_due_share(&engine, t, events, base_us))
         })
         .collect();
@@ -189,15 +180,7 @@ pub fn timer32(base: &Path, events: u64, lead: Duration, progress: &Progress) ->
         .map(|t| t.join().expect("publisher"))
         .sum();
     let publish_s = started.elapsed().as_secs_f64();
-    let deadline = Instant::now() + lead + Duration::from_secs(60);
-    while acked.load(Ordering::Relaxed) < events && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let m = engine.metrics();
-    engine.close().expect("close");
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut late = std::mem::take(&mut *late_us.lock().expect("lateness"));
-    late.sort_unstable();
+    let (late, m) = run.finish(&dir, events, lead);
     Timer32 {
         events,
         threads: TIMER32_THREADS,

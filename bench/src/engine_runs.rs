@@ -102,22 +102,57 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// An engine whose handler of `due` records each event's lateness (now minus its due time,
+/// µs): the timer scenarios' setup.
+pub struct LatenessRun {
+    pub engine: Engine,
+    late_us: Arc<Mutex<Vec<i64>>>,
+    acked: Arc<AtomicU64>,
+}
+
+impl LatenessRun {
+    pub fn start(dir: &Path, events: u64) -> LatenessRun {
+        let engine = Engine::open_with(dir, Options::default()).expect("open");
+        let late_us = Arc::new(Mutex::new(Vec::with_capacity(events as usize)));
+        let acked = Arc::new(AtomicU64::new(0));
+        let (l, a) = (late_us.clone(), acked.clone());
+        engine.on("due", move |event, _ctx| {
+            let due_us = (event.time_ms() + event.delay_ms()) * 1000;
+            l.lock().expect("lateness").push(now_us() - due_us);
+            a.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        });
+        engine.start();
+        LatenessRun {
+            engine,
+            late_us,
+            acked,
+        }
+    }
+
+    /// Waits for `events` acks (at most a minute past `lead`), closes the engine, removes
+    /// `dir`; the lateness of every event in µs, sorted, and the engine's metrics.
+    pub fn finish(self, dir: &Path, events: u64, lead: Duration) -> (Vec<i64>, afterlog::Metrics) {
+        let deadline = Instant::now() + lead + Duration::from_secs(60);
+        while self.acked.load(Ordering::Relaxed) < events && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let m = self.engine.metrics();
+        self.engine.close().expect("close");
+        let _ = std::fs::remove_dir_all(dir);
+        let mut late = std::mem::take(&mut *self.late_us.lock().expect("lateness"));
+        late.sort_unstable();
+        (late, m)
+    }
+}
+
 /// Scenario 3: `events` events whose due times spread over one second, starting `lead`
 /// from now so that publishing them is done first (jobs of 50 share a due time).
 pub fn timer(base: &Path, events: u64, lead: Duration, progress: &Progress) -> Timer {
     progress.step(&format!("timer accuracy: {events} events due within 1 s"));
     let dir = fresh_dir(base, "timer");
-    let engine = Engine::open_with(&dir, Options::default()).expect("open");
-    let late_us = Arc::new(Mutex::new(Vec::with_capacity(events as usize)));
-    let acked = Arc::new(AtomicU64::new(0));
-    let (l, a) = (late_us.clone(), acked.clone());
-    engine.on("due", move |event, _ctx| {
-        let due_us = (event.time_ms() + event.delay_ms()) * 1000;
-        l.lock().expect("lateness").push(now_us() - due_us);
-        a.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    });
-    engine.start();
+    let run = LatenessRun::start(&dir, events);
+    let engine = &run.engine;
     let jobs = events.div_ceil(50);
     let started = Instant::now();
     let base_us = now_us() + lead.as_micros() as i64;
@@ -135,15 +170,7 @@ pub fn timer(base: &Path, events: u64, lead: Duration, progress: &Progress) -> T
             .expect("push");
     }
     let published = started.elapsed();
-    let deadline = Instant::now() + lead + Duration::from_secs(60);
-    while acked.load(Ordering::Relaxed) < events && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let m = engine.metrics();
-    engine.close().expect("close");
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut late = std::mem::take(&mut *late_us.lock().expect("lateness"));
-    late.sort_unstable();
+    let (late, m) = run.finish(&dir, events, lead);
     let pct = |q: f64| -> f64 {
         if late.is_empty() {
             return f64::NAN;

@@ -326,33 +326,9 @@ impl Delivery {
         for _ in 0..workers {
             spawn_worker(inner, &shared);
         }
-        let scheduler = {
-            let (inner, shared) = (inner.clone(), shared.clone());
-            thread::Builder::new()
-                .name("afterlog-scheduler".into())
-                .spawn(move || {
-                    guarded(&inner, "scheduler", || schedule(&inner, &shared));
-                })
-                .expect("spawn the scheduler thread")
-        };
-        let watchdog = {
-            let (inner, shared) = (inner.clone(), shared.clone());
-            thread::Builder::new()
-                .name("afterlog-watchdog".into())
-                .spawn(move || {
-                    guarded(&inner, "watchdog", || watch(&inner, &shared));
-                })
-                .expect("spawn the watchdog thread")
-        };
-        let applier = {
-            let (inner, shared) = (inner.clone(), shared.clone());
-            thread::Builder::new()
-                .name("afterlog-applier".into())
-                .spawn(move || {
-                    guarded(&inner, "applier", || apply_outcomes(&inner, &shared));
-                })
-                .expect("spawn the applier thread")
-        };
+        let scheduler = spawn_guarded(inner, &shared, "scheduler", |i, s| schedule(i, s));
+        let watchdog = spawn_guarded(inner, &shared, "watchdog", watch);
+        let applier = spawn_guarded(inner, &shared, "applier", |i, s| apply_outcomes(i, s));
         Delivery {
             scheduler,
             watchdog,
@@ -465,6 +441,22 @@ fn worker_panicked(shared: &Shared, slot: &Arc<Slot>) {
     shared.slots.lock().retain(|s| !Arc::ptr_eq(s, slot));
     *shared.alive.lock() -= 1;
     shared.exited.notify_all();
+}
+
+/// Starts one of delivery's threads, `afterlog-{thread}`, under the engine's unwind guard.
+fn spawn_guarded(
+    inner: &Arc<Inner>,
+    shared: &Arc<Shared>,
+    thread: &'static str,
+    body: fn(&Arc<Inner>, &Arc<Shared>),
+) -> JoinHandle<()> {
+    let (inner, shared) = (inner.clone(), shared.clone());
+    thread::Builder::new()
+        .name(format!("afterlog-{thread}"))
+        .spawn(move || {
+            guarded(&inner, thread, || body(&inner, &shared));
+        })
+        .unwrap_or_else(|e| panic!("spawn the {thread} thread: {e}"))
 }
 
 /// Starts a worker thread. If the operating system refuses one, delivery goes on with the
