@@ -4,7 +4,7 @@
 //!
 //! Only the public API is used: `Engine`, `Options`, `After`, `Metrics`.
 
-use crate::engine_runs::LatenessRun;
+use crate::engine_runs::{LatenessRun, dir_bytes};
 use crate::{Progress, fresh_dir, median};
 use afterlog::{After, CompactionStats, DEFAULT_MAX_PUSH_EVENTS, Engine, Options};
 use serde::Serialize;
@@ -424,17 +424,6 @@ pub struct Shrink {
     pub compact_s: f64,
 }
 
-fn files_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 pub fn shrink(base: &Path, finished_mb: u64, live_mb: u64, progress: &Progress) -> Shrink {
     progress.step(&format!(
         "shrink: {finished_mb} MB finished beside {live_mb} MB live"
@@ -461,11 +450,11 @@ pub fn shrink(base: &Path, finished_mb: u64, live_mb: u64, progress: &Progress) 
             .expect("push");
     }
     engine.wait_idle(Duration::from_secs(600));
-    let disk_before = files_bytes(&dir);
+    let disk_before = dir_bytes(&dir);
     let started = Instant::now();
     engine.compact_now().expect("compact_now");
     let compact_s = started.elapsed().as_secs_f64();
-    let disk_after = files_bytes(&dir);
+    let disk_after = dir_bytes(&dir);
     engine.close().expect("close");
     let _ = std::fs::remove_dir_all(&dir);
     let segment_bytes = 64 << 20;

@@ -223,7 +223,8 @@ pub struct Compaction {
 const COMPACTION_THREADS: usize = 8;
 const COMPACTION_SEGMENT: u64 = 4 << 20;
 
-fn dir_bytes(dir: &Path) -> u64 {
+/// Bytes of the files in `dir` (0 if it cannot be read).
+pub fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
