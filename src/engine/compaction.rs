@@ -259,12 +259,7 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
             .collect();
         let kept_events = events
             .iter()
-            .filter_map(|&e| {
-                let kept_publish = core
-                    .event(e)
-                    .is_some_and(|i| publishes.contains(&u64::from(i.location.offset)));
-                Some((e, core.keep_rule(e, segment, kept_publish)?))
-            })
+            .filter_map(|&e| Some((e, core.keep_rule(e, segment, &publishes)?)))
             .collect();
         let kept_jobs = jobs
             .iter()

@@ -249,15 +249,12 @@ impl Core {
     /// Ends replay: events left Running by a crash become due at `now_ms`, and the wheel is
     /// built in bulk from the Scheduled events.
     pub fn finish_replay(&mut self, now_ms: i64) {
-        let mut effects = std::mem::take(&mut self.effects);
-        self.index.finish_replay(now_ms, &mut effects);
-        effects.clear();
-        self.effects = effects;
+        self.index.finish_replay(now_ms, &mut self.effects);
+        self.effects.clear();
         let scheduled: Vec<(EventId, i64)> = self.index.scheduled().collect();
         self.wheel = Wheel::with_capacity(now_ms.max(0) as u64, scheduled.len());
         for (id, due_ms) in scheduled {
-            let handle = self.wheel.insert(due_ms.max(0) as u64, id.0);
-            self.index.set_timer(id, handle.to_u64());
+            self.schedule(id, due_ms);
         }
         // Cancelled-by-replay events stopped being pending: recount per segment.
         for bytes in self.segments.values_mut() {
@@ -301,14 +298,16 @@ impl Core {
     ) -> Result<Applied, crate::index::Rejected> {
         let loc = location(pos);
         let len = frame_len(record);
-        // The events whose pending state this record may change, with their publish segment.
-        let mut watched: Vec<(EventId, u32)> = Vec::new();
+        // The events whose pending state this record may change, with their publish segment:
+        // one for most records, a job's for a job's cancel (only that one allocates).
+        let mut one = None;
+        let mut of_job = Vec::new();
         match record {
             Record::Publish(_) => {}
             Record::Cancel(c) => match c.target {
                 crate::format::CancelTarget::Job(job) => {
                     let index = &self.index;
-                    watched.extend(
+                    of_job.extend(
                         index
                             .job_events(job)
                             .filter_map(|id| index.get(id))
@@ -316,13 +315,9 @@ impl Core {
                             .map(|e| (e.id, e.location.segment)),
                     );
                 }
-                crate::format::CancelTarget::Event(id) => watched.extend(self.pending_at(id)),
+                crate::format::CancelTarget::Event(id) => one = self.pending_at(id),
             },
-            other => {
-                if let Some(id) = other.event() {
-                    watched.extend(self.pending_at(id));
-                }
-            }
+            other => one = other.event().and_then(|id| self.pending_at(id)),
         }
         let (held_before, pending_before) = (self.index.held_count(), self.index.pending_count());
         let result = self.index.apply(loc, record, &mut self.effects);
@@ -336,7 +331,7 @@ impl Core {
         } else {
             bytes.history += len;
         }
-        for (id, segment) in watched {
+        for (id, segment) in one.into_iter().chain(of_job) {
             if !self.index.state(id).is_some_and(EventState::is_pending)
                 && let Some(bytes) = self.segments.get_mut(&segment)
             {
@@ -351,14 +346,32 @@ impl Core {
         e.state.is_pending().then_some((id, e.location.segment))
     }
 
+    /// Puts a Scheduled event in the wheel at `due_ms` and records its handle in the index.
+    fn schedule(&mut self, id: EventId, due_ms: i64) {
+        let handle = self.wheel.insert(due_ms.max(0) as u64, id.0);
+        self.index.set_timer(id, handle.to_u64());
+    }
+
+    /// Puts a Scheduled event that is in neither the wheel nor the ledger back in the wheel
+    /// at `due_ms`; false (nothing done) if it changed meanwhile.
+    fn reschedule(&mut self, id: EventId, due_ms: i64) -> bool {
+        let outside = self
+            .index
+            .get(id)
+            .is_some_and(|e| e.state == EventState::Scheduled && e.timer == NO_TIMER);
+        if outside {
+            self.schedule(id, due_ms);
+        }
+        outside
+    }
+
     /// Carries out the index's effects on the wheel; returns the earliest new due time.
     fn apply_effects(&mut self, effects: &mut Vec<Effect>) -> Option<i64> {
         let mut earliest = None;
         for effect in effects.drain(..) {
             match effect {
                 Effect::Schedule { event, due_ms } => {
-                    let handle = self.wheel.insert(due_ms.max(0) as u64, event.0);
-                    self.index.set_timer(event, handle.to_u64());
+                    self.schedule(event, due_ms);
                     earliest = Some(earliest.map_or(due_ms, |e: i64| e.min(due_ms)));
                 }
                 Effect::Unschedule { timer, .. } => {
@@ -400,14 +413,7 @@ impl Core {
     pub fn put_back(&mut self, id: EventId, due_ms: i64) -> bool {
         let stage = self.ledger.remove(&id);
         assert_eq!(stage, Some(Stage::Taken), "{id} put back while not taken");
-        match self.index.get(id) {
-            Some(e) if e.state == EventState::Scheduled && e.timer == NO_TIMER => {
-                let handle = self.wheel.insert(due_ms.max(0) as u64, id.0);
-                self.index.set_timer(id, handle.to_u64());
-                due_ms < self.sleeping_until_ms
-            }
-            _ => false,
-        }
+        self.reschedule(id, due_ms) && due_ms < self.sleeping_until_ms
     }
 
     /// Moves a waiting event to `Running` if nothing stopped it since its attempt record.
@@ -554,15 +560,9 @@ impl Core {
     /// Puts a claimed event whose drop could not be written back in the wheel, at its due
     /// time.
     pub fn unclaim(&mut self, id: EventId) {
-        let Some(info) = self.index.get(id) else {
-            return;
-        };
-        if info.state != EventState::Scheduled || info.timer != NO_TIMER {
-            return;
+        if let Some(due_ms) = self.index.get(id).map(|e| e.due_ms) {
+            self.reschedule(id, due_ms);
         }
-        let due_ms = info.due_ms;
-        let handle = self.wheel.insert(due_ms.max(0) as u64, id.0);
-        self.index.set_timer(id, handle.to_u64());
     }
 
     /// The bytes of a segment, as far as applied records tell.
@@ -629,12 +629,19 @@ impl Core {
         out
     }
 
-    /// What a rewrite of `segment` keeps of the records about `id`: `None` if the event's
-    /// records are not kept at all (it is not held, or its publish is dropped with this
-    /// rewrite), else the rule for its history.
-    pub fn keep_rule(&self, id: EventId, segment: u32, kept_publish: bool) -> Option<Keep> {
+    /// What a rewrite of `segment`, keeping the publish frames at `kept_publishes` (offsets),
+    /// keeps of the records about `id`: `None` if the event's records are not kept at all
+    /// (it is not held, or its publish is dropped with this rewrite), else the rule for its
+    /// history.
+    pub fn keep_rule(
+        &self,
+        id: EventId,
+        segment: u32,
+        kept_publishes: &std::collections::HashSet<u64>,
+    ) -> Option<Keep> {
         let e = self.index.get(id)?;
-        if e.location.segment == segment && !kept_publish {
+        if e.location.segment == segment && !kept_publishes.contains(&u64::from(e.location.offset))
+        {
             return None;
         }
         if !e.state.is_pending() {

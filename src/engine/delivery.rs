@@ -103,6 +103,10 @@ struct Shared {
 impl Shared {
     /// Whether `name`'s attempts wait because too many of its handlers hang.
     fn stalled(&self, inner: &Inner, name: &str) -> bool {
+        // `abandon` counts the total first and `returned` last: none in all, none of `name`.
+        if self.abandoned_total.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         let bound = inner.options.abandoned_threads;
         let abandoned = self.abandoned.lock();
         let of_name = abandoned.get(name).copied().unwrap_or(0);
@@ -113,8 +117,8 @@ impl Shared {
     }
 
     fn abandon(&self, name: &Arc<str>) {
+        self.abandoned_total.fetch_add(1, Ordering::AcqRel);
         *self.abandoned.lock().entry(name.clone()).or_default() += 1;
-        self.abandoned_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An abandoned thread's handler returned.
@@ -127,7 +131,7 @@ impl Shared {
             }
         }
         drop(abandoned);
-        self.abandoned_total.fetch_sub(1, Ordering::Relaxed);
+        self.abandoned_total.fetch_sub(1, Ordering::AcqRel);
         inner
             .metrics
             .abandoned_returned
@@ -1021,8 +1025,8 @@ fn write_outcome(inner: &Arc<Inner>, shared: &Shared, outcome: Outcome) {
         drop(outcomes);
         // Only a poisoned or closed log refuses a record that fits: the event then stays
         // Running on disk and is delivered again after a restart.
-        let result = inner.log.append(&record).map(|pos| vec![pos]);
-        apply_outcome(inner, &prepared, &record, result);
+        let written = inner.log.append(&record).map(|pos| vec![pos]);
+        apply_durable(inner, &mut vec![(prepared, decided, now_ms, written)]);
         return;
     }
     match inner.log.submit_all(std::slice::from_ref(&record)) {
@@ -1113,29 +1117,6 @@ fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
         inner.wake.notify();
     }
     inner.idle.notify_all();
-}
-
-/// Applies a durable outcome (or, if the log failed it, only ends the attempt).
-fn apply_outcome(
-    inner: &Inner,
-    prepared: &Prepared,
-    record: &Record<'_>,
-    written: crate::error::Result<Vec<crate::log::Position>>,
-) {
-    let Some(&pos) = written.ok().as_ref().and_then(|p| p.first()) else {
-        finish(inner, prepared.id);
-        return;
-    };
-    // Counted before the event stops being in flight, so `wait_idle` sees the count.
-    let counter = match record {
-        Record::Ack(_) => &inner.metrics.acked,
-        Record::Retry(_) => &inner.metrics.retried,
-        _ => &inner.metrics.dropped,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-    // The event leaves the ledger under the lock that may put it back in the wheel, so the
-    // scheduler never finds it in both.
-    let _ = inner.apply_then(pos, record, |core, _| core.finish(prepared.id));
 }
 
 /// Decides what follows a failed attempt. A retry request whose data would make its record
