@@ -4,29 +4,14 @@
 //!
 //! Only the public API is used: `Engine`, `Options`, `After`, `Metrics`.
 
-use crate::engine_runs::{LatenessRun, dir_bytes};
+use crate::engine_runs::{LatenessRun, dir_bytes, now_us, quantile, soon};
 use crate::{Progress, fresh_dir, median};
 use afterlog::{After, CompactionStats, DEFAULT_MAX_PUSH_EVENTS, Engine, Options};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// The `p`-quantile (0..=1) of sorted values, nearest rank; NaN when empty.
-fn quantile(sorted: &[i64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1] as f64
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------
 // 7: workers
@@ -392,15 +377,7 @@ fn timed_publishes(engine: &Engine, seed: u64, stop: &AtomicBool) -> Vec<i64> {
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
     let mut us = Vec::with_capacity(1 << 16);
     while !stop.load(Ordering::Relaxed) {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let delay_ms = rng % 2000;
-        let after = if delay_ms == 0 {
-            After::NOW
-        } else {
-            After::ms(delay_ms)
-        };
+        let after = soon(&mut rng);
         let started = Instant::now();
         engine.publish("soon", body, after).expect("publish");
         us.push(started.elapsed().as_micros() as i64);

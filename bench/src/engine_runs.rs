@@ -96,10 +96,34 @@ pub struct Timer {
     pub engine_lateness_max_ms: u64,
 }
 
-fn now_us() -> i64 {
+/// Microseconds since the Unix epoch, as the wall clock says.
+pub fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The `p`-quantile (0..=1) of sorted values, nearest rank; NaN when empty.
+pub fn quantile(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64
+}
+
+/// A due time 0–2 s from now, from a xorshift state: the publishers of the compaction
+/// scenarios.
+pub fn soon(rng: &mut u64) -> After {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let delay_ms = *rng % 2000;
+    if delay_ms == 0 {
+        After::NOW
+    } else {
+        After::ms(delay_ms)
+    }
 }
 
 /// An engine whose handler of `due` records each event's lateness (now minus its due time,
@@ -171,13 +195,7 @@ pub fn timer(base: &Path, events: u64, lead: Duration, progress: &Progress) -> T
     }
     let published = started.elapsed();
     let (late, m) = run.finish(&dir, events, lead);
-    let pct = |q: f64| -> f64 {
-        if late.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((late.len() as f64 * q).ceil() as usize).clamp(1, late.len()) - 1;
-        late[i] as f64 / 1000.0
-    };
+    let pct = |q: f64| quantile(&late, q) / 1000.0;
     Timer {
         events,
         spread_ms: 1000,
@@ -288,16 +306,7 @@ fn compaction_run(base: &Path, on: bool, secs: Duration) -> CompactionRun {
                 let body = [b'b'; 200];
                 let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ t as u64;
                 while !stop.load(Ordering::Relaxed) {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let delay_ms = rng % 2000;
-                    let after = if delay_ms == 0 {
-                        After::NOW
-                    } else {
-                        After::ms(delay_ms)
-                    };
-                    engine.publish("e", body, after).expect("publish");
+                    engine.publish("e", body, soon(&mut rng)).expect("publish");
                     count.fetch_add(1, Ordering::Relaxed);
                 }
             })
