@@ -77,10 +77,12 @@ pub use after::{After, ONE_YEAR_MS, latest_due_ms};
 pub use clock::{Clock, MANUAL_WAIT_CAP, ManualClock, SYSTEM_WAIT_CAP, SystemClock, Wake};
 pub use engine::{
     ABANDONED_TOTAL_FACTOR, CompactionStats, Context, DEFAULT_ABANDONED_THREADS,
-    DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION,
-    Engine, Event, FORGE_MAX_DELAY, Handler, HandlerError, HandlerOptions, MAX_HANDLER_TIMEOUT,
-    MIN_COMPACTION_INTERVAL, Metrics, Options,
+    DEFAULT_ASYNC_ATTEMPTS, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES,
+    DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, Engine, Event, FORGE_MAX_DELAY, Handler,
+    HandlerError, HandlerOptions, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Metrics, Options,
 };
+#[cfg(feature = "tokio")]
+pub use engine::{AsyncContext, AsyncHandler, HandlerFuture};
 pub use error::{Error, Result};
 pub use format::Manifest;
 pub use ids::{EventId, JobId};

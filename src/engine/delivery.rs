@@ -32,9 +32,13 @@
 //! Architecture Invariant: an attempt record is durable before any handler of that attempt
 //! runs, so attempt counts never go backwards across a crash.
 
+#[cfg(feature = "tokio")]
+#[path = "attempts.rs"]
+mod attempts;
+
 use super::core::{Begin, Planned};
 use super::guard::guarded;
-use super::handler::{Context, Deadline, Event, HandlerErrorKind};
+use super::handler::{Context, Deadline, Event, HandlerError, HandlerErrorKind, HandlerFn};
 use super::options::EXPIRED_MESSAGE;
 use super::{Inner, Registered};
 use crate::clock::Wake;
@@ -47,7 +51,7 @@ use crate::log::RecordBytes;
 use crate::retry::{Decision, DropReason, Failure, FailureInput, RetryContext, RetryReason};
 use crate::sync::thread::{self, JoinHandle};
 use crate::sync::{Condvar, Mutex};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -98,6 +102,9 @@ struct Shared {
     /// Prepared events of stalled names, waiting (attempt record durable) until one of the
     /// name's abandoned threads returns.
     parked: Mutex<HashMap<Arc<str>, Vec<Arc<Prepared>>>>,
+    /// The attempts of events with async handlers, run as tasks on the runtime.
+    #[cfg(feature = "tokio")]
+    attempts: attempts::Attempts,
 }
 
 impl Shared {
@@ -279,6 +286,31 @@ struct Prepared {
     handlers: Arc<Vec<Registered>>,
 }
 
+impl Prepared {
+    /// Whether any handler of the event is async: its attempt runs as a task.
+    #[cfg(feature = "tokio")]
+    fn is_async(&self) -> bool {
+        self.handlers
+            .iter()
+            .any(|r| matches!(r.handler, HandlerFn::Async(_)))
+    }
+
+    /// The event as its handlers see it.
+    fn event(&self) -> Event {
+        Event {
+            id: self.id,
+            name: self.name.clone(),
+            record: self.record.clone(),
+            body: self.body.clone(),
+            time_ms: self.published_ms,
+            delay_ms: self.first_due_ms - self.published_ms,
+            attempt: self.attempt,
+            job: self.job,
+            retry_context: self.retry_context.clone(),
+        }
+    }
+}
+
 struct Outcome {
     prepared: Arc<Prepared>,
     failure: Option<Failed>,
@@ -305,8 +337,39 @@ struct SlotState {
 
 /// A worker's state, shared with the watchdog.
 #[derive(Default)]
-struct Slot {
+pub(crate) struct Slot {
     state: Mutex<SlotState>,
+    /// Its handler called `close`: the worker closes the log when it exits.
+    close_on_exit: AtomicBool,
+}
+
+/// Who calls `close`: a handler of the engine, whose own attempt `close` must not wait for,
+/// or anyone else.
+pub(crate) enum Caller {
+    Outside,
+    /// A sync handler, on this worker.
+    Worker(Arc<Slot>),
+    /// An async attempt (its serial number), from its handler's `poll` or its sync handler.
+    #[cfg(feature = "tokio")]
+    Attempt(u64),
+}
+
+impl Caller {
+    /// The caller on the current thread.
+    pub fn current(inner: &Inner) -> Caller {
+        if let Some(slot) = own_slot(inner) {
+            return Caller::Worker(slot);
+        }
+        #[cfg(feature = "tokio")]
+        if let Some(serial) = attempts::current(inner) {
+            return Caller::Attempt(serial);
+        }
+        Caller::Outside
+    }
+
+    pub fn is_outside(&self) -> bool {
+        matches!(self, Caller::Outside)
+    }
 }
 
 impl Delivery {
@@ -326,6 +389,8 @@ impl Delivery {
             abandoned: Mutex::new(HashMap::new()),
             abandoned_total: AtomicUsize::new(0),
             parked: Mutex::new(HashMap::new()),
+            #[cfg(feature = "tokio")]
+            attempts: attempts::Attempts::new(inner),
         });
         for _ in 0..workers {
             spawn_worker(inner, &shared);
@@ -348,22 +413,32 @@ impl Delivery {
     /// and returns true: the worker closes the log when it exits, after the handler's
     /// outcome is written. A stopped engine (a background thread panicked) waits for no
     /// handler: the log is poisoned, so nothing they do can be recorded.
-    pub fn stop(self, inner: &Inner) -> bool {
+    pub fn stop(self, inner: &Inner, caller: Caller) -> bool {
         inner.wake.notify();
         let _ = self.scheduler.join();
         self.shared.close_queue();
-        let own = own_slot(inner);
+        let own = match &caller {
+            Caller::Worker(slot) => Some(slot.clone()),
+            _ => None,
+        };
         let until = Instant::now() + super::MAX_HANDLER_TIMEOUT + Duration::from_secs(5);
         loop {
+            if Instant::now() >= until || inner.stopped().is_some() {
+                break;
+            }
             // The calling worker counts as alive until the watchdog abandons it.
             let own_alive = own
                 .as_ref()
                 .is_some_and(|slot| !slot.state.lock().abandoned);
             let mut alive = self.shared.alive.lock();
-            if *alive <= usize::from(own_alive)
-                || Instant::now() >= until
-                || inner.stopped().is_some()
-            {
+            if *alive <= usize::from(own_alive) {
+                drop(alive);
+                // Workers are done: no more async attempts are admitted; wait for those that
+                // run or wait for room (the caller's own excepted).
+                #[cfg(feature = "tokio")]
+                if !self.shared.attempts.wait_drained(&caller, until) {
+                    continue;
+                }
                 break;
             }
             self.shared
@@ -379,10 +454,18 @@ impl Delivery {
         self.shared.submitted.notify_all();
         let _ = self.applier.join();
         // With the watchdog gone, the calling worker can no longer be abandoned.
-        let deferred = own.is_some_and(|slot| !slot.state.lock().abandoned);
-        if deferred {
-            CLOSE_ON_EXIT.with(|close| close.set(true));
-        }
+        let deferred = match caller {
+            Caller::Outside => false,
+            Caller::Worker(slot) => {
+                let deferred = !slot.state.lock().abandoned;
+                slot.close_on_exit.store(deferred, Ordering::Release);
+                deferred
+            }
+            #[cfg(feature = "tokio")]
+            Caller::Attempt(serial) => self.shared.attempts.close_on_exit(serial),
+        };
+        #[cfg(feature = "tokio")]
+        self.shared.attempts.shut_down_own_runtime();
         deferred
     }
 
@@ -409,13 +492,6 @@ impl Delivery {
 crate::sync::thread_local! {
     /// On a worker thread: its engine (the address of its `Inner`) and its slot.
     static WORKER: RefCell<Option<(usize, Arc<Slot>)>> = const { RefCell::new(None) };
-    /// On a worker thread whose handler called `close`: the worker closes the log on exit.
-    static CLOSE_ON_EXIT: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the current thread is a worker of `inner`'s engine (a handler is running on it).
-pub(super) fn on_worker_of(inner: &Inner) -> bool {
-    own_slot(inner).is_some()
 }
 
 /// The slot of the current thread, if it is a worker of `inner`'s engine.
@@ -482,7 +558,7 @@ fn spawn_worker(inner: &Arc<Inner>, shared: &Arc<Shared>) {
                 worker_panicked(&thread_shared, &thread_slot);
             }
             WORKER.with(|worker| *worker.borrow_mut() = None);
-            if CLOSE_ON_EXIT.with(Cell::take) {
+            if thread_slot.close_on_exit.load(Ordering::Acquire) {
                 let _ = thread_inner.finish_close();
             }
         });
@@ -545,7 +621,13 @@ fn work(inner: &Arc<Inner>, shared: &Arc<Shared>, slot: &Slot) {
 
 /// Runs one ready event's handlers and writes its outcome. Returns false if the watchdog
 /// abandoned this worker meanwhile (the watchdog wrote the outcome).
-fn run_one(inner: &Arc<Inner>, shared: &Shared, slot: &Slot, prepared: Arc<Prepared>) -> bool {
+fn run_one(inner: &Arc<Inner>, shared: &Arc<Shared>, slot: &Slot, prepared: Arc<Prepared>) -> bool {
+    #[cfg(feature = "tokio")]
+    if prepared.is_async() {
+        // Run as a task: the worker goes on at once.
+        attempts::admit(inner, shared, prepared);
+        return true;
+    }
     if shared.stalled(inner, &prepared.name) {
         shared.park(inner, prepared);
         return true;
@@ -592,17 +674,7 @@ fn run_handlers(
     slot: &Slot,
     p: &Arc<Prepared>,
 ) -> Option<Option<Failed>> {
-    let event = Event {
-        id: p.id,
-        name: p.name.clone(),
-        record: p.record.clone(),
-        body: p.body.clone(),
-        time_ms: p.published_ms,
-        delay_ms: p.first_due_ms - p.published_ms,
-        attempt: p.attempt,
-        job: p.job,
-        retry_context: p.retry_context.clone(),
-    };
+    let event = p.event();
     // Lateness counts to the moment the handlers start: after the attempt record is durable.
     inner
         .metrics
@@ -611,11 +683,7 @@ fn run_handlers(
     for registered in p.handlers.iter() {
         // Timeouts run on the monotonic clock: a step of the wall clock does not end them.
         let started_ms = inner.clock.monotonic_ms();
-        let timeout_ms = registered.options.timeout.as_millis() as i64;
-        let deadline = Arc::new(Deadline {
-            started_ms,
-            deadline_ms: Mutex::new(started_ms.saturating_add(timeout_ms)),
-        });
+        let deadline = Arc::new(Deadline::new(started_ms, registered.options.timeout));
         {
             let mut state = slot.state.lock();
             if state.abandoned {
@@ -633,8 +701,14 @@ fn run_handlers(
             job: p.job,
             deadline: deadline.clone(),
             engine: Arc::downgrade(inner),
+            clock: inner.clock.clone(),
         };
-        let result = catch_unwind(AssertUnwindSafe(|| (registered.handler)(&event, &mut ctx)));
+        let handler = match &registered.handler {
+            HandlerFn::Sync(handler) => handler,
+            #[cfg(feature = "tokio")]
+            HandlerFn::Async(_) => unreachable!("an event with async handlers runs as a task"),
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| handler(&event, &mut ctx)));
         {
             let mut state = slot.state.lock();
             if state.abandoned {
@@ -650,32 +724,45 @@ fn run_handlers(
         // A result that arrives after the deadline is ignored, even if the watchdog has not
         // noticed yet: the clock decides, not the race.
         if inner.clock.monotonic_ms() > *deadline.deadline_ms.lock() {
-            inner.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
-            return Some(Some(Failed::new(Failure::Platform {
-                reason: RetryReason::TimeOut,
-            })));
+            return Some(Some(timed_out(inner)));
         }
-        let failure = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(Failed::new(match e.kind {
-                HandlerErrorKind::Message(message) => Failure::Error { message },
-                HandlerErrorKind::Retry(options) => Failure::RetryRequested(options),
-            })),
-            Err(payload) => {
-                inner.metrics.panicked.fetch_add(1, Ordering::Relaxed);
-                Some(Failed {
-                    failure: Failure::Platform {
-                        reason: RetryReason::PlatformUnknownError,
-                    },
-                    message: format!("panicked: {}", crate::error::panic_message(payload)),
-                })
-            }
-        };
+        let failure = failure_of(inner, result);
         if first_failure.is_none() {
             first_failure = failure;
         }
     }
     Some(first_failure)
+}
+
+/// What a handler's result (or panic) means for its attempt.
+fn failure_of(
+    inner: &Inner,
+    result: std::thread::Result<Result<(), HandlerError>>,
+) -> Option<Failed> {
+    match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(Failed::new(match e.kind {
+            HandlerErrorKind::Message(message) => Failure::Error { message },
+            HandlerErrorKind::Retry(options) => Failure::RetryRequested(options),
+        })),
+        Err(payload) => {
+            inner.metrics.panicked.fetch_add(1, Ordering::Relaxed);
+            Some(Failed {
+                failure: Failure::Platform {
+                    reason: RetryReason::PlatformUnknownError,
+                },
+                message: format!("panicked: {}", crate::error::panic_message(payload)),
+            })
+        }
+    }
+}
+
+/// The failure of an attempt whose handler ran past its deadline.
+fn timed_out(inner: &Inner) -> Failed {
+    inner.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
+    Failed::new(Failure::Platform {
+        reason: RetryReason::TimeOut,
+    })
 }
 
 /// The watchdog thread: fails attempts whose handler runs past its deadline.
@@ -703,7 +790,6 @@ fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
             state.current = None;
             drop(state);
             shared.abandon(&prepared.name);
-            inner.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
             inner
                 .metrics
                 .workers_replaced
@@ -716,11 +802,13 @@ fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
                 shared,
                 Outcome {
                     prepared,
-                    failure: Some(Failed::new(Failure::Platform {
-                        reason: RetryReason::TimeOut,
-                    })),
+                    failure: Some(timed_out(inner)),
                 },
             );
+        }
+        #[cfg(feature = "tokio")]
+        if let Some(deadline_ms) = attempts::watch(inner, shared, now_ms) {
+            earliest = Some(earliest.map_or(deadline_ms, |e| e.min(deadline_ms)));
         }
         // At least once a second, so a deadline a handler shortened (`Context::set_timeout`)
         // is seen within a second of passing.

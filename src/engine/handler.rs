@@ -13,6 +13,23 @@ use std::time::Duration;
 /// A handler: called with the event and a context; `Ok(())` acknowledges.
 pub type Handler = dyn Fn(&Event, &mut Context) -> Result<(), HandlerError> + Send + Sync + 'static;
 
+/// What an async handler returns: a future of the attempt's outcome.
+#[cfg(feature = "tokio")]
+pub type HandlerFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send + 'static>>;
+
+/// An async handler (see [`Engine::on_async`](crate::Engine::on_async)), boxed.
+#[cfg(feature = "tokio")]
+pub type AsyncHandler = dyn Fn(Event, AsyncContext) -> HandlerFuture + Send + Sync + 'static;
+
+/// A registered handler: called on a worker thread, or polled on the runtime.
+#[derive(Clone)]
+pub(crate) enum HandlerFn {
+    Sync(Arc<Handler>),
+    #[cfg(feature = "tokio")]
+    Async(Arc<AsyncHandler>),
+}
+
 /// Options of one handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HandlerOptions {
@@ -37,7 +54,9 @@ impl HandlerOptions {
 }
 
 /// One delivery of an event to a handler. Every handler of one attempt sees the same `time`,
-/// `delay`, `attempt` and retry context.
+/// `delay`, `attempt` and retry context. Cheap to clone: the body stays in the log's mapped
+/// segment, shared.
+#[derive(Clone)]
 pub struct Event {
     pub(crate) id: EventId,
     pub(crate) name: Arc<str>,
@@ -121,21 +140,44 @@ pub(crate) struct Deadline {
     pub deadline_ms: Mutex<i64>,
 }
 
+impl Deadline {
+    pub(crate) fn new(started_ms: i64, timeout: Duration) -> Deadline {
+        Deadline {
+            started_ms,
+            deadline_ms: Mutex::new(started_ms.saturating_add(timeout.as_millis() as i64)),
+        }
+    }
+
+    fn set_timeout(&self, timeout: Duration) {
+        let timeout = timeout.min(MAX_HANDLER_TIMEOUT);
+        *self.deadline_ms.lock() = self.started_ms.saturating_add(timeout.as_millis() as i64);
+    }
+
+    /// The time left at `now_ms` (monotonic), zero once the deadline passed.
+    fn remaining(&self, now_ms: i64) -> Duration {
+        let left = self.deadline_ms.lock().saturating_sub(now_ms);
+        Duration::from_millis(left.max(0) as u64)
+    }
+}
+
 /// What a handler can do besides returning: change its timeout, cancel its job.
 pub struct Context {
     pub(crate) job: Option<JobId>,
     pub(crate) deadline: Arc<Deadline>,
     pub(crate) engine: std::sync::Weak<super::Inner>,
+    pub(crate) clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl Context {
     /// Sets this handler's timeout, counted from when it started (at most 60 s).
     pub fn set_timeout(&mut self, timeout: Duration) {
-        let timeout = timeout.min(MAX_HANDLER_TIMEOUT);
-        *self.deadline.deadline_ms.lock() = self
-            .deadline
-            .started_ms
-            .saturating_add(timeout.as_millis() as i64);
+        self.deadline.set_timeout(timeout);
+    }
+
+    /// The time left before this handler's timeout, on the engine's clock (zero once it
+    /// passed): a handler can give its own I/O this deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.remaining(self.clock.monotonic_ms())
     }
 
     /// Cancels the event's job (Forge's `jobProgress.cancel()`): no event of it that has not
@@ -145,6 +187,52 @@ impl Context {
         let Some(job) = self.job else { return Ok(0) };
         let engine = self.engine.upgrade().ok_or(crate::Error::Closed)?;
         engine.cancel_job(job)
+    }
+}
+
+/// What an async handler can do besides returning: change its timeout, read the time left,
+/// cancel its job. Cheap to clone; every method takes `&self`, so it can be moved into the
+/// handler's future and used across `.await`s.
+#[cfg(feature = "tokio")]
+#[derive(Clone)]
+pub struct AsyncContext {
+    pub(crate) job: Option<JobId>,
+    pub(crate) deadline: Arc<Deadline>,
+    pub(crate) engine: std::sync::Weak<super::Inner>,
+    pub(crate) clock: Arc<dyn crate::clock::Clock>,
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncContext {
+    /// Sets this handler's timeout, counted from when it started (at most 60 s). When it
+    /// passes, the attempt fails with `FUNCTION_TIME_OUT` and the handler's future is dropped:
+    /// it stops at the `.await` it is suspended at.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.deadline.set_timeout(timeout);
+    }
+
+    /// The time left before this handler's timeout, on the engine's clock (zero once it
+    /// passed): hand it to the handler's own I/O (`tokio::time::timeout(ctx.remaining(), ..)`).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.remaining(self.clock.monotonic_ms())
+    }
+
+    /// Cancels the event's job, like [`Context::cancel_job`]; completes once the cancel is
+    /// durable. 0 for an event that is not part of a job.
+    pub async fn cancel_job(&self) -> crate::Result<u64> {
+        let Some(job) = self.job else { return Ok(0) };
+        let engine = self.engine.upgrade().ok_or(crate::Error::Closed)?;
+        super::Inner::cancel_job_async(&engine, job).await
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl fmt::Debug for AsyncContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncContext")
+            .field("job", &self.job)
+            .field("deadline", &self.deadline)
+            .finish()
     }
 }
 

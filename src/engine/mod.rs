@@ -14,18 +14,22 @@
 mod compaction;
 mod core;
 mod delivery;
+mod futures;
 mod guard;
 mod handler;
 mod metrics;
 mod options;
+mod order;
 
 pub use compaction::CompactionStats;
+#[cfg(feature = "tokio")]
+pub use handler::{AsyncContext, AsyncHandler, HandlerFuture};
 pub use handler::{Context, Event, Handler, HandlerError, HandlerOptions};
 pub use metrics::Metrics;
 pub use options::{
-    ABANDONED_TOTAL_FACTOR, DEFAULT_ABANDONED_THREADS, DEFAULT_HANDLER_TIMEOUT,
-    DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, FORGE_MAX_DELAY,
-    MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Options,
+    ABANDONED_TOTAL_FACTOR, DEFAULT_ABANDONED_THREADS, DEFAULT_ASYNC_ATTEMPTS,
+    DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION,
+    FORGE_MAX_DELAY, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Options,
 };
 
 use self::core::Core;
@@ -41,6 +45,7 @@ use crate::index::{Applied, JobStats};
 use crate::log::{Log, Position};
 use crate::storage::{FsStorage, Storage};
 use crate::sync::{Condvar, Mutex, RwLock};
+use handler::HandlerFn;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -50,7 +55,7 @@ use std::time::{Duration, Instant};
 /// A handler registered for a name, with its options.
 #[derive(Clone)]
 pub(crate) struct Registered {
-    pub handler: Arc<Handler>,
+    pub handler: HandlerFn,
     pub options: HandlerOptions,
 }
 
@@ -78,7 +83,7 @@ pub(crate) struct Inner {
     /// the read lock, `cancel` and `cancel_job` under the write lock. Without it a cancel
     /// could be written before an ack but applied after it (`cancel` answers `false`, the
     /// handler's success counts) and a reopen would find the event cancelled.
-    pub cancel_order: RwLock<()>,
+    pub cancel_order: order::OrderLock,
     pub delivery: Mutex<Option<delivery::Delivery>>,
     /// One compaction pass at a time.
     compaction_lock: Mutex<()>,
@@ -111,6 +116,24 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        // On a tokio runtime's thread, closing would hold that thread while handlers drain
+        // (up to their timeouts) — and on a current-thread runtime the async handlers it waits
+        // for could never run. The close runs on a thread of its own instead; the directory is
+        // free once it is done (`close_async` says when).
+        #[cfg(feature = "tokio")]
+        if tokio::runtime::Handle::try_current().is_ok()
+            && !self.inner.closing.load(Ordering::Acquire)
+        {
+            let inner = self.inner.clone();
+            let spawned = crate::sync::thread::Builder::new()
+                .name("afterlog-close".into())
+                .spawn(move || {
+                    let _ = inner.close();
+                });
+            if spawned.is_ok() {
+                return;
+            }
+        }
         let _ = self.inner.close();
     }
 }
@@ -191,7 +214,7 @@ impl Engine {
             closing: AtomicBool::new(false),
             idle: Condvar::new(),
             metrics,
-            cancel_order: RwLock::new(()),
+            cancel_order: order::OrderLock::default(),
             delivery: Mutex::new(None),
             compaction_lock: Mutex::new(()),
             compaction_wake: Wake::new(),
@@ -247,10 +270,57 @@ impl Engine {
             + Sync
             + 'static,
     {
-        let registered = Registered {
-            handler: Arc::new(handler),
-            options,
-        };
+        self.register(
+            name,
+            Registered {
+                handler: HandlerFn::Sync(Arc::new(handler)),
+                options,
+            },
+        );
+    }
+
+    /// Registers an async handler for events named `name`, with the default options (5 s
+    /// timeout): `handler` is called with the event and a context, and the future it returns
+    /// is run on the tokio runtime current when [`start`](Engine::start) is called (or the
+    /// one given with [`Options::runtime`]). An engine started outside any runtime runs a
+    /// small one of its own (one thread, `afterlog-async`) for its async handlers.
+    ///
+    /// The future's `Ok(())` acknowledges; an error or a panic fails the attempt as a sync
+    /// handler's does. When the timeout passes (on the engine's clock) the attempt fails with
+    /// `FUNCTION_TIME_OUT` and the future is dropped: it is cancelled at the `.await` it is
+    /// suspended at. Async attempts are not bounded by worker threads: up to
+    /// [`Options::async_attempts`] (default 1,024) run at once. Sync and async handlers may
+    /// share a name: for each attempt they run one after another in registration order (a
+    /// sync one on the runtime's blocking pool), and all see the same `time`, `delay`,
+    /// `attempt` and retry context.
+    #[cfg(feature = "tokio")]
+    pub fn on_async<F, Fut>(&self, name: &str, handler: F)
+    where
+        F: Fn(Event, AsyncContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
+    {
+        self.on_async_with(name, HandlerOptions::default(), handler);
+    }
+
+    /// Registers an async handler with options (see [`on_async`](Engine::on_async)).
+    #[cfg(feature = "tokio")]
+    pub fn on_async_with<F, Fut>(&self, name: &str, options: HandlerOptions, handler: F)
+    where
+        F: Fn(Event, AsyncContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
+    {
+        let boxed: Arc<AsyncHandler> =
+            Arc::new(move |event, ctx| -> HandlerFuture { Box::pin(handler(event, ctx)) });
+        self.register(
+            name,
+            Registered {
+                handler: HandlerFn::Async(boxed),
+                options,
+            },
+        );
+    }
+
+    fn register(&self, name: &str, registered: Registered) {
         let mut handlers = self.inner().handlers.write();
         // Amortized O(1): the list is appended to in place, and copied only when a batch
         // being prepared still holds the previous version (which keeps seeing that one).
@@ -424,12 +494,7 @@ impl Inner {
     }
 
     fn publish(&self, name: &str, body: &[u8], after: &After) -> Result<EventId> {
-        self.check_open()?;
-        validate_name(name)?;
-        let now_ms = self.clock.now_ms();
-        let due_ms = after.resolve(now_ms)?;
-        let id = EventId(self.next_event.fetch_add(1, Ordering::Relaxed));
-        self.log.raise_id_floors(id.0 + 1, 0);
+        let (id, now_ms, due_ms) = self.new_event(name, after)?;
         let entries = [PublishEntry {
             id,
             due_ms,
@@ -441,7 +506,34 @@ impl Inner {
         Ok(id)
     }
 
+    /// Checks a publish and gives out its event id: the id, now and the due time.
+    fn new_event(&self, name: &str, after: &After) -> Result<(EventId, i64, i64)> {
+        self.check_open()?;
+        validate_name(name)?;
+        let now_ms = self.clock.now_ms();
+        let due_ms = after.resolve(now_ms)?;
+        let id = EventId(self.next_event.fetch_add(1, Ordering::Relaxed));
+        self.log.raise_id_floors(id.0 + 1, 0);
+        Ok((id, now_ms, due_ms))
+    }
+
     fn push(&self, name: &str, bodies: &[&[u8]], delay: Duration) -> Result<JobId> {
+        let (job, now_ms, due_ms, first) = self.new_job(name, bodies, delay)?;
+        let entries = job_entries(name, bodies, due_ms, first);
+        self.write_publish(Record::Publish(Publish::new(Some(job), now_ms, &entries)))?;
+        self.metrics
+            .published
+            .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        Ok(job)
+    }
+
+    /// Checks a push and gives out its ids: the job, now, the due time and the first event id.
+    fn new_job(
+        &self,
+        name: &str,
+        bodies: &[&[u8]],
+        delay: Duration,
+    ) -> Result<(JobId, i64, i64, u64)> {
         self.check_open()?;
         validate_name(name)?;
         if bodies.is_empty() {
@@ -490,32 +582,12 @@ impl Inner {
         let job = JobId(self.next_job.fetch_add(1, Ordering::Relaxed));
         self.log
             .raise_id_floors(first + bodies.len() as u64, job.0 + 1);
-        let entries: Vec<PublishEntry<'_>> = bodies
-            .iter()
-            .enumerate()
-            .map(|(i, body)| PublishEntry {
-                id: EventId(first + i as u64),
-                due_ms,
-                name,
-                body,
-            })
-            .collect();
-        self.write_publish(Record::Publish(Publish::new(Some(job), now_ms, &entries)))?;
-        self.metrics
-            .published
-            .fetch_add(bodies.len() as u64, Ordering::Relaxed);
-        Ok(job)
+        Ok((job, now_ms, due_ms, first))
     }
 
     /// Writes a publish record durably, then schedules its events.
     fn write_publish(&self, record: Record<'_>) -> Result<()> {
-        if record.encoded_len() > MAX_PAYLOAD_LEN {
-            return Err(Error::LimitExceeded {
-                what: "event bytes (body plus metadata)",
-                found: record.encoded_len() as u64,
-                max: MAX_PAYLOAD_LEN as u64,
-            });
-        }
+        check_publish_len(&record)?;
         let pos = self.log.append(&record)?;
         // A fresh publish is always accepted: its ids were never used.
         let _ = self.apply(pos, &record);
@@ -551,49 +623,76 @@ impl Inner {
     }
 
     fn cancel(&self, id: EventId) -> Result<bool> {
+        let Some(record) = self.cancel_record(id)? else {
+            return Ok(false);
+        };
+        let _order = self.cancel_order.write();
+        self.wait_outcomes_applied(|core| core.finishing(std::iter::once(id)));
+        let pos = self.log.append(&record)?;
+        Ok(self.apply_cancel(pos, &record))
+    }
+
+    /// The record that cancels `id`, or `None` if it is not pending (nothing to write).
+    fn cancel_record(&self, id: EventId) -> Result<Option<Record<'static>>> {
         self.check_open()?;
         {
             let core = self.core.lock();
             match core.index().state(id) {
                 // Its job's cancel counted it already; its worker cancels it.
-                Some(_) if core.cancelled_with_job(id) => return Ok(false),
+                Some(_) if core.cancelled_with_job(id) => return Ok(None),
                 Some(state) if state.is_pending() => {}
-                Some(_) => return Ok(false),
+                Some(_) => return Ok(None),
                 // Given out before but no longer indexed: finished, and compacted away.
-                None if self.event_given_out(id) => return Ok(false),
+                None if self.event_given_out(id) => return Ok(None),
                 None => return Err(Error::invalid(format!("unknown event {id}"))),
             }
         }
-        let record = Record::Cancel(Cancel {
+        Ok(Some(Record::Cancel(Cancel {
             target: CancelTarget::Event(id),
             cancelled_ms: self.clock.now_ms(),
-        });
-        let _order = self.cancel_order.write();
-        self.wait_outcomes_applied(|core| core.finishing(std::iter::once(id)));
-        let pos = self.log.append(&record)?;
-        let changed = matches!(self.apply(pos, &record), Ok(Applied::Changed));
+        })))
+    }
+
+    /// Applies a durable cancel of an event; whether it cancelled it.
+    fn apply_cancel(&self, pos: Position, record: &Record<'_>) -> bool {
+        let changed = matches!(self.apply(pos, record), Ok(Applied::Changed));
         if changed {
             self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(changed)
+        changed
     }
 
     pub(crate) fn cancel_job(&self, job: JobId) -> Result<u64> {
+        let Some(record) = self.cancel_job_record(job)? else {
+            return Ok(0);
+        };
+        let order = self.cancel_order.write();
+        self.wait_outcomes_applied(|core| core.finishing(core.index().job_events(job)));
+        let pos = self.log.append(&record)?;
+        let n = self.apply_cancel_job(job, pos, &record);
+        drop(order);
+        self.idle.notify_all();
+        Ok(n)
+    }
+
+    /// The record that cancels `job`, or `None` for a job that finished (nothing to write).
+    fn cancel_job_record(&self, job: JobId) -> Result<Option<Record<'static>>> {
         self.check_open()?;
         if self.core.lock().job_stats(job).is_none() {
             // A job given out before but no longer indexed finished and was compacted away.
             if self.job_given_out(job) {
-                return Ok(0);
+                return Ok(None);
             }
             return Err(Error::invalid(format!("unknown job {job}")));
         }
-        let record = Record::Cancel(Cancel {
+        Ok(Some(Record::Cancel(Cancel {
             target: CancelTarget::Job(job),
             cancelled_ms: self.clock.now_ms(),
-        });
-        let order = self.cancel_order.write();
-        self.wait_outcomes_applied(|core| core.finishing(core.index().job_events(job)));
-        let pos = self.log.append(&record)?;
+        })))
+    }
+
+    /// Applies a durable cancel of `job`; how many of its events it cancelled.
+    fn apply_cancel_job(&self, job: JobId, pos: Position, record: &Record<'_>) -> u64 {
         // Counted under the lock that applies the cancel: the Scheduled events it cancels,
         // and the events already handed to a worker whose handlers have not begun, which
         // their worker cancels instead of running (see `delivery::take_for_handlers`).
@@ -607,14 +706,12 @@ impl Inner {
                 core.job_waiting(job)
             };
             // Cancelling only unschedules: the scheduler needs no wake-up.
-            let _ = core.apply(pos, &record);
+            let _ = core.apply(pos, record);
             let after = core.job_stats(job).map_or(before, |s| s.cancelled);
             after.saturating_sub(before) + waiting
         };
-        drop(order);
-        self.idle.notify_all();
         self.metrics.cancelled.fetch_add(n, Ordering::Relaxed);
-        Ok(n)
+        n
     }
 
     /// Under `cancel_order`'s write lock: waits until no outcome `queued` names is queued in
@@ -705,12 +802,18 @@ impl Inner {
     }
 
     fn close(&self) -> Result<()> {
+        self.close_from(delivery::Caller::current(self))
+    }
+
+    /// `close`, called by `caller`: a handler of this engine's (its own attempt is not waited
+    /// for) or anyone else.
+    pub(crate) fn close_from(&self, caller: delivery::Caller) -> Result<()> {
         if self.closing.swap(true, Ordering::AcqRel) {
             // Another close runs: wait for it to finish, so that the directory is free when
             // this returns — unless this is a handler of this engine, which that close may
             // be waiting for.
             // Bounded as the first close's wait for handlers is.
-            if !delivery::on_worker_of(self) {
+            if caller.is_outside() {
                 let until = Instant::now() + MAX_HANDLER_TIMEOUT + Duration::from_secs(5);
                 let mut closed = self.closed.lock();
                 while !*closed && Instant::now() < until {
@@ -731,7 +834,7 @@ impl Inner {
         drop(self.compaction_lock.lock());
         let delivery = self.delivery.lock().take();
         if let Some(delivery) = delivery
-            && delivery.stop(self)
+            && delivery.stop(self, caller)
         {
             // Called from a handler: its worker closes the log once the handler returned and
             // its outcome is written (`finish_close`).
@@ -752,4 +855,35 @@ impl Inner {
             None => closed,
         }
     }
+}
+
+/// The entries of a push: consecutive ids from `first`, one due time.
+fn job_entries<'a>(
+    name: &'a str,
+    bodies: &[&'a [u8]],
+    due_ms: i64,
+    first: u64,
+) -> Vec<PublishEntry<'a>> {
+    bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| PublishEntry {
+            id: EventId(first + i as u64),
+            due_ms,
+            name,
+            body,
+        })
+        .collect()
+}
+
+/// A publish record too large for the log is refused before anything is written.
+fn check_publish_len(record: &Record<'_>) -> Result<()> {
+    if record.encoded_len() > MAX_PAYLOAD_LEN {
+        return Err(Error::LimitExceeded {
+            what: "event bytes (body plus metadata)",
+            found: record.encoded_len() as u64,
+            max: MAX_PAYLOAD_LEN as u64,
+        });
+    }
+    Ok(())
 }

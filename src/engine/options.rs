@@ -27,6 +27,9 @@ pub const FORGE_MAX_DELAY: Duration = Duration::from_secs(900);
 pub(crate) const EXPIRED_MESSAGE: &str =
     "not acknowledged within the retention after its first due time";
 
+/// Default of [`Options::async_attempts`]: async attempts that may run at once.
+pub const DEFAULT_ASYNC_ATTEMPTS: usize = 1024;
+
 /// Default of [`Options::abandoned_threads`].
 pub const DEFAULT_ABANDONED_THREADS: usize = 8;
 /// The engine-wide bound on abandoned handler threads, as a multiple of
@@ -50,6 +53,9 @@ pub struct Options {
     pub(crate) compaction_interval: Option<Duration>,
     pub(crate) compaction_min_dead: f64,
     pub(crate) compaction_budget_bytes: u64,
+    pub(crate) async_attempts: usize,
+    #[cfg(feature = "tokio")]
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for Options {
@@ -68,6 +74,9 @@ impl Default for Options {
             compaction_interval: Some(Duration::from_secs(10)),
             compaction_min_dead: 0.5,
             compaction_budget_bytes: 256 << 20,
+            async_attempts: DEFAULT_ASYNC_ATTEMPTS,
+            #[cfg(feature = "tokio")]
+            runtime: None,
         }
     }
 }
@@ -92,6 +101,25 @@ impl Options {
     /// for 14 days).
     pub fn default_policy(mut self, policy: RetryPolicy) -> Options {
         self.default_policy = policy;
+        self
+    }
+
+    /// Most attempts of events with async handlers running at once (default
+    /// [`DEFAULT_ASYNC_ATTEMPTS`], at least 1), whatever [`workers`](Options::workers) says:
+    /// an async attempt waiting on I/O holds no thread. More due events wait, in order, until
+    /// a running attempt ends.
+    pub fn async_attempts(mut self, n: usize) -> Options {
+        self.async_attempts = n.max(1);
+        self
+    }
+
+    /// The tokio runtime async handlers run on (default: the runtime current when
+    /// [`Engine::start`](crate::Engine::start) is called; outside any, a one-thread runtime of
+    /// the engine's own, `afterlog-async`, made when the first async attempt needs it and shut
+    /// down by `close`).
+    #[cfg(feature = "tokio")]
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Options {
+        self.runtime = Some(handle);
         self
     }
 

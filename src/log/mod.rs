@@ -111,6 +111,39 @@ impl Pending {
     }
 }
 
+/// Records queued by [`Log::submit_all_async`]: a future of their positions, complete when
+/// they are durable (or failed). Dropping it does not take the records back: they are
+/// written all the same; [`then_or_now`](Durable::then_or_now) says what to do then.
+#[must_use = "records are durable only once the future completes"]
+pub struct Durable(Arc<Completion>);
+
+impl Durable {
+    /// Runs `then` with the records' outcome once they are durable or failed: at once if they
+    /// are, else on the writer's thread before it wakes this future. For a future dropped
+    /// before it completed, whose records must still be applied. `then` must be quick and
+    /// must not wait for the log.
+    pub(crate) fn then_or_now(&self, then: writer::Then) {
+        self.0.then_or_now(then);
+    }
+}
+
+impl std::future::Future for Durable {
+    type Output = Result<Vec<Position>>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.0.poll_result(cx)
+    }
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Durable")
+    }
+}
+
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Pending")
@@ -420,10 +453,22 @@ impl Log {
     /// records are validated and encoded before this returns; on a bad one, nothing is
     /// queued. Records of one caller's submissions keep the order of the calls.
     pub fn submit_all(&self, records: &[Record<'_>]) -> Result<Pending> {
+        self.submit(records, Completion::default()).map(Pending)
+    }
+
+    /// [`submit_all`](Log::submit_all) for a future: the returned [`Durable`] completes when
+    /// the records are durable, woken by the writer (no thread waits for it). Should the
+    /// queue be full (only under `Durability::Periodic`, or with 64 MiB of records waiting),
+    /// this waits for room like `submit_all` does, for at most one write.
+    pub fn submit_all_async(&self, records: &[Record<'_>]) -> Result<Durable> {
+        self.submit(records, Completion::asynchronous()).map(Durable)
+    }
+
+    fn submit(&self, records: &[Record<'_>], done: Completion) -> Result<Arc<Completion>> {
+        let done = Arc::new(done);
         if records.is_empty() {
-            let done = Arc::new(Completion::default());
             done.complete(Ok(Vec::new()));
-            return Ok(Pending(done));
+            return Ok(done);
         }
         if records.len() as u64 > writer::MAX_GROUP_RECORDS {
             return Err(Error::LimitExceeded {
@@ -446,7 +491,6 @@ impl Log {
             kinds.push((record.kind(), payloads.len() - start));
         }
         let bytes = payloads.len() + records.len() * FRAME_HEADER_LEN;
-        let done = Arc::new(Completion::default());
         let wake = {
             let mut q = self.shared.queue.lock();
             loop {
@@ -485,7 +529,7 @@ impl Log {
         if wake {
             self.shared.work.notify_one();
         }
-        Ok(Pending(done))
+        Ok(done)
     }
 
     /// Returns once everything appended before the call is durable.

@@ -56,15 +56,27 @@ pub(crate) struct Request {
 pub(crate) struct Completion {
     state: Mutex<CompletionState>,
     cv: Condvar,
+    /// Awaited by a future ([`Durable`](super::Durable)) instead of a thread: completed
+    /// with its waker by the writer itself, never through a wake tree.
+    asynchronous: bool,
 }
+
+/// Work to do once the records are durable (or failed), on whichever thread completes them:
+/// what an abandoned future leaves to the writer (see `Completion::then_or_now`).
+pub(crate) type Then = Box<dyn FnOnce(&Result<Vec<Position>>) + Send>;
 
 #[derive(Default)]
 struct CompletionState {
     completed: bool,
+    /// Set by the first `complete`, which then runs the `then`s before it records the result.
+    completing: bool,
     result: Option<Result<Vec<Position>>>,
     /// Set when the outcome is handed over by a wake tree: the waiters this one wakes
     /// before returning.
     tree: Option<(Arc<WakeTree>, usize)>,
+    /// The task polling an asynchronous completion.
+    waker: Option<std::task::Waker>,
+    then: Option<Then>,
 }
 
 /// The completions of one sync group, woken as a binary tree: the writer wakes the first;
@@ -78,14 +90,20 @@ impl WakeTree {
     /// Sets each waiter's outcome, then wakes the root. Every result must already be final:
     /// this is called only after the covering sync returned.
     pub fn complete(outcomes: Vec<(Arc<Completion>, Result<Vec<Position>>)>) {
-        if outcomes.is_empty() {
-            return;
-        }
         let mut waiters = Vec::with_capacity(outcomes.len());
         let mut results = Vec::with_capacity(outcomes.len());
         for (done, result) in outcomes {
-            waiters.push(done);
-            results.push(result);
+            if done.asynchronous {
+                // A waker costs the writer no more than a notification: woken here, each
+                // one at once.
+                done.complete(result);
+            } else {
+                waiters.push(done);
+                results.push(result);
+            }
+        }
+        if waiters.is_empty() {
+            return;
         }
         let tree = Arc::new(WakeTree { waiters });
         // Record the outcomes from the last waiter to the first, without waking. A waiter
@@ -123,12 +141,67 @@ impl WakeTree {
 }
 
 impl Completion {
+    /// A completion awaited by a future.
+    pub fn asynchronous() -> Completion {
+        Completion {
+            asynchronous: true,
+            ..Completion::default()
+        }
+    }
+
     pub fn complete(&self, result: Result<Vec<Position>>) {
         let mut state = self.state.lock();
-        if !state.completed {
-            state.completed = true;
-            state.result = Some(result);
-            self.cv.notify_one();
+        if state.completed || state.completing {
+            return;
+        }
+        state.completing = true;
+        // A `then` installed while another one runs is run too: the result is recorded only
+        // once none is left, under the lock `then_or_now` looks at it with.
+        while let Some(then) = state.then.take() {
+            drop(state);
+            run_then(then, &result);
+            state = self.state.lock();
+        }
+        state.completed = true;
+        state.result = Some(result);
+        let waker = state.waker.take();
+        drop(state);
+        self.cv.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Runs `then` with the outcome: now, on this thread, if the records are already durable
+    /// (or failed) — else on the thread that completes them, before their waiter is woken.
+    pub fn then_or_now(&self, then: Then) {
+        let mut state = self.state.lock();
+        if state.completed {
+            // The waiter may have taken the result already: it saw the records durable.
+            let taken = Ok(Vec::new());
+            let result = state.result.as_ref().unwrap_or(&taken);
+            run_then(then, result);
+        } else {
+            debug_assert!(state.then.is_none(), "one `then` per completion");
+            state.then = Some(then);
+        }
+    }
+
+    /// The future's side of [`wait`](Completion::wait).
+    pub fn poll_result(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<Vec<Position>>> {
+        debug_assert!(self.asynchronous, "a thread's completion is woken through its condition variable");
+        let mut state = self.state.lock();
+        match state.result.take() {
+            Some(result) => std::task::Poll::Ready(result),
+            None if state.completed => std::task::Poll::Ready(Err(Error::invalid(
+                "the outcome of these records was taken already",
+            ))),
+            None => {
+                if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    state.waker = Some(cx.waker().clone());
+                }
+                std::task::Poll::Pending
+            }
         }
     }
 
@@ -785,6 +858,12 @@ fn copy_error(e: &Error) -> Error {
         },
         other => Error::invalid(other.to_string()),
     }
+}
+
+/// Runs a completion's `then`; a panic in it is the caller's (a bug) but must not take the
+/// writer down with it: it is caught, and the records' waiter is still woken.
+fn run_then(then: Then, result: &Result<Vec<Position>>) {
+    let _ = catch_unwind(AssertUnwindSafe(move || then(result)));
 }
 
 fn fail_all(

@@ -1,0 +1,552 @@
+//! Async attempts: the attempts of events with async handlers, run as tasks on a tokio
+//! runtime instead of on worker threads.
+//!
+//! A worker that takes such an event from the ready queue (its attempt record durable) admits
+//! it here and goes on at once: the event's task runs its handlers in registration order —
+//! each async one polled under a deadline, each sync one on the runtime's blocking pool — and
+//! queues its outcome as a worker does. At most `Options::async_attempts` tasks run at once;
+//! more wait here, in order, and each task that ends starts the next one.
+//!
+//! Timeouts are the watchdog's, on the engine's clock, as for threads: an attempt whose
+//! handler runs past its deadline is *claimed* by the watchdog, which fails it with
+//! `FUNCTION_TIME_OUT` and wakes its task; the task then drops the handler's future — which is
+//! how an async handler is cancelled at the `.await` it waits at — and ends. Whoever claims
+//! an attempt (its task, with the handlers' outcome, or the watchdog) writes its outcome, so
+//! a runtime too busy to poll the task still sees the attempt fail on time.
+//!
+//! A task the runtime drops before it ends (the runtime shut down) leaves its event in flight
+//! with no outcome: the event is Running on disk and is delivered again after a restart, as
+//! after a crash.
+
+use super::{
+    Caller, Failed, Inner, Outcome, Prepared, Shared, failure_of, take_for_handlers, timed_out,
+    write_outcome,
+};
+use crate::engine::handler::{AsyncContext, Context, Deadline, HandlerError, HandlerFn};
+use crate::sync::{Condvar, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+/// The running and waiting async attempts of one delivery.
+pub(crate) struct Attempts {
+    state: Mutex<State>,
+    /// Notified when an attempt is claimed or a task ends (for `close`).
+    changed: Condvar,
+    runtime: Mutex<Runtime>,
+    bound: usize,
+}
+
+#[derive(Default)]
+struct State {
+    /// Tasks spawned and not ended.
+    running: usize,
+    /// Admitted attempts not yet claimed (running or waiting): what `close` waits for.
+    open: usize,
+    waiting: VecDeque<Arc<Prepared>>,
+    /// The slots of running attempts, by serial number, for the watchdog.
+    slots: HashMap<u64, Arc<AttemptSlot>>,
+    next_serial: u64,
+    /// The runtime refused a task (it shut down): no more are spawned.
+    refused: bool,
+    /// The attempt whose handler called `close`: its task closes the log when it ends.
+    close_on_exit: Option<u64>,
+}
+
+enum Runtime {
+    /// The runtime current at `start` or given with `Options::runtime`.
+    Given(tokio::runtime::Handle),
+    /// None was: one of the engine's own, made when the first async attempt needs it.
+    Own(tokio::runtime::Runtime),
+    None,
+    /// The engine's own could not be made (or was shut down).
+    Unavailable,
+}
+
+/// One running attempt, shared with the watchdog.
+struct AttemptSlot {
+    prepared: Arc<Prepared>,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// The running handler's deadline.
+    deadline: Option<Arc<Deadline>>,
+    /// The attempt's outcome is being written, by its task or by the watchdog.
+    claimed: bool,
+    /// The watchdog claimed it: the handler ran past its deadline.
+    timed_out: bool,
+    /// The task, while it waits for its handler.
+    waker: Option<Waker>,
+}
+
+impl Attempts {
+    pub fn new(inner: &Inner) -> Attempts {
+        let runtime = match inner
+            .options
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        {
+            Some(handle) => Runtime::Given(handle),
+            None => Runtime::None,
+        };
+        Attempts {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            runtime: Mutex::new(runtime),
+            bound: inner.options.async_attempts,
+        }
+    }
+
+    /// A handle on the runtime the tasks run on, making the engine's own if need be.
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        let mut runtime = self.runtime.lock();
+        if let Runtime::None = *runtime {
+            *runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("afterlog-async")
+                .enable_all()
+                .build()
+                .map_or(Runtime::Unavailable, Runtime::Own);
+        }
+        match &*runtime {
+            Runtime::Given(handle) => Some(handle.clone()),
+            Runtime::Own(own) => Some(own.handle().clone()),
+            Runtime::None | Runtime::Unavailable => None,
+        }
+    }
+
+    /// Once every attempt is done: stops the engine's own runtime, if it made one, without
+    /// waiting for it (a task still holding a timed-out handler is dropped).
+    pub fn shut_down_own_runtime(&self) {
+        let own = std::mem::replace(&mut *self.runtime.lock(), Runtime::Unavailable);
+        match own {
+            Runtime::Own(own) => own.shutdown_background(),
+            other => *self.runtime.lock() = other,
+        }
+    }
+
+    /// Waits until every admitted attempt is claimed (but `caller`'s own, if it is one), or
+    /// `until`. Whether they are.
+    pub fn wait_drained(&self, caller: &Caller, until: Instant) -> bool {
+        let own = usize::from(matches!(caller, Caller::Attempt(_)));
+        let mut state = self.state.lock();
+        loop {
+            if state.open <= own {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            self.changed.wait_for(
+                &mut state,
+                (until - now).min(std::time::Duration::from_millis(50)),
+            );
+        }
+    }
+
+    /// `close` was called by attempt `serial`'s handler: its task closes the log when it
+    /// ends. False if it has ended (or was claimed by the watchdog): the caller closes it.
+    pub fn close_on_exit(&self, serial: u64) -> bool {
+        let mut state = self.state.lock();
+        if state.slots.contains_key(&serial) {
+            state.close_on_exit = Some(serial);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn claimed(&self) {
+        let mut state = self.state.lock();
+        state.open -= 1;
+        drop(state);
+        self.changed.notify_all();
+    }
+}
+
+/// Admits an event whose handlers include an async one: its task starts now, or when a
+/// running one ends.
+pub(super) fn admit(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prepared>) {
+    let attempts = &shared.attempts;
+    let mut state = attempts.state.lock();
+    state.open += 1;
+    if state.refused {
+        drop(state);
+        never_run(inner, shared, [prepared]);
+        return;
+    }
+    if state.running >= attempts.bound {
+        state.waiting.push_back(prepared);
+        return;
+    }
+    state.running += 1;
+    drop(state);
+    spawn(inner, shared, prepared);
+}
+
+/// Spawns an admitted event's task (`running` counts it already).
+fn spawn(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prepared>) {
+    let Some(handle) = shared.attempts.handle() else {
+        refuse(inner, shared, prepared);
+        return;
+    };
+    let serial = {
+        let mut state = shared.attempts.state.lock();
+        state.next_serial += 1;
+        state.next_serial
+    };
+    let slot = Arc::new(AttemptSlot {
+        prepared,
+        state: Mutex::new(SlotState::default()),
+    });
+    let end = TaskEnd {
+        inner: inner.clone(),
+        shared: shared.clone(),
+        slot: slot.clone(),
+        serial,
+        started: false,
+    };
+    // The guard is moved into the task, so it runs even if the runtime drops the task
+    // without ever polling it.
+    handle.spawn(run(end, handle.clone()));
+}
+
+/// The runtime would not run a task: this event and every waiting one stay in flight with no
+/// outcome (delivered again after a restart), and no more tasks are spawned.
+fn refuse(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prepared>) {
+    let waiting: Vec<Arc<Prepared>> = {
+        let mut state = shared.attempts.state.lock();
+        state.refused = true;
+        state.running -= 1;
+        state.waiting.drain(..).collect()
+    };
+    never_run(inner, shared, std::iter::once(prepared).chain(waiting));
+}
+
+/// Admitted attempts that will not run: they leave the ledger unclaimed-for.
+fn never_run(inner: &Inner, shared: &Shared, prepared: impl IntoIterator<Item = Arc<Prepared>>) {
+    let ids: Vec<_> = prepared.into_iter().map(|p| p.id).collect();
+    super::finish_all(inner, &ids);
+    let mut state = shared.attempts.state.lock();
+    state.open -= ids.len();
+    drop(state);
+    shared.attempts.changed.notify_all();
+}
+
+/// The watchdog's look at the async attempts: claims and fails each one past its deadline,
+/// and wakes its task. Returns the earliest deadline still ahead.
+pub(super) fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>, now_ms: i64) -> Option<i64> {
+    let slots: Vec<Arc<AttemptSlot>> = shared
+        .attempts
+        .state
+        .lock()
+        .slots
+        .values()
+        .cloned()
+        .collect();
+    let mut earliest: Option<i64> = None;
+    for slot in slots {
+        let mut state = slot.state.lock();
+        let Some(deadline) = state.deadline.clone() else {
+            continue;
+        };
+        let deadline_ms = *deadline.deadline_ms.lock();
+        if state.claimed {
+            continue;
+        }
+        if now_ms <= deadline_ms {
+            earliest = Some(earliest.map_or(deadline_ms, |e| e.min(deadline_ms)));
+            continue;
+        }
+        state.claimed = true;
+        state.timed_out = true;
+        let waker = state.waker.take();
+        drop(state);
+        write_outcome(
+            inner,
+            shared,
+            Outcome {
+                prepared: slot.prepared.clone(),
+                failure: Some(timed_out(inner)),
+            },
+        );
+        shared.attempts.claimed();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+    earliest
+}
+
+/// Ends a task, however it ends: it leaves the watchdog's sight, an attempt nobody claimed
+/// leaves the ledger (no outcome: it is delivered again after a restart), and the next
+/// waiting attempt starts.
+struct TaskEnd {
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    slot: Arc<AttemptSlot>,
+    serial: u64,
+    /// The runtime polled the task.
+    started: bool,
+}
+
+impl TaskEnd {
+    /// Claims the attempt for its task. False if the watchdog did (it timed out).
+    fn claim(&self) -> bool {
+        let mut state = self.slot.state.lock();
+        if state.claimed {
+            return false;
+        }
+        state.claimed = true;
+        state.deadline = None;
+        true
+    }
+}
+
+impl Drop for TaskEnd {
+    fn drop(&mut self) {
+        let (inner, shared) = (&self.inner, &self.shared);
+        if self.claim() {
+            super::finish(inner, self.slot.prepared.id);
+            shared.attempts.claimed();
+        }
+        if !self.started {
+            // Dropped unpolled: the runtime is shutting down.
+            let waiting: Vec<Arc<Prepared>> = {
+                let mut state = shared.attempts.state.lock();
+                state.refused = true;
+                state.running -= 1;
+                state.waiting.drain(..).collect()
+            };
+            never_run(inner, shared, waiting);
+            return;
+        }
+        let (next, close) = {
+            let mut state = shared.attempts.state.lock();
+            state.slots.remove(&self.serial);
+            let close = state.close_on_exit == Some(self.serial);
+            let next = if state.refused {
+                None
+            } else {
+                state.waiting.pop_front()
+            };
+            if next.is_none() {
+                state.running -= 1;
+            }
+            (next, close)
+        };
+        shared.attempts.changed.notify_all();
+        if let Some(next) = next {
+            spawn(inner, shared, next);
+        }
+        if close {
+            let _ = inner.finish_close();
+        }
+    }
+}
+
+/// An attempt's task.
+async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
+    end.started = true;
+    let (inner, shared) = (end.inner.clone(), end.shared.clone());
+    let p = end.slot.prepared.clone();
+    end.shared
+        .attempts
+        .state
+        .lock()
+        .slots
+        .insert(end.serial, end.slot.clone());
+    if !take_for_handlers(&inner, &p) {
+        // Cancelled while it waited: `TaskEnd` takes it out of the ledger.
+        return;
+    }
+    inner
+        .metrics
+        .record_lateness(inner.clock.now_ms() - p.due_ms);
+    let event = p.event();
+    let mut first_failure: Option<Failed> = None;
+    for registered in p.handlers.iter() {
+        let started_ms = inner.clock.monotonic_ms();
+        let deadline = Arc::new(Deadline::new(started_ms, registered.options.timeout));
+        let deadline_ms = *deadline.deadline_ms.lock();
+        {
+            let mut state = end.slot.state.lock();
+            if state.claimed {
+                return;
+            }
+            state.deadline = Some(deadline.clone());
+        }
+        if deadline_ms < shared.watch_until.load(Ordering::Acquire) {
+            shared.watch.notify();
+        }
+        let engine = Arc::downgrade(&inner);
+        let address = Arc::as_ptr(&inner) as usize;
+        let serial = end.serial;
+        let future: super::super::HandlerFuture = match &registered.handler {
+            HandlerFn::Async(handler) => {
+                let ctx = AsyncContext {
+                    job: p.job,
+                    deadline: deadline.clone(),
+                    engine,
+                    clock: inner.clock.clone(),
+                };
+                let (handler, event) = (handler.clone(), event.clone());
+                // Calling the handler may panic too: caught as its first poll's panic is.
+                Box::pin(async move {
+                    let future = with_attempt(address, serial, || handler(event, ctx));
+                    future.await
+                })
+            }
+            HandlerFn::Sync(handler) => {
+                let mut ctx = Context {
+                    job: p.job,
+                    deadline: deadline.clone(),
+                    engine,
+                    clock: inner.clock.clone(),
+                };
+                let (handler, event) = (handler.clone(), event.clone());
+                let join = handle.spawn_blocking(move || {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        with_attempt(address, serial, || handler(&event, &mut ctx))
+                    }))
+                });
+                Box::pin(async move {
+                    match join.await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(payload)) => std::panic::resume_unwind(payload),
+                        Err(e) => Err(HandlerError::msg(format!(
+                            "the handler's blocking task failed: {e}"
+                        ))),
+                    }
+                })
+            }
+        };
+        let result = Guarded {
+            future: Some(future),
+            slot: &end.slot,
+            address,
+            serial,
+        }
+        .await;
+        // `None`: the watchdog claimed the attempt and wrote its timeout; the handler's
+        // future is dropped already.
+        let Some(result) = result else { return };
+        {
+            let mut state = end.slot.state.lock();
+            if state.claimed {
+                return;
+            }
+            state.deadline = None;
+        }
+        // A result that arrives after the deadline is ignored, as on a worker.
+        if inner.clock.monotonic_ms() > *deadline.deadline_ms.lock() {
+            first_failure = Some(timed_out(&inner));
+            break;
+        }
+        let failure = failure_of(&inner, result);
+        if first_failure.is_none() {
+            first_failure = failure;
+        }
+    }
+    if !end.claim() {
+        return;
+    }
+    write_outcome(
+        &inner,
+        &shared,
+        Outcome {
+            prepared: p,
+            failure: first_failure,
+        },
+    );
+    shared.attempts.claimed();
+}
+
+crate::sync::thread_local! {
+    /// While an attempt's handler is polled (or its sync handler runs): its engine (the
+    /// address of its `Inner`) and the attempt's serial number, for `close`.
+    static ATTEMPT: std::cell::Cell<Option<(usize, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` as attempt `serial` of the engine at `address`.
+fn with_attempt<T>(address: usize, serial: u64, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<(usize, u64)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0;
+            ATTEMPT.with(|a| a.set(previous));
+        }
+    }
+    let _restore = Restore(ATTEMPT.with(|a| a.replace(Some((address, serial)))));
+    f()
+}
+
+/// The async attempt of `inner`'s engine being run on this thread, if any.
+pub(super) fn current(inner: &Inner) -> Option<u64> {
+    let address = std::ptr::from_ref(inner) as usize;
+    ATTEMPT
+        .with(|a| a.get())
+        .filter(|(engine, _)| *engine == address)
+        .map(|(_, serial)| serial)
+}
+
+/// A handler's future under its attempt's deadline: `None` once the watchdog claimed the
+/// attempt (the future is dropped then, at once); else the handler's result, a panic caught.
+struct Guarded<'a> {
+    future: Option<super::super::HandlerFuture>,
+    slot: &'a AttemptSlot,
+    address: usize,
+    serial: u64,
+}
+
+impl Future for Guarded<'_> {
+    type Output = Option<std::thread::Result<Result<(), HandlerError>>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        {
+            let mut state = this.slot.state.lock();
+            if state.timed_out {
+                drop(state);
+                // Dropped here, inside the task, so its destructors run before the task ends.
+                let future = this.future.take();
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
+                return Poll::Ready(None);
+            }
+            if !state
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.waker = Some(cx.waker().clone());
+            }
+        }
+        let Some(future) = this.future.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (address, serial) = (this.address, this.serial);
+        match catch_unwind(AssertUnwindSafe(|| {
+            with_attempt(address, serial, || future.as_mut().poll(cx))
+        })) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(result)) => {
+                this.future = None;
+                Poll::Ready(Some(Ok(result)))
+            }
+            Err(payload) => {
+                let future = this.future.take();
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
+                Poll::Ready(Some(Err(payload)))
+            }
+        }
+    }
+}
