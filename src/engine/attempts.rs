@@ -5,7 +5,9 @@
 //! it here and goes on at once: the event's task runs its handlers in registration order —
 //! each async one polled under a deadline, each sync one on the runtime's blocking pool — and
 //! queues its outcome as a worker does. At most `Options::async_attempts` tasks run at once;
-//! more wait here, in order, and each task that ends starts the next one.
+//! more wait here, in order, and each task that ends starts the next one. As many again may
+//! wait; beyond that, the worker admitting one waits for room, so workers do not write the
+//! attempt records of every due event far ahead of the tasks that run them.
 //!
 //! Timeouts are the watchdog's, on the engine's clock, as for threads: an attempt whose
 //! handler runs past its deadline is *claimed* by the watchdog, which fails it with
@@ -185,6 +187,22 @@ pub(super) fn admit(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prep
         return;
     }
     if state.running >= attempts.bound {
+        // Workers prepare no more than a bound's worth of attempts ahead of the tasks: each
+        // waiting one has its attempt record written already (a crash would count it).
+        while state.waiting.len() >= attempts.bound
+            && !state.refused
+            && !shared.stopping.load(Ordering::Acquire)
+            && inner.stopped().is_none()
+        {
+            attempts
+                .changed
+                .wait_for(&mut state, std::time::Duration::from_millis(50));
+        }
+        if state.refused {
+            drop(state);
+            never_run(inner, shared, [prepared]);
+            return;
+        }
         state.waiting.push_back(prepared);
         return;
     }
