@@ -235,7 +235,7 @@ mod shuttle_api {
 #[cfg(test)]
 mod tests {
     /// The files of the log, the engine and the clocks: every hand-off between their threads.
-    const HAND_OFF_FILES: [(&str, &str); 14] = [
+    const HAND_OFF_FILES: [(&str, &str); 17] = [
         ("src/log/mod.rs", include_str!("log/mod.rs")),
         ("src/log/writer.rs", include_str!("log/writer.rs")),
         ("src/log/segment.rs", include_str!("log/segment.rs")),
@@ -245,6 +245,9 @@ mod tests {
         ("src/engine/core.rs", include_str!("engine/core.rs")),
         ("src/engine/delivery.rs", include_str!("engine/delivery.rs")),
         ("src/engine/guard.rs", include_str!("engine/guard.rs")),
+        ("src/engine/attempts.rs", include_str!("engine/attempts.rs")),
+        ("src/engine/futures.rs", include_str!("engine/futures.rs")),
+        ("src/engine/order.rs", include_str!("engine/order.rs")),
         ("src/engine/handler.rs", include_str!("engine/handler.rs")),
         (
             "src/engine/compaction.rs",

@@ -237,66 +237,67 @@ fn remaining_tells_the_time_left_in_both_contexts() {
 
 #[test]
 fn sync_and_async_handlers_of_one_name_run_in_registration_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let rt = current_thread();
-    rt.block_on(async {
-        let engine = Engine::open_with(dir.path(), options(&clock)).unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for i in 0..4 {
-            let log = log.clone();
-            if i % 2 == 0 {
-                engine.on("mixed", move |e, _ctx| {
-                    log.lock()
-                        .unwrap()
-                        .push((i, e.time_ms(), e.delay_ms(), e.attempt()));
-                    if e.attempt() == 1 && i == 2 {
-                        return Err(HandlerError::msg("once"));
-                    }
-                    Ok(())
-                });
-            } else {
-                engine.on_async("mixed", move |e, _ctx| {
-                    let log = log.clone();
-                    async move {
-                        tokio::task::yield_now().await;
+    for (_kind, rt) in runtimes() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        rt.block_on(async {
+            let engine = Engine::open_with(dir.path(), options(&clock)).unwrap();
+            let log = Arc::new(Mutex::new(Vec::new()));
+            for i in 0..4 {
+                let log = log.clone();
+                if i % 2 == 0 {
+                    engine.on("mixed", move |e, _ctx| {
                         log.lock()
                             .unwrap()
                             .push((i, e.time_ms(), e.delay_ms(), e.attempt()));
+                        if e.attempt() == 1 && i == 2 {
+                            return Err(HandlerError::msg("once"));
+                        }
                         Ok(())
-                    }
-                });
+                    });
+                } else {
+                    engine.on_async("mixed", move |e, _ctx| {
+                        let log = log.clone();
+                        async move {
+                            tokio::task::yield_now().await;
+                            log.lock()
+                                .unwrap()
+                                .push((i, e.time_ms(), e.delay_ms(), e.attempt()));
+                            Ok(())
+                        }
+                    });
+                }
             }
-        }
-        engine.start();
-        engine
-            .publish_async("mixed", b"", After::delay(Duration::from_secs(1)))
-            .await
-            .unwrap();
-        clock.advance(Duration::from_secs(1));
-        assert!(idle(&engine).await);
-        clock.advance(Duration::from_secs(60));
-        assert!(idle(&engine).await);
-        let log = log.lock().unwrap().clone();
-        let order: Vec<(u32, u32)> = log.iter().map(|&(i, _, _, a)| (i, a)).collect();
-        assert_eq!(
-            order,
-            vec![
-                (0, 1),
-                (1, 1),
-                (2, 1),
-                (3, 1),
-                (0, 2),
-                (1, 2),
-                (2, 2),
-                (3, 2)
-            ]
-        );
-        assert!(log.iter().all(|&(_, t, d, _)| t == T0 && d == 1000));
-        let m = engine.metrics();
-        assert_eq!((m.retried, m.acked), (1, 1));
-        engine.close_async().await.unwrap();
-    });
+            engine.start();
+            engine
+                .publish_async("mixed", b"", After::delay(Duration::from_secs(1)))
+                .await
+                .unwrap();
+            clock.advance(Duration::from_secs(1));
+            assert!(idle(&engine).await);
+            clock.advance(Duration::from_secs(60));
+            assert!(idle(&engine).await);
+            let log = log.lock().unwrap().clone();
+            let order: Vec<(u32, u32)> = log.iter().map(|&(i, _, _, a)| (i, a)).collect();
+            assert_eq!(
+                order,
+                vec![
+                    (0, 1),
+                    (1, 1),
+                    (2, 1),
+                    (3, 1),
+                    (0, 2),
+                    (1, 2),
+                    (2, 2),
+                    (3, 2)
+                ]
+            );
+            assert!(log.iter().all(|&(_, t, d, _)| t == T0 && d == 1000));
+            let m = engine.metrics();
+            assert_eq!((m.retried, m.acked), (1, 1));
+            engine.close_async().await.unwrap();
+        });
+    }
 }
 
 /// Counts handlers running at once and the most that ever did.
@@ -666,45 +667,46 @@ fn a_dropped_publish_future_still_publishes() {
 
 #[test]
 fn close_async_from_an_async_handler_writes_its_outcome() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let rt = current_thread();
-    rt.block_on(async {
-        let engine = Engine::open_with(dir.path(), options(&clock)).unwrap();
-        let closed = Arc::new(AtomicBool::new(false));
-        let (e, c) = (engine.clone(), closed.clone());
-        engine.on_async("closer", move |_event, _ctx| {
-            let (e, c) = (e.clone(), c.clone());
-            async move {
-                e.close_async().await.unwrap();
-                c.store(true, Ordering::SeqCst);
-                Ok(())
+    for (_kind, rt) in runtimes() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        rt.block_on(async {
+            let engine = Engine::open_with(dir.path(), options(&clock)).unwrap();
+            let closed = Arc::new(AtomicBool::new(false));
+            let (e, c) = (engine.clone(), closed.clone());
+            engine.on_async("closer", move |_event, _ctx| {
+                let (e, c) = (e.clone(), c.clone());
+                async move {
+                    e.close_async().await.unwrap();
+                    c.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+            });
+            engine.start();
+            let id = engine
+                .publish_async("closer", b"", After::NOW)
+                .await
+                .unwrap();
+            for _ in 0..2000 {
+                if closed.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            assert!(closed.load(Ordering::SeqCst));
+            // The handler's outcome is written, then the directory is released.
+            let reopened = loop {
+                match Engine::open_with(dir.path(), options(&clock)) {
+                    Ok(engine) => break engine,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            };
+            drop(reopened);
+            let reader = Reader::open(dir.path()).unwrap();
+            assert_eq!(state_of(&reader, id), EventState::Succeeded);
+            drop(engine);
         });
-        engine.start();
-        let id = engine
-            .publish_async("closer", b"", After::NOW)
-            .await
-            .unwrap();
-        for _ in 0..2000 {
-            if closed.load(Ordering::SeqCst) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(closed.load(Ordering::SeqCst));
-        // The handler's outcome is written, then the directory is released.
-        let reopened = loop {
-            match Engine::open_with(dir.path(), options(&clock)) {
-                Ok(engine) => break engine,
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        };
-        drop(reopened);
-        let reader = Reader::open(dir.path()).unwrap();
-        assert_eq!(state_of(&reader, id), EventState::Succeeded);
-        drop(engine);
-    });
+    }
 }
 
 #[test]
@@ -778,4 +780,49 @@ fn an_async_handler_can_cancel_its_job() {
         assert_eq!((stats.success, stats.cancelled), (1, 3));
         engine.close_async().await.unwrap();
     });
+}
+
+#[test]
+fn a_runtime_shut_down_under_the_engine_fails_its_attempts_and_another_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let rt = multi_thread();
+    let engine =
+        Engine::open_with(dir.path(), options(&clock).runtime(rt.handle().clone())).unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let ran_on = Arc::new(Mutex::new(None));
+    let (s, r) = (started.clone(), ran_on.clone());
+    engine.on_async("n", move |e, _ctx| {
+        let (s, r) = (s.clone(), r.clone());
+        async move {
+            s.fetch_add(1, Ordering::SeqCst);
+            if e.attempt() == 1 {
+                std::future::pending::<()>().await;
+            }
+            *r.lock().unwrap() = std::thread::current().name().map(str::to_string);
+            Ok(())
+        }
+    });
+    engine.start();
+    let id = engine.publish("n", b"", After::NOW).unwrap();
+    for _ in 0..2000 {
+        if started.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(started.load(Ordering::SeqCst), 1);
+    // The application's runtime goes away mid-attempt: the attempt fails, it is not lost.
+    drop(rt);
+    assert!(engine.wait_idle(WAIT));
+    assert_eq!(engine.metrics().retried, 1);
+    // Its retry runs on the engine's own runtime.
+    clock.advance(Duration::from_secs(60));
+    assert!(engine.wait_idle(WAIT));
+    assert_eq!(engine.metrics().acked, 1);
+    assert_eq!(ran_on.lock().unwrap().as_deref(), Some("afterlog-async"));
+    engine.close().unwrap();
+    let reader = Reader::open(dir.path()).unwrap();
+    let text = records_of(&reader, id);
+    assert!(text.contains("shut down"), "{text}");
 }

@@ -16,9 +16,10 @@
 //! an attempt (its task, with the handlers' outcome, or the watchdog) writes its outcome, so
 //! a runtime too busy to poll the task still sees the attempt fail on time.
 //!
-//! A task the runtime drops before it ends (the runtime shut down) leaves its event in flight
-//! with no outcome: the event is Running on disk and is delivered again after a restart, as
-//! after a crash.
+//! A runtime can shut down under an open engine. A task it drops before its first poll is
+//! spawned again on a runtime of the engine's own, which from then on runs every async attempt;
+//! a task it drops mid-attempt fails its attempt ("the runtime ... shut down"), and the
+//! name's policy retries it.
 
 use super::{
     Caller, Failed, Inner, Outcome, Prepared, Shared, failure_of, take_for_handlers, timed_out,
@@ -333,12 +334,45 @@ impl TaskEnd {
 impl Drop for TaskEnd {
     fn drop(&mut self) {
         let (inner, shared) = (&self.inner, &self.shared);
+        if !self.started && !shared.stopping.load(Ordering::Acquire) {
+            // Dropped unpolled: the runtime it was spawned on has shut down. If that was the
+            // application's, the engine's own runtime takes over: the attempt starts there.
+            let replaced = {
+                let mut runtime = shared.attempts.runtime.lock();
+                let given = matches!(*runtime, Runtime::Given(_));
+                if given {
+                    *runtime = Runtime::None;
+                }
+                given
+            };
+            if replaced {
+                spawn(inner, shared, self.slot.prepared.clone());
+                return;
+            }
+        }
         if self.claim() {
-            super::finish(inner, self.slot.prepared.id);
+            if self.started {
+                // Dropped mid-attempt (its runtime shut down): the attempt fails, and the
+                // policy decides when it runs again.
+                let failure = Failed::new(crate::retry::Failure::Error {
+                    message: "the runtime running the attempt's async handler shut down"
+                        .to_string(),
+                });
+                write_outcome(
+                    inner,
+                    shared,
+                    Outcome {
+                        prepared: self.slot.prepared.clone(),
+                        failure: Some(failure),
+                    },
+                );
+            } else {
+                super::finish(inner, self.slot.prepared.id);
+            }
             shared.attempts.claimed();
         }
         if !self.started {
-            // Dropped unpolled: the runtime is shutting down.
+            // Dropped unpolled, and no runtime will run it.
             let waiting: Vec<Arc<Prepared>> = {
                 let mut state = shared.attempts.state.lock();
                 state.refused = true;
@@ -384,7 +418,11 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
         .slots
         .insert(end.serial, end.slot.clone());
     if !take_for_handlers(&inner, &p) {
-        // Cancelled while it waited: `TaskEnd` takes it out of the ledger.
+        // Cancelled while it waited: no outcome to write.
+        if end.claim() {
+            super::finish(&inner, p.id);
+            shared.attempts.claimed();
+        }
         return;
     }
     inner
@@ -527,7 +565,7 @@ struct Guarded<'a> {
 }
 
 impl Future for Guarded<'_> {
-    type Output = Option<std::thread::Result<Result<(), HandlerError>>>;
+    type Output = Option<super::Caught<Result<(), HandlerError>>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;

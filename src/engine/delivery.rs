@@ -734,10 +734,13 @@ fn run_handlers(
     Some(first_failure)
 }
 
+/// What `catch_unwind` returns: the value, or the panic's payload.
+type Caught<T> = Result<T, Box<dyn std::any::Any + Send + 'static>>;
+
 /// What a handler's result (or panic) means for its attempt.
 fn failure_of(
     inner: &Inner,
-    result: std::thread::Result<Result<(), HandlerError>>,
+    result: Caught<Result<(), HandlerError>>,
 ) -> Option<Failed> {
     match result {
         Ok(Ok(())) => None,

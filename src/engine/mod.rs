@@ -293,6 +293,26 @@ impl Engine {
     /// share a name: for each attempt they run one after another in registration order (a
     /// sync one on the runtime's blocking pool), and all see the same `time`, `delay`,
     /// `attempt` and retry context.
+    ///
+    /// ```
+    /// use afterlog::{After, Engine};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let engine = Engine::open(dir.path())?;
+    /// engine.on_async("user.joined", |event, ctx| async move {
+    ///     let email = std::str::from_utf8(event.body())?.to_owned();
+    ///     // Give the handler's own I/O the time left before its timeout.
+    ///     tokio::time::timeout(ctx.remaining(), async { println!("welcome, {email}") }).await?;
+    ///     Ok(())
+    /// });
+    /// engine.start(); // on this runtime
+    /// engine.publish_async("user.joined", "a@b.c", After::NOW).await?;
+    /// engine.close_async().await?; // waits for running handlers, then closes
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "tokio")]
     pub fn on_async<F, Fut>(&self, name: &str, handler: F)
     where
