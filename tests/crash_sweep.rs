@@ -1,7 +1,8 @@
 //! The engine crashed at every mutating storage operation of seeded workloads, in every
 //! crash mode, and failed by I/O errors at every operation.
 //!
-//! **Crash sweep.** Each seed gives a workload (`common::workload`): publishes, pushes,
+//! **Crash sweep.** Each seed gives a workload (`common::workload`): publishes, pushes (every
+//! other one, and every other cancel, through its async call: `publish_async`, ...),
 //! attempts, acknowledgements, retries, cancels of events and jobs, segment rolls (4 KiB
 //! segments), expiry (20-minute retention), `compact_now` and close-and-reopen (so crashes
 //! also hit recovery), on a `ManualClock`. A run

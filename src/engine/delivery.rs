@@ -738,10 +738,7 @@ fn run_handlers(
 type Caught<T> = Result<T, Box<dyn std::any::Any + Send + 'static>>;
 
 /// What a handler's result (or panic) means for its attempt.
-fn failure_of(
-    inner: &Inner,
-    result: Caught<Result<(), HandlerError>>,
-) -> Option<Failed> {
+fn failure_of(inner: &Inner, result: Caught<Result<(), HandlerError>>) -> Option<Failed> {
     match result {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(Failed::new(match e.kind {

@@ -404,7 +404,12 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
                     After::delay(Duration::from_millis(*delay_ms as u64))
                 };
                 let ops = disk.ops();
-                let outcome = Outcome::of(engine.publish("a", &body, after));
+                // Every other step goes through the async call: its future, polled to the end.
+                let outcome = Outcome::of(if i % 2 == 0 {
+                    engine.publish("a", &body, after)
+                } else {
+                    super::block_on(engine.publish_async("a", &body, after))
+                });
                 model.returns.push((ops, outcome.error()));
                 if let Outcome::Ok(id) = outcome {
                     ok_ids.push(id);
@@ -436,7 +441,11 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
                 }
                 let delay = Duration::from_millis(*delay_ms as u64);
                 let ops = disk.ops();
-                let outcome = Outcome::of(engine.push("q", &bodies, delay));
+                let outcome = Outcome::of(if i % 2 == 0 {
+                    engine.push("q", &bodies, delay)
+                } else {
+                    super::block_on(engine.push_async("q", &bodies, delay))
+                });
                 model.returns.push((ops, outcome.error()));
                 if let Outcome::Ok(job) = outcome {
                     ok_jobs.push(job);
@@ -455,7 +464,11 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
             Step::Cancel { pick } => {
                 if let Some(&id) = ok_ids.get(pick % ok_ids.len().max(1)) {
                     let ops = disk.ops();
-                    let outcome = Outcome::of(engine.cancel(id));
+                    let outcome = Outcome::of(if i % 2 == 0 {
+                        engine.cancel(id)
+                    } else {
+                        super::block_on(engine.cancel_async(id))
+                    });
                     // `Ok(false)` (not pending) is an answer from memory, not a write.
                     if outcome != Outcome::Ok(false) {
                         model.returns.push((ops, outcome.error()));
@@ -469,7 +482,11 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
             Step::CancelJob { pick } => {
                 if let Some(&job) = ok_jobs.get(pick % ok_jobs.len().max(1)) {
                     let ops = disk.ops();
-                    let outcome = Outcome::of(engine.cancel_job(job));
+                    let outcome = Outcome::of(if i % 2 == 0 {
+                        engine.cancel_job(job)
+                    } else {
+                        super::block_on(engine.cancel_job_async(job))
+                    });
                     model.returns.push((ops, outcome.error()));
                     if matches!(outcome, Outcome::Ok(_)) {
                         model.live.lock().cancelled_jobs.insert(job);
