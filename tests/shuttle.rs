@@ -316,6 +316,97 @@ fn wake_tree() {
     close(log).expect("close");
 }
 
+/// A waker that unparks the (shuttle) thread polling a future.
+struct Unpark(thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `future` to its end on this thread, parking between polls.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let waker = std::task::Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        thread::park();
+    }
+}
+
+/// Two blocking appenders and two futures share sync groups; a fifth appender drops its
+/// future at once and leaves its work to whoever completes the records. Every future is
+/// woken (else a deadlock) with its records durable, and the dropped one's work runs once.
+fn async_completions() {
+    let disk = MemStorage::new();
+    let (log, _) = open(&disk, options(LARGE_SEGMENT, false));
+    let log = Arc::new(log);
+    let ran = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for t in 0..4u64 {
+        let (disk, log) = (disk.clone(), log.clone());
+        handles.push(thread::spawn(move || {
+            let owned = publish(t, 10);
+            if t < 2 {
+                return (append(&disk, &log, &owned).expect("append"), owned);
+            }
+            let durable = log.submit_all_async(&[owned.record()]).expect("submit");
+            let position = block_on(durable).expect("durable")[0];
+            let survivor = disk.would_survive(CrashMode::DropUnsynced, true);
+            let mut found = None;
+            Log::scan(&survivor, |p, record| {
+                if p == position {
+                    found = Some(Owned::of(record));
+                }
+                Ok(())
+            })
+            .expect("scan");
+            assert_eq!(
+                found.as_ref(),
+                Some(&owned),
+                "a future completed before its sync"
+            );
+            (position, owned)
+        }));
+    }
+    let dropper = {
+        let (log, ran) = (log.clone(), ran.clone());
+        thread::spawn(move || {
+            let owned = publish(4, 10);
+            let durable = log.submit_all_async(&[owned.record()]).expect("submit");
+            durable.then_or_now(Box::new(move |written| {
+                assert!(written.is_ok(), "the dropped future's records failed");
+                ran.fetch_add(1, Ordering::SeqCst);
+            }));
+            drop(durable);
+        })
+    };
+    let mut appended: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("appender"))
+        .collect();
+    dropper.join().expect("dropper");
+    log.flush().expect("flush");
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "a dropped future's work ran {} times",
+        ran.load(Ordering::SeqCst)
+    );
+    appended.sort_by_key(|(p, _)| p.seq);
+    assert!(appended.windows(2).all(|w| w[0].0.offset < w[1].0.offset));
+    close(log).expect("close");
+}
+
+#[test]
+fn async_completions_wake_every_future_and_run_a_dropped_ones_work_once() {
+    explore("async completions", async_completions);
+}
+
 #[test]
 fn wake_tree_wakes_every_waiter_of_a_sync_group() {
     explore("wake tree", wake_tree);

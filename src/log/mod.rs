@@ -122,7 +122,10 @@ impl Durable {
     /// are, else on the writer's thread before it wakes this future. For a future dropped
     /// before it completed, whose records must still be applied. `then` must be quick and
     /// must not wait for the log.
-    pub(crate) fn then_or_now(&self, then: writer::Then) {
+    pub fn then_or_now(
+        &self,
+        then: Box<dyn FnOnce(&Result<Vec<Position>>) + Send>,
+    ) {
         self.0.then_or_now(then);
     }
 }
