@@ -428,9 +428,11 @@ impl Engine {
             .ok_or_else(|| Error::invalid(format!("unknown job {job}")))
     }
 
-    /// Waits until nothing is due now and nothing is running, or `timeout` (real time)
-    /// passes. Returns whether the engine became idle: false at once when a background
-    /// thread panicked (the engine is stopped; see [`close`](Engine::close)).
+    /// Waits until nothing is due now and nothing is running (async attempts included), or
+    /// `timeout` (real time) passes. Returns whether the engine became idle: false at once
+    /// when a background thread panicked (the engine is stopped; see [`close`](Engine::close)).
+    /// It blocks its thread: from async code, call it in `spawn_blocking` (on a
+    /// current-thread runtime, the async handlers it waits for could not run meanwhile).
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         self.inner().wait_idle(timeout)
     }
@@ -473,6 +475,11 @@ impl Engine {
 
     /// Stops delivery (running handlers finish, up to their timeouts), syncs the log and
     /// releases the directory lock. Later calls on any clone fail with `Error::Closed`.
+    ///
+    /// It blocks its thread while handlers drain: from async code use
+    /// [`close_async`](Engine::close_async), which waits on a thread of its own (on a
+    /// current-thread runtime, a `close` would keep the async handlers it waits for from
+    /// running until their timeouts fail them).
     ///
     /// A second `close` while one runs waits for it, and returns once the lock is released.
     ///

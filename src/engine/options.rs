@@ -123,7 +123,9 @@ impl Options {
         self
     }
 
-    /// Worker threads running handlers (default 4, at least 1).
+    /// Worker threads running sync handlers (default 4, at least 1); they also write the
+    /// attempt records of every due event. Async attempts run on the runtime, bounded by
+    /// [`async_attempts`](Options::async_attempts) instead.
     pub fn workers(mut self, workers: usize) -> Options {
         self.workers = workers.max(1);
         self
