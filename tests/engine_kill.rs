@@ -29,13 +29,26 @@
 //!    without compaction the campaign's cost grows with the square of the rounds);
 //! 5. closes it, and the next round's child continues with the same directory.
 //!
-//! `AFTERLOG_KILLS` sets the number of rounds (default 100; `scripts/campaign` runs 5,000),
-//! `AFTERLOG_KILL_SEED` the seed.
+//! `sigkill_during_async_attempts_loses_nothing` runs the same campaign with an async
+//! child (`AFTERLOG_KILL_CHILD_MODE`): a tokio runtime, current-thread in some rounds and
+//! multi-thread in others; async handlers that also say `S <id>` when an attempt starts,
+//! await `tokio::time::sleep` for a few ms (`sleep…` bodies) or fail their first attempt
+//! (`fail…`); two tasks that publish, push and cancel with the `*_async` calls and report
+//! each call once its future completed (the record is durable). One round in four is killed
+//! right after an attempt started; the campaign counts the kills that came while async
+//! attempts were in flight and requires them in at least one round in eight. The parent's
+//! checks are the same, its engine delivering with sync handlers or with async ones (on the
+//! engine's own runtime or on one given by `Options::runtime`).
+//!
+//! `AFTERLOG_KILLS` sets the number of rounds of each campaign (default 100;
+//! `scripts/campaign` runs 5,000), `AFTERLOG_KILL_SEED` the seed.
 
 use afterlog::format::{CancelTarget, Record};
 use afterlog::log::Log;
 use afterlog::storage::FsStorage;
-use afterlog::{After, Engine, EventId, HandlerError, JobId, Options, RetryPolicy};
+use afterlog::{
+    After, AsyncContext, Engine, Event, EventId, HandlerError, JobId, Options, RetryPolicy,
+};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -47,6 +60,9 @@ use std::time::{Duration, Instant};
 
 const CHILD_DIR_ENV: &str = "AFTERLOG_KILL_CHILD_DIR";
 const CHILD_SEED_ENV: &str = "AFTERLOG_KILL_CHILD_SEED";
+/// `sync` (or unset): sync handlers and blocking calls; `current-thread` / `multi-thread`:
+/// async handlers and `*_async` calls on a tokio runtime of that flavour.
+const CHILD_MODE_ENV: &str = "AFTERLOG_KILL_CHILD_MODE";
 /// Marks the child's protocol lines among anything the test harness prints.
 const MARK: &str = "@@ ";
 const NAMES: [&str; 2] = ["ev", "q"];
@@ -93,6 +109,12 @@ fn say(text: std::fmt::Arguments<'_>) {
     let _ = out.flush();
 }
 
+/// Reports a failed call and ends the child (the parent fails the round).
+fn fail(what: &str, e: afterlog::Error) -> ! {
+    say(format_args!("E {what}: {e}"));
+    std::process::exit(2)
+}
+
 /// The child process's body; a no-op test unless the parent set `AFTERLOG_KILL_CHILD_DIR`.
 #[test]
 fn kill_child() {
@@ -103,10 +125,11 @@ fn kill_child() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    let fail = |what: &str, e: afterlog::Error| -> ! {
-        say(format_args!("E {what}: {e}"));
-        std::process::exit(2)
-    };
+    match std::env::var(CHILD_MODE_ENV).as_deref() {
+        Ok("current-thread") => async_child(&dir, rng, current_thread_runtime()),
+        Ok("multi-thread") => async_child(&dir, rng, multi_thread_runtime()),
+        _ => {}
+    }
     let engine = Engine::open_with(&dir, options()).unwrap_or_else(|e| fail("open", e));
     for name in NAMES {
         engine.on(name, |event, _| {
@@ -190,6 +213,153 @@ fn kill_child() {
     std::process::exit(0);
 }
 
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The async child: the same protocol as the sync one, on a tokio runtime. Its handlers are
+/// async: each says `S <id>` when its attempt starts, `sleep…` events await
+/// `tokio::time::sleep` for a few ms, `fail…` events sleep a little and fail their first
+/// attempt (so they are retried 5 ms later), the rest acknowledge after a yield; "q" also has
+/// a sync handler, registered first, which runs on the runtime's blocking pool. Two
+/// publishing tasks run at once, each with the sync child's mix of calls made with
+/// `publish_async`, `push_async`, `cancel_async` and `cancel_job_async`, and each reports a
+/// call once its future completed (the record is durable). Never returns.
+fn async_child(dir: &str, seed: u64, runtime: tokio::runtime::Runtime) -> ! {
+    runtime.block_on(async {
+        let engine = Engine::open_with(dir, options()).unwrap_or_else(|e| fail("open", e));
+        engine.on("q", |_, _| Ok(()));
+        for name in NAMES {
+            engine.on_async(name, |event: Event, _ctx: AsyncContext| async move {
+                let id = event.id().0;
+                say(format_args!("S {id}"));
+                let body = event.body();
+                if body.starts_with(b"fail") && event.attempt() == 1 {
+                    tokio::time::sleep(Duration::from_millis(id % 3)).await;
+                    say(format_args!("F {id}"));
+                    return Err(HandlerError::msg("first attempts of fail… events fail"));
+                }
+                if body.starts_with(b"sleep") {
+                    tokio::time::sleep(Duration::from_millis(1 + id % 6)).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
+                say(format_args!("A {id}"));
+                Ok(())
+            });
+        }
+        // On the runtime's thread: the async attempts run on this runtime.
+        engine.start();
+        say(format_args!("O"));
+        // Never outlive a parent that failed to kill this process.
+        let until = Instant::now() + Duration::from_secs(20);
+        let publishers: Vec<_> = (0..2u64)
+            .map(|i| {
+                let engine = engine.clone();
+                let mut rng = seed ^ i.wrapping_mul(0x5851_F42D_4C95_7F2D);
+                tokio::spawn(async move { publish_async_loop(&engine, &mut rng, until).await })
+            })
+            .collect();
+        for publisher in publishers {
+            let _ = publisher.await;
+        }
+    });
+    std::process::exit(0)
+}
+
+async fn publish_async_loop(engine: &Engine, rng: &mut u64, until: Instant) {
+    let mut recent: Vec<EventId> = Vec::new();
+    let mut jobs: Vec<JobId> = Vec::new();
+    while Instant::now() < until {
+        let roll = splitmix(rng);
+        let body: &[u8] = match roll % 5 {
+            0 => b"fail",
+            1 | 2 => b"sleep",
+            _ => b"ack",
+        };
+        match (roll >> 8) % 10 {
+            0..=3 => {
+                let id = engine
+                    .publish_async("ev", body, After::NOW)
+                    .await
+                    .unwrap_or_else(|e| fail("publish", e));
+                say(format_args!("P {}", id.0));
+                recent.push(id);
+            }
+            4 | 5 => {
+                let delay = 1 + (roll >> 16) % 20;
+                let id = engine
+                    .publish_async("ev", body, After::ms(delay))
+                    .await
+                    .unwrap_or_else(|e| fail("publish", e));
+                say(format_args!("P {}", id.0));
+            }
+            6 => {
+                let n = 1 + (roll >> 16) % 5;
+                let bodies: Vec<&[u8]> = (0..n)
+                    .map(|i| match i {
+                        1 => &b"fail"[..],
+                        2 => &b"sleep"[..],
+                        _ => &b"ack"[..],
+                    })
+                    .collect();
+                let delay = Duration::from_millis(1 + (roll >> 24) % 10);
+                let job = engine
+                    .push_async("q", bodies, delay)
+                    .await
+                    .unwrap_or_else(|e| fail("push", e));
+                say(format_args!("J {} {n}", job.0));
+                jobs.push(job);
+            }
+            7 => {
+                let earliest_due_ms = epoch_ms() + CANCEL_AHEAD.as_millis() as i64;
+                let id = engine
+                    .publish_async("ev", body, After::delay(CANCEL_AHEAD))
+                    .await
+                    .unwrap_or_else(|e| fail("publish", e));
+                say(format_args!("P {}", id.0));
+                let cancelled = engine
+                    .cancel_async(id)
+                    .await
+                    .unwrap_or_else(|e| fail("cancel", e));
+                say(format_args!("C {} {cancelled}", id.0));
+                if cancelled && epoch_ms() < earliest_due_ms {
+                    say(format_args!("X {}", id.0));
+                }
+            }
+            8 => {
+                if let Some(&id) = recent.get(recent.len().saturating_sub(3)) {
+                    let cancelled = engine
+                        .cancel_async(id)
+                        .await
+                        .unwrap_or_else(|e| fail("cancel", e));
+                    say(format_args!("C {} {cancelled}", id.0));
+                }
+            }
+            _ => {
+                if let Some(&job) = jobs.last() {
+                    let n = engine
+                        .cancel_job_async(job)
+                        .await
+                        .unwrap_or_else(|e| fail("cancel job", e));
+                    say(format_args!("K {} {n}", job.0));
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The parent.
 // ---------------------------------------------------------------------------------------
@@ -207,7 +377,21 @@ struct Reported {
     acked: u64,
     /// Events cancelled before they fell due (`X` lines).
     cancelled_before_due: Vec<u64>,
+    /// Per event, attempts started (`S` lines, async child) minus attempts that reported an
+    /// outcome (`A` or `F`): above zero, the attempt was in flight when the kill came.
+    open_attempts: BTreeMap<u64, i64>,
     errors: Vec<String>,
+}
+
+impl Reported {
+    /// Events whose async attempt had started and not returned when the child died.
+    fn in_flight(&self) -> Vec<u64> {
+        self.open_attempts
+            .iter()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(&id, _)| id)
+            .collect()
+    }
 }
 
 fn parse(lines: &[String]) -> Reported {
@@ -233,9 +417,15 @@ fn parse(lines: &[String]) -> Reported {
             Some("A") => {
                 r.acked += 1;
                 r.handled.insert(num(1));
+                *r.open_attempts.entry(num(1)).or_default() -= 1;
             }
             Some("F") => {
                 r.handled.insert(num(1));
+                *r.open_attempts.entry(num(1)).or_default() -= 1;
+            }
+            Some("S") => {
+                r.handled.insert(num(1));
+                *r.open_attempts.entry(num(1)).or_default() += 1;
             }
             Some("X") => r.cancelled_before_due.push(num(1)),
             Some("E") => r.errors.push(text.to_string()),
@@ -332,10 +522,56 @@ struct Totals {
     handler_acks: u64,
     redelivered: u64,
     compactions: u64,
+    /// Async mode: kills that came while at least one async attempt was in flight, and the
+    /// attempts in flight at those kills.
+    killed_in_flight: u64,
+    in_flight_at_kill: u64,
+    /// Those kills by the child's runtime flavour.
+    killed_in_flight_by_runtime: BTreeMap<&'static str, u64>,
+    /// Events whose attempt was in flight at a kill, not finished in the log, and delivered
+    /// again by the parent.
+    in_flight_redelivered: u64,
+}
+
+/// Which child a campaign runs and how the parent delivers after each kill.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Sync,
+    Async,
 }
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing() {
+    campaign(Mode::Sync);
+}
+
+/// The async campaign: each child runs async handlers on a tokio runtime, current-thread in
+/// some rounds and multi-thread in others (two rounds of each in turn), and publishes with
+/// `publish_async`, `push_async`, `cancel_async` and `cancel_job_async`, reporting each call
+/// once its future completed. Kills come as in the sync campaign, and one round in four
+/// right after (0 to 10 ms after) an async attempt reported its start, so that kills land
+/// among running async attempts (the totals count the kills that did, and at least one in
+/// eight rounds must). After each kill the parent runs the same checks: every call reported
+/// durable is in the log, every unfinished event is delivered again with the next attempt
+/// number, nothing finished is delivered again — delivering with a sync handler, an async one
+/// on the engine's own runtime, or an async one on a runtime given by `Options::runtime`,
+/// one round in three each. `AFTERLOG_KILLS` and `AFTERLOG_KILL_SEED` apply as above.
+#[test]
+fn sigkill_during_async_attempts_loses_nothing() {
+    campaign(Mode::Async);
+}
+
+/// How the parent's engine delivers what the kill left.
+#[derive(Clone, Copy, Debug)]
+enum Verify {
+    Sync,
+    /// Async handlers on the runtime the engine makes when none is current at `start`.
+    AsyncOwnRuntime,
+    /// Async handlers on the parent's runtime, given with `Options::runtime`.
+    AsyncGivenRuntime,
+}
+
+fn campaign(mode: Mode) {
     let kills: u64 = std::env::var("AFTERLOG_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -349,7 +585,9 @@ fn sigkill_at_random_moments_loses_nothing() {
                 .unwrap()
                 .as_nanos() as u64
         });
-    println!("AFTERLOG_KILL_SEED={seed} AFTERLOG_KILLS={kills}");
+    println!("{mode:?}: AFTERLOG_KILL_SEED={seed} AFTERLOG_KILLS={kills}");
+    // The runtime the parent's engine is given in `Verify::AsyncGivenRuntime` rounds.
+    let verify_runtime = multi_thread_runtime();
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = seed;
@@ -370,10 +608,30 @@ fn sigkill_at_random_moments_loses_nothing() {
             }
             _ => Duration::from_millis(5 + roll % 196),
         };
+        // Async rounds: two current-thread children, then two multi-thread ones, so each
+        // flavour meets every kind of kill moment.
+        let child_mode = match mode {
+            Mode::Sync => "sync",
+            Mode::Async if (round / 2) % 2 == 0 => "current-thread",
+            Mode::Async => "multi-thread",
+        };
+        let verify = match (mode, round % 3) {
+            (Mode::Sync, _) | (Mode::Async, 0) => Verify::Sync,
+            (Mode::Async, 1) => Verify::AsyncOwnRuntime,
+            (Mode::Async, _) => Verify::AsyncGivenRuntime,
+        };
+        // Async rounds 3 mod 4: kill right after an async attempt started.
+        let after_attempt = mode == Mode::Async && round % 4 == 3;
+        let delay = if after_attempt {
+            Duration::from_micros(roll % 10_000)
+        } else {
+            delay
+        };
         let spawned = Instant::now();
         let mut child = Command::new(&exe)
             .args(["kill_child", "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_DIR_ENV, dir.path())
+            .env(CHILD_MODE_ENV, child_mode)
             .env(CHILD_SEED_ENV, child_seed.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -403,6 +661,15 @@ fn sigkill_at_random_moments_loses_nothing() {
                     break;
                 }
             }
+            if after_attempt {
+                while let Ok(line) = line_rx.recv_timeout(give_up - Instant::now()) {
+                    let started = line.contains(&format!("{MARK}S "));
+                    lines.push(line);
+                    if started {
+                        break;
+                    }
+                }
+            }
         }
         std::thread::sleep(delay);
         // Child::kill sends SIGKILL on Unix.
@@ -411,7 +678,9 @@ fn sigkill_at_random_moments_loses_nothing() {
         reader.join().unwrap();
         lines.extend(line_rx.try_iter());
         let stderr = err_reader.join().unwrap();
-        let context = format!("round {round} (seed {seed}, killed after {delay:?})");
+        let context = format!(
+            "{mode:?} round {round} ({child_mode} child, verified {verify:?}, seed {seed}, killed after {delay:?})"
+        );
         let reported = parse(&lines);
         assert!(
             reported.errors.is_empty() && status.signal() == Some(SIGKILL),
@@ -424,15 +693,50 @@ fn sigkill_at_random_moments_loses_nothing() {
         totals.jobs += reported.jobs.len() as u64;
         totals.cancels += (reported.cancelled.len() + reported.cancelled_jobs.len()) as u64;
         totals.handler_acks += reported.acked;
+        let in_flight = reported.in_flight().len() as u64;
+        totals.killed_in_flight += u64::from(in_flight > 0);
+        if in_flight > 0 {
+            *totals
+                .killed_in_flight_by_runtime
+                .entry(child_mode)
+                .or_default() += 1;
+        }
+        totals.in_flight_at_kill += in_flight;
         let compact = round % COMPACT_EVERY == COMPACT_EVERY - 1;
-        totals.redelivered += check_round(dir.path(), &reported, &context, &mut known, compact);
+        let runtime = verify_runtime.handle();
+        let (redelivered, in_flight_redelivered) = check_round(
+            dir.path(),
+            &reported,
+            &context,
+            &mut known,
+            compact,
+            verify,
+            runtime,
+        );
+        totals.redelivered += redelivered;
+        totals.in_flight_redelivered += in_flight_redelivered;
         totals.compactions += u64::from(compact);
     }
     println!(
-        "survived {} SIGKILLs in {:.1?}: {totals:?}",
+        "{mode:?}: survived {} SIGKILLs in {:.1?}: {totals:?}",
         totals.kills,
         started.elapsed()
     );
+    if mode == Mode::Async {
+        assert!(
+            totals.killed_in_flight >= kills / 8,
+            "only {} of {kills} kills came while async attempts were in flight: {totals:?}",
+            totals.killed_in_flight
+        );
+        if kills >= 8 {
+            for flavour in ["current-thread", "multi-thread"] {
+                assert!(
+                    totals.killed_in_flight_by_runtime.contains_key(flavour),
+                    "no kill came while async attempts ran on a {flavour} runtime: {totals:?}"
+                );
+            }
+        }
+    }
 }
 
 /// Reads the child's stdout to its end and sends each line; keeps only lines that end in a
@@ -452,14 +756,17 @@ fn complete_lines(stdout: impl Read, lines: &std::sync::mpsc::Sender<String>) {
 }
 
 /// Checks the directory after a kill against what the child reported; delivers every
-/// pending event; compacts if `compact`. Returns how many events were delivered.
+/// pending event; compacts if `compact`. Returns how many events were delivered, and how
+/// many of them had an async attempt in flight at the kill.
 fn check_round(
     dir: &Path,
     reported: &Reported,
     context: &str,
     known: &mut Known,
     compact: bool,
-) -> u64 {
+    verify: Verify,
+    runtime: &tokio::runtime::Handle,
+) -> (u64, u64) {
     let log = scan(dir);
     assert!(
         log.duplicate_publishes.is_empty(),
@@ -525,20 +832,49 @@ fn check_round(
         .filter(|&id| !log.finished(id))
         .collect();
 
-    let engine = Engine::open_with(dir, options())
+    // Every event whose async attempt was in flight at the kill and is not finished in the
+    // log must be delivered again (it is in `must`).
+    for id in reported.in_flight() {
+        assert!(
+            log.published.contains_key(&id),
+            "{context}: event {id} ran in the child but is not in the log"
+        );
+    }
+    let options = match verify {
+        Verify::AsyncGivenRuntime => options().runtime(runtime.clone()),
+        Verify::Sync | Verify::AsyncOwnRuntime => options(),
+    };
+    let engine = Engine::open_with(dir, options)
         .unwrap_or_else(|e| panic!("{context}: the directory does not reopen: {e}"));
     let delivered: Arc<Mutex<BTreeMap<u64, Vec<u32>>>> = Arc::default();
     for name in NAMES.into_iter().chain(["verify"]) {
         let delivered = delivered.clone();
-        engine.on(name, move |event, _| {
+        let record = move |event: &Event| {
             delivered
                 .lock()
                 .entry(event.id().0)
                 .or_default()
                 .push(event.attempt());
-            Ok(())
-        });
+        };
+        match verify {
+            Verify::Sync => engine.on(name, move |event, _| {
+                record(event);
+                Ok(())
+            }),
+            Verify::AsyncOwnRuntime | Verify::AsyncGivenRuntime => {
+                let record = Arc::new(record);
+                engine.on_async(name, move |event: Event, _ctx: AsyncContext| {
+                    let record = record.clone();
+                    async move {
+                        tokio::task::yield_now().await;
+                        record(&event);
+                        Ok(())
+                    }
+                })
+            }
+        }
     }
+    // Not on a runtime's thread: `AsyncOwnRuntime` makes the engine's own.
     engine.start();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -618,5 +954,10 @@ fn check_round(
             "{context}: event {id} attempted {attempts:?} after the log recorded attempt {previous}"
         );
     }
-    delivered.len() as u64 - 2
+    let in_flight_redelivered = reported
+        .in_flight()
+        .into_iter()
+        .filter(|id| delivered.contains_key(id))
+        .count() as u64;
+    (delivered.len() as u64 - 2, in_flight_redelivered)
 }

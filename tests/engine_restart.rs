@@ -17,6 +17,10 @@
 //! backwards (an event that was running is re-attempted with attempt + 1), `job_stats`
 //! survive unchanged, and event and job ids continue. A second, clean restart then delivers
 //! nothing at all.
+//!
+//! The same two later lives check an engine whose *async* attempts are in flight when it goes
+//! away (`restart_with_async_attempts_in_flight`): closed with `close_async`, or left without
+//! its tokio runtime (dropped while handlers await), on either runtime flavour.
 
 use afterlog::log::LogOptions;
 use afterlog::storage::{CrashMode, FsStorage, MemStorage, Storage};
@@ -761,4 +765,280 @@ fn a_retry_context_survives_every_restart() {
         );
         engine.close().unwrap();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Async attempts in flight when the engine goes away.
+// ---------------------------------------------------------------------------------------
+
+/// How an engine with async attempts in flight goes away.
+#[derive(Clone, Copy, Debug)]
+enum AsyncEnd {
+    /// `close_async().await` on the runtime while async handlers await: it drains them (the
+    /// running ones and those waiting for room), as `close` drains sync handlers.
+    CloseAsync,
+    /// The tokio runtime is dropped while async handlers await: their tasks (and futures)
+    /// are dropped, the attempts that waited for room never run; then `close` outside any
+    /// runtime. Those attempts are durable with no outcome, as after a crash.
+    RuntimeDropped,
+}
+
+/// Sets its flag when dropped: proves a handler's future was dropped.
+struct DropFlag(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs `scenario` on a thread of its own and fails if it does not end within a minute:
+/// nothing may hang, neither the close nor the runtime's shutdown nor the next life.
+fn within_a_minute(context: &str, scenario: impl FnOnce() + Send + 'static) {
+    let (done_tx, done_rx) = bounded::<()>(1);
+    let thread = std::thread::spawn(move || {
+        scenario();
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => thread.join().unwrap(),
+        // The scenario panicked: its panic fails the test.
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = thread.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+            panic!("{context}: hangs (not done after a minute)")
+        }
+    }
+}
+
+/// Async handlers of both runtime flavours, on real files and in memory, go away by
+/// `close_async` or by their runtime's shutdown while four `block` attempts are in flight
+/// (two running, awaiting; two waiting for room, `async_attempts(2)`) beside events in every
+/// other stage (acknowledged, retrying, due later, cancelled, a partly done job, a cancelled
+/// job). After the restart `second_life` delivers every unfinished event exactly once with
+/// the next attempt number, and nothing finished: after `close_async` the drained `block`
+/// attempts failed and are retried 6 minutes later with attempt 2; after the runtime's
+/// shutdown they have no outcome and are delivered again at once with attempt 2. A third,
+/// clean life delivers nothing. Each case must end within a minute.
+#[test]
+fn restart_with_async_attempts_in_flight() {
+    for flavour in ["current-thread", "multi-thread"] {
+        for end in [AsyncEnd::CloseAsync, AsyncEnd::RuntimeDropped] {
+            for kind in ["fs", "mem"] {
+                let context = format!("{kind} {flavour} {end:?}");
+                let c = context.clone();
+                within_a_minute(&context, move || {
+                    async_in_flight(new_disk(kind), flavour, end, &c)
+                });
+            }
+        }
+    }
+}
+
+fn async_in_flight(disk: Disk, flavour: &str, end: AsyncEnd, context: &str) {
+    let runtime = match flavour {
+        "current-thread" => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2);
+            builder
+        }
+    }
+    .enable_all()
+    .build()
+    .unwrap();
+    let clock = ManualClock::new(START_MS);
+    let mut options = options(&clock).async_attempts(2);
+    // The multi-thread runtime is given; on the current-thread one the engine starts inside
+    // `block_on` and takes the runtime current there.
+    if flavour == "multi-thread" {
+        options = options.runtime(runtime.handle().clone());
+    }
+    let engine = Engine::open_storage(disk.storage(), options)
+        .unwrap_or_else(|e| panic!("{context}: does not open: {e}"));
+    let (entered_tx, entered_rx) = bounded::<EventId>(16);
+    let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for name in ["a", "q"] {
+        let (entered, dropped) = (entered_tx.clone(), dropped.clone());
+        engine.on_async(
+            name,
+            move |event: afterlog::Event, _ctx: afterlog::AsyncContext| {
+                let (entered, dropped) = (entered.clone(), dropped.clone());
+                async move {
+                    let body = event.body();
+                    if body.starts_with(b"ack") {
+                        tokio::task::yield_now().await;
+                        Ok(())
+                    } else if body.starts_with(b"fail") {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        Err(HandlerError::msg("first attempt fails"))
+                    } else if body == b"block" {
+                        let _flag = DropFlag(dropped);
+                        entered.send(event.id()).unwrap();
+                        match end {
+                            // Drained by the close: fails after a while, so it is retrying.
+                            AsyncEnd::CloseAsync => {
+                                tokio::time::sleep(Duration::from_millis(30)).await
+                            }
+                            // Dropped with the runtime long before this ends.
+                            AsyncEnd::RuntimeDropped => {
+                                tokio::time::sleep(Duration::from_secs(600)).await
+                            }
+                        }
+                        Err(HandlerError::msg("released"))
+                    } else {
+                        panic!("unexpected body {:?}", String::from_utf8_lossy(body))
+                    }
+                }
+            },
+        );
+    }
+    let mut pending = BTreeMap::new();
+    let mut finished = BTreeSet::new();
+    let future_ms = FUTURE.as_millis() as i64;
+    let retry_ms = RETRY.as_millis() as i64;
+    let (mut world, engine) = runtime.block_on(async {
+        let future = engine
+            .publish_async("a", b"ack-future", After::delay(FUTURE))
+            .await
+            .unwrap();
+        pending.insert(future, (1, future_ms));
+        let acked = engine.publish_async("a", b"ack", After::NOW).await.unwrap();
+        finished.insert(acked);
+        let retrying = engine
+            .publish_async("a", b"fail", After::NOW)
+            .await
+            .unwrap();
+        pending.insert(retrying, (2, retry_ms));
+        let cancelled = engine
+            .publish_async("a", b"ack", After::delay(FUTURE))
+            .await
+            .unwrap();
+        assert!(engine.cancel_async(cancelled).await.unwrap(), "{context}");
+        finished.insert(cancelled);
+        let job = engine
+            .push_async("q", ["ack-1", "fail-2"], Duration::from_millis(1))
+            .await
+            .unwrap();
+        let job_ids = [EventId(cancelled.0 + 1), EventId(cancelled.0 + 2)];
+        let dead_job = engine
+            .push_async("q", ["ack-x", "ack-y"], FUTURE)
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.cancel_job_async(dead_job).await.unwrap(),
+            2,
+            "{context}"
+        );
+        finished.extend([EventId(job_ids[1].0 + 1), EventId(job_ids[1].0 + 2)]);
+        engine.start();
+        clock.advance(Duration::from_millis(1));
+        let e = engine.clone();
+        let idle = tokio::task::spawn_blocking(move || e.wait_idle(IDLE))
+            .await
+            .unwrap();
+        assert!(idle, "{context}: first life idle");
+        finished.insert(job_ids[0]);
+        pending.insert(job_ids[1], (2, retry_ms));
+        let job_stats = stats(&engine, job);
+        assert_eq!(
+            job_stats,
+            JobStats {
+                success: 1,
+                in_progress: 1,
+                ..JobStats::default()
+            },
+            "{context}"
+        );
+        let dead_stats = stats(&engine, dead_job);
+
+        // Four attempts in flight: two await in their handlers, two wait for room.
+        let mut blocks = Vec::new();
+        for _ in 0..4 {
+            blocks.push(
+                engine
+                    .publish_async("a", b"block", After::NOW)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut entered = BTreeSet::new();
+        let give_up = std::time::Instant::now() + Duration::from_secs(20);
+        while entered.len() < 2 {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "{context}: the blocking handlers never ran"
+            );
+            match entered_rx.try_recv() {
+                Ok(id) => {
+                    entered.insert(id);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+        // All four attempts are durable (`delivered` counts attempt records): the close
+        // drains them and the restart sees them, though two may still wait for room. (The
+        // close does not wait for events the scheduler has not handed to a worker yet.)
+        while engine.metrics().delivered < 8 {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "{context}: the block attempts never started: {:?}",
+                engine.metrics()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let m = engine.metrics();
+        assert_eq!((m.acked, m.delivered), (2, 8), "{context}: {m:?}");
+        for &id in &blocks {
+            let due = match end {
+                AsyncEnd::CloseAsync => retry_ms,
+                AsyncEnd::RuntimeDropped => 0,
+            };
+            pending.insert(id, (2, due));
+        }
+        let world = World {
+            pending,
+            finished,
+            jobs: vec![(job, job_stats), (dead_job, dead_stats)],
+            max_event: *blocks.last().unwrap(),
+            max_job: dead_job,
+        };
+        if let AsyncEnd::CloseAsync = end {
+            engine.close_async().await.unwrap();
+            // Every block attempt ran, the two that waited for room too.
+            assert_eq!(
+                dropped.load(std::sync::atomic::Ordering::SeqCst),
+                4,
+                "{context}"
+            );
+        }
+        (world, engine)
+    });
+    if let AsyncEnd::RuntimeDropped = end {
+        drop(runtime);
+        // The running handlers' futures were dropped with their tasks.
+        assert_eq!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "{context}: the awaiting handlers' futures were not dropped"
+        );
+        // The engine outlives its runtime: it still publishes.
+        let later = engine
+            .publish("a", b"ack-later", After::delay(FUTURE))
+            .unwrap();
+        world.pending.insert(later, (1, FUTURE.as_millis() as i64));
+        // An event due now: a worker writes its attempt and admits it, the runtime is gone,
+        // so it stays in flight with no outcome, and is delivered again after the restart.
+        let orphan = engine.publish("a", b"ack-orphan", After::NOW).unwrap();
+        assert!(engine.wait_idle(IDLE), "{context}: idle without a runtime");
+        world.pending.insert(orphan, (2, 0));
+        world.max_event = orphan;
+        engine.close().unwrap();
+    }
+    drop(engine);
+    second_life(&disk, &clock, &world, context);
+    third_life(&disk, &clock, &world, context);
 }
