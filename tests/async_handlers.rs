@@ -519,6 +519,19 @@ fn push_cancel_and_cancel_job_async_are_durable_when_they_complete() {
     }
 }
 
+/// A started engine whose sync handler of `n` counts its calls.
+fn counting_engine(dir: &std::path::Path, clock: &ManualClock) -> (Engine, Arc<AtomicUsize>) {
+    let engine = Engine::open_with(dir, options(clock)).unwrap();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let a = acked.clone();
+    engine.on("n", move |_e, _ctx| {
+        a.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    });
+    engine.start();
+    (engine, acked)
+}
+
 /// A waker that unparks the thread that polls.
 struct Unpark(std::thread::Thread);
 
@@ -545,14 +558,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
 fn the_futures_need_no_runtime_and_share_syncs() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let engine = Engine::open_with(dir.path(), options(&clock)).unwrap();
-    let acked = Arc::new(AtomicUsize::new(0));
-    let a = acked.clone();
-    engine.on("n", move |_e, _ctx| {
-        a.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    });
-    engine.start();
+    let (engine, acked) = counting_engine(dir.path(), &clock);
     let id = block_on(engine.publish_async("n", b"one", After::NOW)).unwrap();
     assert!(engine.wait_idle(WAIT));
     assert_eq!(acked.load(Ordering::SeqCst), 1);
@@ -616,14 +622,7 @@ impl<'a, T> JoinAll<'a, T> {
 fn a_dropped_publish_future_still_publishes() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let engine = Engine::open_with(dir.path(), options(&clock)).unwrap();
-    let acked = Arc::new(AtomicUsize::new(0));
-    let a = acked.clone();
-    engine.on("n", move |_e, _ctx| {
-        a.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    });
-    engine.start();
+    let (engine, acked) = counting_engine(dir.path(), &clock);
     let waker = Waker::noop();
     let mut cx = TaskContext::from_waker(waker);
     for _ in 0..20 {

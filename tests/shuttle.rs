@@ -140,6 +140,12 @@ fn open(disk: &MemStorage, options: LogOptions) -> (Log, Vec<(Position, Owned)>)
 /// would leave the record on disk, at its position (the sync covering it returned first).
 fn append(disk: &MemStorage, log: &Log, owned: &Owned) -> afterlog::Result<Position> {
     let position = log.append(&owned.record())?;
+    assert_durable(disk, position, owned);
+    Ok(position)
+}
+
+/// Checks that a power cut at this moment would leave `owned` on disk at `position`.
+fn assert_durable(disk: &MemStorage, position: Position, owned: &Owned) {
     let survivor = disk.would_survive(CrashMode::DropUnsynced, true);
     let mut found = None;
     Log::scan(&survivor, |p, record| {
@@ -154,7 +160,6 @@ fn append(disk: &MemStorage, log: &Log, owned: &Owned) -> afterlog::Result<Posit
         Some(owned),
         "an append returned {position:?} before its record was durable"
     );
-    Ok(position)
 }
 
 /// Closes the last handle on a log.
@@ -356,20 +361,7 @@ fn async_completions() {
             }
             let durable = log.submit_all_async(&[owned.record()]).expect("submit");
             let position = block_on(durable).expect("durable")[0];
-            let survivor = disk.would_survive(CrashMode::DropUnsynced, true);
-            let mut found = None;
-            Log::scan(&survivor, |p, record| {
-                if p == position {
-                    found = Some(Owned::of(record));
-                }
-                Ok(())
-            })
-            .expect("scan");
-            assert_eq!(
-                found.as_ref(),
-                Some(&owned),
-                "a future completed before its sync"
-            );
+            assert_durable(&disk, position, &owned);
             (position, owned)
         }));
     }

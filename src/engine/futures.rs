@@ -66,8 +66,7 @@ impl Engine {
         value: &T,
         after: impl Into<After>,
     ) -> Result<EventId> {
-        let body = serde_json::to_vec(value)
-            .map_err(|e| Error::invalid(format!("body is not serializable as JSON: {e}")))?;
+        let body = super::json_body(value)?;
         self.publish_async(name, body, after).await
     }
 

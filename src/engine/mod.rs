@@ -381,9 +381,7 @@ impl Engine {
         value: &T,
         after: impl Into<After>,
     ) -> Result<EventId> {
-        let body = serde_json::to_vec(value)
-            .map_err(|e| Error::invalid(format!("body is not serializable as JSON: {e}")))?;
-        self.publish(name, body, after)
+        self.publish(name, json_body(value)?, after)
     }
 
     /// Pushes a job of events named `name` (Forge's `queue.push`), all due after `delay`, written
@@ -913,4 +911,10 @@ fn check_publish_len(record: &Record<'_>) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A JSON body, or the error that says why `value` is not one.
+fn json_body<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value)
+        .map_err(|e| Error::invalid(format!("body is not serializable as JSON: {e}")))
 }
