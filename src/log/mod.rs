@@ -111,6 +111,10 @@ impl Pending {
     }
 }
 
+/// Work to do once records are durable (or failed), on whichever thread completes them: what
+/// an abandoned future leaves to the writer (see [`Durable::then_or_now`]).
+pub type Then = Box<dyn FnOnce(&Result<Vec<Position>>) + Send>;
+
 /// Records queued by [`Log::submit_all_async`]: a future of their positions, complete when
 /// they are durable (or failed). Dropping it does not take the records back: they are
 /// written all the same; [`then_or_now`](Durable::then_or_now) says what to do then.
@@ -122,10 +126,7 @@ impl Durable {
     /// are, else on the writer's thread before it wakes this future. For a future dropped
     /// before it completed, whose records must still be applied. `then` must be quick and
     /// must not wait for the log.
-    pub fn then_or_now(
-        &self,
-        then: Box<dyn FnOnce(&Result<Vec<Position>>) + Send>,
-    ) {
+    pub fn then_or_now(&self, then: Then) {
         self.0.then_or_now(then);
     }
 }

@@ -14,7 +14,7 @@
 
 use super::directory::Directory;
 use super::segment::{SegmentSlot, install, new_header, prepare_file, segment_name, zero_fill};
-use super::{Durability, LogOptions, Position};
+use super::{Durability, LogOptions, Position, Then};
 use crate::error::{Error, Result};
 use crate::format::{
     FRAME_HEADER_LEN, RecordKind, SEAL_FRAME_LEN, SEGMENT_HEADER_LEN_V2, Seal, encode_frame,
@@ -61,9 +61,6 @@ pub(crate) struct Completion {
     asynchronous: bool,
 }
 
-/// Work to do once the records are durable (or failed), on whichever thread completes them:
-/// what an abandoned future leaves to the writer (see `Completion::then_or_now`).
-pub(crate) type Then = Box<dyn FnOnce(&Result<Vec<Position>>) + Send>;
 
 #[derive(Default)]
 struct CompletionState {
