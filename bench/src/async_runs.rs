@@ -25,7 +25,7 @@ use afterlog::{Engine, Options};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
@@ -93,7 +93,8 @@ pub struct AsyncSleep {
     pub async_attempts: usize,
     /// From the first push to the last.
     pub publish_s: f64,
-    /// From the first due time (the first push, due now) to the last acknowledgement.
+    /// From the first due time (the first push, due now) to the last acknowledgement (its
+    /// ack record durable: `metrics().acked`).
     pub first_due_to_all_acked_s: f64,
     /// That time over the sleep alone.
     pub ratio_to_sleep: f64,
@@ -324,15 +325,9 @@ fn sleep(base: &Path, events: u64, rt: &Runtime, progress: &Progress) -> AsyncSl
         .runtime(rt.handle().clone())
         .async_attempts(attempts);
     let engine = Engine::open_with(&dir, options).expect("open");
-    let acked = Arc::new(AtomicU64::new(0));
-    let a = acked.clone();
-    engine.on_async("sleepy", move |_event, _ctx| {
-        let a = a.clone();
-        async move {
-            tokio::time::sleep(SLEEP).await;
-            a.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
+    engine.on_async("sleepy", move |_event, _ctx| async move {
+        tokio::time::sleep(SLEEP).await;
+        Ok(())
     });
     engine.start();
     let body = [2u8; 100];
@@ -347,7 +342,8 @@ fn sleep(base: &Path, events: u64, rt: &Runtime, progress: &Progress) -> AsyncSl
     }
     let publish_s = started.elapsed().as_secs_f64();
     let deadline = started + SLEEP + Duration::from_secs(60);
-    while acked.load(Ordering::Relaxed) < events && Instant::now() < deadline {
+    // Acknowledged = the ack record is durable and applied (`metrics().acked`).
+    while engine.metrics().acked < events && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
     let elapsed = started.elapsed().as_secs_f64();
