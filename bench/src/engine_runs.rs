@@ -27,14 +27,27 @@ pub struct EndToEnd {
 /// acknowledges them; the rate is events from the first publish to the last ack.
 pub fn end_to_end(base: &Path, events: u64, publishers: u64, progress: &Progress) -> EndToEnd {
     progress.step(&format!("end to end: {events} events"));
+    end_to_end_run(base, events, publishers, Options::default(), |engine, a| {
+        engine.on("bench", move |_event, _ctx| {
+            a.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        });
+    })
+}
+
+/// Scenario 2's run on an engine opened with `options`, whose handler of `bench`
+/// `register` adds: it must count each acknowledgement in the counter it is given.
+pub fn end_to_end_run(
+    base: &Path,
+    events: u64,
+    publishers: u64,
+    options: Options,
+    register: impl FnOnce(&Engine, Arc<AtomicU64>),
+) -> EndToEnd {
     let dir = fresh_dir(base, "end-to-end");
-    let engine = Engine::open_with(&dir, Options::default()).expect("open");
+    let engine = Engine::open_with(&dir, options).expect("open");
     let acked = Arc::new(AtomicU64::new(0));
-    let a = acked.clone();
-    engine.on("bench", move |_event, _ctx| {
-        a.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    });
+    register(&engine, acked.clone());
     engine.start();
     let body = [7u8; 200];
     let per_publisher = events.div_ceil(publishers);

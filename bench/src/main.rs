@@ -3,6 +3,7 @@
 //! table on the terminal, and optionally a JSON file and an SVG plot. See
 //! `docs/BENCHMARKS.md` for what each scenario and baseline does.
 
+mod async_runs;
 mod core_runs;
 mod engine_runs;
 mod machine;
@@ -38,9 +39,12 @@ enum Scenario {
     IdlePass,
     /// 10: disk after compacting 300 MB of finished events beside 1 MB of live ones.
     Shrink,
+    /// 11: the async API on a 2-worker tokio runtime: 64 and 1,024 `publish_async` tasks vs
+    /// raw, end to end with an async vs a sync handler, 10,000 handlers awaiting a 1 s sleep.
+    Async,
 }
 
-const ALL: [Scenario; 9] = [
+const ALL: [Scenario; 10] = [
     Scenario::Publish,
     Scenario::EndToEnd,
     Scenario::Timer,
@@ -50,6 +54,7 @@ const ALL: [Scenario; 9] = [
     Scenario::Timer32,
     Scenario::IdlePass,
     Scenario::Shrink,
+    Scenario::Async,
 ];
 
 /// afterlog's benchmark harness: durable publish against raw pwrite+fdatasync, SQLite and
@@ -129,6 +134,17 @@ struct Args {
     /// MB of finished events the shrink scenario compacts away (default 300; 30 with --quick).
     #[arg(long)]
     shrink_mb: Option<u64>,
+    /// Concurrent `publish_async` tasks of the async scenario, comma-separated (default
+    /// 64,1024).
+    #[arg(long, value_delimiter = ',')]
+    async_tasks: Vec<usize>,
+    /// Events of the async scenario's end-to-end runs (default: --e2e-events).
+    #[arg(long)]
+    async_e2e_events: Option<u64>,
+    /// Events due now whose async handlers sleep 1 s, in the async scenario (default 10,000;
+    /// 2,000 with --quick).
+    #[arg(long)]
+    async_sleep_events: Option<u64>,
     /// Internal: open this data directory, print the open time and memory as JSON, exit.
     #[arg(long, hide = true)]
     child_open: Option<PathBuf>,
@@ -158,6 +174,9 @@ struct Params {
     idle_passes: usize,
     idle_secs: f64,
     shrink_mb: u64,
+    async_tasks: Vec<usize>,
+    async_e2e_events: u64,
+    async_sleep_events: u64,
 }
 
 impl Params {
@@ -201,6 +220,20 @@ impl Params {
             idle_passes: args.idle_passes.max(1),
             idle_secs: args.idle_secs.unwrap_or(if q { 1.0 } else { 5.0 }),
             shrink_mb: args.shrink_mb.unwrap_or(if q { 30 } else { 300 }).max(1),
+            async_tasks: if args.async_tasks.is_empty() {
+                vec![64, 1024]
+            } else {
+                args.async_tasks.iter().map(|&n| n.max(1)).collect()
+            },
+            async_e2e_events: args.async_e2e_events.or(args.e2e_events).unwrap_or(if q {
+                100_000
+            } else {
+                1_000_000
+            }),
+            async_sleep_events: args
+                .async_sleep_events
+                .unwrap_or(if q { 2_000 } else { 10_000 })
+                .max(1),
         }
     }
 
@@ -224,7 +257,22 @@ impl Params {
         n += 2 * self.runs(Scenario::Workers) as u64 + self.runs(Scenario::Timer32) as u64;
         n += 3 * self.runs(Scenario::IdlePass) as u64;
         n += self.runs(Scenario::Shrink) as u64;
+        if self.runs(Scenario::Async) {
+            n += self.async_params().steps();
+        }
         n
+    }
+
+    fn async_params(&self) -> async_runs::Params {
+        async_runs::Params {
+            secs: Duration::from_secs_f64(self.publish_secs),
+            warmup: Duration::from_secs_f64(self.publish_warmup_secs),
+            rounds: self.publish_rounds,
+            tasks: self.async_tasks.clone(),
+            e2e_events: self.async_e2e_events,
+            e2e_publishers: self.e2e_publishers,
+            sleep_events: self.async_sleep_events,
+        }
     }
 }
 
@@ -270,6 +318,8 @@ struct Report {
     timer32: Option<core_runs::Timer32>,
     idle_pass: Option<core_runs::IdlePass>,
     shrink: Option<core_runs::Shrink>,
+    #[serde(rename = "async")]
+    async_api: Option<async_runs::Async>,
     targets: Vec<Target>,
 }
 
@@ -439,6 +489,9 @@ fn main() {
     let shrink = params
         .runs(Scenario::Shrink)
         .then(|| core_runs::shrink(&dir, params.shrink_mb, 1, &progress));
+    let async_api = params
+        .runs(Scenario::Async)
+        .then(|| async_runs::run(&dir, &params.async_params(), &progress));
     progress.finish();
     let _ = std::fs::remove_dir_all(&dir);
     machine.load_average_end = machine::load_average();
@@ -460,6 +513,7 @@ fn main() {
         timer32,
         idle_pass,
         shrink,
+        async_api,
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -589,6 +643,9 @@ fn targets(r: &Report) -> Vec<Target> {
         ));
     }
     core_targets(r, &mut t);
+    if let Some(a) = &r.async_api {
+        async_runs::targets(a, &mut t);
+    }
     t
 }
 
@@ -813,6 +870,9 @@ fn print_table(r: &Report) {
         }
     }
     print_core(r);
+    if let Some(a) = &r.async_api {
+        async_runs::print(a);
+    }
     println!();
     println!(
         "{:<52} {:>12} {:>12} {:>5}",

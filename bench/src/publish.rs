@@ -43,10 +43,10 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BODY_LEN: usize = 200;
-const BODY: [u8; BODY_LEN] = [0x5a; BODY_LEN];
-const NAME: &str = "bench.event";
+pub const BODY: [u8; BODY_LEN] = [0x5a; BODY_LEN];
+pub const NAME: &str = "bench.event";
 const RAW_FILE_BYTES: u64 = 256 << 20;
-const DUE_IN: Duration = Duration::from_secs(3600);
+pub const DUE_IN: Duration = Duration::from_secs(3600);
 /// Pause after opening an engine, for its background segment preparation to finish.
 const SETTLE: Duration = Duration::from_millis(1500);
 
@@ -101,6 +101,19 @@ pub struct SystemResult {
     pub events_per_s: f64,
     pub events_per_sync: f64,
     pub runs: Vec<Run>,
+}
+
+impl SystemResult {
+    /// The median rate of `runs` and their events per sync.
+    pub fn of(runs: Vec<Run>) -> SystemResult {
+        let events: u64 = runs.iter().map(|r| r.events).sum();
+        let syncs: u64 = runs.iter().map(|r| r.syncs).sum();
+        SystemResult {
+            events_per_s: median(runs.iter().map(Run::rate).collect()),
+            events_per_sync: events as f64 / syncs.max(1) as f64,
+            runs,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -166,16 +179,7 @@ pub fn run(base: &Path, p: &Params, progress: &Progress) -> Vec<ShapeResult> {
         drop(systems);
         let mut result = BTreeMap::new();
         for (i, runs) in runs.into_iter().enumerate() {
-            let events: u64 = runs.iter().map(|r| r.events).sum();
-            let syncs: u64 = runs.iter().map(|r| r.syncs).sum();
-            result.insert(
-                SYSTEMS[i].to_string(),
-                SystemResult {
-                    events_per_s: median(runs.iter().map(Run::rate).collect()),
-                    events_per_sync: events as f64 / syncs.max(1) as f64,
-                    runs,
-                },
-            );
+            result.insert(SYSTEMS[i].to_string(), SystemResult::of(runs));
         }
         let ratios = |system: &str| {
             let ours = result[system].events_per_s;
@@ -203,7 +207,7 @@ pub fn run(base: &Path, p: &Params, progress: &Progress) -> Vec<ShapeResult> {
     out
 }
 
-trait System {
+pub trait System {
     fn run(&self, shape: Shape, duration: Duration) -> Run;
 }
 
@@ -250,7 +254,7 @@ fn serial(duration: Duration, mut op: impl FnMut() -> u64) -> (u64, Duration) {
     (events, start.elapsed())
 }
 
-fn run_of(events: u64, elapsed: Duration, syncs: u64) -> Run {
+pub fn run_of(events: u64, elapsed: Duration, syncs: u64) -> Run {
     Run {
         events,
         seconds: elapsed.as_secs_f64(),
@@ -260,20 +264,31 @@ fn run_of(events: u64, elapsed: Duration, syncs: u64) -> Run {
 
 // ---- afterlog ----------------------------------------------------------------------------
 
-struct AfterlogSystem {
+pub struct AfterlogSystem {
     engine: Engine,
 }
 
 impl AfterlogSystem {
     fn open(base: &Path, shape: Shape, batch: usize) -> AfterlogSystem {
-        let dir = fresh_dir(base, &format!("publish-afterlog-{}", shape.key()));
+        AfterlogSystem::open_in(
+            &fresh_dir(base, &format!("publish-afterlog-{}", shape.key())),
+            batch,
+        )
+    }
+
+    /// The engine of this scenario in `dir` (empty), settled.
+    pub fn open_in(dir: &Path, batch: usize) -> AfterlogSystem {
         let options = Options::default()
             .compaction_interval(None)
             .max_push_events(batch)
             .max_push_bytes(batch * BODY_LEN);
-        let engine = Engine::open_with(&dir, options).expect("open afterlog");
+        let engine = Engine::open_with(dir, options).expect("open afterlog");
         std::thread::sleep(SETTLE);
         AfterlogSystem { engine }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 }
 
@@ -309,14 +324,14 @@ impl System for AfterlogSystem {
 
 // ---- raw pwrite + fdatasync -------------------------------------------------------------
 
-struct RawFile {
+pub struct RawFile {
     file: File,
     path: PathBuf,
 }
 
 impl RawFile {
     /// A pre-sized file, all written as zeros and synced, so overwrites need no metadata.
-    fn create(path: &Path) -> RawFile {
+    pub fn create(path: &Path) -> RawFile {
         let file = zero_filled(path, RAW_FILE_BYTES, false);
         RawFile {
             file,
@@ -343,22 +358,27 @@ fn per_sync(shape: Shape) -> usize {
 
 impl System for RawSystem<'_> {
     fn run(&self, shape: Shape, duration: Duration) -> Run {
-        let per_sync = per_sync(shape);
-        let buf = vec![0x5au8; per_sync * BODY_LEN];
-        let mut offset = 0u64;
-        let mut syncs = 0u64;
-        let (events, elapsed) = serial(duration, || {
-            if offset + buf.len() as u64 > RAW_FILE_BYTES {
-                offset = 0;
-            }
-            self.0.file.write_all_at(&buf, offset).expect("raw pwrite");
-            self.0.file.sync_data().expect("raw fdatasync");
-            offset += buf.len() as u64;
-            syncs += 1;
-            per_sync as u64
-        });
-        run_of(events, elapsed, syncs)
+        raw_run(self.0, per_sync(shape), duration)
     }
+}
+
+/// The raw baseline: one thread writing `per_sync` records with one `pwrite` then
+/// `fdatasync`, in a loop for `duration`.
+pub fn raw_run(raw: &RawFile, per_sync: usize, duration: Duration) -> Run {
+    let buf = vec![0x5au8; per_sync * BODY_LEN];
+    let mut offset = 0u64;
+    let mut syncs = 0u64;
+    let (events, elapsed) = serial(duration, || {
+        if offset + buf.len() as u64 > RAW_FILE_BYTES {
+            offset = 0;
+        }
+        raw.file.write_all_at(&buf, offset).expect("raw pwrite");
+        raw.file.sync_data().expect("raw fdatasync");
+        offset += buf.len() as u64;
+        syncs += 1;
+        per_sync as u64
+    });
+    run_of(events, elapsed, syncs)
 }
 
 /// The raw baseline's writes into new files, prepared ahead (see the module's doc).

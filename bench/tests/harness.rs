@@ -53,6 +53,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
             "--shrink-mb",
             "2",
         ])
+        .args(["--async-tasks", "8,32", "--async-sleep-events", "200"])
         .arg("--dir")
         .arg(base.join("data"))
         .arg("--json")
@@ -80,7 +81,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     }
     assert!(v["machine"]["file_system"].is_string());
     assert_eq!(v["parameters"]["quick"], Value::Bool(true));
-    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 9);
+    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 10);
 
     let publish = v["publish"].as_array().expect("publish");
     assert_eq!(publish.len(), 3);
@@ -166,11 +167,38 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
         assert!(number(&v, &format!("shrink.{key}")) > 0.0, "shrink.{key}");
     }
 
+    assert_eq!(number(&v, "async.runtime_workers"), 2.0);
+    let publish_async = v["async"]["publish"].as_array().expect("async publish");
+    assert_eq!(publish_async.len(), 2);
+    for (i, tasks) in [8.0, 32.0].iter().enumerate() {
+        assert_eq!(number(&v, &format!("async.publish.{i}.tasks")), *tasks);
+        assert_eq!(
+            number(&v, &format!("async.publish.{i}.raw_records_per_sync")),
+            *tasks
+        );
+        for system in ["afterlog_async", "raw", "afterlog_threads"] {
+            assert!(number(&v, &format!("async.publish.{i}.{system}.events_per_s")) > 0.0);
+        }
+        for key in ["async_over_raw", "threads_over_raw", "async_over_threads"] {
+            number(&v, &format!("async.publish.{i}.{key}"));
+        }
+    }
+    for key in ["async_events_per_s", "sync_events_per_s", "ratio"] {
+        assert!(number(&v, &format!("async.end_to_end.{key}")) > 0.0);
+    }
+    for kind in ["async_runs", "sync_runs"] {
+        assert_eq!(v["async"]["end_to_end"][kind].as_array().unwrap().len(), 1);
+    }
+    assert_eq!(number(&v, "async.sleep.events"), 200.0);
+    // Every handler sleeps 1 s.
+    assert!(number(&v, "async.sleep.first_due_to_all_acked_s") >= 1.0);
+
     // 3 log-vs-raw and 3 publish-vs-raw targets, 2 against SQLite and fjall, end to end,
     // lateness, 2 recovery, 2 memory, compaction; 2 workers, lateness of timer32, 2 idle
-    // pass and the publish latency ratio; the disk after compaction.
+    // pass and the publish latency ratio; the disk after compaction; 2 async publish, async
+    // end to end and the async sleep.
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 22, "{targets:?}");
+    assert_eq!(targets.len(), 26, "{targets:?}");
     for t in targets {
         assert!(t["name"].is_string() && t["met"].is_boolean());
         assert!(t["measured"].is_number() && t["target"].is_number(), "{t}");
