@@ -41,6 +41,8 @@ pub(crate) struct Attempts {
     state: Mutex<State>,
     /// Notified when an attempt is claimed or a task ends (for `close`).
     changed: Condvar,
+    /// Notified when the waiting attempts drop to the bound, for workers that wait for room.
+    room: Condvar,
     runtime: Mutex<Runtime>,
     bound: usize,
 }
@@ -103,6 +105,7 @@ impl Attempts {
         Attempts {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            room: Condvar::new(),
             runtime: Mutex::new(runtime),
             bound: inner.options.async_attempts,
         }
@@ -196,7 +199,7 @@ pub(super) fn admit(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prep
             && inner.stopped().is_none()
         {
             attempts
-                .changed
+                .room
                 .wait_for(&mut state, std::time::Duration::from_millis(50));
         }
         if state.refused {
@@ -210,6 +213,90 @@ pub(super) fn admit(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prep
     state.running += 1;
     drop(state);
     spawn(inner, shared, prepared);
+}
+
+/// Admits the async attempts of a prepared batch at once, and returns the others. Those that
+/// start now are spawned by one task on the runtime, so a batch costs one hand-off to the
+/// runtime's threads, not one per event (a task spawned from the runtime's own thread goes to
+/// its local queue).
+pub(super) fn admit_all(
+    inner: &Arc<Inner>,
+    shared: &Arc<Shared>,
+    ready: Vec<Arc<Prepared>>,
+) -> Vec<Arc<Prepared>> {
+    let (batch, others): (Vec<_>, Vec<_>) = ready.into_iter().partition(|p| p.is_async());
+    if batch.is_empty() {
+        return others;
+    }
+    let attempts = &shared.attempts;
+    let (mut now, mut refused) = (VecDeque::new(), Vec::new());
+    {
+        let mut state = attempts.state.lock();
+        for prepared in batch {
+            state.open += 1;
+            if state.refused {
+                refused.push(prepared);
+            } else if state.running < attempts.bound {
+                state.running += 1;
+                now.push_back(prepared);
+            } else {
+                state.waiting.push_back(prepared);
+            }
+        }
+    }
+    never_run(inner, shared, refused);
+    match now.len() {
+        0 => {}
+        1 => spawn(inner, shared, now.pop_front().expect("one")),
+        _ => match attempts.handle() {
+            Some(handle) => {
+                let batch = Batch {
+                    inner: inner.clone(),
+                    shared: shared.clone(),
+                    left: now,
+                };
+                handle.spawn(async move { batch.spawn_all() });
+            }
+            None => now.into_iter().for_each(|p| spawn(inner, shared, p)),
+        },
+    }
+    // As in `admit`: no more than a bound's worth waits ahead of the tasks.
+    let mut state = attempts.state.lock();
+    while state.waiting.len() > attempts.bound
+        && !state.refused
+        && !shared.stopping.load(Ordering::Acquire)
+        && inner.stopped().is_none()
+    {
+        attempts
+            .room
+            .wait_for(&mut state, std::time::Duration::from_millis(50));
+    }
+    others
+}
+
+/// Admitted attempts (`running` counts them) for a task on the runtime to spawn. Whatever it
+/// has not spawned when it is dropped (the runtime shut down first) is spawned by the drop,
+/// which finds them a runtime (see `TaskEnd`).
+struct Batch {
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    left: VecDeque<Arc<Prepared>>,
+}
+
+impl Batch {
+    fn spawn_all(mut self) {
+        while let Some(prepared) = self.left.pop_front() {
+            spawn(&self.inner, &self.shared, prepared);
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        while let Some(prepared) = self.left.pop_front() {
+            spawn(&self.inner, &self.shared, prepared);
+        }
+    }
 }
 
 /// Spawns an admitted event's task (`running` counts it already).
@@ -259,6 +346,7 @@ fn never_run(inner: &Inner, shared: &Shared, prepared: impl IntoIterator<Item = 
     state.open -= ids.len();
     drop(state);
     shared.attempts.changed.notify_all();
+    shared.attempts.room.notify_all();
 }
 
 /// The watchdog's look at the async attempts: claims and fails each one past its deadline,
@@ -393,6 +481,10 @@ impl Drop for TaskEnd {
             };
             if next.is_none() {
                 state.running -= 1;
+            }
+            // Workers wait for room only while more than the bound waits: no wake-up per task.
+            if next.is_some() && state.waiting.len() <= shared.attempts.bound {
+                shared.attempts.room.notify_all();
             }
             (next, close)
         };

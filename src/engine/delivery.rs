@@ -611,7 +611,13 @@ fn work(inner: &Arc<Inner>, shared: &Arc<Shared>, slot: &Slot) {
                     return;
                 }
             }
-            Work::Due(ids) => shared.push_ready(prepare(inner, shared, ids)),
+            Work::Due(ids) => {
+                let ready = prepare(inner, shared, ids);
+                // The batch's async attempts go to the runtime together; the rest are ready.
+                #[cfg(feature = "tokio")]
+                let ready = attempts::admit_all(inner, shared, ready);
+                shared.push_ready(ready);
+            }
             Work::Exit => break,
         }
     }
