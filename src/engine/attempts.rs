@@ -43,6 +43,8 @@ pub(crate) struct Attempts {
     changed: Condvar,
     /// Notified when the waiting attempts drop to the bound, for workers that wait for room.
     room: Condvar,
+    /// The serial number of the last attempt spawned.
+    next_serial: std::sync::atomic::AtomicU64,
     runtime: Mutex<Runtime>,
     bound: usize,
 }
@@ -56,7 +58,6 @@ struct State {
     waiting: VecDeque<Arc<Prepared>>,
     /// The slots of running attempts, by serial number, for the watchdog.
     slots: HashMap<u64, Arc<AttemptSlot>>,
-    next_serial: u64,
     /// The runtime refused a task (it shut down): no more are spawned.
     refused: bool,
     /// The attempt whose handler called `close`: its task closes the log when it ends.
@@ -106,6 +107,7 @@ impl Attempts {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             room: Condvar::new(),
+            next_serial: std::sync::atomic::AtomicU64::new(0),
             runtime: Mutex::new(runtime),
             bound: inner.options.async_attempts,
         }
@@ -305,11 +307,7 @@ fn spawn(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prepared>) {
         refuse(inner, shared, prepared);
         return;
     };
-    let serial = {
-        let mut state = shared.attempts.state.lock();
-        state.next_serial += 1;
-        state.next_serial
-    };
+    let serial = shared.attempts.next_serial.fetch_add(1, Ordering::Relaxed) + 1;
     let slot = Arc::new(AttemptSlot {
         prepared,
         state: Mutex::new(SlotState::default()),
@@ -320,6 +318,7 @@ fn spawn(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prepared>) {
         slot: slot.clone(),
         serial,
         started: false,
+        claimed_here: false,
     };
     // The guard is moved into the task, so it runs even if the runtime drops the task
     // without ever polling it.
@@ -404,6 +403,8 @@ struct TaskEnd {
     serial: u64,
     /// The runtime polled the task.
     started: bool,
+    /// The task claimed the attempt and wrote its outcome: `open` is lowered when it ends.
+    claimed_here: bool,
 }
 
 impl TaskEnd {
@@ -472,6 +473,9 @@ impl Drop for TaskEnd {
         }
         let (next, close) = {
             let mut state = shared.attempts.state.lock();
+            if self.claimed_here {
+                state.open -= 1;
+            }
             state.slots.remove(&self.serial);
             let close = state.close_on_exit == Some(self.serial);
             let next = if state.refused {
@@ -539,7 +543,7 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
         let engine = Arc::downgrade(&inner);
         let address = Arc::as_ptr(&inner) as usize;
         let serial = end.serial;
-        let future: super::super::HandlerFuture = match &registered.handler {
+        let made: super::Caught<super::super::HandlerFuture> = match &registered.handler {
             HandlerFn::Async(handler) => {
                 let ctx = AsyncContext {
                     job: p.job,
@@ -547,12 +551,10 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
                     engine,
                     clock: inner.clock.clone(),
                 };
-                let (handler, event) = (handler.clone(), event.clone());
-                // Calling the handler may panic too: caught as its first poll's panic is.
-                Box::pin(async move {
-                    let future = with_attempt(address, serial, || handler(event, ctx));
-                    future.await
-                })
+                // Calling the handler may panic too, before its future exists.
+                catch_unwind(AssertUnwindSafe(|| {
+                    with_attempt(address, serial, || handler(event.clone(), ctx))
+                }))
             }
             HandlerFn::Sync(handler) => {
                 let mut ctx = Context {
@@ -567,7 +569,7 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
                         with_attempt(address, serial, || handler(&event, &mut ctx))
                     }))
                 });
-                Box::pin(async move {
+                Ok(Box::pin(async move {
                     match join.await {
                         Ok(Ok(result)) => result,
                         Ok(Err(payload)) => std::panic::resume_unwind(payload),
@@ -575,16 +577,21 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
                             "the handler's blocking task failed: {e}"
                         ))),
                     }
-                })
+                }))
             }
         };
-        let result = Guarded {
-            future: Some(future),
-            slot: &end.slot,
-            address,
-            serial,
-        }
-        .await;
+        let result = match made {
+            Ok(future) => {
+                Guarded {
+                    future: Some(future),
+                    slot: &end.slot,
+                    address,
+                    serial,
+                }
+                .await
+            }
+            Err(payload) => Some(Err(payload)),
+        };
         // `None`: the watchdog claimed the attempt and wrote its timeout; the handler's
         // future is dropped already.
         let Some(result) = result else { return };
@@ -616,7 +623,8 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
             failure: first_failure,
         },
     );
-    shared.attempts.claimed();
+    // Counted as claimed by `TaskEnd`, under the lock it takes anyway.
+    end.claimed_here = true;
 }
 
 crate::sync::thread_local! {
