@@ -113,8 +113,9 @@ impl Attempts {
         }
     }
 
-    /// A handle on the runtime the tasks run on, making the engine's own if need be.
-    fn handle(&self) -> Option<tokio::runtime::Handle> {
+    /// A handle on the runtime the tasks run on, making the engine's own if need be, and
+    /// whether it is the application's (given, or current at `start`).
+    fn handle(&self) -> Option<(tokio::runtime::Handle, bool)> {
         let mut runtime = self.runtime.lock();
         if let Runtime::None = *runtime {
             *runtime = tokio::runtime::Builder::new_multi_thread()
@@ -125,8 +126,8 @@ impl Attempts {
                 .map_or(Runtime::Unavailable, Runtime::Own);
         }
         match &*runtime {
-            Runtime::Given(handle) => Some(handle.clone()),
-            Runtime::Own(own) => Some(own.handle().clone()),
+            Runtime::Given(handle) => Some((handle.clone(), true)),
+            Runtime::Own(own) => Some((own.handle().clone(), false)),
             Runtime::None | Runtime::Unavailable => None,
         }
     }
@@ -251,7 +252,7 @@ pub(super) fn admit_all(
         0 => {}
         1 => spawn(inner, shared, now.pop_front().expect("one")),
         _ => match attempts.handle() {
-            Some(handle) => {
+            Some((handle, _)) => {
                 let batch = Batch {
                     inner: inner.clone(),
                     shared: shared.clone(),
@@ -303,7 +304,7 @@ impl Drop for Batch {
 
 /// Spawns an admitted event's task (`running` counts it already).
 fn spawn(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prepared>) {
-    let Some(handle) = shared.attempts.handle() else {
+    let Some((handle, on_given)) = shared.attempts.handle() else {
         refuse(inner, shared, prepared);
         return;
     };
@@ -319,6 +320,7 @@ fn spawn(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prepared>) {
         serial,
         started: false,
         claimed_here: false,
+        on_given,
     };
     // The guard is moved into the task, so it runs even if the runtime drops the task
     // without ever polling it.
@@ -405,6 +407,8 @@ struct TaskEnd {
     started: bool,
     /// The task claimed the attempt and wrote its outcome: `open` is lowered when it ends.
     claimed_here: bool,
+    /// It was spawned on the application's runtime (not the engine's own).
+    on_given: bool,
 }
 
 impl TaskEnd {
@@ -423,21 +427,18 @@ impl TaskEnd {
 impl Drop for TaskEnd {
     fn drop(&mut self) {
         let (inner, shared) = (&self.inner, &self.shared);
-        if !self.started && !shared.stopping.load(Ordering::Acquire) {
-            // Dropped unpolled: the runtime it was spawned on has shut down. If that was the
-            // application's, the engine's own runtime takes over: the attempt starts there.
-            let replaced = {
+        if !self.started && self.on_given && !shared.stopping.load(Ordering::Acquire) {
+            // Dropped unpolled: the application's runtime it was spawned on has shut down.
+            // The engine's own runtime takes over (another task dropped so may have made it
+            // already): the attempt starts there.
+            {
                 let mut runtime = shared.attempts.runtime.lock();
-                let given = matches!(*runtime, Runtime::Given(_));
-                if given {
+                if matches!(*runtime, Runtime::Given(_)) {
                     *runtime = Runtime::None;
                 }
-                given
-            };
-            if replaced {
-                spawn(inner, shared, self.slot.prepared.clone());
-                return;
             }
+            spawn(inner, shared, self.slot.prepared.clone());
+            return;
         }
         if self.claim() {
             if self.started {
