@@ -354,6 +354,11 @@ fn most_at_once(n: usize, options: Options, release_at: usize) -> usize {
         }
         // A little longer: more than the bound must not start.
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = engine.metrics();
+        assert_eq!(m.async_running as usize, gauge.now.load(Ordering::SeqCst));
+        // Events due but not yet prepared are in flight too: the workers wait for room.
+        assert!(m.async_running + m.async_waiting <= m.in_flight, "{m:?}");
+        assert!(m.async_waiting > 0, "{m:?}");
         release.add_permits(n);
         assert!(idle(&engine).await);
         assert_eq!(engine.metrics().acked, n as u64);

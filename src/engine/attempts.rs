@@ -113,6 +113,12 @@ impl Attempts {
         }
     }
 
+    /// Tasks running and attempts waiting for room, now.
+    pub fn counts(&self) -> (u64, u64) {
+        let state = self.state.lock();
+        (state.running as u64, state.waiting.len() as u64)
+    }
+
     /// A handle on the runtime the tasks run on, making the engine's own if need be, and
     /// whether it is the application's (given, or current at `start`).
     fn handle(&self) -> Option<(tokio::runtime::Handle, bool)> {

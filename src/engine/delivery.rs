@@ -474,6 +474,14 @@ impl Delivery {
         self.shared.abandoned_total.load(Ordering::Relaxed) as u64
     }
 
+    /// Async attempts running and waiting for room, now.
+    pub fn async_attempts(&self) -> (u64, u64) {
+        #[cfg(feature = "tokio")]
+        return self.shared.attempts.counts();
+        #[cfg(not(feature = "tokio"))]
+        (0, 0)
+    }
+
     /// Names whose attempts wait because too many of their handlers hang.
     pub fn stalled_names(&self, inner: &Inner) -> Vec<String> {
         let names: Vec<Arc<str>> = self.shared.abandoned.lock().keys().cloned().collect();

@@ -34,6 +34,8 @@ fn bucket_max_ms(bucket: usize) -> u64 {
 pub(crate) struct DeliveryGauges {
     pub abandoned_threads: u64,
     pub stalled_names: Vec<String>,
+    pub async_running: u64,
+    pub async_waiting: u64,
 }
 
 #[derive(Debug)]
@@ -144,6 +146,8 @@ impl Counters {
             abandoned_returned: get(&self.abandoned_returned),
             stalled: get(&self.stalled),
             stalled_names: delivery.stalled_names,
+            async_running: delivery.async_running,
+            async_waiting: delivery.async_waiting,
             worker_spawn_failures: get(&self.worker_spawn_failures),
             read_errors: get(&self.read_errors),
             replay_rejected: get(&self.replay_rejected),
@@ -204,6 +208,11 @@ pub struct Metrics {
     pub stalled: u64,
     /// Names stalled now: too many of their handlers run past their timeouts.
     pub stalled_names: Vec<String>,
+    /// Async attempts running now, as tasks on the runtime (feature `tokio`; at most
+    /// [`Options::async_attempts`](crate::Options::async_attempts)).
+    pub async_running: u64,
+    /// Async attempts waiting for one of those to end, now.
+    pub async_waiting: u64,
     /// Worker threads the operating system refused to start (delivery goes on with fewer).
     pub worker_spawn_failures: u64,
     /// Events whose publish record could not be read back.

@@ -790,6 +790,8 @@ impl Inner {
             Some(d) => metrics::DeliveryGauges {
                 abandoned_threads: d.abandoned(),
                 stalled_names: d.stalled_names(self),
+                async_running: d.async_attempts().0,
+                async_waiting: d.async_attempts().1,
             },
             None => metrics::DeliveryGauges::default(),
         };
