@@ -56,6 +56,22 @@ async fn idle(engine: &Engine) -> bool {
 
 fn assert_send<T: Send>(_: &T) {}
 
+/// Waits until the directory is free again (its engine closed), then reads `id`'s state.
+async fn state_once_free(
+    dir: &std::path::Path,
+    clock: &ManualClock,
+    id: afterlog::EventId,
+) -> EventState {
+    let reopened = loop {
+        match Engine::open_with(dir, options(clock)) {
+            Ok(engine) => break engine,
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    drop(reopened);
+    state_of(&Reader::open(dir).unwrap(), id)
+}
+
 fn state_of(reader: &Reader, id: afterlog::EventId) -> EventState {
     reader
         .event_history(id)
@@ -699,15 +715,10 @@ fn close_async_from_an_async_handler_writes_its_outcome() {
             }
             assert!(closed.load(Ordering::SeqCst));
             // The handler's outcome is written, then the directory is released.
-            let reopened = loop {
-                match Engine::open_with(dir.path(), options(&clock)) {
-                    Ok(engine) => break engine,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            };
-            drop(reopened);
-            let reader = Reader::open(dir.path()).unwrap();
-            assert_eq!(state_of(&reader, id), EventState::Succeeded);
+            assert_eq!(
+                state_once_free(dir.path(), &clock, id).await,
+                EventState::Succeeded
+            );
             drop(engine);
         });
     }
@@ -742,15 +753,10 @@ fn dropping_the_last_engine_on_a_runtime_does_not_block_it() {
         // could release it: the test would hang.
         drop(engine);
         release.notify_one();
-        let reopened = loop {
-            match Engine::open_with(dir.path(), options(&clock)) {
-                Ok(engine) => break engine,
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        };
-        drop(reopened);
-        let reader = Reader::open(dir.path()).unwrap();
-        assert_eq!(state_of(&reader, id), EventState::Succeeded);
+        assert_eq!(
+            state_once_free(dir.path(), &clock, id).await,
+            EventState::Succeeded
+        );
     });
 }
 

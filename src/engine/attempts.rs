@@ -202,15 +202,7 @@ pub(super) fn admit(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prep
     if state.running >= attempts.bound {
         // Workers prepare no more than a bound's worth of attempts ahead of the tasks: each
         // waiting one has its attempt record written already (a crash would count it).
-        while state.waiting.len() >= attempts.bound
-            && !state.refused
-            && !shared.stopping.load(Ordering::Acquire)
-            && inner.stopped().is_none()
-        {
-            attempts
-                .room
-                .wait_for(&mut state, std::time::Duration::from_millis(50));
-        }
+        wait_for_room(inner, shared, &mut state, attempts.bound - 1);
         if state.refused {
             drop(state);
             never_run(inner, shared, [prepared]);
@@ -270,17 +262,28 @@ pub(super) fn admit_all(
         },
     }
     // As in `admit`: no more than a bound's worth waits ahead of the tasks.
-    let mut state = attempts.state.lock();
-    while state.waiting.len() > attempts.bound
+    wait_for_room(inner, shared, &mut attempts.state.lock(), attempts.bound);
+    others
+}
+
+/// Waits until at most `most` attempts wait for room (or no task will ever take them: the
+/// runtime refused, delivery stops, the engine stopped).
+fn wait_for_room(
+    inner: &Inner,
+    shared: &Shared,
+    state: &mut crate::sync::MutexGuard<'_, State>,
+    most: usize,
+) {
+    while state.waiting.len() > most
         && !state.refused
         && !shared.stopping.load(Ordering::Acquire)
         && inner.stopped().is_none()
     {
-        attempts
+        shared
+            .attempts
             .room
-            .wait_for(&mut state, std::time::Duration::from_millis(50));
+            .wait_for(state, std::time::Duration::from_millis(50));
     }
-    others
 }
 
 /// Admitted attempts (`running` counts them) for a task on the runtime to spawn. Whatever it
