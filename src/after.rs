@@ -175,7 +175,10 @@ impl After {
                 format_epoch_ms(now_ms)
             )));
         }
-        if due_ms > latest_due_ms(now_ms) {
+        // A calendar year is never shorter than 365 days (`ONE_YEAR_MS`: a leap day ahead
+        // makes it 366, a leap day now clamps to the 28th: 365), so most due times need no
+        // calendar arithmetic (`calendar_year_is_never_shorter_than_365_days`).
+        if due_ms > now_ms.saturating_add(ONE_YEAR_MS) && due_ms > latest_due_ms(now_ms) {
             return Err(self.too_far(now_ms));
         }
         Ok(due_ms)
@@ -645,6 +648,18 @@ mod tests {
     }
 
     proptest! {
+        /// The shortcut `resolve` takes: anything within 365 days is within the calendar year.
+        #[test]
+        fn calendar_year_is_never_shorter_than_365_days(
+            now_ms in prop_oneof![
+                Just(utc_ms(2024, 2, 29, 12, 0, 0)),
+                Just(utc_ms(2023, 3, 1, 0, 0, 0)),
+                -62_000_000_000_000i64..253_402_300_799_999i64,
+            ],
+        ) {
+            prop_assert!(latest_due_ms(now_ms) >= now_ms.saturating_add(ONE_YEAR_MS));
+        }
+
         #[test]
         fn display_parses_back_to_the_same_due_time(
             after in any_after(),
