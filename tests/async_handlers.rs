@@ -724,6 +724,88 @@ fn close_async_from_an_async_handler_writes_its_outcome() {
     }
 }
 
+/// The blocking `close` from an async handler's `poll`, and from a sync handler sharing its
+/// name with an async one (run on the blocking pool), on a multi-thread runtime: neither waits
+/// for its own attempt; another attempt in flight is drained; the caller's outcome is written
+/// before the directory is released.
+#[test]
+fn a_blocking_close_from_an_async_attempt_does_not_wait_for_itself() {
+    for from_sync_handler in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let rt = multi_thread();
+        rt.block_on(async {
+            let engine = Engine::open_with(dir.path(), options(&clock)).unwrap();
+            let (closed, other_done) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let started = Arc::new(tokio::sync::Notify::new());
+            let (e, c) = (engine.clone(), closed.clone());
+            if from_sync_handler {
+                engine.on("closer", move |_event, _ctx| {
+                    e.close().unwrap();
+                    c.store(true, Ordering::SeqCst);
+                    Ok(())
+                });
+                engine.on_async("closer", |_event, _ctx| async { Ok(()) });
+            } else {
+                engine.on_async("closer", move |_event, _ctx| {
+                    let (e, c) = (e.clone(), c.clone());
+                    async move {
+                        e.close().unwrap();
+                        c.store(true, Ordering::SeqCst);
+                        Ok(())
+                    }
+                });
+            }
+            let (s, d) = (started.clone(), other_done.clone());
+            engine.on_async("other", move |_event, _ctx| {
+                let (s, d) = (s.clone(), d.clone());
+                async move {
+                    s.notify_one();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    d.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+            });
+            engine.start();
+            let other = engine
+                .publish_async("other", b"", After::NOW)
+                .await
+                .unwrap();
+            started.notified().await;
+            let id = engine
+                .publish_async("closer", b"", After::NOW)
+                .await
+                .unwrap();
+            for _ in 0..2000 {
+                if closed.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(
+                closed.load(Ordering::SeqCst),
+                "close from the handler returned"
+            );
+            assert!(
+                other_done.load(Ordering::SeqCst),
+                "the other attempt was drained first"
+            );
+            assert_eq!(
+                state_once_free(dir.path(), &clock, id).await,
+                EventState::Succeeded
+            );
+            assert_eq!(
+                state_once_free(dir.path(), &clock, other).await,
+                EventState::Succeeded
+            );
+            drop(engine);
+        });
+    }
+}
+
 #[test]
 fn dropping_the_last_engine_on_a_runtime_does_not_block_it() {
     let dir = tempfile::tempdir().unwrap();
