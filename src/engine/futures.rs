@@ -95,6 +95,11 @@ impl Engine {
     /// Cancels an event like [`cancel`](Engine::cancel), as a future that completes when the
     /// cancel is durable. Once it completes, no new attempt of the event starts. Dropped
     /// before it completes, the cancel may still take effect.
+    ///
+    /// Its first poll may wait briefly on the calling thread, as the blocking call does before
+    /// it writes: for deliveries writing their records (at most one sync) and for outcomes of
+    /// the event already queued to be applied (within a sync); the wait for its own record's
+    /// sync is the future's.
     pub async fn cancel_async(&self, id: EventId) -> Result<bool> {
         Inner::cancel_async(self.inner(), id).await
     }
