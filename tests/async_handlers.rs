@@ -918,3 +918,52 @@ fn a_runtime_shut_down_under_the_engine_fails_its_attempts_and_another_takes_ove
     let text = records_of(&reader, id);
     assert!(text.contains("shut down"), "{text}");
 }
+
+/// A sync handler sharing its name with an async one runs on the blocking pool: timed out,
+/// its thread cannot be stopped, so it counts as abandoned until it returns.
+#[test]
+fn a_timed_out_sync_handler_on_the_blocking_pool_counts_as_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let rt = multi_thread();
+    let engine =
+        Engine::open_with(dir.path(), options(&clock).runtime(rt.handle().clone())).unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    engine.on_with(
+        "mixed",
+        HandlerOptions::default().timeout(Duration::from_secs(1)),
+        move |_e, _ctx| {
+            started_tx.send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+            Ok(())
+        },
+    );
+    engine.on_async("mixed", |_e, _ctx| async { Ok(()) });
+    engine.start();
+    engine.publish("mixed", b"", After::NOW).unwrap();
+    started_rx.recv_timeout(WAIT).unwrap();
+    clock.advance(Duration::from_secs(2));
+    assert!(engine.wait_idle(WAIT));
+    let m = engine.metrics();
+    assert_eq!((m.timed_out, m.retried), (1, 1));
+    // The retry's due time is a minute away; the thread still runs the handler.
+    for _ in 0..2000 {
+        if engine.metrics().abandoned_threads == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(engine.metrics().abandoned_threads, 1);
+    release_tx.send(()).unwrap();
+    for _ in 0..2000 {
+        if engine.metrics().abandoned_returned == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let m = engine.metrics();
+    assert_eq!((m.abandoned_threads, m.abandoned_returned), (0, 1));
+    engine.close().unwrap();
+}

@@ -553,6 +553,8 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
         let engine = Arc::downgrade(&inner);
         let address = Arc::as_ptr(&inner) as usize;
         let serial = end.serial;
+        // A sync handler's state on the blocking pool.
+        let mut blocking: Option<Arc<Mutex<Blocking>>> = None;
         let made: super::Caught<super::super::HandlerFuture> = match &registered.handler {
             HandlerFn::Async(handler) => {
                 let ctx = AsyncContext {
@@ -574,10 +576,21 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
                     clock: inner.clock.clone(),
                 };
                 let (handler, event) = (handler.clone(), event.clone());
+                let left = Arc::new(Mutex::new(Blocking::Running));
+                blocking = Some(left.clone());
+                let (thread_inner, thread_shared, name) =
+                    (inner.clone(), shared.clone(), p.name.clone());
                 let join = handle.spawn_blocking(move || {
-                    catch_unwind(AssertUnwindSafe(|| {
+                    let result = catch_unwind(AssertUnwindSafe(|| {
                         with_attempt(address, serial, || handler(&event, &mut ctx))
-                    }))
+                    }));
+                    // Left running past its timeout: the thread was counted as abandoned.
+                    let mut left = left.lock();
+                    if *left == Blocking::Abandoned {
+                        thread_shared.returned(&thread_inner, &name);
+                    }
+                    *left = Blocking::Returned;
+                    result
                 });
                 Ok(Box::pin(async move {
                     match join.await {
@@ -603,8 +616,19 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
             Err(payload) => Some(Err(payload)),
         };
         // `None`: the watchdog claimed the attempt and wrote its timeout; the handler's
-        // future is dropped already.
-        let Some(result) = result else { return };
+        // future is dropped already. A sync handler's thread cannot be stopped: it is left
+        // to finish on the blocking pool, counted with the abandoned threads of its name
+        // (`Options::abandoned_threads`) until it returns.
+        let Some(result) = result else {
+            if let Some(left) = blocking {
+                let mut left = left.lock();
+                if *left == Blocking::Running {
+                    *left = Blocking::Abandoned;
+                    shared.abandon(&p.name);
+                }
+            }
+            return;
+        };
         {
             let mut state = end.slot.state.lock();
             if state.claimed {
@@ -635,6 +659,15 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
     );
     // Counted as claimed by `TaskEnd`, under the lock it takes anyway.
     end.claimed_here = true;
+}
+
+/// A sync handler of an async attempt, on the runtime's blocking pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blocking {
+    Running,
+    /// Its attempt timed out while it ran: counted as an abandoned thread.
+    Abandoned,
+    Returned,
 }
 
 crate::sync::thread_local! {
