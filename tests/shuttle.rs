@@ -896,7 +896,7 @@ impl Calls {
 /// that `cancel_job` counted never ran; the cancelled event ran only if its attempt had
 /// begun before the cancel (its attempt record precedes the cancel in the log, and its
 /// handler started before `cancel` returned, or was already being entered then).
-fn cancel_racing_delivery() {
+fn cancel_racing_delivery(asynchronous: bool) {
     let disk = MemStorage::new();
     let clock = ManualClock::new(T0_MS);
     let engine = engine(&disk, &clock, 2);
@@ -912,9 +912,21 @@ fn cancel_racing_delivery() {
     let canceller = {
         let (engine, calls) = (engine.clone(), calls.clone());
         thread::spawn(move || {
-            let cancelled = engine.cancel(single).expect("cancel");
+            // The futures take the cancel ordering's write side on this thread and leave its
+            // release to whoever completes their record (the log's writer).
+            let cancelled = if asynchronous {
+                block_on(engine.cancel_async(single))
+            } else {
+                engine.cancel(single)
+            }
+            .expect("cancel");
             let cancel_returned = calls.stamp();
-            let counted = engine.cancel_job(job).expect("cancel_job");
+            let counted = if asynchronous {
+                block_on(engine.cancel_job_async(job))
+            } else {
+                engine.cancel_job(job)
+            }
+            .expect("cancel_job");
             (cancelled, cancel_returned, counted)
         })
     };
@@ -983,7 +995,14 @@ fn cancel_racing_delivery() {
 
 #[test]
 fn cancel_and_cancel_job_racing_delivery() {
-    explore("cancel racing delivery", cancel_racing_delivery);
+    explore("cancel racing delivery", || cancel_racing_delivery(false));
+}
+
+#[test]
+fn cancel_async_and_cancel_job_async_racing_delivery() {
+    explore("async cancel racing delivery", || {
+        cancel_racing_delivery(true)
+    });
 }
 
 /// A handler with a 1 s timeout returns while another thread moves the clock 2 s on, so the
