@@ -2,6 +2,8 @@
 //! runtimes (current-thread and multi-thread), timeouts that drop the future, attempts not
 //! bounded by worker threads, sync and async handlers of one name, and the publishing futures.
 
+mod common;
+
 use afterlog::{
     After, AsyncContext, Engine, Event, EventState, HandlerError, HandlerOptions, ManualClock,
     Options, Reader, RetryPolicy,
@@ -965,5 +967,76 @@ fn a_timed_out_sync_handler_on_the_blocking_pool_counts_as_abandoned() {
     }
     let m = engine.metrics();
     assert_eq!((m.abandoned_threads, m.abandoned_returned), (0, 1));
+    engine.close().unwrap();
+}
+
+/// Holds every sync while closed.
+#[derive(Debug)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    syncs_waiting: AtomicUsize,
+}
+
+impl common::hooked::Hooks for Gate {
+    fn sync(&self) -> std::io::Result<()> {
+        let mut open = self.open.lock().unwrap();
+        self.syncs_waiting.fetch_add(1, Ordering::SeqCst);
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        self.syncs_waiting.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// With the writer stuck in a sync and 64 MiB of records queued behind it, a `publish_async`
+/// does not block its thread waiting for room: its future is pending, and completes once the
+/// writer moves on. (A blocked thread would hang this test: it opens the gate only after.)
+#[test]
+fn a_full_queue_makes_publish_async_wait_in_its_future_not_on_its_thread() {
+    let disk = common::hooked::Hooked::new(Gate {
+        open: std::sync::Mutex::new(true),
+        opened: std::sync::Condvar::new(),
+        syncs_waiting: AtomicUsize::new(0),
+    });
+    let gate = disk.hooks.clone();
+    let clock = ManualClock::new(T0);
+    let engine = Engine::open_storage(Arc::new(disk.clone()), options(&clock)).unwrap();
+    // Close the gate once the directory is made, then queue one record the writer takes and
+    // gets stuck syncing.
+    *gate.open.lock().unwrap() = false;
+    let waker = Waker::noop();
+    let mut cx = TaskContext::from_waker(waker);
+    let body = vec![7u8; 200 << 10];
+    let mut first = Box::pin(engine.publish_async("n", &body, After::NOW));
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    for _ in 0..2000 {
+        if gate.syncs_waiting.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        gate.syncs_waiting.load(Ordering::SeqCst) > 0,
+        "the writer never synced"
+    );
+    // 400 records of 200 KiB: more than the 64 MiB the queue holds.
+    let mut futures: Vec<_> = (0..400)
+        .map(|_| Box::pin(engine.publish_async("n", &body, After::NOW)))
+        .collect();
+    for future in &mut futures {
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+    }
+    *gate.open.lock().unwrap() = true;
+    gate.opened.notify_all();
+    let mut ids = vec![block_on(first).unwrap()];
+    for future in futures {
+        ids.push(block_on(future).unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 401);
+    assert_eq!(engine.metrics().published, 401);
     engine.close().unwrap();
 }

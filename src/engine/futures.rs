@@ -184,7 +184,10 @@ impl Inner {
         // applier applies each outcome within a sync of its being queued.
         self.cancel_order.acquire_write();
         self.wait_outcomes_applied(queued);
-        let submitted = self.log.submit_all_async(std::slice::from_ref(record));
+        // Queued before this returns: its `then` releases the write side.
+        let submitted = self
+            .log
+            .submit_all_async_queued(std::slice::from_ref(record));
         if submitted.is_err() {
             self.cancel_order.release_write();
         }

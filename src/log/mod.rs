@@ -119,7 +119,78 @@ pub type Then = Box<dyn FnOnce(&Result<Vec<Position>>) + Send>;
 /// they are durable (or failed). Dropping it does not take the records back: they are
 /// written all the same; [`then_or_now`](Durable::then_or_now) says what to do then.
 #[must_use = "records are durable only once the future completes"]
-pub struct Durable(Arc<Completion>);
+pub struct Durable {
+    done: Arc<Completion>,
+    /// Records not queued yet: the queue was full.
+    waiting: Option<Box<Encoded>>,
+    shared: Arc<Shared>,
+}
+
+/// Records validated and encoded for the writer's queue.
+struct Encoded {
+    /// Each record's kind and payload length, in order.
+    kinds: Vec<(RecordKind, usize)>,
+    /// The payloads, back to back.
+    payloads: Vec<u8>,
+}
+
+/// Queues `encoded` for the writer. With the queue full: waits for room if `wait`; else
+/// registers `waker` (if any) to be woken when the writer makes room, and hands the records
+/// back.
+fn enqueue(
+    shared: &Shared,
+    encoded: Encoded,
+    done: &Arc<Completion>,
+    wait: bool,
+    waker: Option<&std::task::Waker>,
+) -> Result<Option<Encoded>> {
+    let bytes = encoded.payloads.len() + encoded.kinds.len() * FRAME_HEADER_LEN;
+    let wake = {
+        let mut q = shared.queue.lock();
+        loop {
+            if let Some(reason) = &q.poisoned {
+                return Err(Error::Poisoned {
+                    reason: reason.clone(),
+                });
+            }
+            if q.closing {
+                return Err(Error::Closed);
+            }
+            if q.queued_bytes == 0 || q.queued_bytes + bytes <= writer::max_queued_bytes() {
+                break;
+            }
+            if !wait {
+                if let Some(waker) = waker {
+                    q.space_wakers.push(waker.clone());
+                }
+                return Ok(Some(encoded));
+            }
+            shared.space.wait(&mut q);
+        }
+        let first_seq = q.next_seq;
+        if first_seq > SEQ_MAX {
+            return Err(Error::LimitExceeded {
+                what: "sequence number",
+                found: first_seq,
+                max: SEQ_MAX,
+            });
+        }
+        q.next_seq += encoded.kinds.len() as u64;
+        q.queued_bytes += bytes;
+        q.requests.push(Request {
+            first_seq,
+            records: encoded.kinds,
+            payloads: encoded.payloads,
+            done: done.clone(),
+        });
+        // While the writer gathers a group, only the append that completes it wakes it.
+        q.requests.len() >= q.wake_at_requests
+    };
+    if wake {
+        shared.work.notify_one();
+    }
+    Ok(None)
+}
 
 impl Durable {
     /// Runs `then` with the records' outcome once they are durable or failed: at once if they
@@ -127,7 +198,7 @@ impl Durable {
     /// before it completed, whose records must still be applied. `then` must be quick and
     /// must not wait for the log.
     pub fn then_or_now(&self, then: Then) {
-        self.0.then_or_now(then);
+        self.done.then_or_now(then);
     }
 }
 
@@ -135,10 +206,21 @@ impl std::future::Future for Durable {
     type Output = Result<Vec<Position>>;
 
     fn poll(
-        self: std::pin::Pin<&mut Self>,
+        mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        self.0.poll_result(cx)
+        let this = &mut *self;
+        if let Some(encoded) = this.waiting.take() {
+            match enqueue(&this.shared, *encoded, &this.done, false, Some(cx.waker())) {
+                Ok(None) => {}
+                Ok(Some(encoded)) => {
+                    this.waiting = Some(Box::new(encoded));
+                    return std::task::Poll::Pending;
+                }
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+        this.done.poll_result(cx)
     }
 }
 
@@ -463,16 +545,53 @@ impl Log {
     /// [`submit_all`](Log::submit_all) for a future: the returned [`Durable`] completes when
     /// the records are durable, woken by the writer (no thread waits for it). Should the
     /// queue be full (only under `Durability::Periodic`, or with 64 MiB of records waiting),
-    /// this waits for room like `submit_all` does, for at most one write.
+    /// the records wait in the future, which queues them once the writer makes room: no
+    /// thread waits for that either. Dropped before they are queued, they are never written.
     pub fn submit_all_async(&self, records: &[Record<'_>]) -> Result<Durable> {
-        self.submit(records, Completion::asynchronous()).map(Durable)
+        let done = Arc::new(Completion::asynchronous());
+        let encoded = self.encode(records)?;
+        let waiting = match encoded {
+            None => {
+                done.complete(Ok(Vec::new()));
+                None
+            }
+            Some(encoded) => self.enqueue(encoded, &done, false)?,
+        };
+        Ok(Durable {
+            done,
+            waiting: waiting.map(Box::new),
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// [`submit_all_async`](Log::submit_all_async), but the records are queued before this
+    /// returns (waiting for room on this thread, for at most one write): for a caller that
+    /// hands the outcome to [`Durable::then_or_now`] and drops the future.
+    pub fn submit_all_async_queued(&self, records: &[Record<'_>]) -> Result<Durable> {
+        let done = self.submit(records, Completion::asynchronous())?;
+        Ok(Durable {
+            done,
+            waiting: None,
+            shared: self.shared.clone(),
+        })
     }
 
     fn submit(&self, records: &[Record<'_>], done: Completion) -> Result<Arc<Completion>> {
         let done = Arc::new(done);
+        match self.encode(records)? {
+            None => done.complete(Ok(Vec::new())),
+            Some(encoded) => {
+                let waited = self.enqueue(encoded, &done, true)?;
+                debug_assert!(waited.is_none(), "a waiting enqueue always queues");
+            }
+        }
+        Ok(done)
+    }
+
+    /// Validates and encodes records for the queue; `None` for no records.
+    fn encode(&self, records: &[Record<'_>]) -> Result<Option<Encoded>> {
         if records.is_empty() {
-            done.complete(Ok(Vec::new()));
-            return Ok(done);
+            return Ok(None);
         }
         if records.len() as u64 > writer::MAX_GROUP_RECORDS {
             return Err(Error::LimitExceeded {
@@ -494,46 +613,18 @@ impl Log {
             record.encode(&mut payloads);
             kinds.push((record.kind(), payloads.len() - start));
         }
-        let bytes = payloads.len() + records.len() * FRAME_HEADER_LEN;
-        let wake = {
-            let mut q = self.shared.queue.lock();
-            loop {
-                if let Some(reason) = &q.poisoned {
-                    return Err(Error::Poisoned {
-                        reason: reason.clone(),
-                    });
-                }
-                if q.closing {
-                    return Err(Error::Closed);
-                }
-                if q.queued_bytes == 0 || q.queued_bytes + bytes <= writer::max_queued_bytes() {
-                    break;
-                }
-                self.shared.space.wait(&mut q);
-            }
-            let first_seq = q.next_seq;
-            if first_seq > SEQ_MAX {
-                return Err(Error::LimitExceeded {
-                    what: "sequence number",
-                    found: first_seq,
-                    max: SEQ_MAX,
-                });
-            }
-            q.next_seq += kinds.len() as u64;
-            q.queued_bytes += bytes;
-            q.requests.push(Request {
-                first_seq,
-                records: kinds,
-                payloads,
-                done: done.clone(),
-            });
-            // While the writer gathers a group, only the append that completes it wakes it.
-            q.requests.len() >= q.wake_at_requests
-        };
-        if wake {
-            self.shared.work.notify_one();
-        }
-        Ok(done)
+        Ok(Some(Encoded { kinds, payloads }))
+    }
+
+    /// Queues encoded records for the writer, completed through `done`. With the queue full,
+    /// waits for room if `wait`, else hands the records back (`Ok(Some)`) for a later try.
+    fn enqueue(
+        &self,
+        encoded: Encoded,
+        done: &Arc<Completion>,
+        wait: bool,
+    ) -> Result<Option<Encoded>> {
+        enqueue(&self.shared, encoded, done, wait, None)
     }
 
     /// Returns once everything appended before the call is durable.
@@ -630,8 +721,14 @@ impl Log {
         let Some(handle) = handle else { return Ok(()) };
         let _release = ReleaseOnReturn(&self.lock);
         let flushed = self.flush();
-        self.shared.queue.lock().closing = true;
+        {
+            let mut q = self.shared.queue.lock();
+            q.closing = true;
+            // Futures waiting for room fail with `Error::Closed` when next polled.
+            q.wake_space();
+        }
         self.shared.work.notify_one();
+        self.shared.space.notify_all();
         let joined = handle.join();
         match (flushed, joined) {
             (_, Err(_)) => Err(Error::invalid("the log writer thread panicked")),

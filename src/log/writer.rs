@@ -233,6 +233,18 @@ pub(crate) struct Queue {
     /// An appender wakes the writer only once this many requests are queued: 0 (always),
     /// except while the writer gathers a group (see `Writer::gather`).
     pub wake_at_requests: usize,
+    /// Futures whose records wait for room in the queue (`Log::submit_all_async`).
+    pub space_wakers: Vec<std::task::Waker>,
+}
+
+impl Queue {
+    /// Wakes the futures waiting for room (the appenders waiting for it are notified on
+    /// `Shared::space`): the queue shrank, or no record will ever be queued again.
+    pub fn wake_space(&mut self) {
+        for waker in self.space_wakers.drain(..) {
+            waker.wake();
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -264,7 +276,11 @@ impl Shared {
     /// Poisons the log from outside the writer thread: the writer fails whatever is queued
     /// and stops, and every later append fails.
     pub fn poison(&self, reason: String) {
-        self.queue.lock().poisoned.get_or_insert(reason);
+        {
+            let mut q = self.queue.lock();
+            q.poisoned.get_or_insert(reason);
+            q.wake_space();
+        }
         self.work.notify_one();
         self.space.notify_all();
     }
@@ -394,6 +410,7 @@ impl Writer {
                 let requests = take_group(&mut q.requests);
                 q.queued_bytes -= requests.iter().map(request_bytes).sum::<usize>();
                 self.shared.space.notify_all();
+                q.wake_space();
                 (
                     requests,
                     std::mem::take(&mut q.flushes),
@@ -434,6 +451,7 @@ impl Writer {
                     let mut q = self.shared.queue.lock();
                     q.poisoned = Some(reason.clone());
                     self.shared.space.notify_all();
+                    q.wake_space();
                     (
                         std::mem::take(&mut q.requests),
                         std::mem::take(&mut q.flushes),
@@ -764,6 +782,7 @@ pub(crate) fn fail_after_panic(shared: &Shared, error: Error) {
         let mut q = shared.queue.lock();
         q.poisoned.get_or_insert(reason.clone());
         shared.space.notify_all();
+        q.wake_space();
         (
             std::mem::take(&mut q.requests),
             std::mem::take(&mut q.flushes),
