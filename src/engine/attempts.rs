@@ -188,38 +188,12 @@ impl Attempts {
     }
 }
 
-/// Admits an event whose handlers include an async one: its task starts now, or when a
-/// running one ends.
-pub(super) fn admit(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prepared>) {
-    let attempts = &shared.attempts;
-    let mut state = attempts.state.lock();
-    state.open += 1;
-    if state.refused {
-        drop(state);
-        never_run(inner, shared, [prepared]);
-        return;
-    }
-    if state.running >= attempts.bound {
-        // Workers prepare no more than a bound's worth of attempts ahead of the tasks: each
-        // waiting one has its attempt record written already (a crash would count it).
-        wait_for_room(inner, shared, &mut state, attempts.bound - 1);
-        if state.refused {
-            drop(state);
-            never_run(inner, shared, [prepared]);
-            return;
-        }
-        state.waiting.push_back(prepared);
-        return;
-    }
-    state.running += 1;
-    drop(state);
-    spawn(inner, shared, prepared);
-}
-
-/// Admits the async attempts of a prepared batch at once, and returns the others. Those that
-/// start now are spawned by one task on the runtime, so a batch costs one hand-off to the
-/// runtime's threads, not one per event (a task spawned from the runtime's own thread goes to
-/// its local queue).
+/// Admits the async attempts among prepared events, and returns the others. Each starts now,
+/// or when a running one ends. Those that start now are spawned by one task on the runtime,
+/// so a batch costs one hand-off to the runtime's threads, not one per event (a task spawned
+/// from the runtime's own thread goes to its local queue). Workers prepare no more than a
+/// bound's worth of attempts ahead of the tasks (each waiting one has its attempt record
+/// written already; a crash would count it): past that, this waits for room.
 pub(super) fn admit_all(
     inner: &Arc<Inner>,
     shared: &Arc<Shared>,
@@ -256,12 +230,11 @@ pub(super) fn admit_all(
                     shared: shared.clone(),
                     left: now,
                 };
-                handle.spawn(async move { batch.spawn_all() });
+                handle.spawn(async move { drop(batch) });
             }
             None => now.into_iter().for_each(|p| spawn(inner, shared, p)),
         },
     }
-    // As in `admit`: no more than a bound's worth waits ahead of the tasks.
     wait_for_room(inner, shared, &mut attempts.state.lock(), attempts.bound);
     others
 }
@@ -286,21 +259,13 @@ fn wait_for_room(
     }
 }
 
-/// Admitted attempts (`running` counts them) for a task on the runtime to spawn. Whatever it
-/// has not spawned when it is dropped (the runtime shut down first) is spawned by the drop,
-/// which finds them a runtime (see `TaskEnd`).
+/// Admitted attempts (`running` counts them), spawned when this is dropped: by a task on the
+/// runtime, or by the runtime as it shuts down without running that task (`spawn` then finds
+/// them a runtime: see `TaskEnd`).
 struct Batch {
     inner: Arc<Inner>,
     shared: Arc<Shared>,
     left: VecDeque<Arc<Prepared>>,
-}
-
-impl Batch {
-    fn spawn_all(mut self) {
-        while let Some(prepared) = self.left.pop_front() {
-            spawn(&self.inner, &self.shared, prepared);
-        }
-    }
 }
 
 impl Drop for Batch {
@@ -336,9 +301,10 @@ fn spawn(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prepared>) {
     handle.spawn(run(end, handle.clone()));
 }
 
-/// The runtime would not run a task: this event and every waiting one stay in flight with no
-/// outcome (delivered again after a restart), and no more tasks are spawned.
-fn refuse(inner: &Arc<Inner>, shared: &Arc<Shared>, prepared: Arc<Prepared>) {
+/// No runtime will run this admitted event's task (`running` counts it): it and every waiting
+/// one stay in flight with no outcome (delivered again after a restart), and no more tasks
+/// are spawned.
+fn refuse(inner: &Inner, shared: &Shared, prepared: Arc<Prepared>) {
     let waiting: Vec<Arc<Prepared>> = {
         let mut state = shared.attempts.state.lock();
         state.refused = true;
@@ -449,37 +415,26 @@ impl Drop for TaskEnd {
             spawn(inner, shared, self.slot.prepared.clone());
             return;
         }
-        if self.claim() {
-            if self.started {
-                // Dropped mid-attempt (its runtime shut down): the attempt fails, and the
-                // policy decides when it runs again.
-                let failure = Failed::new(crate::retry::Failure::Error {
-                    message: "the runtime running the attempt's async handler shut down"
-                        .to_string(),
-                });
-                write_outcome(
-                    inner,
-                    shared,
-                    Outcome {
-                        prepared: self.slot.prepared.clone(),
-                        failure: Some(failure),
-                    },
-                );
-            } else {
-                super::finish(inner, self.slot.prepared.id);
-            }
-            shared.attempts.claimed();
-        }
         if !self.started {
             // Dropped unpolled, and no runtime will run it.
-            let waiting: Vec<Arc<Prepared>> = {
-                let mut state = shared.attempts.state.lock();
-                state.refused = true;
-                state.running -= 1;
-                state.waiting.drain(..).collect()
-            };
-            never_run(inner, shared, waiting);
+            refuse(inner, shared, self.slot.prepared.clone());
             return;
+        }
+        if self.claim() {
+            // Dropped mid-attempt (its runtime shut down): the attempt fails, and the policy
+            // decides when it runs again.
+            let failure = Failed::new(crate::retry::Failure::Error {
+                message: "the runtime running the attempt's async handler shut down".to_string(),
+            });
+            write_outcome(
+                inner,
+                shared,
+                Outcome {
+                    prepared: self.slot.prepared.clone(),
+                    failure: Some(failure),
+                },
+            );
+            shared.attempts.claimed();
         }
         let (next, close) = {
             let mut state = shared.attempts.state.lock();

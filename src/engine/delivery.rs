@@ -639,7 +639,7 @@ fn run_one(inner: &Arc<Inner>, shared: &Arc<Shared>, slot: &Slot, prepared: Arc<
     #[cfg(feature = "tokio")]
     if prepared.is_async() {
         // Run as a task: the worker goes on at once.
-        attempts::admit(inner, shared, prepared);
+        attempts::admit_all(inner, shared, vec![prepared]);
         return true;
     }
     if shared.stalled(inner, &prepared.name) {

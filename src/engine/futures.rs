@@ -21,7 +21,7 @@ use crate::after::After;
 use crate::error::{Error, Result};
 use crate::format::{Publish, PublishEntry, Record};
 use crate::ids::{EventId, JobId};
-use crate::log::{Durable, Position};
+use crate::log::{Durable, Position, copy_error};
 use crate::sync::Mutex;
 use std::future::Future;
 use std::pin::Pin;
@@ -135,39 +135,46 @@ impl Inner {
         let Some(record) = self.cancel_record(id)? else {
             return Ok(false);
         };
-        let answer = Answer::new();
-        let durable = self.submit_cancel(&record, |core| core.finishing(std::iter::once(id)))?;
-        let (inner, sender) = (self.clone(), answer.clone());
-        durable.then_or_now(Box::new(move |written| {
-            let answer = written
-                .as_ref()
-                .map_err(copy_error)
-                .map(|positions| inner.apply_cancel(positions[0], &record));
-            inner.cancel_order.release_write();
-            sender.set(answer);
-        }));
-        // The answer is set before the writer wakes the record's future, which is not needed.
-        drop(durable);
-        answer.await
+        self.cancel_when_durable(
+            record,
+            |core| core.finishing(std::iter::once(id)),
+            |inner, pos, record| inner.apply_cancel(pos, record),
+        )
+        .await
     }
 
     pub(crate) async fn cancel_job_async(self: &Arc<Inner>, job: JobId) -> Result<u64> {
         let Some(record) = self.cancel_job_record(job)? else {
             return Ok(0);
         };
+        self.cancel_when_durable(
+            record,
+            |core| core.finishing(core.index().job_events(job)),
+            move |inner, pos, record| inner.apply_cancel_job(job, pos, record),
+        )
+        .await
+    }
+
+    /// Queues a cancel's `record` (see `submit_cancel`) and answers what `apply` says once it
+    /// is durable and applied — by whoever completes it, which then releases `cancel_order`.
+    async fn cancel_when_durable<T: Send + 'static>(
+        self: &Arc<Inner>,
+        record: Record<'static>,
+        queued: impl Fn(&super::Core) -> bool,
+        apply: impl FnOnce(&Inner, Position, &Record<'_>) -> T + Send + 'static,
+    ) -> Result<T> {
         let answer = Answer::new();
-        let durable =
-            self.submit_cancel(&record, |core| core.finishing(core.index().job_events(job)))?;
+        let durable = self.submit_cancel(&record, queued)?;
         let (inner, sender) = (self.clone(), answer.clone());
         durable.then_or_now(Box::new(move |written| {
             let answer = written
                 .as_ref()
                 .map_err(copy_error)
-                .map(|positions| inner.apply_cancel_job(job, positions[0], &record));
+                .map(|positions| apply(&inner, positions[0], &record));
             inner.cancel_order.release_write();
-            inner.idle.notify_all();
             sender.set(answer);
         }));
+        // The answer is set before the writer wakes the record's future, which is not needed.
         drop(durable);
         answer.await
     }
@@ -309,17 +316,5 @@ impl<T> Future for Answer<T> {
                 Poll::Pending
             }
         }
-    }
-}
-
-/// The log's error for a record that failed, for the caller (the error itself stays with the
-/// completion).
-fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::Poisoned { reason } => Error::Poisoned {
-            reason: reason.clone(),
-        },
-        Error::Closed => Error::Closed,
-        other => Error::invalid(other.to_string()),
     }
 }

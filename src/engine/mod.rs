@@ -696,7 +696,6 @@ impl Inner {
         let pos = self.log.append(&record)?;
         let n = self.apply_cancel_job(job, pos, &record);
         drop(order);
-        self.idle.notify_all();
         Ok(n)
     }
 
@@ -736,6 +735,7 @@ impl Inner {
             after.saturating_sub(before) + waiting
         };
         self.metrics.cancelled.fetch_add(n, Ordering::Relaxed);
+        self.idle.notify_all();
         n
     }
 

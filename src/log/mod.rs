@@ -12,6 +12,7 @@ mod segment;
 mod writer;
 
 pub use compact::{Compacted, SealedSegment, SegmentReader};
+pub(crate) use writer::copy_error;
 pub use recovery::Recovery;
 pub(crate) use recovery::read_header;
 pub use segment::{is_temp_name, parse_segment_name, segment_name};
@@ -134,9 +135,9 @@ struct Encoded {
     payloads: Vec<u8>,
 }
 
-/// Queues `encoded` for the writer. With the queue full: waits for room if `wait`; else
-/// registers `waker` (if any) to be woken when the writer makes room, and hands the records
-/// back.
+/// Queues `encoded` for the writer, completed through `done`. With the queue full: waits for
+/// room if `wait`; else registers `waker` (if any) to be woken when the writer makes room, and
+/// hands the records back (`Ok(Some)`) for a later try.
 fn enqueue(
     shared: &Shared,
     encoded: Encoded,
@@ -555,7 +556,7 @@ impl Log {
                 done.complete(Ok(Vec::new()));
                 None
             }
-            Some(encoded) => self.enqueue(encoded, &done, false)?,
+            Some(encoded) => enqueue(&self.shared, encoded, &done, false, None)?,
         };
         Ok(Durable {
             done,
@@ -581,7 +582,7 @@ impl Log {
         match self.encode(records)? {
             None => done.complete(Ok(Vec::new())),
             Some(encoded) => {
-                let waited = self.enqueue(encoded, &done, true)?;
+                let waited = enqueue(&self.shared, encoded, &done, true, None)?;
                 debug_assert!(waited.is_none(), "a waiting enqueue always queues");
             }
         }
@@ -614,17 +615,6 @@ impl Log {
             kinds.push((record.kind(), payloads.len() - start));
         }
         Ok(Some(Encoded { kinds, payloads }))
-    }
-
-    /// Queues encoded records for the writer, completed through `done`. With the queue full,
-    /// waits for room if `wait`, else hands the records back (`Ok(Some)`) for a later try.
-    fn enqueue(
-        &self,
-        encoded: Encoded,
-        done: &Arc<Completion>,
-        wait: bool,
-    ) -> Result<Option<Encoded>> {
-        enqueue(&self.shared, encoded, done, wait, None)
     }
 
     /// Returns once everything appended before the call is durable.

@@ -61,7 +61,6 @@ pub(crate) struct Completion {
     asynchronous: bool,
 }
 
-
 #[derive(Default)]
 struct CompletionState {
     completed: bool,
@@ -185,8 +184,14 @@ impl Completion {
     }
 
     /// The future's side of [`wait`](Completion::wait).
-    pub fn poll_result(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<Vec<Position>>> {
-        debug_assert!(self.asynchronous, "a thread's completion is woken through its condition variable");
+    pub fn poll_result(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Vec<Position>>> {
+        debug_assert!(
+            self.asynchronous,
+            "a thread's completion is woken through its condition variable"
+        );
         let mut state = self.state.lock();
         match state.result.take() {
             Some(result) => std::task::Poll::Ready(result),
@@ -864,14 +869,18 @@ pub(crate) fn max_queued_bytes() -> usize {
 }
 
 /// The same error again, for a second waiter (`Error` is not `Clone`: an I/O error keeps its
-/// kind and message).
-fn copy_error(e: &Error) -> Error {
+/// kind and message, a poisoned or closed log says so again).
+pub(crate) fn copy_error(e: &Error) -> Error {
     match e {
         Error::Io { op, path, source } => Error::Io {
             op,
             path: path.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
+        Error::Poisoned { reason } => Error::Poisoned {
+            reason: reason.clone(),
+        },
+        Error::Closed => Error::Closed,
         other => Error::invalid(other.to_string()),
     }
 }
