@@ -58,6 +58,22 @@ async fn idle(engine: &Engine) -> bool {
 
 fn assert_send<T: Send>(_: &T) {}
 
+/// An engine on a fresh directory and manual clock, its async handlers on a multi-thread
+/// runtime given with `Options::runtime`.
+fn engine_on_a_runtime() -> (
+    tempfile::TempDir,
+    ManualClock,
+    tokio::runtime::Runtime,
+    Engine,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let rt = multi_thread();
+    let engine =
+        Engine::open_with(dir.path(), options(&clock).runtime(rt.handle().clone())).unwrap();
+    (dir, clock, rt, engine)
+}
+
 /// Waits until the directory is free again (its engine closed), then reads `id`'s state.
 async fn state_once_free(
     dir: &std::path::Path,
@@ -202,11 +218,7 @@ fn a_timeout_on_the_engine_clock_drops_the_future() {
 
 #[test]
 fn remaining_tells_the_time_left_in_both_contexts() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let rt = multi_thread();
-    let engine =
-        Engine::open_with(dir.path(), options(&clock).runtime(rt.handle().clone())).unwrap();
+    let (_dir, clock, _rt, engine) = engine_on_a_runtime();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (s, c) = (seen.clone(), clock.clone());
     engine.on_with(
@@ -405,11 +417,7 @@ fn an_option_bounds_async_attempts() {
 
 #[test]
 fn wait_idle_counts_running_async_attempts() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let rt = multi_thread();
-    let engine =
-        Engine::open_with(dir.path(), options(&clock).runtime(rt.handle().clone())).unwrap();
+    let (_dir, _clock, _rt, engine) = engine_on_a_runtime();
     let release = Arc::new(tokio::sync::Notify::new());
     let r = release.clone();
     engine.on_async("wait", move |_e, _ctx| {
@@ -878,11 +886,7 @@ fn an_async_handler_can_cancel_its_job() {
 
 #[test]
 fn a_runtime_shut_down_under_the_engine_fails_its_attempts_and_another_takes_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let rt = multi_thread();
-    let engine =
-        Engine::open_with(dir.path(), options(&clock).runtime(rt.handle().clone())).unwrap();
+    let (dir, clock, rt, engine) = engine_on_a_runtime();
     let started = Arc::new(AtomicUsize::new(0));
     let ran_on = Arc::new(Mutex::new(None));
     let (s, r) = (started.clone(), ran_on.clone());
@@ -925,11 +929,7 @@ fn a_runtime_shut_down_under_the_engine_fails_its_attempts_and_another_takes_ove
 /// its thread cannot be stopped, so it counts as abandoned until it returns.
 #[test]
 fn a_timed_out_sync_handler_on_the_blocking_pool_counts_as_abandoned() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(T0);
-    let rt = multi_thread();
-    let engine =
-        Engine::open_with(dir.path(), options(&clock).runtime(rt.handle().clone())).unwrap();
+    let (_dir, clock, _rt, engine) = engine_on_a_runtime();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let release_rx = Mutex::new(release_rx);

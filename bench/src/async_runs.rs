@@ -16,7 +16,7 @@
 //!   one may wait at once; the time from the first due time (the first push) to the last
 //!   acknowledgement. With threads this would take 10,000 workers.
 
-use crate::engine_runs::{EndToEnd, end_to_end_run};
+use crate::engine_runs::{EndToEnd, end_to_end_run, push_in_jobs};
 use crate::publish::{
     AfterlogSystem, BODY, DUE_IN, NAME, RawFile, Run, Shape, System, SystemResult, raw_run, run_of,
 };
@@ -354,14 +354,7 @@ fn sleep(base: &Path, events: u64, rt: &Runtime, progress: &Progress) -> AsyncSl
     engine.start();
     let body = [2u8; 100];
     let started = Instant::now();
-    let mut left = events;
-    while left > 0 {
-        let n = left.min(50) as usize;
-        engine
-            .push("sleepy", std::iter::repeat_n(&body[..], n), Duration::ZERO)
-            .expect("push");
-        left -= n as u64;
-    }
+    push_in_jobs(&engine, "sleepy", &body, events);
     let publish_s = started.elapsed().as_secs_f64();
     let deadline = started + SLEEP + Duration::from_secs(60);
     // Acknowledged = the ack record is durable and applied (`metrics().acked`).

@@ -35,6 +35,18 @@ pub fn end_to_end(base: &Path, events: u64, publishers: u64, progress: &Progress
     })
 }
 
+/// Pushes `events` events named `name` due now, as jobs of 50 (Forge's limit).
+pub fn push_in_jobs(engine: &Engine, name: &str, body: &[u8], events: u64) {
+    let mut left = events;
+    while left > 0 {
+        let n = left.min(50) as usize;
+        engine
+            .push(name, std::iter::repeat_n(body, n), Duration::ZERO)
+            .expect("push");
+        left -= n as u64;
+    }
+}
+
 /// Scenario 2's run on an engine opened with `options`, whose handler of `bench`
 /// `register` adds: it must count each acknowledgement in the counter it is given.
 pub fn end_to_end_run(
@@ -55,16 +67,7 @@ pub fn end_to_end_run(
     let threads: Vec<_> = (0..publishers)
         .map(|_| {
             let engine = engine.clone();
-            std::thread::spawn(move || {
-                let mut left = per_publisher;
-                while left > 0 {
-                    let n = left.min(50) as usize;
-                    engine
-                        .push("bench", std::iter::repeat_n(&body[..], n), Duration::ZERO)
-                        .expect("push");
-                    left -= n as u64;
-                }
-            })
+            std::thread::spawn(move || push_in_jobs(&engine, "bench", &body, per_publisher))
         })
         .collect();
     for t in threads {
