@@ -13,6 +13,10 @@
 //! |------------------------|------------------------------|-------------------------------------------|
 //! | Publish (new id)       | —                            | Scheduled at `due_ms` (Cancelled if its job is cancelled) |
 //! | Publish (known id)     | any                          | Duplicate                                 |
+//! | Publish with options replacing `h` (new id) | —       | Scheduled; `h` Cancelled if it is pending, in the same step |
+//! | Publish restating `id` | Scheduled, Running           | unchanged, but its body is the new record's (`body_at`) |
+//! | Publish restating `id` | finished                     | Duplicate                                 |
+//! | Pause / resume `name`  | —                            | the name paused or not; Duplicate if it already was |
 //! | Attempt `n > a`        | Scheduled, Running           | Running, `a = n` (Rejected if its job is cancelled) |
 //! | Attempt `n ≤ a`        | any                          | Duplicate                                 |
 //! | Retry `n == a`         | Running                      | Scheduled at `next_due_ms` with the retry context; Failed (not retried) if its job is cancelled |
@@ -41,6 +45,15 @@
 //! [`Index::set_timer`], and clears it when it takes a due entry out of the wheel. During
 //! replay the owner may ignore the effects and rebuild its wheel in bulk from
 //! [`Index::scheduled`] afterwards.
+//!
+//! # Keys
+//!
+//! An event published with a key (per name) *holds* it from its publish until it is no
+//! longer pending; a key published with a window (mode Keep) stays *taken* until the window
+//! passes, even once its event finished. The key table maps name and key to the latest
+//! event that took it; an entry whose event no longer holds it is stale and ignored, and
+//! [`Index::sweep_keys`] removes stale entries (compaction calls it each pass), so finishing
+//! an event costs nothing here.
 //!
 //! # Memory
 //!
@@ -231,12 +244,19 @@ pub struct EventInfo<'a> {
     pub job: Option<JobId>,
     /// Where its publish record lies.
     pub location: Location,
+    /// Where its body lies: its publish, or the latest record that restated it with a new
+    /// body (with the same name, times and options).
+    pub body_at: Location,
     /// The owner's wheel handle, or [`NO_TIMER`].
     pub timer: u64,
     /// When it is next due while Scheduled; otherwise when it was last due. Unix epoch ms.
     pub due_ms: i64,
     /// The retry context for its next attempt.
     pub retry: Option<&'a StoredRetryContext>,
+    /// Its priority (higher first among due events; 0 unless published with one).
+    pub priority: i8,
+    /// Whether it was published with a key.
+    pub keyed: bool,
 }
 
 /// Progress of a job (the events of one `push`).
@@ -263,6 +283,10 @@ const VACANT: u32 = 0;
 const RELEASED: u32 = 7;
 const STATE_MASK: u32 = 0x0F;
 const HAS_RETRY: u32 = 0x10;
+/// The entry has no job; its job field holds its priority (as a `u8`) instead.
+const HAS_PRIORITY: u32 = 0x20;
+/// The entry was published with a key (in the key table while it holds it).
+const HAS_KEY: u32 = 0x40;
 const NAME_SHIFT: u32 = 8;
 
 /// One slot. Every field is a `u32` (or a pair of them) so the entry packs to 36 bytes with
@@ -276,9 +300,11 @@ struct Entry {
     segment: u32,
     offset: u32,
     attempts: u32,
-    /// Index into the job table, or `NO_JOB`.
+    /// Index into the job table, or `NO_JOB`; with `HAS_PRIORITY`, the priority instead (an
+    /// event with options has no job).
     job: u32,
-    /// Bits 0..4: slot code; bit 4: has a retry context; bits 8..32: name index.
+    /// Bits 0..4: slot code; bit 4: has a retry context; bit 5: `job` holds the priority;
+    /// bit 6: published with a key; bits 8..32: name index.
     tag: u32,
 }
 
@@ -337,7 +363,17 @@ impl Entry {
         }
     }
     fn job(&self) -> Option<u32> {
-        (self.job != NO_JOB).then_some(self.job)
+        (self.job != NO_JOB && self.tag & HAS_PRIORITY == 0).then_some(self.job)
+    }
+    fn priority(&self) -> i8 {
+        if self.tag & HAS_PRIORITY != 0 {
+            self.job as u8 as i8
+        } else {
+            0
+        }
+    }
+    fn has_key(&self) -> bool {
+        self.tag & HAS_KEY != 0
     }
 }
 
@@ -392,6 +428,16 @@ pub struct Index {
     names: Vec<Option<Name>>,
     free_names: Vec<u32>,
     name_slots: HashMap<Box<str>, u32>,
+    /// Keys: the name's index (4 bytes, little-endian) and the key's bytes → the latest
+    /// event that took the key (see "Keys" above).
+    keys: HashMap<Box<[u8]>, EventId>,
+    /// Until when (Unix epoch ms) keys published with a window stay taken, by event.
+    windows: HashMap<EventId, i64>,
+    /// Where the body of an event restated with a new body (mode ReplaceBody) lies: the
+    /// latest restating record.
+    bodies: HashMap<EventId, Location>,
+    /// Paused event names.
+    paused: std::collections::BTreeSet<Box<str>>,
     /// Held events by state code (1..=6).
     counts: [u64; 7],
     max_event: u64,
@@ -399,6 +445,22 @@ pub struct Index {
     /// Ids at or below this were settled by `finish_replay`: a slot never published by then
     /// was removed by compaction and will never be.
     settled: u64,
+}
+
+/// How an event holds a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyHold {
+    Pending,
+    Window,
+    Stale,
+}
+
+/// The key table's key: the name's index, then the key.
+fn key_of(name: u32, key: &[u8]) -> Box<[u8]> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&name.to_le_bytes());
+    k.extend_from_slice(key);
+    k.into_boxed_slice()
 }
 
 fn split(id: EventId) -> (u64, usize) {
@@ -431,7 +493,11 @@ impl Index {
         effects: &mut Vec<Effect>,
     ) -> Result<Applied, Rejected> {
         match record {
-            Record::Publish(p) => self.apply_publish(loc, p, effects),
+            Record::Publish(p) => match p.options() {
+                Some(o) => self.apply_publish_with(loc, p, *o, effects),
+                None => self.apply_publish(loc, p, effects),
+            },
+            Record::Pause(p) => Ok(self.apply_pause(p.name, p.paused)),
             Record::Attempt(a) => self.apply_attempt(a.event, a.attempt, effects),
             Record::Retry(r) => self.apply_retry(r, effects),
             Record::Ack(a) => self.apply_outcome(a.event, a.attempt, None, effects),
@@ -557,6 +623,150 @@ impl Index {
             }
         }
         Ok(Applied::Changed)
+    }
+
+    /// A publish with options (one event): a restatement of a pending event (its body moves
+    /// here), or a new event — with its priority and key, after cancelling the event it
+    /// replaces.
+    fn apply_publish_with(
+        &mut self,
+        loc: Location,
+        p: &crate::format::Publish<'_>,
+        o: crate::format::EventOptions<'_>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Applied, Rejected> {
+        let Some(e) = p.events().next() else {
+            return Ok(Applied::Duplicate);
+        };
+        if o.restates {
+            // A pending event's publish is never compacted away, so a restatement of an event
+            // not held (finished, forgotten) is a replay of one that no longer matters.
+            if !self.state(e.id).is_some_and(EventState::is_pending) {
+                return Ok(Applied::Duplicate);
+            }
+            self.bodies.insert(e.id, loc);
+            return Ok(Applied::Changed);
+        }
+        if !self.publish_is_new(e.id) {
+            return Ok(Applied::Duplicate);
+        }
+        if let Some(replaced) = o.replaces
+            && self.state(replaced).is_some_and(EventState::is_pending)
+        {
+            self.transition(replaced, EventState::Cancelled, 0, effects);
+        }
+        let applied = self.apply_publish(loc, p, effects)?;
+        let entry = self.entry_mut(e.id);
+        if o.priority != 0 {
+            entry.job = u32::from(o.priority as u8);
+            entry.tag |= HAS_PRIORITY;
+        }
+        if !o.key.is_empty() {
+            entry.tag |= HAS_KEY;
+            let name = entry.name();
+            self.keys.insert(key_of(name, o.key), e.id);
+            if o.window_ms > 0 {
+                let until = p
+                    .published_ms
+                    .saturating_add(o.window_ms.min(i64::MAX as u64) as i64);
+                self.windows.insert(e.id, until);
+            }
+        }
+        Ok(applied)
+    }
+
+    fn apply_pause(&mut self, name: &str, paused: bool) -> Applied {
+        let changed = if paused {
+            self.paused.insert(name.into())
+        } else {
+            self.paused.remove(name)
+        };
+        if changed {
+            Applied::Changed
+        } else {
+            Applied::Duplicate
+        }
+    }
+
+    /// The pending event holding `key` of `name`, if any.
+    pub fn key_holder(&self, name: &str, key: &[u8]) -> Option<EventId> {
+        let &slot = self.name_slots.get(name)?;
+        let &id = self.keys.get(&key_of(slot, key))?;
+        (self.key_hold(slot, id, None) == KeyHold::Pending).then_some(id)
+    }
+
+    /// The event that holds `key` of `name` at `now_ms`: a pending one, or one published
+    /// with a window that has not passed.
+    pub fn key_taken(&self, name: &str, key: &[u8], now_ms: i64) -> Option<EventId> {
+        let &slot = self.name_slots.get(name)?;
+        let &id = self.keys.get(&key_of(slot, key))?;
+        (self.key_hold(slot, id, Some(now_ms)) != KeyHold::Stale).then_some(id)
+    }
+
+    /// How event `id` holds a key of the name at index `slot` (`now_ms`: count windows).
+    fn key_hold(&self, slot: u32, id: EventId, now_ms: Option<i64>) -> KeyHold {
+        let Ok(e) = self.held(id) else {
+            return KeyHold::Stale;
+        };
+        if e.name() != slot || !e.has_key() {
+            return KeyHold::Stale;
+        }
+        if e.state().is_some_and(EventState::is_pending) {
+            return KeyHold::Pending;
+        }
+        match (now_ms, self.windows.get(&id)) {
+            (Some(now), Some(&until)) if now < until => KeyHold::Window,
+            _ => KeyHold::Stale,
+        }
+    }
+
+    /// Whether a finished event's key window is still open at `now_ms`: compaction keeps its
+    /// publish (and so its outcome) until it passes, so a restart keeps the key taken.
+    pub fn window_open(&self, id: EventId, now_ms: i64) -> bool {
+        self.windows.get(&id).is_some_and(|&until| now_ms < until)
+    }
+
+    /// Keys taken at `now_ms`: name, key, the event, and whether the event is still pending
+    /// (else only its window holds the key). In no particular order.
+    pub fn keys_taken(&self, now_ms: i64) -> impl Iterator<Item = (&str, &[u8], EventId, bool)> {
+        self.keys.iter().filter_map(move |(k, &id)| {
+            let slot = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
+            match self.key_hold(slot, id, Some(now_ms)) {
+                KeyHold::Stale => None,
+                hold => Some((
+                    self.name_text(slot),
+                    &k[4..],
+                    id,
+                    hold == KeyHold::Pending,
+                )),
+            }
+        })
+    }
+
+    /// Removes the key table's stale entries (events that no longer hold their key) and
+    /// passed windows. Linear in the keys; returns how many entries it removed.
+    pub fn sweep_keys(&mut self, now_ms: i64) -> usize {
+        let before = self.keys.len();
+        let keys = std::mem::take(&mut self.keys);
+        self.keys = keys
+            .into_iter()
+            .filter(|(k, id)| {
+                let slot = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
+                self.key_hold(slot, *id, Some(now_ms)) != KeyHold::Stale
+            })
+            .collect();
+        self.windows.retain(|_, until| now_ms < *until);
+        before - self.keys.len()
+    }
+
+    /// Paused event names, sorted.
+    pub fn paused(&self) -> impl Iterator<Item = &str> {
+        self.paused.iter().map(|n| &**n)
+    }
+
+    /// Whether `name` is paused.
+    pub fn is_paused(&self, name: &str) -> bool {
+        self.paused.contains(name)
     }
 
     /// Whether a publish of `id` would insert it: its slot was never published, released, or
@@ -833,7 +1043,7 @@ impl Index {
         self.job_mut(slot).cancelled = true;
         let scheduled: Vec<EventId> = self
             .slots_between(first, last)
-            .filter(|(_, e)| e.job == slot && e.state() == Some(EventState::Scheduled))
+            .filter(|(_, e)| e.job() == Some(slot) && e.state() == Some(EventState::Scheduled))
             .map(|(id, _)| id)
             .collect();
         for id in scheduled {
@@ -978,6 +1188,8 @@ impl Index {
         if has_retry {
             self.retries.remove(&id);
         }
+        self.windows.remove(&id);
+        self.bodies.remove(&id);
         if let Some(n) = self.names[name as usize].as_mut() {
             n.refs -= 1;
             if n.refs == 0 {
@@ -1016,6 +1228,7 @@ impl Index {
             name: self.name_text(e.name()),
             job: e.job().map(|s| self.job_ref(s).id),
             location: e.location(),
+            body_at: self.bodies.get(&id).copied().unwrap_or(e.location()),
             timer: e.timer(),
             due_ms: e.due_ms(),
             retry: if e.has_retry() {
@@ -1023,6 +1236,8 @@ impl Index {
             } else {
                 None
             },
+            priority: e.priority(),
+            keyed: e.has_key(),
         })
     }
 
@@ -1071,7 +1286,7 @@ impl Index {
             (j.first, j.last)
         });
         self.slots_between(first, last)
-            .filter(move |(_, e)| Some(e.job) == slot && e.state().is_some())
+            .filter(move |(_, e)| e.job() == slot && slot.is_some() && e.state().is_some())
             .map(|(id, _)| id)
     }
 
@@ -1149,6 +1364,18 @@ impl Index {
         true
     }
 
+    /// Points a held event restated with a new body at a new copy of that record (after
+    /// compaction moved it). Returns false if the event has no restated body.
+    pub fn set_body_location(&mut self, id: EventId, loc: Location) -> bool {
+        match self.bodies.get_mut(&id) {
+            Some(at) => {
+                *at = loc;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Points a held event at a new copy of its publish record (after compaction moved it).
     /// Returns false if the event is not held.
     pub fn set_location(&mut self, id: EventId, loc: Location) -> bool {
@@ -1196,7 +1423,11 @@ impl Index {
                 .flatten()
                 .map(|n| n.text.len())
                 .sum::<usize>();
-        chunks + freed + retries + jobs + names
+        let keys = hash(self.keys.capacity(), size_of::<(Box<[u8]>, EventId)>())
+            + self.keys.keys().map(|k| k.len()).sum::<usize>()
+            + hash(self.windows.capacity(), size_of::<(EventId, i64)>())
+            + hash(self.bodies.capacity(), size_of::<(EventId, Location)>());
+        chunks + freed + retries + jobs + names + keys
     }
 
     /// Recomputes every counter from the entries and panics, naming the values, if one

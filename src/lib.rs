@@ -79,7 +79,8 @@ pub use engine::{
     ABANDONED_TOTAL_FACTOR, CompactionStats, Context, DEFAULT_ABANDONED_THREADS,
     DEFAULT_ASYNC_ATTEMPTS, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES,
     DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, Engine, Event, FORGE_MAX_DELAY, Handler,
-    HandlerError, HandlerOptions, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Metrics, Options,
+    HandlerError, HandlerOptions, KeyMode, KeyOutcome, MAX_HANDLER_TIMEOUT,
+    MIN_COMPACTION_INTERVAL, Metrics, Options, PublishOptions, Published,
 };
 #[cfg(feature = "tokio")]
 pub use engine::{AsyncContext, AsyncHandler, HandlerFuture};
@@ -104,7 +105,8 @@ pub use storage::{CrashMode, FsStorage, LockGuard, Mapped, MemStorage, Storage, 
 /// `docs/FORMAT.md` gives each one's bytes.
 pub mod record {
     pub use crate::format::{
-        Ack, AckOutcome, Attempt, Cancel, CancelTarget, Drop, EventIter, Publish, PublishEntry,
-        Record, RecordError, RecordKind, Retry,
+        Ack, AckOutcome, Attempt, Cancel, CancelTarget, Drop, EventIter, EventOptions, KEY_KEEP,
+        KEY_NONE, KEY_REPLACE, KEY_REPLACE_BODY, Pause, Publish, PublishEntry, Record, RecordError,
+        RecordKind, Retry,
     };
 }

@@ -246,6 +246,7 @@ pub fn record_time_ms(record: &Record<'_>) -> i64 {
         Record::Ack(a) => a.acked_ms,
         Record::Cancel(c) => c.cancelled_ms,
         Record::Drop(d) => d.dropped_ms,
+        Record::Pause(p) => p.at_ms,
     }
 }
 
@@ -596,7 +597,7 @@ impl Reader {
         let mut index = Index::new();
         let mut effects = Vec::new();
         let mut extras: HashMap<EventId, Extra> = HashMap::new();
-        let mut kinds = [0u64; 7];
+        let mut kinds = [0u64; 9];
         let mut rejected = 0;
         let mut jobs: HashSet<u64> = HashSet::new();
         let snap = self.snapshot()?;

@@ -207,12 +207,15 @@ struct Decisions {
     events: HashMap<EventId, Keep>,
     /// Jobs whose cancel records are kept.
     jobs: HashSet<JobId>,
+    /// Pause records (sequence numbers) to keep: each name's latest.
+    pauses: HashSet<u64>,
 }
 
 impl Decisions {
     fn keeps(&self, pos: Position, record: &Record<'_>) -> bool {
         match record {
             Record::Publish(_) => self.publishes.contains(&pos.offset),
+            Record::Pause(_) => self.pauses.contains(&pos.seq),
             Record::Cancel(c) => match c.target {
                 CancelTarget::Event(e) => self.events.contains_key(&e),
                 CancelTarget::Job(j) => self.jobs.contains(&j),
@@ -231,31 +234,66 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
     };
     // Phase 1, no lock: which ids does the segment mention, and whose publish is in it?
     let (mut events, mut published, mut jobs) = (HashSet::new(), Vec::new(), HashSet::new());
-    inner.log.visit_segment(id, &mut |_, record| match record {
-        Record::Publish(p) => {
-            for e in p.events() {
-                events.insert(e.id);
-                published.push(e.id);
+    // Replace records (at offset, the new event) and the event each cancelled; pause records.
+    let (mut replaces, mut pauses) = (Vec::new(), Vec::new());
+    inner
+        .log
+        .visit_segment(id, &mut |pos, record| match record {
+            Record::Publish(p) => {
+                for e in p.events() {
+                    events.insert(e.id);
+                    published.push(e.id);
+                }
+                if let Some(replaced) = p.options().and_then(|o| o.replaces) {
+                    replaces.push((pos.offset, replaced));
+                    events.insert(replaced);
+                }
+            }
+            Record::Pause(p) => pauses.push((p.name.to_string(), pos.seq)),
+            Record::Cancel(c) => match c.target {
+                CancelTarget::Event(e) => {
+                    events.insert(e);
+                }
+                CancelTarget::Job(j) => {
+                    jobs.insert(j);
+                }
+            },
+            other => events.extend(other.event()),
+        })?;
+    // Phase 2, under the lock: decide.
+    let now_ms = inner.clock.now_ms();
+    let decisions = {
+        let mut core = inner.core.lock();
+        core.sweep_keys(now_ms);
+        let index = core.index();
+        // A pending event's publish, and the record holding its body if it was restated; a
+        // finished event's publish while its key's window is open (so the key stays taken
+        // across a restart).
+        let mut publishes: HashSet<u64> = HashSet::new();
+        for e in events.iter().filter_map(|e| core.event(*e)) {
+            if e.state.is_pending() || index.window_open(e.id, now_ms) {
+                if e.location.segment == segment {
+                    publishes.insert(u64::from(e.location.offset));
+                }
+                if e.body_at.segment == segment && e.state.is_pending() {
+                    publishes.insert(u64::from(e.body_at.offset));
+                }
             }
         }
-        Record::Cancel(c) => match c.target {
-            CancelTarget::Event(e) => {
-                events.insert(e);
+        // A replace record also cancels the event it replaced: kept while that event's
+        // publish is, so the cancel outlives it (no resurrection).
+        for &(offset, replaced) in &replaces {
+            let replaced_kept = core.event(replaced).is_some_and(|h| {
+                h.location.segment != segment || publishes.contains(&u64::from(h.location.offset))
+            });
+            if replaced_kept {
+                publishes.insert(offset);
             }
-            CancelTarget::Job(j) => {
-                jobs.insert(j);
-            }
-        },
-        other => events.extend(other.event()),
-    })?;
-    // Phase 2, under the lock: decide.
-    let decisions = {
-        let core = inner.core.lock();
-        let publishes: HashSet<u64> = events
+        }
+        let pauses = pauses
             .iter()
-            .filter_map(|e| core.event(*e))
-            .filter(|e| e.state.is_pending() && e.location.segment == segment)
-            .map(|e| u64::from(e.location.offset))
+            .filter(|(name, seq)| core.latest_pause(name, *seq))
+            .map(|&(_, seq)| seq)
             .collect();
         let kept_events = events
             .iter()
@@ -270,6 +308,7 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
             publishes,
             events: kept_events,
             jobs: kept_jobs,
+            pauses,
         }
     };
     // Phase 3, no lock: rewrite and swap on disk.

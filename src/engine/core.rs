@@ -13,6 +13,16 @@
 //! rule: only once delivery started), left waiting (a stalled name) or left pending — from
 //! what delivery read of it, as a pure function.
 //!
+//! # Queues, priorities and flow control
+//!
+//! An event due is taken out of the wheel into its name's queue (`flow.rs`), and handed to
+//! delivery from there, best priority first, as its name's flow allows: not while the name
+//! is paused, never more attempts at once than its concurrency limit, never more starts than
+//! its rate limit's tokens, and never more events in flight than a cap (so that priorities
+//! order a backlog rather than the order events fell due). A queued event's timer slot in the
+//! index holds [`QUEUED`]. Pause state is the index's (it comes from records); the core keeps
+//! the sequence number of each name's latest pause record, the one compaction keeps.
+//!
 //! # The ledger
 //!
 //! An event taken out of the wheel is *in flight* until its attempt ends, in one of three
@@ -51,6 +61,7 @@
 //!    under which the core is taken to mark the outcome submitted);
 //!    `Log::append` (which waits for a sync) is never called with the core held.
 
+use super::flow::{Flow, FlowConfig, NameState, Queued};
 use crate::format::{FRAME_HEADER_LEN, Record};
 use crate::ids::{EventId, JobId};
 use crate::index::{Applied, Effect, EventInfo, EventState, Index, JobStats, Location, NO_TIMER};
@@ -61,6 +72,10 @@ use std::collections::{BTreeMap, HashMap};
 /// Passes after which a segment's floor is forgotten, so history superseded since its last
 /// rewrite is reclaimed.
 pub(crate) const FLOOR_PASSES: u64 = 64;
+
+/// The index timer slot of an event waiting in its name's queue (no wheel handle packs to
+/// it: see `TimerHandle::to_u64`).
+pub(crate) const QUEUED: u64 = u64::MAX - 1;
 
 /// Where an event in flight is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +212,13 @@ pub(crate) fn plan(input: &PlanInput) -> Planned {
 pub(crate) struct Core {
     index: Index,
     wheel: Wheel<u64>,
-    ledger: HashMap<EventId, Stage>,
+    /// Events in flight: their stage and their name's flow slot.
+    ledger: HashMap<EventId, (Stage, u32)>,
+    flow: Flow,
+    /// The sequence number of each name's latest pause record.
+    pause_seq: HashMap<Box<str>, u64>,
+    /// The latest time `take_due` was given.
+    now_ms: i64,
     /// The deadline the scheduler sleeps until (`i64::MAX`: none; `i64::MIN`: awake), so
     /// publishers know whether to wake it.
     sleeping_until_ms: i64,
@@ -221,12 +242,21 @@ pub(crate) fn location(pos: Position) -> Location {
 }
 
 impl Core {
-    /// An empty core, to replay a log into.
+    /// An empty core with no limits, to replay a log into.
+    #[cfg(test)]
     pub fn new() -> Core {
+        Core::with_flow(FlowConfig::default())
+    }
+
+    /// An empty core with the engine's limits, to replay a log into.
+    pub fn with_flow(config: FlowConfig) -> Core {
         Core {
             index: Index::new(),
             wheel: Wheel::new(0),
             ledger: HashMap::new(),
+            flow: Flow::new(config),
+            pause_seq: HashMap::new(),
+            now_ms: 0,
             sleeping_until_ms: i64::MAX,
             segments: BTreeMap::new(),
             passes: 0,
@@ -243,6 +273,9 @@ impl Core {
     ) -> Result<Applied, crate::index::Rejected> {
         let result = self.apply_counted(pos, record);
         self.effects.clear();
+        if let Record::Pause(p) = record {
+            self.pause_seq.insert(p.name.into(), pos.seq);
+        }
         result
     }
 
@@ -251,6 +284,11 @@ impl Core {
     pub fn finish_replay(&mut self, now_ms: i64) {
         self.index.finish_replay(now_ms, &mut self.effects);
         self.effects.clear();
+        self.now_ms = now_ms;
+        let paused: Vec<Box<str>> = self.index.paused().map(Into::into).collect();
+        for name in paused {
+            self.flow.set_paused(&name, true, now_ms);
+        }
         let scheduled: Vec<(EventId, i64)> = self.index.scheduled().collect();
         self.wheel = Wheel::with_capacity(now_ms.max(0) as u64, scheduled.len());
         for (id, due_ms) in scheduled {
@@ -281,12 +319,16 @@ impl Core {
         let earliest = self.apply_effects(&mut effects);
         self.effects = effects;
         if let (Record::Attempt(a), Ok(Applied::Changed)) = (record, &result)
-            && let Some(stage) = self.ledger.get_mut(&a.event)
+            && let Some((stage, _)) = self.ledger.get_mut(&a.event)
         {
             debug_assert_eq!(*stage, Stage::Taken, "attempt of {} written twice", a.event);
             *stage = Stage::Waiting;
         }
-        let wake = earliest.is_some_and(|due| due < self.sleeping_until_ms);
+        let mut wake = earliest.is_some_and(|due| due < self.sleeping_until_ms);
+        if let Record::Pause(p) = record {
+            self.pause_seq.insert(p.name.into(), pos.seq);
+            wake |= self.flow.set_paused(p.name, p.paused, self.now_ms);
+        }
         (result, wake)
     }
 
@@ -303,7 +345,11 @@ impl Core {
         let mut one = None;
         let mut of_job = Vec::new();
         match record {
-            Record::Publish(_) => {}
+            Record::Publish(p) => {
+                if let Some(replaced) = p.options().and_then(|o| o.replaces) {
+                    one = self.pending_at(replaced);
+                }
+            }
             Record::Cancel(c) => match c.target {
                 crate::format::CancelTarget::Job(job) => {
                     let index = &self.index;
@@ -325,8 +371,12 @@ impl Core {
         if let Record::Publish(_) = record {
             bytes.publish += len;
             if let Ok(Applied::Changed) = result {
+                // A replace cancels its holder in the same record: count what it added.
+                let cancelled = u64::from(one.is_some_and(|(id, _)| {
+                    !self.index.state(id).is_some_and(EventState::is_pending)
+                }));
                 bytes.events += self.index.held_count() - held_before;
-                bytes.pending += self.index.pending_count() - pending_before;
+                bytes.pending += self.index.pending_count() + cancelled - pending_before;
             }
         } else {
             bytes.history += len;
@@ -374,8 +424,10 @@ impl Core {
                     self.schedule(event, due_ms);
                     earliest = Some(earliest.map_or(due_ms, |e: i64| e.min(due_ms)));
                 }
-                Effect::Unschedule { timer, .. } => {
-                    if let Some(handle) = TimerHandle::from_u64(timer) {
+                Effect::Unschedule { timer, event } => {
+                    if timer == QUEUED {
+                        self.unqueue(event);
+                    } else if let Some(handle) = TimerHandle::from_u64(timer) {
                         self.wheel.cancel(handle);
                     }
                 }
@@ -384,22 +436,60 @@ impl Core {
         earliest
     }
 
-    /// Takes every event due at `now_ms` out of the wheel into the ledger (stage `Taken`),
-    /// appending their ids to `due`. Returns the next deadline, and records whether the
-    /// scheduler is about to sleep until it (nothing was due) or stays awake.
-    pub fn take_due(&mut self, now_ms: i64, due: &mut Vec<EventId>) -> Option<i64> {
-        let start = due.len();
-        self.wheel
-            .advance(now_ms.max(0) as u64, |_, id| due.push(EventId(id)));
-        for &id in &due[start..] {
-            self.index.set_timer(id, NO_TIMER);
-            let previous = self.ledger.insert(id, Stage::Taken);
-            assert!(previous.is_none(), "{id} taken out of the wheel twice");
+    /// A queued event left its queue (cancelled, claimed): its name counts one fewer.
+    fn unqueue(&mut self, id: EventId) {
+        if let Some(name) = self.index.name_of(id) {
+            let slot = self.flow.slot(name);
+            self.flow.unqueued(slot);
         }
-        let next = self
+    }
+
+    /// Moves every event due at `now_ms` out of the wheel into its name's queue, then takes
+    /// what the flow hands out into the ledger (stage `Taken`), appending their ids to `due`.
+    /// Returns the next deadline, and records whether the scheduler is about to sleep until
+    /// it (nothing was handed out) or stays awake.
+    pub fn take_due(&mut self, now_ms: i64, due: &mut Vec<EventId>) -> Option<i64> {
+        self.now_ms = now_ms;
+        let start = due.len();
+        let mut fell_due = Vec::new();
+        self.wheel
+            .advance(now_ms.max(0) as u64, |_, id| fell_due.push(EventId(id)));
+        for id in fell_due {
+            let Some(info) = self.index.get(id) else {
+                continue;
+            };
+            let queued = Queued {
+                priority: info.priority,
+                due_ms: info.due_ms,
+                id: id.0,
+            };
+            let slot = self.flow.slot(info.name);
+            self.index.set_timer(id, QUEUED);
+            self.flow.push(slot, queued, now_ms);
+        }
+        let mut out = Vec::new();
+        let index = &self.index;
+        let mut live = |id: u64| {
+            index
+                .get(EventId(id))
+                .is_some_and(|e| e.state == EventState::Scheduled && e.timer == QUEUED)
+        };
+        self.flow.dispatch(now_ms, usize::MAX, &mut live, &mut out);
+        for (id, slot) in out {
+            let id = EventId(id);
+            self.index.set_timer(id, NO_TIMER);
+            let previous = self.ledger.insert(id, (Stage::Taken, slot));
+            assert!(previous.is_none(), "{id} taken out of the wheel twice");
+            due.push(id);
+        }
+        let wheel_next = self
             .wheel
             .next_deadline_ms()
             .map(|d| d.min(i64::MAX as u64) as i64);
+        let next = wheel_next
+            .into_iter()
+            .chain(self.flow.next_deadline_ms())
+            .min();
         self.sleeping_until_ms = if due.len() == start {
             next.unwrap_or(i64::MAX)
         } else {
@@ -411,14 +501,17 @@ impl Core {
     /// Puts an event taken out of the wheel back in, due at `due_ms`, without a record: its
     /// attempt was not begun (its name's handlers are stalled, say).
     pub fn put_back(&mut self, id: EventId, due_ms: i64) -> bool {
-        let stage = self.ledger.remove(&id);
-        assert_eq!(stage, Some(Stage::Taken), "{id} put back while not taken");
-        self.reschedule(id, due_ms) && due_ms < self.sleeping_until_ms
+        let taken = self.ledger.remove(&id);
+        let Some((Stage::Taken, slot)) = taken else {
+            panic!("{id} put back while not taken ({taken:?})");
+        };
+        let more = self.flow.finish(slot, self.now_ms);
+        (self.reschedule(id, due_ms) && due_ms < self.sleeping_until_ms) || more
     }
 
     /// Moves a waiting event to `Running` if nothing stopped it since its attempt record.
     pub fn begin_handlers(&mut self, id: EventId, attempt: u32) -> Begin {
-        let stage = self.ledger.get_mut(&id);
+        let stage = self.ledger.get_mut(&id).map(|(stage, _)| stage);
         let Some(stage) = stage else {
             panic!("{id} begins its handlers while not in flight");
         };
@@ -444,7 +537,7 @@ impl Core {
 
     /// The outcome of a running event is queued in the log.
     pub fn outcome_submitted(&mut self, id: EventId) {
-        let stage = self.ledger.get_mut(&id);
+        let stage = self.ledger.get_mut(&id).map(|(stage, _)| stage);
         let Some(stage) = stage else {
             panic!("{id} submits an outcome while not in flight");
         };
@@ -458,14 +551,40 @@ impl Core {
     }
 
     /// An event in flight is done: its attempt ended, or it was not attempted after all.
-    pub fn finish(&mut self, id: EventId) {
-        let stage = self.ledger.remove(&id);
-        assert!(stage.is_some(), "{id} finished twice, or never taken");
+    /// True if the scheduler should wake: its name (or the cap on events in flight) has room
+    /// for queued events again.
+    pub fn finish(&mut self, id: EventId) -> bool {
+        let taken = self.ledger.remove(&id);
+        let Some((_, slot)) = taken else {
+            panic!("{id} finished twice, or never taken");
+        };
+        self.flow.finish(slot, self.now_ms)
     }
 
     /// The stage of an event in flight.
     pub fn stage(&self, id: EventId) -> Option<Stage> {
-        self.ledger.get(&id).copied()
+        self.ledger.get(&id).map(|&(stage, _)| stage)
+    }
+
+    /// Whether `name` is paused.
+    pub fn is_paused(&self, name: &str) -> bool {
+        self.index.is_paused(name)
+    }
+
+    /// The flow state of every name seen (queued events, attempts running, paused, limits).
+    pub fn flow_states(&self) -> Vec<NameState> {
+        self.flow.states()
+    }
+
+    /// Due events waiting in their names' queues.
+    pub fn queued(&self) -> u64 {
+        self.flow.queued()
+    }
+
+    /// Whether the pause record at sequence number `seq` of `name` is its latest (the one
+    /// compaction keeps).
+    pub fn latest_pause(&self, name: &str, seq: u64) -> bool {
+        self.pause_seq.get(name) == Some(&seq)
     }
 
     /// Events in flight.
@@ -473,10 +592,13 @@ impl Core {
         self.ledger.len() as u64
     }
 
-    /// Whether nothing is in flight and nothing is due at `now_ms`.
+    /// Whether nothing is in flight and nothing is due at `now_ms` (the due events of a
+    /// paused name wait, and do not count).
     pub fn is_idle(&self, now_ms: i64) -> bool {
         let now = now_ms.max(0) as u64;
-        self.ledger.is_empty() && self.wheel.next_deadline_ms().is_none_or(|d| d > now)
+        self.ledger.is_empty()
+            && self.wheel.next_deadline_ms().is_none_or(|d| d > now)
+            && !self.flow.has_runnable()
     }
 
     /// The index, to read.
@@ -517,7 +639,7 @@ impl Core {
     /// Whether the wheel holds an event due at or before `now_ms`.
     pub fn any_due(&self, now_ms: i64) -> bool {
         let now = now_ms.max(0) as u64;
-        self.wheel.next_deadline_ms().is_some_and(|d| d <= now)
+        self.wheel.next_deadline_ms().is_some_and(|d| d <= now) || self.flow.queued() > 0
     }
 
     /// Scheduled events in the wheel due before `now_ms`: expiry's candidates. Linear in the
@@ -550,7 +672,9 @@ impl Core {
         {
             return false;
         }
-        if let Some(handle) = TimerHandle::from_u64(info.timer) {
+        if info.timer == QUEUED {
+            self.unqueue(id);
+        } else if let Some(handle) = TimerHandle::from_u64(info.timer) {
             self.wheel.cancel(handle);
         }
         self.index.set_timer(id, NO_TIMER);
@@ -559,9 +683,11 @@ impl Core {
 
     /// Puts a claimed event whose drop could not be written back in the wheel, at its due
     /// time.
-    pub fn unclaim(&mut self, id: EventId) {
-        if let Some(due_ms) = self.index.get(id).map(|e| e.due_ms) {
-            self.reschedule(id, due_ms);
+    /// True if the scheduler should wake (it is due before it sleeps until).
+    pub fn unclaim(&mut self, id: EventId) -> bool {
+        match self.index.get(id).map(|e| e.due_ms) {
+            Some(due_ms) => self.reschedule(id, due_ms) && due_ms < self.sleeping_until_ms,
+            None => false,
         }
     }
 
@@ -671,6 +797,21 @@ impl Core {
             let Some(e) = self.index.get(id) else {
                 continue;
             };
+            // The record holding a restated body moved (or was dropped with a finished event).
+            if e.body_at.segment == segment
+                && e.body_at != e.location
+                && let Ok(i) =
+                    moved.binary_search_by_key(&u64::from(e.body_at.offset), |&(old, _)| old)
+            {
+                let new = Location {
+                    segment,
+                    offset: moved[i].1 as u32,
+                };
+                self.index.set_body_location(id, new);
+            }
+            let Some(e) = self.index.get(id) else {
+                continue;
+            };
             if e.location.segment != segment {
                 continue;
             }
@@ -719,6 +860,11 @@ impl Core {
         released
     }
 
+    /// Forgets keys no event holds any more (see `Index::sweep_keys`).
+    pub fn sweep_keys(&mut self, now_ms: i64) -> usize {
+        self.index.sweep_keys(now_ms)
+    }
+
     /// Estimated heap bytes of the index.
     pub fn memory_bytes(&self) -> usize {
         self.index.memory_bytes()
@@ -729,7 +875,7 @@ impl Core {
     #[cfg(test)]
     pub fn check_invariants(&self) {
         self.index.check_invariants();
-        for (&id, &stage) in &self.ledger {
+        for (&id, &(stage, _)) in &self.ledger {
             let info = self.index.get(id);
             if let Some(info) = info {
                 assert_eq!(info.timer, NO_TIMER, "{id} in flight and in the wheel");

@@ -865,9 +865,10 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
                     });
                     // The segment is taken under the same lock as the location: compaction
                     // swaps both together, and the reader keeps this version of the file.
-                    let reader = inner.log.segment_reader(u64::from(i.location.segment));
+                    // The body is read where it lies now (a restated event's latest record).
+                    let reader = inner.log.segment_reader(u64::from(i.body_at.segment));
                     (
-                        (i.location, reader),
+                        (i.body_at, reader),
                         i.attempts,
                         i.due_ms,
                         i.job,
@@ -1196,7 +1197,7 @@ fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
         let mut core = inner.core.lock();
         for (prepared, decided, now_ms, written) in durable.iter() {
             let Some(&pos) = written.as_ref().ok().and_then(|p| p.first()) else {
-                core.finish(prepared.id);
+                wake |= core.finish(prepared.id);
                 continue;
             };
             let record = outcome_record(prepared, decided.as_ref(), *now_ms);
@@ -1211,7 +1212,7 @@ fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
             // so the scheduler never finds it in both.
             let (_, woken) = core.apply(pos, &record);
             wake |= woken;
-            core.finish(prepared.id);
+            wake |= core.finish(prepared.id);
         }
     }
     durable.clear();
@@ -1322,9 +1323,11 @@ fn finish_all(inner: &Inner, ids: &[EventId]) {
         return;
     }
     let mut core = inner.core.lock();
-    for &id in ids {
-        core.finish(id);
-    }
+    let wake = ids.iter().fold(false, |wake, &id| core.finish(id) | wake);
     drop(core);
+    if wake {
+        // A name at its concurrency limit (or the cap on events in flight) has room again.
+        inner.wake.notify();
+    }
     inner.idle.notify_all();
 }

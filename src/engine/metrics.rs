@@ -125,6 +125,7 @@ impl Counters {
         &self,
         pending: u64,
         in_flight: u64,
+        queued: u64,
         index_bytes: u64,
         log: LogCounters,
         delivery: DeliveryGauges,
@@ -156,6 +157,7 @@ impl Counters {
             compaction_written_bytes: get(&self.compaction_written_bytes),
             pending,
             in_flight,
+            queued,
             index_bytes,
             records: log.records,
             fsyncs: log.syncs,
@@ -229,6 +231,9 @@ pub struct Metrics {
     pub pending: u64,
     /// Events taken for delivery whose attempt has not finished.
     pub in_flight: u64,
+    /// Due events waiting in their names' queues: paused names, names at their concurrency
+    /// or rate limit, or a backlog past what is handed to delivery at once.
+    pub queued: u64,
     /// Heap bytes of the event index (an estimate): follows the events not yet compacted away.
     pub index_bytes: u64,
     /// Log records written since open.

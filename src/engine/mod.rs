@@ -14,9 +14,11 @@
 mod compaction;
 mod core;
 mod delivery;
+mod flow;
 mod futures;
 mod guard;
 mod handler;
+mod keys;
 mod metrics;
 mod options;
 mod order;
@@ -25,6 +27,7 @@ pub use compaction::CompactionStats;
 #[cfg(feature = "tokio")]
 pub use handler::{AsyncContext, AsyncHandler, HandlerFuture};
 pub use handler::{Context, Event, Handler, HandlerError, HandlerOptions};
+pub use keys::{KeyMode, KeyOutcome, PublishOptions, Published};
 pub use metrics::Metrics;
 pub use options::{
     ABANDONED_TOTAL_FACTOR, DEFAULT_ABANDONED_THREADS, DEFAULT_ASYNC_ATTEMPTS,
@@ -84,6 +87,11 @@ pub(crate) struct Inner {
     /// could be written before an ack but applied after it (`cancel` answers `false`, the
     /// handler's success counts) and a reopen would find the event cancelled.
     pub cancel_order: order::OrderLock,
+    /// One keyed publish per key at a time (`keys.rs`).
+    key_locks: keys::KeyLocks,
+    /// One pause or resume at a time, so that each writes a record only when it changes
+    /// the name's state.
+    pause_lock: Mutex<()>,
     pub delivery: Mutex<Option<delivery::Delivery>>,
     /// One compaction pass at a time.
     compaction_lock: Mutex<()>,
@@ -171,7 +179,8 @@ impl Engine {
                 max: u64::from(u32::MAX),
             });
         }
-        let mut core = Core::new();
+        options.check_limits()?;
+        let mut core = Core::with_flow(options.flow_config());
         let mut rejected = 0u64;
         let mut log_options = options.log.clone();
         if options.record_retention {
@@ -215,6 +224,8 @@ impl Engine {
             idle: Condvar::new(),
             metrics,
             cancel_order: order::OrderLock::default(),
+            key_locks: keys::KeyLocks::default(),
+            pause_lock: Mutex::new(()),
             delivery: Mutex::new(None),
             compaction_lock: Mutex::new(()),
             compaction_wake: Wake::new(),
@@ -374,6 +385,59 @@ impl Engine {
         self.inner().publish(name, body.as_ref(), &after.into())
     }
 
+    /// Publishes an event with a key or a priority (see [`PublishOptions`]). Returns once
+    /// the event is durable — or, when its key is held and nothing is to be written
+    /// ([`KeyOutcome::Kept`]), at once, with the holder's id.
+    ///
+    /// A key is per event name: an event holds it from its publish until it is acknowledged,
+    /// cancelled or dropped (and, published with [`PublishOptions::key_window`], until the
+    /// window passes). Publishes of one key are exact under any number of threads: each
+    /// sees the one before it. A bad name, key (empty or over 255 bytes), body, window or
+    /// `after` is an error and nothing is written.
+    ///
+    /// ```
+    /// use afterlog::{After, Engine, KeyMode, KeyOutcome, PublishOptions};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let engine = Engine::open(dir.path())?;
+    /// let once = PublishOptions::default().key("invoice-42", KeyMode::Keep);
+    /// let first = engine.publish_with("invoice.send", "{}", After::parse("1 hour")?, once.clone())?;
+    /// let again = engine.publish_with("invoice.send", "{}", After::parse("1 hour")?, once)?;
+    /// assert_eq!((first.outcome, again.outcome), (KeyOutcome::New, KeyOutcome::Kept));
+    /// assert_eq!(first.id, again.id);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn publish_with(
+        &self,
+        name: &str,
+        body: impl AsRef<[u8]>,
+        after: impl Into<After>,
+        options: PublishOptions,
+    ) -> Result<Published> {
+        self.inner()
+            .publish_with(name, body.as_ref(), &after.into(), &options)
+    }
+
+    /// Pauses `name`, durably: its events fall due and wait (retention still applies: one
+    /// waiting past it is dropped as expired), attempts already running finish, and the name
+    /// stays paused across restarts until [`resume`](Engine::resume). Pausing a paused name
+    /// writes nothing.
+    pub fn pause(&self, name: &str) -> Result<()> {
+        self.inner().set_paused(name, true)
+    }
+
+    /// Resumes a paused name: its waiting events are delivered, best priority first.
+    pub fn resume(&self, name: &str) -> Result<()> {
+        self.inner().set_paused(name, false)
+    }
+
+    /// The paused names, sorted.
+    pub fn paused(&self) -> Vec<String> {
+        self.inner().paused()
+    }
+
     /// Publishes `value` serialized as JSON.
     pub fn publish_json<T: serde::Serialize + ?Sized>(
         &self,
@@ -529,6 +593,14 @@ impl Inner {
         self.write_publish(Record::Publish(Publish::new(None, now_ms, &entries)))?;
         self.metrics.published.fetch_add(1, Ordering::Relaxed);
         Ok(id)
+    }
+
+    /// Gives out an event id: the id and now.
+    fn new_id(&self) -> Result<(EventId, i64)> {
+        self.check_open()?;
+        let id = EventId(self.next_event.fetch_add(1, Ordering::Relaxed));
+        self.log.raise_id_floors(id.0 + 1, 0);
+        Ok((id, self.clock.now_ms()))
     }
 
     /// Checks a publish and gives out its event id: the id, now and the due time.
@@ -778,11 +850,12 @@ impl Inner {
     }
 
     fn metrics(&self) -> Metrics {
-        let (pending, in_flight, index_bytes) = {
+        let (pending, in_flight, queued, index_bytes) = {
             let core = self.core.lock();
             (
                 core.index().pending_count(),
                 core.in_flight(),
+                core.queued(),
                 core.memory_bytes() as u64,
             )
         };
@@ -795,8 +868,14 @@ impl Inner {
             },
             None => metrics::DeliveryGauges::default(),
         };
-        self.metrics
-            .snapshot(pending, in_flight, index_bytes, self.log.counters(), gauges)
+        self.metrics.snapshot(
+            pending,
+            in_flight,
+            queued,
+            index_bytes,
+            self.log.counters(),
+            gauges,
+        )
     }
 
     /// The background compaction thread: a paced pass every `interval` on the engine's clock.

@@ -27,6 +27,10 @@ pub const FORGE_MAX_DELAY: Duration = Duration::from_secs(900);
 pub(crate) const EXPIRED_MESSAGE: &str =
     "not acknowledged within the retention after its first due time";
 
+/// Events in flight per worker (plus `async_attempts`) before due events wait in their
+/// names' queues, where priorities order them.
+pub(crate) const IN_FLIGHT_PER_WORKER: usize = 4096;
+
 /// Default of [`Options::async_attempts`]: async attempts that may run at once.
 pub const DEFAULT_ASYNC_ATTEMPTS: usize = 1024;
 
@@ -54,6 +58,8 @@ pub struct Options {
     pub(crate) compaction_min_dead: f64,
     pub(crate) compaction_budget_bytes: u64,
     pub(crate) async_attempts: usize,
+    /// Concurrency and rate limits per name, as given (checked at open).
+    pub(crate) limits: HashMap<String, super::flow::Limits>,
     #[cfg(feature = "tokio")]
     pub(crate) runtime: Option<tokio::runtime::Handle>,
 }
@@ -75,6 +81,7 @@ impl Default for Options {
             compaction_min_dead: 0.5,
             compaction_budget_bytes: 256 << 20,
             async_attempts: DEFAULT_ASYNC_ATTEMPTS,
+            limits: HashMap::new(),
             #[cfg(feature = "tokio")]
             runtime: None,
         }
@@ -177,6 +184,60 @@ impl Options {
     pub fn segment_bytes(mut self, n: u64) -> Options {
         self.log.segment_bytes = n;
         self
+    }
+
+    /// At most `n` attempts of events named `name` at once, sync and async handlers alike
+    /// (at least 1; zero is refused by `open`). Due events of the name wait in its queue,
+    /// best priority first, while `n` attempts run; other names go on. An attempt counts from
+    /// the moment delivery takes its event until its outcome is applied; a handler abandoned
+    /// past its timeout no longer counts (its attempt failed).
+    pub fn concurrency(mut self, name: &str, n: usize) -> Options {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.limits.entry(name.to_string()).or_default().concurrency = Some(n);
+        self
+    }
+
+    /// At most `n` attempts of events named `name` start per `per`, on the engine's clock: a
+    /// token bucket of `n` tokens refilled at one every `per / n`, so a burst of up to `n`
+    /// starts at once after a quiet while, and over any time `t` at most `n + n × t / per`
+    /// start. `n` and `per` (whole milliseconds) must not be zero: `open` refuses them.
+    /// Events that find no token wait in the name's queue (retention still applies).
+    pub fn rate_limit(mut self, name: &str, n: u32, per: Duration) -> Options {
+        let per_ms = per.as_millis().min(i64::MAX as u128) as i64;
+        self.limits.entry(name.to_string()).or_default().rate = Some((n, per_ms));
+        self
+    }
+
+    /// Checks the flow limits: names valid, no zero limit.
+    pub(crate) fn check_limits(&self) -> crate::Result<()> {
+        for (name, limits) in &self.limits {
+            crate::format::validate_name(name)?;
+            if limits.concurrency == Some(0) {
+                return Err(crate::Error::invalid(format!(
+                    "concurrency limit 0 on {name:?}: no attempt could ever run (use pause)"
+                )));
+            }
+            if let Some((n, per_ms)) = limits.rate
+                && (n == 0 || per_ms <= 0)
+            {
+                return Err(crate::Error::invalid(format!(
+                    "rate limit of {n} per {per_ms} ms on {name:?}: both must be above zero"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The core's flow configuration.
+    pub(crate) fn flow_config(&self) -> super::flow::FlowConfig {
+        super::flow::FlowConfig {
+            limits: self.limits.clone(),
+            retention_ms: self.retention_ms(),
+            in_flight_cap: self
+                .workers
+                .saturating_mul(IN_FLIGHT_PER_WORKER)
+                .saturating_add(self.async_attempts),
+        }
     }
 
     /// When a publish counts as done (default [`Durability::Sync`]).

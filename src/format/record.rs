@@ -30,6 +30,11 @@ pub enum RecordKind {
     Cancel = 5,
     /// The event was given up: retries exhausted or past retention.
     Drop = 6,
+    /// One event published with options: a priority, a key, the event a key replaces, or
+    /// the restatement of a pending event with a new body (format 2).
+    PublishWith = 7,
+    /// An event name paused or resumed (format 2).
+    Pause = 8,
     /// Not a record: the last frame of a sealed format-2 segment, which proves where the
     /// segment ends (see `seal.rs`). The log checks it and hands it to no one.
     Seal = 16,
@@ -37,14 +42,22 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind of record, in code order (not the seal, which is no record).
-    pub const ALL: [RecordKind; 6] = [
+    pub const ALL: [RecordKind; 8] = [
         RecordKind::Publish,
         RecordKind::Attempt,
         RecordKind::Retry,
         RecordKind::Ack,
         RecordKind::Cancel,
         RecordKind::Drop,
+        RecordKind::PublishWith,
+        RecordKind::Pause,
     ];
+
+    /// Whether a segment of format `version` may hold this kind: format 1 knows kinds 1 to
+    /// 6; format 2 adds the seal, kinds 7 and 8.
+    pub fn in_version(self, version: u32) -> bool {
+        version >= 2 || (self as u8) <= RecordKind::Drop as u8
+    }
 
     /// The kind for a byte, if it names one.
     pub fn from_u8(b: u8) -> Option<RecordKind> {
@@ -63,6 +76,8 @@ impl RecordKind {
             RecordKind::Ack => "ack",
             RecordKind::Cancel => "cancel",
             RecordKind::Drop => "drop",
+            RecordKind::PublishWith => "publish-with",
+            RecordKind::Pause => "pause",
             RecordKind::Seal => "seal",
         }
     }
@@ -83,6 +98,8 @@ pub enum Record<'a> {
     Cancel(Cancel),
     /// See [`Drop`].
     Drop(Drop<'a>),
+    /// See [`Pause`].
+    Pause(Pause<'a>),
 }
 
 /// Publish: one or more events, written atomically in one frame.
@@ -106,7 +123,79 @@ pub struct Publish<'a> {
     /// When `publish`/`push` was called, Unix epoch ms.
     pub published_ms: i64,
     entries: Entries<'a>,
+    /// The options of a one-event publish (kind 7); `None` for kind 1.
+    options: Option<EventOptions<'a>>,
 }
+
+/// Publish with options (kind 7): one event, with what `publish_with` adds.
+///
+/// ```text
+///  0  published_ms  i64
+///  8  event_id      u64  non-zero
+/// 16  due_ms        i64
+/// 24  replaces      u64  the event this record cancels (a key's Replace); 0 = none
+/// 32  window_ms     u64  Keep: the key stays taken this long after published_ms; 0 = none
+/// 40  priority      i8
+/// 41  flags         u8   bits 0-1: key mode (0 none, 1 keep, 2 replace, 3 replace body);
+///                        bit 2: restates the pending event `event_id` with a new body
+/// 42  name_len      u16  1..=255
+/// 44  key_len       u8   0 = no key (then mode 0), else 1..=255
+/// 45  body_len      u32
+/// 49  name          UTF-8
+///     key
+///     body
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventOptions<'a> {
+    /// Higher first among due events; 0 is the default.
+    pub priority: i8,
+    /// The event's key (empty: none); keys are per event name.
+    pub key: &'a [u8],
+    /// How the key was used: [`KEY_KEEP`], [`KEY_REPLACE`], [`KEY_REPLACE_BODY`], or
+    /// [`KEY_NONE`] with no key.
+    pub mode: u8,
+    /// Keep only: how long after the publish the key stays taken, ms (0: no window).
+    pub window_ms: u64,
+    /// The pending event this record cancels (it held the key, mode Replace).
+    pub replaces: Option<EventId>,
+    /// The record restates the pending event of its id with a new body (mode ReplaceBody):
+    /// same name, key, priority, due and publish times.
+    pub restates: bool,
+}
+
+/// Key modes as stored in a kind-7 record.
+pub const KEY_NONE: u8 = 0;
+/// Keep: a publish finding the key taken writes nothing.
+pub const KEY_KEEP: u8 = 1;
+/// Replace: the holder is cancelled and the new event written, in one record.
+pub const KEY_REPLACE: u8 = 2;
+/// ReplaceBody: the holder's body is replaced, its due time kept.
+pub const KEY_REPLACE_BODY: u8 = 3;
+/// Largest key, in bytes.
+pub const MAX_KEY_LEN: usize = 255;
+/// Fixed bytes of a kind-7 payload before its name, key and body.
+pub const PUBLISH_WITH_FIXED_LEN: usize = 49;
+const RESTATES: u8 = 0b100;
+const MODE_MASK: u8 = 0b11;
+
+/// Pause (kind 8): an event name is paused or resumed.
+///
+/// ```text
+///  0  at_ms     i64
+///  8  paused    u8   1 = paused, 0 = resumed
+///  9  name_len  u16  1..=255
+/// 11  name      UTF-8
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pause<'a> {
+    /// The name.
+    pub name: &'a str,
+    /// Paused (true) or resumed.
+    pub paused: bool,
+    /// When, Unix epoch ms.
+    pub at_ms: i64,
+}
+const PAUSE_FIXED_LEN: usize = 11;
 
 /// Fixed bytes of a publish payload before its entries.
 pub const PUBLISH_FIXED_LEN: usize = 20;
@@ -117,6 +206,8 @@ pub const PUBLISH_ENTRY_FIXED_LEN: usize = 22;
 enum Entries<'a> {
     Decoded { count: u32, bytes: &'a [u8] },
     Given(&'a [PublishEntry<'a>]),
+    /// The one event of a kind-7 record.
+    One(PublishEntry<'a>),
 }
 
 /// One event inside a publish record, as given to the encoder.
@@ -142,7 +233,32 @@ impl<'a> Publish<'a> {
             job,
             published_ms,
             entries: Entries::Given(entries),
+            options: None,
         }
+    }
+
+    /// A publish-with-options record (kind 7) for one event.
+    pub fn with_options(
+        published_ms: i64,
+        entry: PublishEntry<'a>,
+        options: EventOptions<'a>,
+    ) -> Self {
+        Publish {
+            job: None,
+            published_ms,
+            entries: Entries::One(entry),
+            options: Some(options),
+        }
+    }
+
+    /// The options of a kind-7 record (`None` for a plain publish).
+    pub fn options(&self) -> Option<&EventOptions<'a>> {
+        self.options.as_ref()
+    }
+
+    /// The priority of the record's events (0 unless given).
+    pub fn priority(&self) -> i8 {
+        self.options.map_or(0, |o| o.priority)
     }
 
     /// How many events the record holds.
@@ -150,6 +266,7 @@ impl<'a> Publish<'a> {
         match &self.entries {
             Entries::Decoded { count, .. } => *count as usize,
             Entries::Given(e) => e.len(),
+            Entries::One(_) => 1,
         }
     }
 
@@ -161,6 +278,7 @@ impl<'a> Publish<'a> {
                 bytes,
             },
             Entries::Given(e) => EventIter::Given(e.iter()),
+            Entries::One(e) => EventIter::One(Some(*e)),
         }
     }
 
@@ -181,6 +299,8 @@ pub enum EventIter<'a> {
     Decoded { left: u32, bytes: &'a [u8] },
     #[doc(hidden)]
     Given(std::slice::Iter<'a, PublishEntry<'a>>),
+    #[doc(hidden)]
+    One(Option<PublishEntry<'a>>),
 }
 
 impl<'a> Iterator for EventIter<'a> {
@@ -189,6 +309,7 @@ impl<'a> Iterator for EventIter<'a> {
     fn next(&mut self) -> Option<EventEntry<'a>> {
         match self {
             EventIter::Given(it) => it.next().copied(),
+            EventIter::One(e) => e.take(),
             EventIter::Decoded { left, bytes } => {
                 if *left == 0 {
                     return None;
@@ -371,7 +492,9 @@ impl<'a> Record<'a> {
     /// The kind byte this record is framed with.
     pub fn kind(&self) -> RecordKind {
         match self {
+            Record::Publish(p) if p.options.is_some() => RecordKind::PublishWith,
             Record::Publish(_) => RecordKind::Publish,
+            Record::Pause(_) => RecordKind::Pause,
             Record::Attempt(_) => RecordKind::Attempt,
             Record::Retry(_) => RecordKind::Retry,
             Record::Ack(_) => RecordKind::Ack,
@@ -383,7 +506,7 @@ impl<'a> Record<'a> {
     /// The event this record concerns, if it concerns exactly one.
     pub fn event(&self) -> Option<EventId> {
         match self {
-            Record::Publish(_) => None,
+            Record::Publish(_) | Record::Pause(_) => None,
             Record::Attempt(r) => Some(r.event),
             Record::Retry(r) => Some(r.event),
             Record::Ack(r) => Some(r.event),
@@ -399,10 +522,15 @@ impl<'a> Record<'a> {
     /// The payload's encoded size.
     pub fn encoded_len(&self) -> usize {
         match self {
-            Record::Publish(p) => match &p.entries {
-                Entries::Given(e) => Publish::encoded_len(e),
-                Entries::Decoded { bytes, .. } => PUBLISH_FIXED_LEN + bytes.len(),
+            Record::Publish(p) => match (&p.entries, &p.options) {
+                (Entries::One(e), Some(o)) => {
+                    PUBLISH_WITH_FIXED_LEN + e.name.len() + o.key.len() + e.body.len()
+                }
+                (Entries::One(e), None) => Publish::encoded_len(std::slice::from_ref(e)),
+                (Entries::Given(e), _) => Publish::encoded_len(e),
+                (Entries::Decoded { bytes, .. }, _) => PUBLISH_FIXED_LEN + bytes.len(),
             },
+            Record::Pause(p) => PAUSE_FIXED_LEN + p.name.len(),
             Record::Attempt(_) => ATTEMPT_LEN,
             Record::Retry(r) => RETRY_FIXED_LEN + r.message.len() + r.data.len(),
             Record::Ack(_) => ACK_LEN,
@@ -437,7 +565,11 @@ impl<'a> Record<'a> {
                 if p.job.is_some_and(|j| j.0 == 0) {
                     return Err(crate::Error::invalid("job id 0 is reserved"));
                 }
+                if let Some(o) = &p.options {
+                    validate_options(o, p)?;
+                }
             }
+            Record::Pause(p) => validate_name(p.name)?,
             Record::Retry(r) if r.message.len() > MAX_MESSAGE_LEN => {
                 return too_long("failure message bytes", r.message.len(), MAX_MESSAGE_LEN);
             }
@@ -461,20 +593,42 @@ impl<'a> Record<'a> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         match self {
+            Record::Publish(Publish {
+                published_ms,
+                entries: Entries::One(e),
+                options: Some(o),
+                ..
+            }) => {
+                out.extend_from_slice(&published_ms.to_le_bytes());
+                out.extend_from_slice(&e.id.0.to_le_bytes());
+                out.extend_from_slice(&e.due_ms.to_le_bytes());
+                out.extend_from_slice(&o.replaces.map_or(0, |r| r.0).to_le_bytes());
+                out.extend_from_slice(&o.window_ms.to_le_bytes());
+                out.push(o.priority as u8);
+                out.push((o.mode & MODE_MASK) | if o.restates { RESTATES } else { 0 });
+                out.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
+                out.push(o.key.len() as u8);
+                out.extend_from_slice(&(e.body.len() as u32).to_le_bytes());
+                out.extend_from_slice(e.name.as_bytes());
+                out.extend_from_slice(o.key);
+                out.extend_from_slice(e.body);
+            }
+            Record::Pause(p) => {
+                out.extend_from_slice(&p.at_ms.to_le_bytes());
+                out.push(u8::from(p.paused));
+                out.extend_from_slice(&(p.name.len() as u16).to_le_bytes());
+                out.extend_from_slice(p.name.as_bytes());
+            }
             Record::Publish(p) => {
                 out.extend_from_slice(&p.job.map_or(0, |j| j.0).to_le_bytes());
                 out.extend_from_slice(&p.published_ms.to_le_bytes());
                 out.extend_from_slice(&(p.count() as u32).to_le_bytes());
                 match &p.entries {
                     Entries::Decoded { bytes, .. } => out.extend_from_slice(bytes),
+                    Entries::One(e) => encode_entry(e, out),
                     Entries::Given(entries) => {
                         for e in entries.iter() {
-                            out.extend_from_slice(&e.id.0.to_le_bytes());
-                            out.extend_from_slice(&e.due_ms.to_le_bytes());
-                            out.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
-                            out.extend_from_slice(&(e.body.len() as u32).to_le_bytes());
-                            out.extend_from_slice(e.name.as_bytes());
-                            out.extend_from_slice(e.body);
+                            encode_entry(e, out);
                         }
                     }
                 }
@@ -523,8 +677,26 @@ impl<'a> Record<'a> {
         debug_assert_eq!(out.len() - start, self.encoded_len(), "{:?}", self.kind());
     }
 
-    /// Decodes a payload of `kind`. Every length is checked against the payload before it is
-    /// used; trailing bytes are an error, so a payload has exactly one reading.
+    /// Decodes a payload of `kind` found in a segment of format `version`: a kind the version
+    /// does not know (kind 7 in a format-1 segment, say) is an error, not a record.
+    pub fn decode_in(
+        version: u32,
+        kind: RecordKind,
+        p: &'a [u8],
+    ) -> Result<Record<'a>, RecordError> {
+        if !kind.in_version(version) {
+            return Err(err(
+                kind,
+                0,
+                format!("record kind {} does not exist in format {version}", kind as u8),
+            ));
+        }
+        Record::decode(kind, p)
+    }
+
+    /// Decodes a payload of `kind` as the current format writes it. Every length is checked
+    /// against the payload before it is used; trailing bytes are an error, so a payload has
+    /// exactly one reading.
     pub fn decode(kind: RecordKind, p: &'a [u8]) -> Result<Record<'a>, RecordError> {
         let exact = |len: usize| {
             if p.len() == len {
@@ -580,6 +752,34 @@ impl<'a> Record<'a> {
                     job,
                     published_ms: get_i64(p, 8),
                     entries: Entries::Decoded { count, bytes },
+                    options: None,
+                }))
+            }
+            RecordKind::PublishWith => decode_publish_with(p),
+            RecordKind::Pause => {
+                if p.len() < PAUSE_FIXED_LEN {
+                    return Err(err(
+                        kind,
+                        0,
+                        format!("payload is {} bytes, below {PAUSE_FIXED_LEN}", p.len()),
+                    ));
+                }
+                let paused = match p[8] {
+                    0 => false,
+                    1 => true,
+                    b => return Err(err(kind, 8, format!("unknown pause flag {b}"))),
+                };
+                let name_len = get_u16(p, 9) as usize;
+                if name_len == 0 || name_len > MAX_NAME_LEN {
+                    return Err(err(kind, 9, format!("name length {name_len} outside 1..=255")));
+                }
+                exact(PAUSE_FIXED_LEN + name_len)?;
+                let name = std::str::from_utf8(&p[PAUSE_FIXED_LEN..])
+                    .map_err(|_| err(kind, PAUSE_FIXED_LEN, "name is not UTF-8"))?;
+                Ok(Record::Pause(Pause {
+                    name,
+                    paused,
+                    at_ms: get_i64(p, 0),
                 }))
             }
             RecordKind::Attempt => {
@@ -693,6 +893,129 @@ impl<'a> Record<'a> {
     }
 }
 
+fn encode_entry(e: &PublishEntry<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(&e.id.0.to_le_bytes());
+    out.extend_from_slice(&e.due_ms.to_le_bytes());
+    out.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(e.body.len() as u32).to_le_bytes());
+    out.extend_from_slice(e.name.as_bytes());
+    out.extend_from_slice(e.body);
+}
+
+/// Checks a key: 1..=255 bytes.
+pub fn validate_key(key: &[u8]) -> crate::Result<()> {
+    if key.is_empty() {
+        return Err(crate::Error::invalid("event key is empty; keys are 1 to 255 bytes"));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(crate::Error::LimitExceeded {
+            what: "event key bytes",
+            found: key.len() as u64,
+            max: MAX_KEY_LEN as u64,
+        });
+    }
+    Ok(())
+}
+
+/// The rules of a kind-7 record's options, as the decoder enforces them.
+fn options_problem(o: &EventOptions<'_>, id: EventId) -> Option<&'static str> {
+    if o.mode > KEY_REPLACE_BODY {
+        Some("unknown key mode")
+    } else if (o.mode == KEY_NONE) != o.key.is_empty() {
+        Some("a key needs a mode, and a mode a key")
+    } else if o.key.len() > MAX_KEY_LEN {
+        Some("key over 255 bytes")
+    } else if o.window_ms > 0 && o.mode != KEY_KEEP {
+        Some("a key window needs mode keep")
+    } else if o.replaces.is_some() && o.mode != KEY_REPLACE && o.mode != KEY_REPLACE_BODY {
+        Some("only a replace cancels an event")
+    } else if o.replaces == Some(id) || o.replaces.is_some_and(|r| r.0 == 0) {
+        Some("an event cannot replace itself or event 0")
+    } else if o.restates && (o.mode != KEY_REPLACE_BODY || o.replaces.is_some()) {
+        Some("only a replace-body without a replaced event restates one")
+    } else {
+        None
+    }
+}
+
+fn validate_options(o: &EventOptions<'_>, p: &Publish<'_>) -> crate::Result<()> {
+    if !o.key.is_empty() {
+        validate_key(o.key)?;
+    }
+    let id = p.events().next().map_or(EventId(0), |e| e.id);
+    if p.count() != 1 || p.job.is_some() {
+        return Err(crate::Error::invalid(
+            "a publish with options holds one event of no job",
+        ));
+    }
+    match options_problem(o, id) {
+        Some(problem) => Err(crate::Error::invalid(problem)),
+        None => Ok(()),
+    }
+}
+
+fn decode_publish_with(p: &[u8]) -> Result<Record<'_>, RecordError> {
+    let kind = RecordKind::PublishWith;
+    if p.len() < PUBLISH_WITH_FIXED_LEN {
+        return Err(err(
+            kind,
+            0,
+            format!("payload is {} bytes, below {PUBLISH_WITH_FIXED_LEN}", p.len()),
+        ));
+    }
+    let id = match get_u64(p, 8) {
+        0 => return Err(err(kind, 8, "event id 0 is reserved")),
+        id => EventId(id),
+    };
+    let name_len = get_u16(p, 42) as usize;
+    let key_len = p[44] as usize;
+    let body_len = get_u32(p, 45) as usize;
+    if name_len == 0 || name_len > MAX_NAME_LEN {
+        return Err(err(kind, 42, format!("name length {name_len} outside 1..=255")));
+    }
+    let want = PUBLISH_WITH_FIXED_LEN + name_len + key_len + body_len;
+    if p.len() != want {
+        return Err(err(
+            kind,
+            0,
+            format!("payload is {} bytes, expected {want}", p.len()),
+        ));
+    }
+    let name_end = PUBLISH_WITH_FIXED_LEN + name_len;
+    let name = std::str::from_utf8(&p[PUBLISH_WITH_FIXED_LEN..name_end])
+        .map_err(|_| err(kind, PUBLISH_WITH_FIXED_LEN, "name is not UTF-8"))?;
+    let flags = p[41];
+    if flags & !(MODE_MASK | RESTATES) != 0 {
+        return Err(err(kind, 41, format!("unknown flags {flags:#04x}")));
+    }
+    let options = EventOptions {
+        priority: p[40] as i8,
+        key: &p[name_end..name_end + key_len],
+        mode: flags & MODE_MASK,
+        window_ms: get_u64(p, 32),
+        replaces: match get_u64(p, 24) {
+            0 => None,
+            r => Some(EventId(r)),
+        },
+        restates: flags & RESTATES != 0,
+    };
+    if let Some(problem) = options_problem(&options, id) {
+        return Err(err(kind, 41, problem));
+    }
+    let entry = PublishEntry {
+        id,
+        due_ms: get_i64(p, 16),
+        name,
+        body: &p[name_end + key_len..],
+    };
+    Ok(Record::Publish(Publish {
+        job: None,
+        published_ms: get_i64(p, 0),
+        entries: Entries::One(entry),
+        options: Some(options),
+    }))
+}
+
 /// Checks an event name: 1..=255 bytes (a `&str` is UTF-8 already).
 pub fn validate_name(name: &str) -> crate::Result<()> {
     if name.is_empty() {
@@ -775,6 +1098,7 @@ mod tests {
                 b.events().collect::<Vec<_>>()
             );
             assert_eq!((a.job, a.published_ms), (b.job, b.published_ms));
+            assert_eq!(a.options(), b.options());
         } else {
             assert_eq!(r, &back);
         }
@@ -832,7 +1156,32 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics(kind in 1u8..=6, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn publish_with_round_trips(parts in entry_parts(), published_ms in any::<i64>(),
+                                    priority in any::<i8>(), key in proptest::collection::vec(any::<u8>(), 1..255),
+                                    mode in 0u8..=3, window_ms in any::<u64>(), replaces in 0u64..4,
+                                    restates in any::<bool>()) {
+            let (id, due_ms, name, body) = parts;
+            let key = if mode == KEY_NONE { &[][..] } else { &key[..] };
+            let options = EventOptions {
+                priority,
+                key,
+                mode,
+                window_ms: if mode == KEY_KEEP { window_ms } else { 0 },
+                replaces: (mode >= KEY_REPLACE && replaces > 0 && replaces != id && !restates)
+                    .then_some(EventId(replaces)),
+                restates: restates && mode == KEY_REPLACE_BODY,
+            };
+            let entry = PublishEntry { id: EventId(id), due_ms, name: &name, body: &body };
+            round_trip(&Record::Publish(Publish::with_options(published_ms, entry, options)));
+        }
+
+        #[test]
+        fn pause_round_trips(name in "[a-z.]{1,40}", paused in any::<bool>(), at_ms in any::<i64>()) {
+            round_trip(&Record::Pause(Pause { name: &name, paused, at_ms }));
+        }
+
+        #[test]
+        fn decode_never_panics(kind in 1u8..=8, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let kind = RecordKind::from_u8(kind).unwrap();
             if let Ok(r) = Record::decode(kind, &bytes) {
                 let mut again = Vec::new();

@@ -131,7 +131,8 @@ impl Log {
                 seal_seq = Some(frame.seq);
                 break;
             }
-            let record = Record::decode(frame.kind, frame.payload).map_err(|e| Error::Corrupt {
+            let record = Record::decode_in(header.format_version, frame.kind, frame.payload)
+                .map_err(|e| Error::Corrupt {
                 file: path.clone(),
                 offset: offset as u64,
                 reason: e.to_string(),

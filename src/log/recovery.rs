@@ -705,7 +705,7 @@ fn scan_segment(
             sealed = Some(seal_seq);
             break None;
         }
-        let record = Record::decode(frame.kind, frame.payload)
+        let record = Record::decode_in(header.format_version, frame.kind, frame.payload)
             .map_err(|e| corrupt(offset, e.to_string()))?;
         let position = Position {
             segment: header.segment_id,

@@ -119,6 +119,22 @@ pub fn record_json(pos: Position, record: &Record<'_>) -> Value {
                 })
                 .collect();
             o.insert("events".into(), Value::Array(events));
+            if let Some(opts) = p.options() {
+                o.insert("priority".into(), json!(opts.priority));
+                if !opts.key.is_empty() {
+                    o.insert("key".into(), json!(String::from_utf8_lossy(opts.key)));
+                    o.insert("key_mode".into(), json!(key_mode_name(opts.mode)));
+                }
+                if opts.window_ms > 0 {
+                    o.insert("key_window_ms".into(), json!(opts.window_ms));
+                }
+                o.insert("replaces".into(), json!(opts.replaces.map(|r| r.0)));
+                o.insert("restates".into(), json!(opts.restates));
+            }
+        }
+        Record::Pause(p) => {
+            o.insert("name".into(), json!(p.name));
+            o.insert("paused".into(), json!(p.paused));
         }
         Record::Attempt(a) => {
             o.insert("event".into(), json!(a.event.0));
@@ -160,14 +176,45 @@ pub fn record_json(pos: Position, record: &Record<'_>) -> Value {
     Value::Object(o)
 }
 
+/// The name of a key mode stored in a record.
+pub fn key_mode_name(mode: u8) -> &'static str {
+    match mode {
+        afterlog::record::KEY_KEEP => "keep",
+        afterlog::record::KEY_REPLACE => "replace",
+        afterlog::record::KEY_REPLACE_BODY => "replace-body",
+        _ => "none",
+    }
+}
+
 /// One record in words, for the history table.
 pub fn record_details(record: &Record<'_>) -> String {
     match record {
         Record::Publish(p) => {
             let n = p.count();
             let job = p.job.map_or(String::new(), |j| format!(" in {j}"));
-            format!("{n} event(s){job}")
+            let mut text = format!("{n} event(s){job}");
+            if let Some(o) = p.options() {
+                if o.priority != 0 {
+                    text.push_str(&format!(", priority {}", o.priority));
+                }
+                if !o.key.is_empty() {
+                    text.push_str(&format!(
+                        ", key {:?} ({})",
+                        String::from_utf8_lossy(o.key),
+                        key_mode_name(o.mode)
+                    ));
+                }
+                if let Some(r) = o.replaces {
+                    text.push_str(&format!(", replaces {r}"));
+                }
+                if o.restates {
+                    text.push_str(", new body");
+                }
+            }
+            text
         }
+        Record::Pause(p) if p.paused => format!("{:?} paused", p.name),
+        Record::Pause(p) => format!("{:?} resumed", p.name),
         Record::Attempt(a) => format!("attempt {} started", a.attempt),
         Record::Retry(r) => format!(
             "attempt {} failed ({}): {}; due again {}",

@@ -1,0 +1,377 @@
+//! Flow control and priorities: the due events of each name, waiting in a queue until the
+//! name may start another attempt. Part of the core (pure: time comes in as `now_ms`).
+//!
+//! An event taken out of the wheel joins its name's queue, ordered by priority (higher
+//! first), then due time, then id. A name is *eligible* while it has queued events, is not
+//! paused, runs fewer attempts than its concurrency limit and has a token of its rate limit;
+//! [`Flow::dispatch`] takes the best head among the eligible names, one event at a time, so
+//! priorities order events across names too. A rate-limited name without a token waits until
+//! its next token ([`Flow::next_deadline_ms`]); a name at its concurrency limit waits for one
+//! of its attempts to finish ([`Flow::finish`] says when that frees a slot).
+//!
+//! The rate limit is a token bucket of `n` tokens refilled at one per `per / n`, kept as the
+//! generic cell rate algorithm: one number per name (the theoretical arrival time), exact in
+//! integers. A full bucket lets a burst of `n` start at once; after it, starts follow at the
+//! refill rate, so over any time `t` at most `n + n × t / per` start.
+//!
+//! Queue entries are removed lazily: an event cancelled (or claimed) while queued leaves a
+//! stale entry that `dispatch` skips; `live` counts the others.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+
+/// Limits of one name, from [`Options`](crate::Options).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Most attempts of the name at once.
+    pub concurrency: Option<u32>,
+    /// Most attempts started per period: (`n`, period in ms).
+    pub rate: Option<(u32, i64)>,
+}
+
+/// What the flow needs of the engine's options.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FlowConfig {
+    pub limits: HashMap<String, Limits>,
+    /// `Options::retention` in ms: queued events this long past their due time are handed
+    /// out whatever their name's state, so delivery expires them.
+    pub retention_ms: i64,
+    /// Most events in flight before dispatch waits for some to finish, so that priorities
+    /// order a backlog (0: no bound).
+    pub in_flight_cap: usize,
+}
+
+/// A queued event: the heap's greatest is the next to go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Queued {
+    pub priority: i8,
+    pub due_ms: i64,
+    pub id: u64,
+}
+
+impl Queued {
+    fn key(&self) -> (Reverse<i8>, i64, u64) {
+        (Reverse(self.priority), self.due_ms, self.id)
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.key().cmp(&self.key())
+    }
+}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Where a name is listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listed {
+    No,
+    Eligible((Reverse<i8>, i64, u64)),
+    /// Waiting for a token, until this time.
+    RateBlocked(i64),
+}
+
+struct NameFlow {
+    name: Arc<str>,
+    queue: BinaryHeap<Queued>,
+    /// Entries of `queue` that are not stale.
+    live: u64,
+    limits: Limits,
+    running: u32,
+    /// The rate limit's theoretical arrival time, in ms × n (`None`: a full bucket).
+    tat: Option<i128>,
+    paused: bool,
+    listed: Listed,
+}
+
+/// A name's flow state, for `inspect` and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NameState {
+    pub name: Arc<str>,
+    pub queued: u64,
+    pub running: u32,
+    pub paused: bool,
+    pub limits: Limits,
+}
+
+/// The due queues and flow state of every name. See the module documentation.
+#[derive(Default)]
+pub(crate) struct Flow {
+    config: FlowConfig,
+    slots: Vec<NameFlow>,
+    by_name: HashMap<Arc<str>, u32>,
+    eligible: BTreeSet<((Reverse<i8>, i64, u64), u32)>,
+    rate_blocked: BTreeSet<(i64, u32)>,
+    /// Live queued events of every name.
+    queued: u64,
+    /// Events handed out and not finished.
+    in_flight: usize,
+    /// When queues are next scanned for events past retention.
+    next_scan_ms: i64,
+}
+
+/// How often queues are scanned for events past retention: a 64th of it, within 10 ms..60 s.
+fn scan_interval_ms(retention_ms: i64) -> i64 {
+    (retention_ms / 64).clamp(10, 60_000)
+}
+
+impl Flow {
+    pub fn new(config: FlowConfig) -> Flow {
+        Flow {
+            config,
+            ..Flow::default()
+        }
+    }
+
+    /// The slot of `name`, made on first use.
+    pub fn slot(&mut self, name: &str) -> u32 {
+        if let Some(&slot) = self.by_name.get(name) {
+            return slot;
+        }
+        let name: Arc<str> = name.into();
+        let slot = self.slots.len() as u32;
+        self.slots.push(NameFlow {
+            name: name.clone(),
+            queue: BinaryHeap::new(),
+            live: 0,
+            limits: self.config.limits.get(&*name).copied().unwrap_or_default(),
+            running: 0,
+            tat: None,
+            paused: false,
+            listed: Listed::No,
+        });
+        self.by_name.insert(name, slot);
+        slot
+    }
+
+    /// Queues a due event of the name at `slot`.
+    pub fn push(&mut self, slot: u32, queued: Queued, now_ms: i64) {
+        let n = &mut self.slots[slot as usize];
+        n.queue.push(queued);
+        n.live += 1;
+        self.queued += 1;
+        // Only a new head changes the listing.
+        let head = n.queue.peek().is_some_and(|h| h.id == queued.id);
+        if head || n.listed == Listed::No {
+            self.relist(slot, now_ms);
+        }
+    }
+
+    /// A queued event of the name at `slot` left its queue otherwise (cancelled, claimed):
+    /// its entry is stale.
+    pub fn unqueued(&mut self, slot: u32) {
+        let n = &mut self.slots[slot as usize];
+        n.live = n.live.saturating_sub(1);
+        self.queued = self.queued.saturating_sub(1);
+    }
+
+    /// Pauses or resumes `name`. True if the name became eligible (dispatch has work).
+    pub fn set_paused(&mut self, name: &str, paused: bool, now_ms: i64) -> bool {
+        let slot = self.slot(name);
+        self.slots[slot as usize].paused = paused;
+        self.relist(slot, now_ms);
+        matches!(self.slots[slot as usize].listed, Listed::Eligible(_))
+    }
+
+    /// An event handed out by [`dispatch`](Flow::dispatch) is done. True if that makes its
+    /// name eligible again (it was at its concurrency limit), or frees room under the cap
+    /// for a backlog: dispatch has work.
+    pub fn finish(&mut self, slot: u32, now_ms: i64) -> bool {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let n = &mut self.slots[slot as usize];
+        n.running = n.running.saturating_sub(1);
+        let mut wake = false;
+        if n.live > 0 && n.listed == Listed::No {
+            self.relist(slot, now_ms);
+            wake = matches!(self.slots[slot as usize].listed, Listed::Eligible(_));
+        }
+        let cap = self.config.in_flight_cap;
+        // Woken at half the cap, not at every finish, while a backlog waits.
+        wake || (cap > 0 && self.in_flight == cap / 2 && !self.eligible.is_empty())
+    }
+
+    /// Hands out up to `max` events, best first among the eligible names (and every queued
+    /// event past retention, whatever its name's state), appending their ids and slots to
+    /// `out`. `live(id)` tells whether a queue entry is still queued.
+    pub fn dispatch(
+        &mut self,
+        now_ms: i64,
+        max: usize,
+        live: &mut dyn FnMut(u64) -> bool,
+        out: &mut Vec<(u64, u32)>,
+    ) {
+        self.scan_retention(now_ms, live, out);
+        while let Some(&(at, slot)) = self.rate_blocked.first() {
+            if at > now_ms {
+                break;
+            }
+            self.rate_blocked.pop_first();
+            self.slots[slot as usize].listed = Listed::No;
+            self.relist(slot, now_ms);
+        }
+        let cap = self.config.in_flight_cap;
+        let room = |in_flight: usize| cap == 0 || in_flight < cap;
+        let mut taken = 0;
+        while taken < max && room(self.in_flight) {
+            let Some((_, slot)) = self.eligible.pop_first() else {
+                break;
+            };
+            let n = &mut self.slots[slot as usize];
+            n.listed = Listed::No;
+            let mut got = None;
+            while let Some(q) = n.queue.pop() {
+                if live(q.id) {
+                    got = Some(q);
+                    break;
+                }
+            }
+            if let Some(q) = got {
+                self.take(slot, now_ms);
+                out.push((q.id, slot));
+                taken += 1;
+            }
+            self.relist(slot, now_ms);
+        }
+    }
+
+    /// Counts an event of `slot` handed out.
+    fn take(&mut self, slot: u32, now_ms: i64) {
+        let n = &mut self.slots[slot as usize];
+        n.live = n.live.saturating_sub(1);
+        n.running += 1;
+        if let Some((rate, per_ms)) = n.limits.rate {
+            let (t, now) = (i128::from(per_ms), i128::from(now_ms) * i128::from(rate));
+            n.tat = Some(n.tat.unwrap_or(now).max(now) + t);
+        }
+        self.queued = self.queued.saturating_sub(1);
+        self.in_flight += 1;
+    }
+
+    /// Every `scan_interval_ms`, hands out the queued events whose due time is more than the
+    /// retention ago, whatever their name's state: delivery expires them (their first due
+    /// time is no later than their due time, so they are past retention by the one rule).
+    fn scan_retention(
+        &mut self,
+        now_ms: i64,
+        live: &mut dyn FnMut(u64) -> bool,
+        out: &mut Vec<(u64, u32)>,
+    ) {
+        if now_ms < self.next_scan_ms || self.queued == 0 {
+            return;
+        }
+        self.next_scan_ms = now_ms.saturating_add(scan_interval_ms(self.config.retention_ms));
+        let retention = self.config.retention_ms;
+        for slot in 0..self.slots.len() as u32 {
+            let n = &mut self.slots[slot as usize];
+            if n.live == 0 {
+                continue;
+            }
+            let mut expired = Vec::new();
+            n.queue.retain(|q| {
+                let past = now_ms > q.due_ms.saturating_add(retention);
+                if past && live(q.id) {
+                    expired.push(q.id);
+                }
+                !past
+            });
+            for id in expired {
+                self.take(slot, now_ms);
+                out.push((id, slot));
+            }
+            self.relist(slot, now_ms);
+        }
+    }
+
+    /// Lists the name at `slot` where its state puts it.
+    fn relist(&mut self, slot: u32, now_ms: i64) {
+        let n = &mut self.slots[slot as usize];
+        match n.listed {
+            Listed::No => {}
+            Listed::Eligible(key) => {
+                self.eligible.remove(&(key, slot));
+            }
+            Listed::RateBlocked(at) => {
+                self.rate_blocked.remove(&(at, slot));
+            }
+        }
+        n.listed = Listed::No;
+        if n.live == 0 || n.paused || n.limits.concurrency.is_some_and(|c| n.running >= c) {
+            if n.live == 0 {
+                // Only stale entries: drop them.
+                n.queue.clear();
+            }
+            return;
+        }
+        if let (Some((rate, per_ms)), Some(tat)) = (n.limits.rate, n.tat) {
+            // Allowed when tat - (per × n - per) <= now × n (a token is left).
+            let (n_i, per) = (i128::from(rate), i128::from(per_ms));
+            let allowed_scaled = tat - (per * n_i - per);
+            if allowed_scaled > i128::from(now_ms) * n_i {
+                let at = allowed_scaled.div_euclid(n_i) + i128::from(allowed_scaled % n_i != 0);
+                let at = at.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+                n.listed = Listed::RateBlocked(at);
+                self.rate_blocked.insert((at, slot));
+                return;
+            }
+        }
+        let Some(head) = n.queue.peek() else {
+            return;
+        };
+        let key = head.key();
+        n.listed = Listed::Eligible(key);
+        self.eligible.insert((key, slot));
+    }
+
+    /// The earliest time dispatch may find new work without a record being applied: a rate
+    /// limit's next token, or the next retention scan.
+    pub fn next_deadline_ms(&self) -> Option<i64> {
+        let token = self.rate_blocked.first().map(|&(at, _)| at);
+        let scan = (self.queued > 0).then_some(self.next_scan_ms);
+        token.into_iter().chain(scan).min()
+    }
+
+    /// Whether dispatch would hand out an event now (without the retention scan).
+    pub fn has_eligible(&self, now_ms: i64) -> bool {
+        let cap = self.config.in_flight_cap;
+        (cap == 0 || self.in_flight < cap)
+            && (!self.eligible.is_empty()
+                || self
+                    .rate_blocked
+                    .first()
+                    .is_some_and(|&(at, _)| at <= now_ms))
+    }
+
+    /// Whether queued events will be handed out without a record being applied (not only
+    /// paused names' events): for `wait_idle`.
+    pub fn has_runnable(&self) -> bool {
+        !self.eligible.is_empty() || !self.rate_blocked.is_empty()
+    }
+
+    /// Live queued events of every name.
+    pub fn queued(&self) -> u64 {
+        self.queued
+    }
+
+    /// The flow state of every name the engine has seen or has limits for.
+    pub fn states(&self) -> Vec<NameState> {
+        let mut out: Vec<NameState> = self
+            .slots
+            .iter()
+            .map(|n| NameState {
+                name: n.name.clone(),
+                queued: n.live,
+                running: n.running,
+                paused: n.paused,
+                limits: n.limits,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
