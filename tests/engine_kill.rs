@@ -486,6 +486,8 @@ fn scan(dir: &Path) -> Scanned {
                     s.cancelled_jobs.insert(job.0);
                 }
             },
+            // These workloads neither pause nor publish with keys.
+            Record::Pause(_) => {}
         }
         Ok(())
     })

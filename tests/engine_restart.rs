@@ -548,6 +548,8 @@ impl Scanned {
                         s.cancelled_jobs.insert(job);
                     }
                 },
+                // These workloads neither pause nor publish with keys.
+                Record::Pause(_) => {}
             }
             Ok(())
         })

@@ -61,7 +61,7 @@
 //!    under which the core is taken to mark the outcome submitted);
 //!    `Log::append` (which waits for a sync) is never called with the core held.
 
-use super::flow::{Flow, FlowConfig, NameState, Queued};
+use super::flow::{Flow, FlowConfig, Queued};
 use crate::format::{FRAME_HEADER_LEN, Record};
 use crate::ids::{EventId, JobId};
 use crate::index::{Applied, Effect, EventInfo, EventState, Index, JobStats, Location, NO_TIMER};
@@ -569,11 +569,6 @@ impl Core {
     /// Whether `name` is paused.
     pub fn is_paused(&self, name: &str) -> bool {
         self.index.is_paused(name)
-    }
-
-    /// The flow state of every name seen (queued events, attempts running, paused, limits).
-    pub fn flow_states(&self) -> Vec<NameState> {
-        self.flow.states()
     }
 
     /// Due events waiting in their names' queues.

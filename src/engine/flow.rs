@@ -42,6 +42,9 @@ pub(crate) struct FlowConfig {
     pub in_flight_cap: usize,
 }
 
+/// The order of queued events, least first: priority (higher first), due time, id.
+type HeadKey = (Reverse<i8>, i64, u64);
+
 /// A queued event: the heap's greatest is the next to go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Queued {
@@ -51,7 +54,7 @@ pub(crate) struct Queued {
 }
 
 impl Queued {
-    fn key(&self) -> (Reverse<i8>, i64, u64) {
+    fn key(&self) -> HeadKey {
         (Reverse(self.priority), self.due_ms, self.id)
     }
 }
@@ -72,13 +75,12 @@ impl PartialOrd for Queued {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Listed {
     No,
-    Eligible((Reverse<i8>, i64, u64)),
+    Eligible(HeadKey),
     /// Waiting for a token, until this time.
     RateBlocked(i64),
 }
 
 struct NameFlow {
-    name: Arc<str>,
     queue: BinaryHeap<Queued>,
     /// Entries of `queue` that are not stale.
     live: u64,
@@ -90,23 +92,13 @@ struct NameFlow {
     listed: Listed,
 }
 
-/// A name's flow state, for `inspect` and metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct NameState {
-    pub name: Arc<str>,
-    pub queued: u64,
-    pub running: u32,
-    pub paused: bool,
-    pub limits: Limits,
-}
-
 /// The due queues and flow state of every name. See the module documentation.
 #[derive(Default)]
 pub(crate) struct Flow {
     config: FlowConfig,
     slots: Vec<NameFlow>,
     by_name: HashMap<Arc<str>, u32>,
-    eligible: BTreeSet<((Reverse<i8>, i64, u64), u32)>,
+    eligible: BTreeSet<(HeadKey, u32)>,
     rate_blocked: BTreeSet<(i64, u32)>,
     /// Live queued events of every name.
     queued: u64,
@@ -137,7 +129,6 @@ impl Flow {
         let name: Arc<str> = name.into();
         let slot = self.slots.len() as u32;
         self.slots.push(NameFlow {
-            name: name.clone(),
             queue: BinaryHeap::new(),
             live: 0,
             limits: self.config.limits.get(&*name).copied().unwrap_or_default(),
@@ -219,22 +210,25 @@ impl Flow {
         let room = |in_flight: usize| cap == 0 || in_flight < cap;
         let mut taken = 0;
         while taken < max && room(self.in_flight) {
-            let Some((_, slot)) = self.eligible.pop_first() else {
+            let Some((key, slot)) = self.eligible.pop_first() else {
                 break;
             };
             let n = &mut self.slots[slot as usize];
             n.listed = Listed::No;
-            let mut got = None;
-            while let Some(q) = n.queue.pop() {
-                if live(q.id) {
-                    got = Some(q);
-                    break;
-                }
+            // Stale heads (cancelled while queued) go first.
+            while n.queue.peek().is_some_and(|q| !live(q.id)) {
+                n.queue.pop();
             }
-            if let Some(q) = got {
-                self.take(slot, now_ms);
-                out.push((q.id, slot));
-                taken += 1;
+            match n.queue.peek() {
+                // The name was listed by a stale head: list it by its live one, and look again.
+                Some(head) if head.key() != key => {}
+                Some(_) => {
+                    let q = n.queue.pop().expect("peeked");
+                    self.take(slot, now_ms);
+                    out.push((q.id, slot));
+                    taken += 1;
+                }
+                None => {}
             }
             self.relist(slot, now_ms);
         }
@@ -336,17 +330,6 @@ impl Flow {
         token.into_iter().chain(scan).min()
     }
 
-    /// Whether dispatch would hand out an event now (without the retention scan).
-    pub fn has_eligible(&self, now_ms: i64) -> bool {
-        let cap = self.config.in_flight_cap;
-        (cap == 0 || self.in_flight < cap)
-            && (!self.eligible.is_empty()
-                || self
-                    .rate_blocked
-                    .first()
-                    .is_some_and(|&(at, _)| at <= now_ms))
-    }
-
     /// Whether queued events will be handed out without a record being applied (not only
     /// paused names' events): for `wait_idle`.
     pub fn has_runnable(&self) -> bool {
@@ -357,21 +340,151 @@ impl Flow {
     pub fn queued(&self) -> u64 {
         self.queued
     }
+}
 
-    /// The flow state of every name the engine has seen or has limits for.
-    pub fn states(&self) -> Vec<NameState> {
-        let mut out: Vec<NameState> = self
-            .slots
-            .iter()
-            .map(|n| NameState {
-                name: n.name.clone(),
-                queued: n.live,
-                running: n.running,
-                paused: n.paused,
-                limits: n.limits,
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+#[cfg(test)]
+mod tests {
+    //! The flow against a model: random pushes (priorities, due times), dispatches,
+    //! finishes, cancels of queued events, pauses and clock steps on three names with
+    //! different limits. After each dispatch: every event handed out was queued and live,
+    //! never twice; no name runs more than its concurrency limit; a paused name hands out
+    //! nothing; a rate-limited name starts no more than its bucket allows; nothing better
+    //! (by priority, then due time, then id) stays queued on a name that could run; and
+    //! nothing runnable is left behind.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    const NAMES: [&str; 3] = ["free", "one", "rated"];
+    const RATE: (u32, i64) = (3, 100);
+
+    fn config() -> FlowConfig {
+        let mut limits = HashMap::new();
+        limits.insert(
+            "one".to_string(),
+            Limits {
+                concurrency: Some(1),
+                rate: None,
+            },
+        );
+        limits.insert(
+            "rated".to_string(),
+            Limits {
+                concurrency: Some(2),
+                rate: Some(RATE),
+            },
+        );
+        FlowConfig {
+            limits,
+            retention_ms: i64::MAX / 4,
+            in_flight_cap: 0,
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push { name: usize, priority: i8, due: i64 },
+        Dispatch { max: usize },
+        Finish { pick: usize },
+        Cancel { pick: usize },
+        Pause { name: usize, paused: bool },
+        Advance { ms: i64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize, -2i8..3, 0i64..50).prop_map(|(name, priority, due)| Op::Push { name, priority, due }),
+            3 => (1..6usize).prop_map(|max| Op::Dispatch { max }),
+            3 => any::<usize>().prop_map(|pick| Op::Finish { pick }),
+            1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+            1 => (0..3usize, any::<bool>()).prop_map(|(name, paused)| Op::Pause { name, paused }),
+            2 => (0i64..80).prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn flow_agrees_with_the_model(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut flow = Flow::new(config());
+            let slots: Vec<u32> = NAMES.iter().map(|n| flow.slot(n)).collect();
+            // Model: queued (live) events per name, running per name, paused names, starts.
+            let mut queued: BTreeMap<u64, (usize, Queued)> = BTreeMap::new();
+            let mut running: BTreeMap<u64, usize> = BTreeMap::new();
+            let mut paused = [false; 3];
+            let mut starts: Vec<i64> = Vec::new();
+            let mut handed = BTreeSet::new();
+            let (mut now, mut next_id) = (0i64, 1u64);
+            for op in &ops {
+                match *op {
+                    Op::Push { name, priority, due } => {
+                        let q = Queued { priority, due_ms: now + due, id: next_id };
+                        next_id += 1;
+                        queued.insert(q.id, (name, q));
+                        flow.push(slots[name], q, now);
+                    }
+                    Op::Cancel { pick } => {
+                        let Some(&id) = queued.keys().nth(pick % queued.len().max(1)) else { continue };
+                        let (name, _) = queued.remove(&id).unwrap();
+                        flow.unqueued(slots[name]);
+                    }
+                    Op::Finish { pick } => {
+                        let Some(&id) = running.keys().nth(pick % running.len().max(1)) else { continue };
+                        let name = running.remove(&id).unwrap();
+                        flow.finish(slots[name], now);
+                    }
+                    Op::Pause { name, paused: p } => {
+                        paused[name] = p;
+                        flow.set_paused(NAMES[name], p, now);
+                    }
+                    Op::Advance { ms } => now += ms,
+                    Op::Dispatch { max } => {
+                        let mut out = Vec::new();
+                        let q2 = queued.clone();
+                        let mut live = |id: u64| q2.contains_key(&id);
+                        flow.dispatch(now, max, &mut live, &mut out);
+                        prop_assert!(out.len() <= max);
+                        for &(id, slot) in &out {
+                            let (name, q) = queued.remove(&id).expect("handed out a live queued event");
+                            prop_assert!(handed.insert(id), "{} handed out twice", id);
+                            prop_assert_eq!(slot, slots[name]);
+                            prop_assert!(!paused[name], "paused {} handed out {}", NAMES[name], id);
+                            // Nothing better stayed queued on a name free to run (no rate limit).
+                            for (&other, &(oname, oq)) in &queued {
+                                let free = !paused[oname] && oname == 0;
+                                prop_assert!(!free || oq.key() >= q.key() || out.iter().any(|o| o.0 == other),
+                                    "{:?} handed out before {:?}", q, oq);
+                            }
+                            running.insert(id, name);
+                            if name == 2 {
+                                starts.push(now);
+                            }
+                        }
+                        let runs = |n: usize| running.values().filter(|&&r| r == n).count();
+                        prop_assert!(runs(1) <= 1, "concurrency 1 exceeded");
+                        prop_assert!(runs(2) <= 2, "concurrency 2 exceeded");
+                        if out.len() < max {
+                            // Nothing runnable left: the free name is drained unless paused,
+                            // the limited one is at its limit, paused or drained.
+                            let left = |n: usize| queued.values().filter(|(m, _)| *m == n).count();
+                            prop_assert!(paused[0] || left(0) == 0, "free name left behind");
+                            prop_assert!(paused[1] || runs(1) == 1 || left(1) == 0, "limited name left behind");
+                            if !paused[2] && runs(2) < 2 && left(2) > 0 {
+                                prop_assert!(flow.next_deadline_ms().is_some_and(|d| d > now),
+                                    "a rate-blocked name needs a deadline");
+                            }
+                        }
+                    }
+                }
+                // The token bucket: over any span from a start, at most n + n × span / per.
+                let (n, per) = (i64::from(RATE.0), RATE.1);
+                for (i, &from) in starts.iter().enumerate() {
+                    let later = starts[i..].iter().filter(|&&t| t <= now).count() as i64;
+                    prop_assert!(later <= n + n * (now - from) / per, "{} starts since {}", later, from);
+                }
+                prop_assert_eq!(flow.queued(), queued.len() as u64);
+            }
+        }
     }
 }

@@ -107,22 +107,25 @@ impl PublishOptions {
     }
 }
 
+/// An event name and a key.
+type NameKey = (Box<str>, Box<[u8]>);
+
 /// The keys being published, per name: one publish per key at a time.
 #[derive(Default)]
 pub(crate) struct KeyLocks {
-    held: Mutex<HashSet<(Box<str>, Box<[u8]>)>>,
+    held: Mutex<HashSet<NameKey>>,
     freed: Condvar,
 }
 
 /// A key's turn; the next publisher of the key goes on when it is dropped.
 struct KeyTurn<'a> {
     locks: &'a KeyLocks,
-    key: (Box<str>, Box<[u8]>),
+    key: NameKey,
 }
 
 impl KeyLocks {
     fn take(&self, name: &str, key: &[u8]) -> KeyTurn<'_> {
-        let key: (Box<str>, Box<[u8]>) = (name.into(), key.into());
+        let key: NameKey = (name.into(), key.into());
         let mut held = self.held.lock();
         while held.contains(&key) {
             self.freed.wait(&mut held);

@@ -1192,6 +1192,22 @@ mod tests {
     }
 
     #[test]
+    fn format_1_segments_know_only_kinds_1_to_6() {
+        let mut payload = Vec::new();
+        Record::Pause(Pause {
+            name: "n",
+            paused: true,
+            at_ms: 0,
+        })
+        .encode(&mut payload);
+        assert!(Record::decode_in(2, RecordKind::Pause, &payload).is_ok());
+        let refused = Record::decode_in(1, RecordKind::Pause, &payload).unwrap_err();
+        assert!(refused.reason.contains("format 1"), "{refused}");
+        assert!(RecordKind::ALL[..6].iter().all(|k| k.in_version(1)));
+        assert!(!RecordKind::PublishWith.in_version(1));
+    }
+
+    #[test]
     fn limits_are_enforced_before_encoding() {
         let body = vec![0u8; super::super::MAX_PAYLOAD_LEN];
         let entries = [PublishEntry {

@@ -547,6 +547,8 @@ pub struct Scanned {
     pub outcomes: Vec<(EventId, u32, bool)>,
     /// The due time of the latest retry record.
     pub retry_due: BTreeMap<EventId, i64>,
+    /// Names paused by the latest pause records.
+    pub paused: BTreeSet<String>,
 }
 
 impl Scanned {
@@ -560,6 +562,16 @@ impl Scanned {
                 for e in p.events() {
                     self.published
                         .insert(e.id, (e.name.to_owned(), e.body.to_vec(), e.due_ms, p.job));
+                }
+                if let Some(replaced) = p.options().and_then(|o| o.replaces) {
+                    self.cancelled.insert(replaced);
+                }
+            }
+            Record::Pause(p) => {
+                if p.paused {
+                    self.paused.insert(p.name.to_owned());
+                } else {
+                    self.paused.remove(p.name);
                 }
             }
             Record::Attempt(a) => attempt(self, a.event, a.attempt),
