@@ -85,13 +85,13 @@ pub use engine::{
 #[cfg(feature = "tokio")]
 pub use engine::{AsyncContext, AsyncHandler, HandlerFuture};
 pub use error::{Error, Result};
-pub use format::Manifest;
+pub use format::{Manifest, NameLimits};
 pub use ids::{EventId, JobId};
 pub use index::{EventState, JobStats};
 pub use log::{Durability, Position, Recovery};
 pub use reader::{
-    EventFilter, EventHistory, EventRow, Problem, Reader, RecordFilter, Salvage, SegmentInfo,
-    Summary, Verification, drop_reason_name, record_time_ms, retry_reason_name,
+    EventFilter, EventHistory, EventRow, KeysHeld, Problem, Reader, RecordFilter, Salvage,
+    SegmentInfo, Summary, Verification, drop_reason_name, record_time_ms, retry_reason_name,
 };
 pub use record::{Record, RecordKind};
 pub use retry::{
@@ -106,7 +106,7 @@ pub use storage::{CrashMode, FsStorage, LockGuard, Mapped, MemStorage, Storage, 
 pub mod record {
     pub use crate::format::{
         Ack, AckOutcome, Attempt, Cancel, CancelTarget, Drop, EventIter, EventOptions, KEY_KEEP,
-        KEY_NONE, KEY_REPLACE, KEY_REPLACE_BODY, Pause, Publish, PublishEntry, Record, RecordError,
-        RecordKind, Retry,
+        KEY_NONE, KEY_REPLACE, KEY_REPLACE_BODY, MAX_KEY_LEN, Pause, Publish, PublishEntry, Record,
+        RecordError, RecordKind, Retry, validate_key,
     };
 }

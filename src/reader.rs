@@ -53,7 +53,8 @@ pub struct RecordFilter {
     /// Only these kinds (empty: every kind).
     pub kinds: Vec<RecordKind>,
     /// Only records about events with this name (a publish matches if any entry does; a job
-    /// cancel matches if the job published an event with the name).
+    /// cancel matches if the job published an event with the name; a pause or resume of the
+    /// name matches).
     pub name: Option<String>,
     /// Only records about events of this job, and the job's cancel.
     pub job: Option<JobId>,
@@ -80,6 +81,9 @@ pub struct EventFilter {
     pub job: Option<JobId>,
     /// Only events next due (or, once finished, last due) before this time, Unix epoch ms.
     pub due_before_ms: Option<i64>,
+    /// Only events published with this key (of any name, unless `name` is set too),
+    /// whatever their state.
+    pub key: Option<Vec<u8>>,
     /// At most this many events, the lowest ids first.
     pub limit: Option<usize>,
 }
@@ -90,6 +94,7 @@ impl EventFilter {
             && self.name.as_deref().is_none_or(|n| e.name == n)
             && self.job.is_none_or(|j| e.job == Some(j))
             && self.due_before_ms.is_none_or(|t| e.due_ms < t)
+            && (self.key.is_none() || e.keyed)
     }
 }
 
@@ -121,6 +126,11 @@ pub struct EventRow {
     pub last_reason: Option<String>,
     /// The message of its last failure or drop, if any.
     pub last_message: Option<String>,
+    /// Its priority (0 unless published with one).
+    pub priority: i8,
+    /// Its key, if it was published with one: the key's text, any bytes that are not UTF-8
+    /// shown as U+FFFD.
+    pub key: Option<String>,
 }
 
 fn state_name<S: serde::Serializer>(state: &EventState, s: S) -> Result<S::Ok, S::Error> {
@@ -172,6 +182,21 @@ pub struct Summary {
     /// What a writer's recovery would find: a torn tail is cut when an engine opens.
     #[serde(serialize_with = "serialize_recovery")]
     pub recovery: Recovery,
+    /// Paused event names, sorted.
+    pub paused: Vec<String>,
+    /// Keys taken, per event name (sorted), counted at the reader's clock (the system's).
+    pub keys: Vec<KeysHeld>,
+}
+
+/// The keys of one event name that are taken.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KeysHeld {
+    /// The event name.
+    pub name: String,
+    /// Keys held by a pending event.
+    pub pending: u64,
+    /// Keys of finished events whose key window is still open.
+    pub windows: u64,
 }
 
 /// Every record about one event, and its body.
@@ -264,6 +289,13 @@ pub fn retry_reason_name(code: u8) -> String {
     }
 }
 
+/// The system clock, Unix epoch ms: what key windows are counted at.
+fn system_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Ids as runs of consecutive ids: events of a job, or published one after another, take
 /// one run, so a filter's memory follows the runs, not the events.
 #[derive(Debug, Default)]
@@ -341,12 +373,21 @@ impl<'f> Matcher<'f> {
                             any = true;
                         }
                     }
-                    any
+                    // A replacing publish also cancels the holder.
+                    any || p
+                        .options()
+                        .and_then(|o| o.replaces)
+                        .is_some_and(|h| self.events.contains(h.0))
                 }
                 Record::Cancel(c) => match c.target {
                     CancelTarget::Event(e) => self.events.contains(e.0),
                     CancelTarget::Job(j) => self.jobs.contains(&j.0),
                 },
+                // A pause is about its name, not about any one event or job.
+                Record::Pause(p) => {
+                    let f = self.filter;
+                    f.job.is_none() && f.event.is_none() && f.name.as_deref() == Some(p.name)
+                }
                 other => other.event().is_some_and(|e| self.events.contains(e.0)),
             }
         } else {
@@ -371,6 +412,7 @@ struct Extra {
     body_bytes: u64,
     last_reason: Option<String>,
     last_message: Option<String>,
+    key: Option<Box<[u8]>>,
 }
 
 /// Notes what `record` tells of the events `keep` accepts (for the others, nothing is kept).
@@ -381,13 +423,16 @@ fn note_extra(
 ) {
     match record {
         Record::Publish(p) => {
+            let key = p.options().map(|o| o.key).filter(|k| !k.is_empty());
             for e in p.events().filter(|e| keep(e.id)) {
-                extras.entry(e.id).or_insert_with(|| Extra {
+                let x = extras.entry(e.id).or_insert_with(|| Extra {
                     published_ms: p.published_ms,
                     first_due_ms: e.due_ms,
-                    body_bytes: e.body.len() as u64,
+                    key: key.map(Box::from),
                     ..Extra::default()
                 });
+                // A restatement replaces the body.
+                x.body_bytes = e.body.len() as u64;
             }
         }
         Record::Retry(r) => {
@@ -425,6 +470,10 @@ fn row(index: &Index, extras: &HashMap<EventId, Extra>, id: EventId) -> Option<E
         body_bytes: extra.map_or(0, |x| x.body_bytes),
         last_reason: extra.and_then(|x| x.last_reason.clone()),
         last_message: extra.and_then(|x| x.last_message.clone()),
+        priority: info.priority,
+        key: extra
+            .and_then(|x| x.key.as_deref())
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
     })
 }
 
@@ -600,9 +649,14 @@ impl Reader {
         let mut kinds = [0u64; 9];
         let mut rejected = 0;
         let mut jobs: HashSet<u64> = HashSet::new();
+        // The sequence number of each name's latest pause record: the one that is live.
+        let mut pauses: HashMap<String, u64> = HashMap::new();
         let snap = self.snapshot()?;
         let recovery = snap.scan(|pos, record| {
             kinds[record.kind() as usize] += 1;
+            if let Record::Pause(p) = record {
+                pauses.insert(p.name.to_owned(), pos.seq);
+            }
             if let Record::Publish(p) = record
                 && let Some(j) = p.job
             {
@@ -656,6 +710,7 @@ impl Reader {
             let len = (FRAME_HEADER_LEN + record.encoded_len()) as u64;
             let live = match record {
                 Record::Publish(p) => p.events().any(|e| pending(e.id)),
+                Record::Pause(p) => pauses.get(p.name) == Some(&pos.seq),
                 Record::Cancel(Cancel {
                     target: CancelTarget::Job(j),
                     ..
@@ -700,7 +755,22 @@ impl Reader {
             .into_iter()
             .filter_map(|id| row(&index, &extras, id))
             .collect();
+        let mut keys: BTreeMap<&str, KeysHeld> = BTreeMap::new();
+        for (name, _, _, pending) in index.keys_taken(system_now_ms()) {
+            let held = keys.entry(name).or_insert_with(|| KeysHeld {
+                name: name.to_owned(),
+                pending: 0,
+                windows: 0,
+            });
+            if pending {
+                held.pending += 1;
+            } else {
+                held.windows += 1;
+            }
+        }
         Ok(Summary {
+            paused: index.paused().map(str::to_owned).collect(),
+            keys: keys.into_values().collect(),
             segments: segments.into_values().collect(),
             records_by_kind: RecordKind::ALL
                 .iter()
@@ -745,15 +815,25 @@ impl Reader {
     ) -> Result<()> {
         let mut index = Index::new();
         let mut effects = Vec::new();
+        // With a key filter, the ids published with the key: as runs, so a job's events
+        // or a long run of publishes take one entry.
+        let mut with_key = IdRuns::default();
         let snap = self.snapshot()?;
         snap.scan(|pos, record| {
+            if let (Some(key), Record::Publish(p)) = (&filter.key, record)
+                && p.options().is_some_and(|o| o.key == key.as_slice())
+            {
+                for e in p.events() {
+                    with_key.insert(e.id.0);
+                }
+            }
             let _ = index.apply(crate::engine::location(pos), record, &mut effects);
             effects.clear();
             Ok(())
         })?;
         let selected: Vec<EventId> = index
             .held_events()
-            .filter(|e| filter.matches(e))
+            .filter(|e| filter.matches(e) && (filter.key.is_none() || with_key.contains(e.id.0)))
             .take(filter.limit.unwrap_or(usize::MAX))
             .map(|e| e.id)
             .collect();
@@ -791,13 +871,15 @@ impl Reader {
         let mut body = None;
         let mut records = Vec::new();
         self.records(&filter, |pos, record| {
-            if let Record::Publish(p) = record
-                && body.is_none()
-            {
-                body = p.events().find(|e| e.id == id).map(|e| e.body.to_vec());
-            }
-            let _ = index.apply(crate::engine::location(pos), record, &mut effects);
+            let applied = index.apply(crate::engine::location(pos), record, &mut effects);
             effects.clear();
+            // The body is its publish's, or that of the latest record that restated it
+            // while it was pending (a restatement of a finished event changes nothing).
+            if let (Record::Publish(p), Ok(crate::index::Applied::Changed)) = (record, applied)
+                && let Some(e) = p.events().find(|e| e.id == id)
+            {
+                body = Some(e.body.to_vec());
+            }
             note_extra(&mut extras, record, |_| true);
             let mut payload = Vec::with_capacity(record.encoded_len());
             record.encode(&mut payload);
@@ -983,12 +1065,14 @@ impl Reader {
                 out.path().display()
             )));
         }
+        let manifest = self.manifest()?;
         let options = LogOptions {
             segment_bytes,
             first_segment_bytes: LogOptions::default().first_segment_bytes.min(segment_bytes),
             durability: Durability::Periodic(std::time::Duration::from_secs(1)),
             prepare_in_background: false,
-            retention_ms: self.manifest()?.and_then(|m| m.retention_ms),
+            retention_ms: manifest.as_ref().and_then(|m| m.retention_ms),
+            limits: manifest.and_then(|m| m.limits),
         };
         // Ids must continue above every id the original allocated: the floors of every
         // header, a damaged segment's too.

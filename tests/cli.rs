@@ -1,7 +1,10 @@
 //! The `afterlog` binary, run for real on data directories written by the engine.
 
 use afterlog::log::LogOptions;
-use afterlog::{After, Engine, EventId, HandlerError, JobId, ManualClock, Options, Reader};
+use afterlog::{
+    After, Engine, EventId, HandlerError, JobId, KeyMode, KeyOutcome, ManualClock, Options,
+    PublishOptions, Reader,
+};
 use serde_json::Value;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -434,7 +437,12 @@ fn writes_are_refused_while_an_engine_runs_and_reads_work_beside_it() {
         .publish("user.joined", "a@b.c", After::parse("1 hour").unwrap())
         .unwrap();
 
-    for args in [vec!["publish", dir, "x", "y"], vec!["compact", dir]] {
+    for args in [
+        vec!["publish", dir, "x", "y"],
+        vec!["compact", dir],
+        vec!["pause", dir, "x"],
+        vec!["resume", dir, "x"],
+    ] {
         let o = afterlog(&args);
         assert_eq!(o.status.code(), Some(4), "{args:?}: {}", stderr(&o));
         assert!(
@@ -785,4 +793,278 @@ fn control_characters_from_data_are_escaped_in_text_output() {
     let o = afterlog(&["inspect", foreign.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
     assert!(stderr(&o).contains(r"notes\x1b[8m.txt"), "{}", stderr(&o));
+}
+
+#[test]
+fn keys_priorities_pause_and_limits_are_shown_and_pause_is_set_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let clock = ManualClock::new(now_ms());
+    let engine = Engine::open_with(
+        tmp.path(),
+        options(&clock).concurrency("invoice.send", 2).rate_limit(
+            "mail.send",
+            10,
+            Duration::from_secs(1),
+        ),
+    )
+    .unwrap();
+    let keyed = |key: &str, mode| {
+        PublishOptions::default()
+            .key(key, mode)
+            .priority(3)
+            .key_window(Duration::from_secs(86_400))
+    };
+    let a = engine
+        .publish_with(
+            "invoice.send",
+            "a",
+            After::parse("1 hour").unwrap(),
+            keyed("inv-1", KeyMode::Keep),
+        )
+        .unwrap();
+    let b = engine
+        .publish_with(
+            "invoice.send",
+            "b",
+            After::parse("1 hour").unwrap(),
+            keyed("inv-2", KeyMode::Keep),
+        )
+        .unwrap();
+    let c = engine
+        .publish_with(
+            "invoice.send",
+            "c",
+            After::parse("2 hours").unwrap(),
+            PublishOptions::default().key("inv-2", KeyMode::Replace),
+        )
+        .unwrap();
+    assert_eq!(c.outcome, KeyOutcome::Replaced(b.id));
+    engine
+        .publish("mail.send", "plain", After::parse("1 hour").unwrap())
+        .unwrap();
+    engine.pause("mail.send").unwrap();
+    engine.close().unwrap();
+
+    // `events --key`: every event published with the key, whatever its state.
+    let rows = json(&["events", dir, "--key", "inv-2", "--json"]);
+    let rows = rows.as_array().unwrap();
+    let ids: Vec<u64> = rows.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [b.id.0, c.id.0]);
+    assert_eq!(rows[0]["state"], "cancelled");
+    assert_eq!(rows[0]["priority"], 3);
+    assert_eq!(rows[1]["state"], "scheduled");
+    assert_eq!(rows[1]["key"], "inv-2");
+    assert_eq!(rows[1]["priority"], 0);
+    let only = json(&[
+        "events",
+        dir,
+        "--key",
+        "inv-1",
+        "--name",
+        "invoice.send",
+        "--json",
+    ]);
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    assert_eq!(only[0]["id"], a.id.0);
+    assert_eq!(
+        json(&[
+            "events",
+            dir,
+            "--key",
+            "inv-1",
+            "--name",
+            "mail.send",
+            "--json"
+        ]),
+        serde_json::json!([])
+    );
+    let table = ok(&["events", dir, "--key", "inv-1"]);
+    assert!(
+        table.contains("PRIORITY") && table.contains("KEY") && table.contains("inv-1"),
+        "{table}"
+    );
+    // Without keys or priorities in the rows, the columns stay out.
+    let table = ok(&["events", dir, "--name", "mail.send"]);
+    assert!(
+        !table.contains("PRIORITY") && !table.contains("KEY"),
+        "{table}"
+    );
+    // A bad key is refused.
+    let o = afterlog(&["events", dir, "--key", ""]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let long = "k".repeat(256);
+    assert_eq!(
+        afterlog(&["events", dir, "--key", &long]).status.code(),
+        Some(2)
+    );
+
+    // `inspect`: paused names, limits in force, keys held.
+    let v = json(&["inspect", dir, "--json"]);
+    assert_eq!(v["paused"], serde_json::json!(["mail.send"]));
+    assert_eq!(
+        v["keys"],
+        serde_json::json!([{"name": "invoice.send", "pending": 2, "windows": 0}])
+    );
+    assert_eq!(v["limits"][0]["name"], "invoice.send");
+    assert_eq!(v["limits"][0]["concurrency"], 2);
+    assert_eq!(v["limits"][1]["name"], "mail.send");
+    assert_eq!(v["limits"][1]["rate"], serde_json::json!([10, 1000]));
+    let text = ok(&["inspect", dir]);
+    assert!(text.contains("paused      mail.send"), "{text}");
+    assert!(
+        text.contains("invoice.send: concurrency 2; mail.send: rate 10 per 1 second"),
+        "{text}"
+    );
+    assert!(text.contains("keys held   invoice.send: 2"), "{text}");
+
+    // `resume` and `pause` offline: durable records, and the tool keeps the recorded limits.
+    let records = |dir: &str| {
+        json(&["inspect", dir, "--json"])["records_by_kind"]["pause"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(records(dir), 1);
+    assert_eq!(ok(&["resume", dir, "mail.send"]), "resumed mail.send\n");
+    assert_eq!(records(dir), 2);
+    assert_eq!(
+        ok(&["resume", dir, "mail.send"]),
+        "mail.send was already not paused: nothing written\n"
+    );
+    assert_eq!(records(dir), 2);
+    assert_eq!(
+        json(&["pause", dir, "report.daily", "--json"]),
+        serde_json::json!({"name": "report.daily", "paused": true, "changed": true})
+    );
+    let v = json(&["inspect", dir, "--json"]);
+    assert_eq!(v["paused"], serde_json::json!(["report.daily"]));
+    assert_eq!(v["limits"].as_array().unwrap().len(), 2, "{v}");
+    // A bad name writes nothing.
+    let o = afterlog(&["pause", dir, ""]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(records(dir), 3);
+    // `replay --name` shows the name's pause records.
+    let lines = ok(&["replay", dir, "--name", "report.daily", "--kind", "pause"]);
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+
+    // `publish --key`: each mode, and bad options refused before anything is written.
+    let v = json(&[
+        "publish",
+        dir,
+        "invoice.send",
+        "again",
+        "--key",
+        "inv-1",
+        "--json",
+    ]);
+    assert_eq!(
+        (v["outcome"].as_str(), v["id"].as_u64()),
+        (Some("kept"), Some(a.id.0))
+    );
+    let text = ok(&[
+        "publish",
+        dir,
+        "invoice.send",
+        "new body",
+        "--key",
+        "inv-1",
+        "--key-mode",
+        "replace-body",
+    ]);
+    assert!(
+        text.starts_with(&format!("updated the body of {}", a.id)),
+        "{text}"
+    );
+    let v = json(&[
+        "publish",
+        dir,
+        "invoice.send",
+        "d",
+        "--key",
+        "inv-3",
+        "--priority",
+        "-5",
+        "--key-window",
+        "1 day",
+        "--json",
+    ]);
+    assert_eq!(v["outcome"], "new");
+    let d = v["id"].as_u64().unwrap();
+    let v = json(&[
+        "publish",
+        dir,
+        "invoice.send",
+        "e",
+        "--key",
+        "inv-3",
+        "--key-mode",
+        "replace",
+        "--json",
+    ]);
+    assert_eq!(
+        (v["outcome"].as_str(), v["replaced"].as_u64()),
+        (Some("replaced"), Some(d))
+    );
+    let rows = json(&["events", dir, "--key", "inv-3", "--json"]);
+    assert_eq!(rows[0]["priority"], -5);
+    assert_eq!(rows[0]["state"], "cancelled");
+    let before = json(&["inspect", dir, "--json"])["records_by_kind"].clone();
+    for args in [
+        vec![
+            "publish",
+            dir,
+            "n",
+            "b",
+            "--key",
+            "k",
+            "--key-mode",
+            "bogus",
+        ],
+        vec![
+            "publish",
+            dir,
+            "n",
+            "b",
+            "--key",
+            "k",
+            "--key-mode",
+            "replace",
+            "--key-window",
+            "1 day",
+        ],
+        vec![
+            "publish",
+            dir,
+            "n",
+            "b",
+            "--key",
+            "k",
+            "--key-window",
+            "0 ms",
+        ],
+        vec!["publish", dir, "n", "b", "--key", ""],
+        vec!["publish", dir, "n", "b", "--key-mode", "keep"],
+        vec!["publish", dir, "n", "b", "--priority", "300"],
+    ] {
+        let o = afterlog(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    assert_eq!(json(&["inspect", dir, "--json"])["records_by_kind"], before);
+
+    // The engine sees what the tool wrote.
+    let engine = Engine::open_with(tmp.path(), options(&clock)).unwrap();
+    assert_eq!(engine.paused(), ["report.daily"]);
+    engine.close().unwrap();
+    let history = Reader::open(tmp.path())
+        .unwrap()
+        .event_history(a.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(history.body, b"new body");
+    let text = ok(&["event", dir, &a.id.to_string()]);
+    assert!(text.contains("key        inv-1\npriority   3\n"), "{text}");
+    // Reopened without limits, the engine records none in force.
+    let v = json(&["inspect", dir, "--json"]);
+    assert_eq!(v["limits"], serde_json::json!([]));
+    assert!(ok(&["inspect", dir]).contains("limits      none (recorded by the engine)"));
 }

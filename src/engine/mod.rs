@@ -185,6 +185,7 @@ impl Engine {
         let mut log_options = options.log.clone();
         if options.record_retention {
             log_options.retention_ms = Some(options.retention_ms().max(1) as u64);
+            log_options.limits = Some(options.recorded_limits());
         }
         let (log, recovery) = Log::open(storage, log_options, |pos, record| {
             // A record the index cannot apply (an outcome whose publish was compacted away,

@@ -158,10 +158,11 @@ impl Options {
         self
     }
 
-    /// Whether opening records the retention in the directory's manifest (default true), so
-    /// that readers and the `afterlog` CLI know which events are live. A tool that opens a
-    /// directory without knowing the application's retention turns this off, and leaves the
-    /// recorded one alone.
+    /// Whether opening records the retention and the flow limits (`concurrency`,
+    /// `rate_limit`) in the directory's manifest (default true), so that readers and the
+    /// `afterlog` CLI know which events are live and which limits are in force. A tool that
+    /// opens a directory without knowing the application's options turns this off, and
+    /// leaves the recorded ones alone.
     pub fn record_retention(mut self, record: bool) -> Options {
         self.record_retention = record;
         self
@@ -210,6 +211,14 @@ impl Options {
 
     /// Checks the flow limits: names valid, no zero limit.
     pub(crate) fn check_limits(&self) -> crate::Result<()> {
+        let max = crate::format::MAX_MANIFEST_LIMITS;
+        if self.limits.len() > max {
+            return Err(crate::Error::LimitExceeded {
+                what: "names with flow limits",
+                found: self.limits.len() as u64,
+                max: max as u64,
+            });
+        }
         for (name, limits) in &self.limits {
             crate::format::validate_name(name)?;
             if limits.concurrency == Some(0) {
@@ -229,6 +238,21 @@ impl Options {
     }
 
     /// The core's flow configuration.
+    /// The limits as the manifest records them, sorted by name.
+    pub(crate) fn recorded_limits(&self) -> Vec<crate::format::NameLimits> {
+        let mut limits: Vec<_> = self
+            .limits
+            .iter()
+            .map(|(name, l)| crate::format::NameLimits {
+                name: name.clone(),
+                concurrency: l.concurrency,
+                rate: l.rate.map(|(n, per_ms)| (n, per_ms as u64)),
+            })
+            .collect();
+        limits.sort_by(|a, b| a.name.cmp(&b.name));
+        limits
+    }
+
     pub(crate) fn flow_config(&self) -> super::flow::FlowConfig {
         super::flow::FlowConfig {
             limits: self.limits.clone(),

@@ -19,6 +19,9 @@
 //!     48     8  segment_bytes  u64, the writer's segment size; 0 = not recorded
 //!     56     4  segment_count  u32, at most MAX_MANIFEST_SEGMENTS
 //!     60  8×n   segment ids    u64 each, strictly increasing
+//!    …      4  limit_count    u32, at most MAX_MANIFEST_LIMITS (absent: not recorded)
+//!    …      …  limits         limit_count of: name_len u8, concurrency u32 (0 = none),
+//!                             rate u32 (0 = none), rate_per_ms u64, name
 //!    …      4  crc            u32, CRC-32 of every byte before it
 //! ```
 //!
@@ -38,8 +41,16 @@ const VERSION: u32 = 2;
 const FIXED_LEN: usize = 60;
 /// The most segments a manifest lists (a terabyte of 1 MiB segments).
 pub const MAX_MANIFEST_SEGMENTS: usize = 1 << 20;
+/// The most flow limits a manifest records (and an engine accepts).
+pub const MAX_MANIFEST_LIMITS: usize = 4096;
+/// The fixed bytes of one recorded limit, before its name.
+const LIMIT_FIXED_LEN: usize = 17;
 /// The largest encoded manifest.
-pub const MAX_MANIFEST_LEN: usize = FIXED_LEN + 8 * MAX_MANIFEST_SEGMENTS + 4;
+pub const MAX_MANIFEST_LEN: usize = FIXED_LEN
+    + 8 * MAX_MANIFEST_SEGMENTS
+    + 4
+    + MAX_MANIFEST_LIMITS * (LIMIT_FIXED_LEN + super::MAX_NAME_LEN)
+    + 4;
 /// Slots are a multiple of this many bytes.
 pub const MANIFEST_SLOT_UNIT: usize = 4096;
 /// The largest manifest file: a reader refuses a longer one before reading it.
@@ -129,12 +140,33 @@ pub struct Manifest {
     pub segment_bytes: Option<u64>,
     /// Every segment of the directory, in id order.
     pub segments: Vec<u64>,
+    /// The concurrency and rate limits the engine last opened with, by name; `None` when
+    /// not recorded (a manifest written by a tool, or before limits were recorded).
+    pub limits: Option<Vec<NameLimits>>,
+}
+
+/// The flow limits of one event name, as recorded in the manifest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NameLimits {
+    /// The event name (1 to 255 bytes).
+    pub name: String,
+    /// Most attempts of the name at once.
+    pub concurrency: Option<u32>,
+    /// Most attempts started per period: (`n`, period in ms).
+    pub rate: Option<(u32, u64)>,
 }
 
 /// Encodes `manifest`.
 pub fn encode_manifest(manifest: &Manifest) -> Vec<u8> {
     assert!(manifest.segments.len() <= MAX_MANIFEST_SEGMENTS);
-    let len = FIXED_LEN + 8 * manifest.segments.len() + 4;
+    let limits_len = manifest.limits.as_ref().map_or(0, |limits| {
+        assert!(limits.len() <= MAX_MANIFEST_LIMITS);
+        4 + limits
+            .iter()
+            .map(|l| LIMIT_FIXED_LEN + l.name.len())
+            .sum::<usize>()
+    });
+    let len = FIXED_LEN + 8 * manifest.segments.len() + limits_len + 4;
     let mut b = Vec::with_capacity(len);
     b.extend_from_slice(&MAGIC);
     b.extend_from_slice(&VERSION.to_le_bytes());
@@ -146,6 +178,19 @@ pub fn encode_manifest(manifest: &Manifest) -> Vec<u8> {
     b.extend_from_slice(&(manifest.segments.len() as u32).to_le_bytes());
     for id in &manifest.segments {
         b.extend_from_slice(&id.to_le_bytes());
+    }
+    if let Some(limits) = &manifest.limits {
+        b.extend_from_slice(&(limits.len() as u32).to_le_bytes());
+        for l in limits {
+            let name_len = u8::try_from(l.name.len()).expect("a name is at most 255 bytes");
+            assert!(name_len > 0, "a name is at least one byte");
+            b.push(name_len);
+            b.extend_from_slice(&l.concurrency.unwrap_or(0).to_le_bytes());
+            let (n, per_ms) = l.rate.unwrap_or((0, 0));
+            b.extend_from_slice(&n.to_le_bytes());
+            b.extend_from_slice(&per_ms.to_le_bytes());
+            b.extend_from_slice(l.name.as_bytes());
+        }
     }
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
@@ -184,13 +229,19 @@ pub fn decode_manifest(b: &[u8]) -> Result<Manifest, String> {
         return Err("manifest directory id is 0".into());
     }
     let count = get_u32(b, 56) as usize;
-    if count > MAX_MANIFEST_SEGMENTS || FIXED_LEN + 8 * count + 4 != len {
+    let limits_at = FIXED_LEN + 8 * count;
+    if count > MAX_MANIFEST_SEGMENTS || limits_at + 4 > len {
         return Err(format!("manifest lists {count} segments in {len} bytes"));
     }
     let segments: Vec<u64> = (0..count).map(|i| get_u64(b, FIXED_LEN + 8 * i)).collect();
     if segments.windows(2).any(|w| w[0] >= w[1]) || segments.first() == Some(&0) {
         return Err("manifest segment ids are not increasing".into());
     }
+    let limits = if limits_at + 4 == len {
+        None
+    } else {
+        Some(decode_limits(&b[limits_at..len - 4])?)
+    };
     let known = |v: u64| (v != 0).then_some(v);
     Ok(Manifest {
         directory_id,
@@ -198,7 +249,52 @@ pub fn decode_manifest(b: &[u8]) -> Result<Manifest, String> {
         retention_ms: known(get_u64(b, 40)),
         segment_bytes: known(get_u64(b, 48)),
         segments,
+        limits,
     })
+}
+
+/// Decodes the limits section (count and entries), which must fill `b` exactly.
+fn decode_limits(b: &[u8]) -> Result<Vec<NameLimits>, String> {
+    let bad = |why: &str| Err(format!("manifest limits: {why}"));
+    if b.len() < 4 {
+        return bad("section too short");
+    }
+    let count = get_u32(b, 0) as usize;
+    if count > MAX_MANIFEST_LIMITS {
+        return bad(&format!("{count} names, more than {MAX_MANIFEST_LIMITS}"));
+    }
+    let mut limits: Vec<NameLimits> = Vec::with_capacity(count);
+    let mut at = 4;
+    for _ in 0..count {
+        let Some(&name_len) = b.get(at) else {
+            return bad("entry past the end");
+        };
+        let name_at = at + LIMIT_FIXED_LEN;
+        let Some(name) = b.get(name_at..name_at + usize::from(name_len)) else {
+            return bad("entry past the end");
+        };
+        let Ok(name) = std::str::from_utf8(name) else {
+            return bad("name is not UTF-8");
+        };
+        if name.is_empty() || limits.last().is_some_and(|l| l.name.as_str() >= name) {
+            return bad("names are not increasing");
+        }
+        let known = |v: u32| (v != 0).then_some(v);
+        let (n, per_ms) = (get_u32(b, at + 5), get_u64(b, at + 9));
+        if (n == 0) != (per_ms == 0) {
+            return bad("a rate with a zero count or period");
+        }
+        limits.push(NameLimits {
+            name: name.to_owned(),
+            concurrency: known(get_u32(b, at + 1)),
+            rate: known(n).map(|n| (n, per_ms)),
+        });
+        at = name_at + usize::from(name_len);
+    }
+    if at != b.len() {
+        return bad("bytes after the last entry");
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -212,7 +308,39 @@ mod tests {
             retention_ms: Some(30 * 86_400_000),
             segment_bytes: Some(1 << 20),
             segments: vec![2, 3, 7],
+            limits: Some(vec![
+                NameLimits {
+                    name: "a".into(),
+                    concurrency: Some(1),
+                    rate: None,
+                },
+                NameLimits {
+                    name: "mail.send".into(),
+                    concurrency: None,
+                    rate: Some((10, 1000)),
+                },
+            ]),
         }
+    }
+
+    #[test]
+    fn limits_are_optional_and_may_be_empty() {
+        for limits in [None, Some(Vec::new())] {
+            let m = Manifest {
+                limits,
+                ..sample()
+            };
+            assert_eq!(decode_manifest(&encode_manifest(&m)), Ok(m));
+        }
+        // A manifest without the section is the one written before limits were recorded.
+        let without = Manifest {
+            limits: None,
+            ..sample()
+        };
+        assert_eq!(
+            encode_manifest(&without).len(),
+            FIXED_LEN + 8 * without.segments.len() + 4
+        );
     }
 
     proptest::proptest! {

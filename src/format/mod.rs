@@ -22,7 +22,7 @@ pub use header::{
 };
 pub use manifest::{
     MANIFEST_FILE, MANIFEST_SLOT_UNIT, MANIFEST_TEMP_FILE, MAX_MANIFEST_FILE_LEN, MAX_MANIFEST_LEN,
-    Manifest, ManifestFile, decode_manifest, decode_manifest_file, encode_manifest,
+    MAX_MANIFEST_LIMITS, Manifest, ManifestFile, NameLimits, decode_manifest, decode_manifest_file, encode_manifest,
     encode_manifest_file, manifest_slot_len,
 };
 pub use record::{

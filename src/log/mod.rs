@@ -62,6 +62,9 @@ pub struct LogOptions {
     /// to know what is live; `None` keeps what the manifest says (default `None`: the engine
     /// sets it).
     pub retention_ms: Option<u64>,
+    /// The flow limits to record in the manifest, sorted by name; `None` keeps what the
+    /// manifest says (default `None`: the engine sets them).
+    pub limits: Option<Vec<crate::format::NameLimits>>,
 }
 
 impl Default for LogOptions {
@@ -72,6 +75,7 @@ impl Default for LogOptions {
             durability: Durability::Sync,
             prepare_in_background: true,
             retention_ms: None,
+            limits: None,
         }
     }
 }
@@ -366,6 +370,7 @@ impl Log {
             retention_ms: None,
             segment_bytes: None,
             segments: Vec::new(),
+            limits: None,
         });
         manifest.segments = recovered
             .sealed
@@ -376,6 +381,9 @@ impl Log {
         manifest.segment_bytes = Some(options.segment_bytes);
         if options.retention_ms.is_some() {
             manifest.retention_ms = options.retention_ms;
+        }
+        if options.limits.is_some() {
+            manifest.limits = options.limits.clone();
         }
         let directory = Directory::open(&*storage, recovered.manifest_file, manifest)?;
         let shared = Arc::new(Shared {

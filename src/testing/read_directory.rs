@@ -105,6 +105,7 @@ pub fn directory_files(data: &[u8]) -> Vec<(String, Vec<u8>)> {
                     retention_ms: None,
                     segment_bytes: None,
                     segments,
+                    limits: None,
                 };
                 (MANIFEST_FILE.to_owned(), encode_manifest_file(&manifest))
             }

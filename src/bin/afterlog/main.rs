@@ -1,15 +1,17 @@
-//! `afterlog`: inspect, replay, verify, compact and publish to a data directory.
+//! `afterlog`: inspect, replay, verify, compact, publish, pause and resume in a data
+//! directory.
 //!
 //! Reads go through the library's read-only [`Reader`] (no lock, nothing written), so they
-//! work beside a running engine. `compact` and `publish` open an [`Engine`] and take the
+//! work beside a running engine. `compact`, `publish`, `pause` and `resume` open an
+//! [`Engine`] and take the
 //! directory's lock: while another engine holds it they refuse with exit code 4.
 //! Exit codes are listed in `EXIT_CODES` and in docs/CLI.md.
 
 mod render;
 
 use afterlog::{
-    After, Engine, Error, EventId, EventState, JobId, Manifest, Options, Position, Reader, Record,
-    RecordFilter, RecordKind, Recovery,
+    After, Engine, Error, EventId, EventState, JobId, KeyMode, KeyOutcome, Manifest, Options,
+    Position, PublishOptions, Published, Reader, Record, RecordFilter, RecordKind, Recovery,
 };
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -26,7 +28,7 @@ Exit codes:
   1  any other failure (an I/O error, say)
   2  bad usage or input: unknown option, bad time, bad name
   3  corruption: a record or header that cannot be what afterlog wrote
-  4  locked: an engine holds the directory (compact, publish)
+  4  locked: an engine holds the directory (compact, publish, pause, resume)
   5  not found: the directory or the event does not exist
   6  not an afterlog data directory";
 
@@ -34,7 +36,7 @@ Exit codes:
 #[command(
     name = "afterlog",
     version,
-    about = "Inspect, replay, verify, compact and publish to an afterlog data directory",
+    about = "Inspect, replay, verify, compact, publish, pause and resume in an afterlog data directory",
     after_help = EXIT_CODES
 )]
 struct Cli {
@@ -44,7 +46,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Segments, record counts, events by state, jobs, next due times, recovery outcome
+    /// Segments, record counts, events by state, jobs, next due times, paused names, limits,
+    /// keys held, recovery outcome
     #[command(
         after_help = "Example:\n  afterlog inspect data\n  afterlog inspect data --json | jq .events_by_state"
     )]
@@ -57,7 +60,7 @@ enum Command {
     },
     /// One row per event, with its state
     #[command(
-        after_help = "Examples:\n  afterlog events data --state scheduled --due-before '1 hour'\n  afterlog events data --name user.joined --limit 10 --json"
+        after_help = "Examples:\n  afterlog events data --state scheduled --due-before '1 hour'\n  afterlog events data --name user.joined --limit 10 --json\n  afterlog events data --name invoice.send --key invoice-42"
     )]
     Events {
         /// The data directory
@@ -74,6 +77,9 @@ enum Command {
         /// Only events next due before this time (`5 minutes` from now, RFC 3339, epoch ms)
         #[arg(long, value_name = "TIME")]
         due_before: Option<String>,
+        /// Only events published with this key (of any name, unless --name is given)
+        #[arg(long)]
+        key: Option<String>,
         /// At most this many rows
         #[arg(long)]
         limit: Option<usize>,
@@ -112,7 +118,7 @@ enum Command {
         /// Only records about events with this name
         #[arg(long)]
         name: Option<String>,
-        /// Only records of these kinds (publish, attempt, retry, ack, cancel, drop; repeat or comma-separate)
+        /// Only records of these kinds (publish, attempt, retry, ack, cancel, drop, publish-with, pause; repeat or comma-separate)
         #[arg(long, value_delimiter = ',')]
         kind: Vec<String>,
         /// Only records about events of this job (`job-3` or `3`)
@@ -149,7 +155,7 @@ enum Command {
     },
     /// Publish one event (takes the directory lock)
     #[command(
-        after_help = "Examples:\n  afterlog publish data user.joined '{\"email\":\"a@b.c\"}'\n  afterlog publish data reminder 'call back' --after '2 hours'"
+        after_help = "Examples:\n  afterlog publish data user.joined '{\"email\":\"a@b.c\"}'\n  afterlog publish data reminder 'call back' --after '2 hours'\n  afterlog publish data invoice.send 42 --key invoice-42 --key-window '1 day' --priority 5"
     )]
     Publish {
         /// The data directory (must exist)
@@ -161,6 +167,41 @@ enum Command {
         /// When it is due: `now` (default), ms, `N unit`, RFC 3339, epoch ms
         #[arg(long, value_name = "AFTER")]
         after: Option<String>,
+        /// A key (1 to 255 bytes, per event name): see --key-mode
+        #[arg(long)]
+        key: Option<String>,
+        /// What to do when a pending event holds the key: keep (write nothing), replace
+        /// (cancel it and write this one) or replace-body (give it this body)
+        #[arg(long, value_name = "MODE", default_value = "keep", requires = "key")]
+        key_mode: String,
+        /// keep only: the key stays taken this long after the publish (`1 day`, ms)
+        #[arg(long, value_name = "DURATION", requires = "key")]
+        key_window: Option<String>,
+        /// Higher first among due events (-128 to 127, default 0)
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i8>,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause an event name, durably: its events fall due and wait (takes the directory lock)
+    #[command(after_help = "Example:\n  afterlog pause data email.send")]
+    Pause {
+        /// The data directory
+        dir: PathBuf,
+        /// The event name
+        name: String,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a paused event name (takes the directory lock)
+    #[command(after_help = "Example:\n  afterlog resume data email.send")]
+    Resume {
+        /// The data directory
+        dir: PathBuf,
+        /// The event name
+        name: String,
         /// Print one JSON object
         #[arg(long)]
         json: bool,
@@ -233,9 +274,21 @@ fn main() -> ExitCode {
             name,
             job,
             due_before,
+            key,
             limit,
             json,
-        } => events(&dir, state, name, job, due_before, limit, json),
+        } => events(
+            &dir,
+            EventArgs {
+                state,
+                name,
+                job,
+                due_before,
+                key,
+                limit,
+            },
+            json,
+        ),
         Command::Event { dir, id, json } => event(&dir, &id, json),
         Command::Replay {
             dir,
@@ -253,8 +306,15 @@ fn main() -> ExitCode {
             name,
             body,
             after,
+            key,
+            key_mode,
+            key_window,
+            priority,
             json,
-        } => publish(&dir, &name, &body, after.as_deref(), json),
+        } => publish_options(key, &key_mode, key_window, priority)
+            .and_then(|options| publish(&dir, &name, &body, after.as_deref(), options, json)),
+        Command::Pause { dir, name, json } => set_paused(&dir, &name, true, json),
+        Command::Resume { dir, name, json } => set_paused(&dir, &name, false, json),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -418,6 +478,9 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
             "format_version": if manifest.is_some() { 2 } else { 1 },
             "retention_ms": manifest.as_ref().and_then(|m| m.retention_ms),
             "segment_bytes": manifest.as_ref().and_then(|m| m.segment_bytes),
+            "paused": summary.paused,
+            "limits": manifest.as_ref().and_then(|m| m.limits.as_ref()),
+            "keys": summary.keys,
         }));
     }
     let mut o = out();
@@ -470,6 +533,27 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
     write!(o, "{}", t.render())?;
     writeln!(o)?;
     writeln!(o, "jobs        {}", summary.jobs)?;
+    let paused = if summary.paused.is_empty() {
+        "none".to_string()
+    } else {
+        summary.paused.join(", ")
+    };
+    writeln!(o, "paused      {}", escape(&paused))?;
+    writeln!(o, "limits      {}", escape(&limits_line(manifest.as_ref())))?;
+    let keys: Vec<String> = summary
+        .keys
+        .iter()
+        .map(|k| match k.windows {
+            0 => format!("{}: {}", k.name, k.pending),
+            w => format!("{}: {} ({w} held by a key window)", k.name, k.pending + w),
+        })
+        .collect();
+    let keys = if keys.is_empty() {
+        "none".to_string()
+    } else {
+        keys.join(", ")
+    };
+    writeln!(o, "keys held   {}", escape(&keys))?;
     if summary.rejected > 0 {
         writeln!(
             o,
@@ -492,15 +576,29 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
     Ok(0)
 }
 
-fn events(
-    dir: &Path,
+/// The filters of `afterlog events`, as given.
+struct EventArgs {
     state: Option<String>,
     name: Option<String>,
     job: Option<String>,
     due_before: Option<String>,
+    key: Option<String>,
     limit: Option<usize>,
-    json: bool,
-) -> CliResult {
+}
+
+fn events(dir: &Path, args: EventArgs, json: bool) -> CliResult {
+    let EventArgs {
+        state,
+        name,
+        job,
+        due_before,
+        key,
+        limit,
+    } = args;
+    if let Some(k) = &key {
+        afterlog::record::validate_key(k.as_bytes())
+            .map_err(|e| Failure::usage(format!("bad --key: {e}")))?;
+    }
     let state = state
         .map(|s| {
             EventState::ALL
@@ -524,6 +622,7 @@ fn events(
         name,
         job: job.map(JobId),
         due_before_ms,
+        key: key.map(String::into_bytes),
         limit,
     };
     if json {
@@ -553,7 +652,10 @@ fn events(
         return Ok(0);
     }
     let rows = reader.events_where(&filter)?;
-    let mut t = Table::new(&[
+    // Priority and key columns only when some row has one.
+    let priorities = rows.iter().any(|e| e.priority != 0);
+    let keys = rows.iter().any(|e| e.key.is_some());
+    let mut columns = vec![
         ("ID", false),
         ("NAME", false),
         ("STATE", false),
@@ -561,8 +663,15 @@ fn events(
         ("JOB", false),
         ("FIRST DUE", false),
         ("NEXT DUE", false),
-        ("LAST FAILURE", false),
-    ]);
+    ];
+    if priorities {
+        columns.push(("PRIORITY", true));
+    }
+    if keys {
+        columns.push(("KEY", false));
+    }
+    columns.push(("LAST FAILURE", false));
+    let mut t = Table::new(&columns);
     for e in &rows {
         let failure = match (&e.last_reason, &e.last_message) {
             (Some(r), Some(m)) => format!("{r}: {m}"),
@@ -570,7 +679,7 @@ fn events(
             (None, Some(m)) => m.clone(),
             (None, None) => String::new(),
         };
-        t.row(vec![
+        let mut row = vec![
             e.id.to_string(),
             e.name.clone(),
             e.state.name().into(),
@@ -578,8 +687,15 @@ fn events(
             e.job.map_or("-".into(), |j| j.to_string()),
             time(e.first_due_ms),
             time(e.next_due_ms),
-            failure,
-        ]);
+        ];
+        if priorities {
+            row.push(e.priority.to_string());
+        }
+        if keys {
+            row.push(e.key.clone().unwrap_or_else(|| "-".into()));
+        }
+        row.push(failure);
+        t.row(row);
     }
     let mut o = out();
     write!(o, "{}", t.render())?;
@@ -628,6 +744,12 @@ fn event(dir: &Path, id: &str, json: bool) -> CliResult {
         "job        {}",
         e.job.map_or("-".into(), |j| j.to_string())
     )?;
+    if let Some(key) = &e.key {
+        writeln!(o, "key        {}", escape(key))?;
+    }
+    if e.priority != 0 {
+        writeln!(o, "priority   {}", e.priority)?;
+    }
     writeln!(o, "published  {}", time(e.published_ms))?;
     writeln!(o, "first due  {}", time(e.first_due_ms))?;
     writeln!(o, "next due   {}", time(e.next_due_ms))?;
@@ -685,7 +807,8 @@ fn replay(
             .find(|x| x.name() == k)
             .ok_or_else(|| {
                 Failure::usage(format!(
-                    "bad kind {k:?}: expected publish, attempt, retry, ack, cancel or drop"
+                    "bad kind {k:?}: expected publish, attempt, retry, ack, cancel, drop, \
+                     publish-with or pause"
                 ))
             })?;
         filter.kinds.push(kind);
@@ -833,6 +956,30 @@ fn retention_line(manifest: Option<&Manifest>) -> String {
     }
 }
 
+/// The flow limits the engine recorded, in words.
+fn limits_line(manifest: Option<&Manifest>) -> String {
+    let Some(limits) = manifest.and_then(|m| m.limits.as_ref()) else {
+        return "not recorded (no engine of this version has opened the directory)".into();
+    };
+    if limits.is_empty() {
+        return "none (recorded by the engine)".into();
+    }
+    let each: Vec<String> = limits
+        .iter()
+        .map(|l| {
+            let mut parts = Vec::new();
+            if let Some(c) = l.concurrency {
+                parts.push(format!("concurrency {c}"));
+            }
+            if let Some((n, per_ms)) = l.rate {
+                parts.push(format!("rate {n} per {}", duration_words(per_ms)));
+            }
+            format!("{}: {}", l.name, parts.join(", "))
+        })
+        .collect();
+    format!("{} (recorded by the engine)", each.join("; "))
+}
+
 /// `ms` in the largest whole unit that fits (days, hours, minutes, seconds, ms).
 fn duration_words(ms: u64) -> String {
     for (unit, len) in [
@@ -929,7 +1076,54 @@ fn compact(dir: &Path, json: bool) -> CliResult {
     Ok(0)
 }
 
-fn publish(dir: &Path, name: &str, body: &str, after: Option<&str>, json: bool) -> CliResult {
+/// The options of `afterlog publish`, checked before anything is opened.
+fn publish_options(
+    key: Option<String>,
+    mode: &str,
+    window: Option<String>,
+    priority: Option<i8>,
+) -> Result<PublishOptions, Failure> {
+    let mut options = PublishOptions::default().priority(priority.unwrap_or(0));
+    let Some(key) = key else {
+        return Ok(options);
+    };
+    afterlog::record::validate_key(key.as_bytes())
+        .map_err(|e| Failure::usage(format!("bad --key: {e}")))?;
+    let mode = match mode {
+        "keep" => KeyMode::Keep,
+        "replace" => KeyMode::Replace,
+        "replace-body" => KeyMode::ReplaceBody,
+        other => {
+            return Err(Failure::usage(format!(
+                "bad --key-mode {other:?}: expected keep, replace or replace-body"
+            )));
+        }
+    };
+    options = options.key(key, mode);
+    if let Some(text) = window {
+        if mode != KeyMode::Keep {
+            return Err(Failure::usage("--key-window needs --key-mode keep"));
+        }
+        let bad = |why: String| Failure::usage(format!("bad --key-window {text:?}: {why}"));
+        let ms = After::parse(&text)
+            .and_then(|a| a.resolve(0))
+            .map_err(|e| bad(e.to_string()))?;
+        if ms <= 0 {
+            return Err(bad("a window is a duration above zero".into()));
+        }
+        options = options.key_window(Duration::from_millis(ms as u64));
+    }
+    Ok(options)
+}
+
+fn publish(
+    dir: &Path,
+    name: &str,
+    body: &str,
+    after: Option<&str>,
+    options: PublishOptions,
+    json: bool,
+) -> CliResult {
     let after = match after {
         None => After::NOW,
         Some(text) => {
@@ -951,15 +1145,77 @@ fn publish(dir: &Path, name: &str, body: &str, after: Option<&str>, json: bool) 
     } else {
         After::epoch_ms(due_ms)
     };
-    let id = engine.publish(name, body.as_bytes(), rule)?;
-    engine.close()?;
+    let published = engine.publish_with(name, body.as_bytes(), rule, options);
+    let closed = engine.close();
+    let Published { id, outcome } = published?;
+    closed?;
+    let (what, replaced) = match outcome {
+        KeyOutcome::New => ("new", None),
+        KeyOutcome::Kept => ("kept", None),
+        KeyOutcome::Replaced(previous) => ("replaced", Some(previous)),
+        KeyOutcome::Updated => ("updated", None),
+    };
     if json {
-        return print_json(
-            &json!({"id": id.0, "name": name, "due_ms": due_ms, "due": time(due_ms)}),
-        );
+        return print_json(&json!({
+            "id": id.0,
+            "name": name,
+            "due_ms": due_ms,
+            "due": time(due_ms),
+            "outcome": what,
+            "replaced": replaced.map(|r| r.0),
+        }));
     }
     let mut o = out();
-    writeln!(o, "published {id} ({}), due {}", escape(name), time(due_ms))?;
+    match outcome {
+        KeyOutcome::New => writeln!(o, "published {id} ({}), due {}", escape(name), time(due_ms))?,
+        KeyOutcome::Kept => writeln!(
+            o,
+            "kept: {id} ({}) holds the key; nothing written",
+            escape(name)
+        )?,
+        KeyOutcome::Replaced(previous) => writeln!(
+            o,
+            "published {id} ({}), due {}, replacing {previous} (cancelled)",
+            escape(name),
+            time(due_ms)
+        )?,
+        KeyOutcome::Updated => writeln!(
+            o,
+            "updated the body of {id} ({}), which holds the key; its due time is kept",
+            escape(name)
+        )?,
+    }
+    o.flush()?;
+    Ok(0)
+}
+
+fn set_paused(dir: &Path, name: &str, paused: bool, json: bool) -> CliResult {
+    let (engine, _) = open_engine(dir)?;
+    let was = engine.paused().iter().any(|n| n == name);
+    let result = if paused {
+        engine.pause(name)
+    } else {
+        engine.resume(name)
+    };
+    // A bad name writes nothing; the engine closes either way.
+    let closed = engine.close();
+    result?;
+    closed?;
+    let changed = was != paused;
+    if json {
+        return print_json(&json!({"name": name, "paused": paused, "changed": changed}));
+    }
+    let mut o = out();
+    let (verb, state) = if paused {
+        ("paused", "paused")
+    } else {
+        ("resumed", "not paused")
+    };
+    if changed {
+        writeln!(o, "{verb} {}", escape(name))?;
+    } else {
+        writeln!(o, "{} was already {state}: nothing written", escape(name))?;
+    }
     o.flush()?;
     Ok(0)
 }
