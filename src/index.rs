@@ -79,7 +79,7 @@ use std::mem::size_of;
 
 use serde::Serialize;
 
-use crate::format::{CancelTarget, DropReason, Record};
+use crate::format::{CancelTarget, DropReason, MAX_KEY_LEN, Record};
 use crate::ids::{EventId, JobId};
 
 /// Slots per chunk of entries.
@@ -463,6 +463,15 @@ fn key_of(name: u32, key: &[u8]) -> Box<[u8]> {
     k.into_boxed_slice()
 }
 
+/// The key table's key of `key` of the name at `name`, built on the stack for a lookup.
+fn with_key_of<R>(name: u32, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut k = [0u8; 4 + MAX_KEY_LEN];
+    let len = 4 + key.len().min(MAX_KEY_LEN);
+    k[..4].copy_from_slice(&name.to_le_bytes());
+    k[4..len].copy_from_slice(&key[..len - 4]);
+    f(&k[..len])
+}
+
 fn split(id: EventId) -> (u64, usize) {
     let i = id.0 - 1;
     (i / CHUNK_LEN_U64, (i % CHUNK_LEN_U64) as usize)
@@ -691,7 +700,7 @@ impl Index {
     /// The pending event holding `key` of `name`, if any.
     pub fn key_holder(&self, name: &str, key: &[u8]) -> Option<EventId> {
         let &slot = self.name_slots.get(name)?;
-        let &id = self.keys.get(&key_of(slot, key))?;
+        let &id = with_key_of(slot, key, |k| self.keys.get(k))?;
         (self.key_hold(slot, id, None) == KeyHold::Pending).then_some(id)
     }
 
@@ -699,7 +708,7 @@ impl Index {
     /// with a window that has not passed.
     pub fn key_taken(&self, name: &str, key: &[u8], now_ms: i64) -> Option<EventId> {
         let &slot = self.name_slots.get(name)?;
-        let &id = self.keys.get(&key_of(slot, key))?;
+        let &id = with_key_of(slot, key, |k| self.keys.get(k))?;
         (self.key_hold(slot, id, Some(now_ms)) != KeyHold::Stale).then_some(id)
     }
 

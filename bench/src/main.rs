@@ -6,6 +6,7 @@
 mod async_runs;
 mod core_runs;
 mod engine_runs;
+mod keys_runs;
 mod machine;
 mod plot;
 mod publish;
@@ -42,9 +43,13 @@ enum Scenario {
     /// 11: the async API on a 2-worker tokio runtime: 64 and 1,024 `publish_async` tasks vs
     /// raw, end to end with an async vs a sync handler, 10,000 handlers awaiting a 1 s sleep.
     Async,
+    /// 12: keys, priorities and flow control: keyed vs unkeyed publish (64 publishers),
+    /// delivery of due events with mixed priorities vs none, four names' end to end beside
+    /// a concurrency limit of 1 on a fifth vs no limit, memory per keyed pending event.
+    Keys,
 }
 
-const ALL: [Scenario; 10] = [
+const ALL: [Scenario; 11] = [
     Scenario::Publish,
     Scenario::EndToEnd,
     Scenario::Timer,
@@ -55,6 +60,7 @@ const ALL: [Scenario; 10] = [
     Scenario::IdlePass,
     Scenario::Shrink,
     Scenario::Async,
+    Scenario::Keys,
 ];
 
 /// afterlog's benchmark harness: durable publish against raw pwrite+fdatasync, SQLite and
@@ -145,6 +151,13 @@ struct Args {
     /// 2,000 with --quick).
     #[arg(long)]
     async_sleep_events: Option<u64>,
+    /// Due events of the keys scenario's priority and concurrency runs (default 1,000,000;
+    /// 100,000 with --quick).
+    #[arg(long)]
+    keys_events: Option<u64>,
+    /// Pending keyed events of the keys scenario's memory run (default 1,000,000).
+    #[arg(long)]
+    keys_memory_events: Option<u64>,
     /// Internal: open this data directory, print the open time and memory as JSON, exit.
     #[arg(long, hide = true)]
     child_open: Option<PathBuf>,
@@ -177,6 +190,8 @@ struct Params {
     async_tasks: Vec<usize>,
     async_e2e_events: u64,
     async_sleep_events: u64,
+    keys_events: u64,
+    keys_memory_events: u64,
 }
 
 impl Params {
@@ -234,6 +249,11 @@ impl Params {
                 .async_sleep_events
                 .unwrap_or(if q { 2_000 } else { 10_000 })
                 .max(1),
+            keys_events: args
+                .keys_events
+                .unwrap_or(if q { 100_000 } else { 1_000_000 })
+                .max(1),
+            keys_memory_events: args.keys_memory_events.unwrap_or(1_000_000).max(1),
         }
     }
 
@@ -260,7 +280,21 @@ impl Params {
         if self.runs(Scenario::Async) {
             n += self.async_params().steps();
         }
+        if self.runs(Scenario::Keys) {
+            n += self.keys_params().steps();
+        }
         n
+    }
+
+    fn keys_params(&self) -> keys_runs::Params {
+        keys_runs::Params {
+            secs: Duration::from_secs_f64(self.publish_secs),
+            warmup: Duration::from_secs_f64(self.publish_warmup_secs),
+            rounds: self.publish_rounds,
+            publishers: self.publishers,
+            events: self.keys_events,
+            memory_events: self.keys_memory_events,
+        }
     }
 
     fn async_params(&self) -> async_runs::Params {
@@ -277,7 +311,7 @@ impl Params {
 }
 
 #[derive(Clone, Debug, Serialize)]
-struct Target {
+pub struct Target {
     name: String,
     measured: f64,
     /// `>=` or `<=`.
@@ -286,7 +320,7 @@ struct Target {
     met: bool,
 }
 
-fn target(name: String, measured: f64, comparison: &'static str, target: f64) -> Target {
+pub fn target(name: String, measured: f64, comparison: &'static str, target: f64) -> Target {
     let met = match comparison {
         ">=" => measured >= target,
         _ => measured <= target,
@@ -320,6 +354,7 @@ struct Report {
     shrink: Option<core_runs::Shrink>,
     #[serde(rename = "async")]
     async_api: Option<async_runs::Async>,
+    keys: Option<keys_runs::Keys>,
     targets: Vec<Target>,
 }
 
@@ -492,6 +527,9 @@ fn main() {
     let async_api = params
         .runs(Scenario::Async)
         .then(|| async_runs::run(&dir, &params.async_params(), &progress));
+    let keys = params
+        .runs(Scenario::Keys)
+        .then(|| keys_runs::run(&dir, &params.keys_params(), &progress));
     progress.finish();
     let _ = std::fs::remove_dir_all(&dir);
     machine.load_average_end = machine::load_average();
@@ -514,6 +552,7 @@ fn main() {
         idle_pass,
         shrink,
         async_api,
+        keys,
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -645,6 +684,9 @@ fn targets(r: &Report) -> Vec<Target> {
     core_targets(r, &mut t);
     if let Some(a) = &r.async_api {
         async_runs::targets(a, &mut t);
+    }
+    if let Some(k) = &r.keys {
+        keys_runs::targets(k, &mut t);
     }
     t
 }
@@ -872,6 +914,9 @@ fn print_table(r: &Report) {
     print_core(r);
     if let Some(a) = &r.async_api {
         async_runs::print(a);
+    }
+    if let Some(k) = &r.keys {
+        keys_runs::print(k);
     }
     println!();
     println!(

@@ -15,7 +15,7 @@
 use crate::machine::rss;
 use crate::{Progress, fresh_dir};
 use afterlog::EventId;
-use afterlog::format::{Publish, PublishEntry, Record};
+use afterlog::format::{EventOptions, KEY_KEEP, Publish, PublishEntry, Record};
 use afterlog::log::{Log, LogOptions};
 use afterlog::storage::{FsStorage, Storage};
 use afterlog::{Engine, Options};
@@ -108,7 +108,7 @@ pub fn child_open(dir: &Path) {
     engine.close().expect("close");
 }
 
-fn open_in_child(dir: &Path) -> OpenReport {
+pub fn open_in_child(dir: &Path) -> OpenReport {
     let exe = std::env::current_exe().expect("current exe");
     let out = std::process::Command::new(exe)
         .arg("--child-open")
@@ -159,8 +159,9 @@ fn sequential_read(files: &[std::path::PathBuf]) -> (u64, Duration) {
     (total, started.elapsed())
 }
 
-/// Fills a fresh directory with `pending` pending events; returns the seconds it took.
-fn fill(dir: &Path, pending: u64, progress: &Progress) -> f64 {
+/// Fills a fresh directory with `pending` pending events, each published with the key
+/// `key(id)` (`KeyMode::Keep`) when `key` is given; returns the seconds it took.
+pub fn fill(dir: &Path, pending: u64, progress: &Progress, key: Option<fn(u64) -> Vec<u8>>) -> f64 {
     let storage: Arc<dyn Storage> = Arc::new(FsStorage::new(dir).expect("create dir"));
     let (log, _) = Log::open(storage, LogOptions::default(), |_, _| Ok(())).expect("open log");
     let now_ms = SystemTime::now()
@@ -180,9 +181,25 @@ fn fill(dir: &Path, pending: u64, progress: &Progress) -> f64 {
                 body: &BODY,
             }]);
         }
+        let keys: Vec<Vec<u8>> = match key {
+            Some(key) => (next..next + n).map(key).collect(),
+            None => Vec::new(),
+        };
         let records: Vec<Record<'_>> = entries
             .iter()
-            .map(|e| Record::Publish(Publish::new(None, now_ms, e)))
+            .enumerate()
+            .map(|(i, e)| match keys.get(i) {
+                Some(key) => Record::Publish(Publish::with_options(
+                    now_ms,
+                    e[0],
+                    EventOptions {
+                        key,
+                        mode: KEY_KEEP,
+                        ..EventOptions::default()
+                    },
+                )),
+                None => Record::Publish(Publish::new(None, now_ms, e)),
+            })
             .collect();
         log.append_all(&records).expect("append_all");
         next += n;
@@ -205,7 +222,7 @@ pub fn run(
     for &pending in counts {
         progress.step(&format!("recovery: writing {pending} pending events"));
         let dir = fresh_dir(base, &format!("recovery-{pending}"));
-        let write_s = fill(&dir, pending, progress);
+        let write_s = fill(&dir, pending, progress, None);
         let files = segment_files(&dir);
         progress.step(&format!("recovery: reopening {pending} pending events"));
         let warm_read = sequential_read(&files);

@@ -107,38 +107,65 @@ impl PublishOptions {
     }
 }
 
-/// An event name and a key.
-type NameKey = (Box<str>, Box<[u8]>);
+/// Shards of [`KeyLocks`]: publishers of different keys rarely meet on one lock.
+const KEY_LOCK_SHARDS: usize = 64;
 
-/// The keys being published, per name: one publish per key at a time.
-#[derive(Default)]
+/// The keys being published: one publish per key at a time. A key is known by a 64-bit
+/// hash of its name and bytes; two keys with one hash take turns, which costs a wait and
+/// is never wrong.
 pub(crate) struct KeyLocks {
-    held: Mutex<HashSet<NameKey>>,
+    shards: Box<[KeyShard]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+#[derive(Default)]
+struct KeyShard {
+    /// Hashes of the keys whose publish runs, and how many publishers wait in this shard.
+    held: Mutex<(HashSet<u64>, usize)>,
     freed: Condvar,
+}
+
+impl Default for KeyLocks {
+    fn default() -> Self {
+        KeyLocks {
+            shards: (0..KEY_LOCK_SHARDS).map(|_| KeyShard::default()).collect(),
+            hasher: Default::default(),
+        }
+    }
 }
 
 /// A key's turn; the next publisher of the key goes on when it is dropped.
 struct KeyTurn<'a> {
-    locks: &'a KeyLocks,
-    key: NameKey,
+    shard: &'a KeyShard,
+    hash: u64,
 }
 
 impl KeyLocks {
     fn take(&self, name: &str, key: &[u8]) -> KeyTurn<'_> {
-        let key: NameKey = (name.into(), key.into());
-        let mut held = self.held.lock();
-        while held.contains(&key) {
-            self.freed.wait(&mut held);
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.hasher.build_hasher();
+        name.hash(&mut h);
+        key.hash(&mut h);
+        let hash = h.finish();
+        let shard = &self.shards[(hash % KEY_LOCK_SHARDS as u64) as usize];
+        let mut held = shard.held.lock();
+        while held.0.contains(&hash) {
+            held.1 += 1;
+            shard.freed.wait(&mut held);
+            held.1 -= 1;
         }
-        held.insert(key.clone());
-        KeyTurn { locks: self, key }
+        held.0.insert(hash);
+        KeyTurn { shard, hash }
     }
 }
 
 impl Drop for KeyTurn<'_> {
     fn drop(&mut self) {
-        self.locks.held.lock().remove(&self.key);
-        self.locks.freed.notify_all();
+        let mut held = self.shard.held.lock();
+        held.0.remove(&self.hash);
+        if held.1 > 0 {
+            self.shard.freed.notify_all();
+        }
     }
 }
 
