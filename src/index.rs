@@ -50,10 +50,21 @@
 //!
 //! An event published with a key (per name) *holds* it from its publish until it is no
 //! longer pending; a key published with a window (mode Keep) stays *taken* until the window
-//! passes, even once its event finished. The key table maps name and key to the latest
-//! event that took it; an entry whose event no longer holds it is stale and ignored, and
-//! [`Index::sweep_keys`] removes stale entries (compaction calls it each pass), so finishing
-//! an event costs nothing here.
+//! passes, even once its event finished.
+//!
+//! The key table keeps no key bytes: the keys are in the log. It is an open-addressing
+//! table (linear probing, at most three quarters full) of 4-byte slots, each the low 32 bits
+//! of a keyed event's id, placed by a 24-bit *fragment* of a hash of the name and key; the
+//! fragment is also kept in the event's entry (beside its priority, in the job word: a keyed
+//! event has no job), so the table can be rebuilt without reading a key. A lookup walks the
+//! chain from the fragment's home, keeps the held keyed events of the name with the same
+//! fragment, and asks the caller to *verify* each against the key in its publish record
+//! (one read of a mapped page, and only on a fragment match): the answer is exact. An event
+//! that no longer holds its key leaves a stale slot, ignored by lookups and reused by the
+//! next insert that meets it; [`Index::sweep_keys`] rebuilds the table without them
+//! (compaction calls it each pass), so finishing an event costs nothing here. A keyed event
+//! costs its 4-byte slot over a table at most three quarters and usually half full: about 8
+//! bytes.
 //!
 //! # Memory
 //!
@@ -79,7 +90,7 @@ use std::mem::size_of;
 
 use serde::Serialize;
 
-use crate::format::{CancelTarget, DropReason, MAX_KEY_LEN, Record};
+use crate::format::{CancelTarget, DropReason, Record};
 use crate::ids::{EventId, JobId};
 
 /// Slots per chunk of entries.
@@ -301,7 +312,7 @@ struct Entry {
     offset: u32,
     attempts: u32,
     /// Index into the job table, or `NO_JOB`; with `HAS_PRIORITY`, the priority instead (an
-    /// event with options has no job).
+    /// event with options has no job); with `HAS_KEY`, the key's fragment above the priority.
     job: u32,
     /// Bits 0..4: slot code; bit 4: has a retry context; bit 5: `job` holds the priority;
     /// bit 6: published with a key; bits 8..32: name index.
@@ -363,14 +374,18 @@ impl Entry {
         }
     }
     fn job(&self) -> Option<u32> {
-        (self.job != NO_JOB && self.tag & HAS_PRIORITY == 0).then_some(self.job)
+        (self.job != NO_JOB && self.tag & (HAS_PRIORITY | HAS_KEY) == 0).then_some(self.job)
     }
     fn priority(&self) -> i8 {
-        if self.tag & HAS_PRIORITY != 0 {
+        if self.tag & (HAS_PRIORITY | HAS_KEY) != 0 {
             self.job as u8 as i8
         } else {
             0
         }
+    }
+    /// A keyed event's key fragment.
+    fn fragment(&self) -> u32 {
+        self.job >> 8
     }
     fn has_key(&self) -> bool {
         self.tag & HAS_KEY != 0
@@ -428,9 +443,12 @@ pub struct Index {
     names: Vec<Option<Name>>,
     free_names: Vec<u32>,
     name_slots: HashMap<Box<str>, u32>,
-    /// Keys: the name's index (4 bytes, little-endian) and the key's bytes → the latest
-    /// event that took the key (see "Keys" above).
-    keys: HashMap<Box<[u8]>, EventId>,
+    /// Keyed events, by a fragment of the hash of name and key (see "Keys" above).
+    keys: KeyTable,
+    /// Hashes names and keys into fragments (seeded per process).
+    key_hasher: std::collections::hash_map::RandomState,
+    /// Every key's fragment is 0 (tests of the verification).
+    collide_keys: bool,
     /// Until when (Unix epoch ms) keys published with a window stay taken, by event.
     windows: HashMap<EventId, i64>,
     /// Where the body of an event restated with a new body (mode ReplaceBody) lies: the
@@ -455,21 +473,37 @@ enum KeyHold {
     Stale,
 }
 
-/// The key table's key: the name's index, then the key.
-fn key_of(name: u32, key: &[u8]) -> Box<[u8]> {
-    let mut k = Vec::with_capacity(4 + key.len());
-    k.extend_from_slice(&name.to_le_bytes());
-    k.extend_from_slice(key);
-    k.into_boxed_slice()
+/// Bits of a key's hash fragment.
+const FRAGMENT_BITS: u32 = 24;
+const FRAGMENT_MASK: u32 = (1 << FRAGMENT_BITS) - 1;
+/// An empty slot of the key table.
+const NO_KEY: u32 = 0;
+
+/// The key table's slots (see "Keys" above).
+#[derive(Default)]
+struct KeyTable {
+    /// The low 32 bits of keyed events' ids, `NO_KEY` for empty; a power of two long, or 0.
+    slots: Vec<u32>,
+    /// Keyed events whose low 32 bits are 0 (one id in 2^32), which a slot cannot hold.
+    wide: Vec<EventId>,
+    /// Slots not empty.
+    used: usize,
 }
 
-/// The key table's key of `key` of the name at `name`, built on the stack for a lookup.
-fn with_key_of<R>(name: u32, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
-    let mut k = [0u8; 4 + MAX_KEY_LEN];
-    let len = 4 + key.len().min(MAX_KEY_LEN);
-    k[..4].copy_from_slice(&name.to_le_bytes());
-    k[4..len].copy_from_slice(&key[..len - 4]);
-    f(&k[..len])
+impl KeyTable {
+    /// The slot a fragment's chain starts at.
+    fn home(&self, fragment: u32) -> usize {
+        ((u64::from(fragment) * self.slots.len() as u64) >> FRAGMENT_BITS) as usize
+    }
+
+    /// The values of the chain of `fragment`: from its home to the first empty slot.
+    fn chain(&self, fragment: u32) -> impl Iterator<Item = u32> + '_ {
+        let n = self.slots.len();
+        let home = if n == 0 { 0 } else { self.home(fragment) };
+        (0..n)
+            .map(move |i| self.slots[(home + i) & (n - 1)])
+            .take_while(|&v| v != NO_KEY)
+    }
 }
 
 fn split(id: EventId) -> (u64, usize) {
@@ -665,15 +699,21 @@ impl Index {
             self.transition(replaced, EventState::Cancelled, 0, effects);
         }
         let applied = self.apply_publish(loc, p, effects)?;
+        let fragment = if o.key.is_empty() {
+            0
+        } else {
+            let name = self.entry_mut(e.id).name();
+            self.key_fragment(name, o.key)
+        };
         let entry = self.entry_mut(e.id);
         if o.priority != 0 {
             entry.job = u32::from(o.priority as u8);
             entry.tag |= HAS_PRIORITY;
         }
         if !o.key.is_empty() {
+            entry.job = (fragment << 8) | u32::from(o.priority as u8);
             entry.tag |= HAS_KEY;
-            let name = entry.name();
-            self.keys.insert(key_of(name, o.key), e.id);
+            self.insert_key(e.id, fragment);
             if o.window_ms > 0 {
                 let until = p
                     .published_ms
@@ -697,19 +737,168 @@ impl Index {
         }
     }
 
-    /// The pending event holding `key` of `name`, if any.
-    pub fn key_holder(&self, name: &str, key: &[u8]) -> Option<EventId> {
-        let &slot = self.name_slots.get(name)?;
-        let &id = with_key_of(slot, key, |k| self.keys.get(k))?;
-        (self.key_hold(slot, id, None) == KeyHold::Pending).then_some(id)
+    /// The fragment of `key` of the name at index `name`.
+    fn key_fragment(&self, name: u32, key: &[u8]) -> u32 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.key_hasher.build_hasher();
+        name.hash(&mut h);
+        key.hash(&mut h);
+        if self.collide_keys {
+            return 0;
+        }
+        (h.finish() >> (64 - FRAGMENT_BITS)) as u32 & FRAGMENT_MASK
     }
 
-    /// The event that holds `key` of `name` at `now_ms`: a pending one, or one published
-    /// with a window that has not passed.
-    pub fn key_taken(&self, name: &str, key: &[u8], now_ms: i64) -> Option<EventId> {
-        let &slot = self.name_slots.get(name)?;
-        let &id = with_key_of(slot, key, |k| self.keys.get(k))?;
-        (self.key_hold(slot, id, Some(now_ms)) != KeyHold::Stale).then_some(id)
+    /// Makes every key's fragment 0, so that every lookup must tell keys apart by verifying
+    /// them: for tests of the verification.
+    #[doc(hidden)]
+    pub fn collide_all_keys(&mut self) {
+        self.collide_keys = true;
+    }
+
+    /// The held keyed events whose id's low 32 bits are `low`.
+    fn keyed_with_low_bits(&self, low: u32) -> impl Iterator<Item = (EventId, &Entry)> + '_ {
+        (0..=self.max_event >> 32)
+            .map(move |high| EventId((high << 32) | u64::from(low)))
+            .filter_map(|id| Some((id, self.held(id).ok()?)))
+            .filter(|(_, e)| e.has_key())
+    }
+
+    /// Whether a keyed event still needs its slot: it is pending, or has a window.
+    fn keeps_key(&self, id: EventId, e: &Entry) -> bool {
+        e.state().is_some_and(EventState::is_pending) || self.windows.contains_key(&id)
+    }
+
+    /// Adds keyed event `id` with `fragment` to the table: into the first stale or empty slot
+    /// of its chain.
+    fn insert_key(&mut self, id: EventId, fragment: u32) {
+        let mut table = std::mem::take(&mut self.keys);
+        if 4 * (table.used + 1) > 3 * table.slots.len() {
+            table = self.rebuilt_keys(&table, 1);
+        }
+        let low = id.0 as u32;
+        if low == NO_KEY {
+            table.wide.push(id);
+        } else {
+            let mask = table.slots.len() - 1;
+            let mut s = table.home(fragment);
+            loop {
+                let v = table.slots[s];
+                if v == NO_KEY {
+                    table.slots[s] = low;
+                    table.used += 1;
+                    break;
+                }
+                if self.keyed_with_low_bits(v).all(|(id, e)| !self.keeps_key(id, e)) {
+                    table.slots[s] = low;
+                    break;
+                }
+                s = (s + 1) & mask;
+            }
+        }
+        self.keys = table;
+    }
+
+    /// `table` without stale slots, with room for `more` keyed events: at most half full.
+    fn rebuilt_keys(&self, table: &KeyTable, more: usize) -> KeyTable {
+        let mut lows: Vec<u32> = table.slots.iter().copied().filter(|&v| v != NO_KEY).collect();
+        lows.sort_unstable();
+        lows.dedup();
+        let kept: Vec<(u32, u32)> = lows
+            .iter()
+            .flat_map(|&low| self.keyed_with_low_bits(low))
+            .filter(|(id, e)| self.keeps_key(*id, e))
+            .map(|(id, e)| (id.0 as u32, e.fragment()))
+            .collect();
+        let len = (2 * (kept.len() + more)).next_power_of_two().max(16);
+        let mut new = KeyTable {
+            slots: vec![NO_KEY; len],
+            wide: table
+                .wide
+                .iter()
+                .copied()
+                .filter(|&id| self.held(id).is_ok_and(|e| self.keeps_key(id, e)))
+                .collect(),
+            used: 0,
+        };
+        for (low, fragment) in kept {
+            let mut s = new.home(fragment);
+            while new.slots[s] != NO_KEY {
+                s = (s + 1) & (len - 1);
+            }
+            new.slots[s] = low;
+            new.used += 1;
+        }
+        new
+    }
+
+    /// The held keyed events of the name at index `slot` whose fragment is that of `key`,
+    /// each at most once.
+    fn key_candidates(&self, slot: u32, key: &[u8]) -> Vec<(EventId, Location, KeyHold)> {
+        let fragment = self.key_fragment(slot, key);
+        let mut found: Vec<(EventId, Location, KeyHold)> = Vec::new();
+        let lows = self.keys.chain(fragment).chain(self.keys.wide.iter().map(|id| id.0 as u32));
+        for low in lows {
+            for (id, e) in self.keyed_with_low_bits(low) {
+                if e.name() == slot
+                    && e.fragment() == fragment
+                    && (low != NO_KEY || self.keys.wide.contains(&id))
+                    && !found.iter().any(|f| f.0 == id)
+                {
+                    found.push((id, e.location(), KeyHold::Stale));
+                }
+            }
+        }
+        found
+    }
+
+    /// The pending event holding `key` of `name`, if any. `verify(id, location)` says
+    /// whether the publish record at `location` (of event `id`) has the key; it is asked
+    /// only about events whose key's fragment matches.
+    pub fn key_holder<E>(
+        &self,
+        name: &str,
+        key: &[u8],
+        verify: impl FnMut(EventId, Location) -> Result<bool, E>,
+    ) -> Result<Option<EventId>, E> {
+        self.find_key(name, key, None, verify)
+    }
+
+    /// The event that holds `key` of `name` at `now_ms`: a pending one, or else one
+    /// published with a window that has not passed. `verify` as for
+    /// [`key_holder`](Index::key_holder).
+    pub fn key_taken<E>(
+        &self,
+        name: &str,
+        key: &[u8],
+        now_ms: i64,
+        verify: impl FnMut(EventId, Location) -> Result<bool, E>,
+    ) -> Result<Option<EventId>, E> {
+        self.find_key(name, key, Some(now_ms), verify)
+    }
+
+    fn find_key<E>(
+        &self,
+        name: &str,
+        key: &[u8],
+        now_ms: Option<i64>,
+        mut verify: impl FnMut(EventId, Location) -> Result<bool, E>,
+    ) -> Result<Option<EventId>, E> {
+        let Some(&slot) = self.name_slots.get(name) else {
+            return Ok(None);
+        };
+        let mut window = None;
+        for (id, loc, _) in self.key_candidates(slot, key) {
+            let hold = self.key_hold(slot, id, now_ms);
+            if hold == KeyHold::Stale || !verify(id, loc)? {
+                continue;
+            }
+            if hold == KeyHold::Pending {
+                return Ok(Some(id));
+            }
+            window = window.max(Some(id));
+        }
+        Ok(window)
     }
 
     /// How event `id` holds a key of the name at index `slot` (`now_ms`: count windows).
@@ -735,37 +924,34 @@ impl Index {
         self.windows.get(&id).is_some_and(|&until| now_ms < until)
     }
 
-    /// Keys taken at `now_ms`: name, key, the event, and whether the event is still pending
-    /// (else only its window holds the key). In no particular order.
-    pub fn keys_taken(&self, now_ms: i64) -> impl Iterator<Item = (&str, &[u8], EventId, bool)> {
-        self.keys.iter().filter_map(move |(k, &id)| {
-            let slot = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
-            match self.key_hold(slot, id, Some(now_ms)) {
-                KeyHold::Stale => None,
-                hold => Some((
-                    self.name_text(slot),
-                    &k[4..],
-                    id,
-                    hold == KeyHold::Pending,
-                )),
-            }
-        })
-    }
-
-    /// Removes the key table's stale entries (events that no longer hold their key) and
-    /// passed windows. Linear in the keys; returns how many entries it removed.
-    pub fn sweep_keys(&mut self, now_ms: i64) -> usize {
-        let before = self.keys.len();
-        let keys = std::mem::take(&mut self.keys);
-        self.keys = keys
+    /// Keyed events that take their key at `now_ms`: name, the event, and whether the event
+    /// is still pending (else only its window holds the key). In id order.
+    pub fn keys_taken(&self, now_ms: i64) -> Vec<(&str, EventId, bool)> {
+        let mut lows: Vec<u32> = self.keys.slots.iter().copied().filter(|&v| v != NO_KEY).collect();
+        lows.sort_unstable();
+        lows.dedup();
+        let mut taken: Vec<(&str, EventId, bool)> = lows
             .into_iter()
-            .filter(|(k, id)| {
-                let slot = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
-                self.key_hold(slot, *id, Some(now_ms)) != KeyHold::Stale
+            .flat_map(|low| self.keyed_with_low_bits(low))
+            .chain(self.keys.wide.iter().filter_map(|&id| Some((id, self.held(id).ok()?))))
+            .filter_map(|(id, e)| match self.key_hold(e.name(), id, Some(now_ms)) {
+                KeyHold::Stale => None,
+                hold => Some((self.name_text(e.name()), id, hold == KeyHold::Pending)),
             })
             .collect();
+        taken.sort_unstable_by_key(|t| t.1);
+        taken.dedup_by_key(|t| t.1);
+        taken
+    }
+
+    /// Forgets passed windows and rebuilds the key table without stale slots (events that
+    /// no longer hold their key). Linear in the keys; returns how many slots it freed.
+    pub fn sweep_keys(&mut self, now_ms: i64) -> usize {
         self.windows.retain(|_, until| now_ms < *until);
-        before - self.keys.len()
+        let before = self.keys.used + self.keys.wide.len();
+        let table = std::mem::take(&mut self.keys);
+        self.keys = self.rebuilt_keys(&table, 0);
+        before.saturating_sub(self.keys.used + self.keys.wide.len())
     }
 
     /// Paused event names, sorted.
@@ -1432,8 +1618,8 @@ impl Index {
                 .flatten()
                 .map(|n| n.text.len())
                 .sum::<usize>();
-        let keys = hash(self.keys.capacity(), size_of::<(Box<[u8]>, EventId)>())
-            + self.keys.keys().map(|k| k.len()).sum::<usize>()
+        let keys = 4 * self.keys.slots.capacity()
+            + 8 * self.keys.wide.capacity()
             + hash(self.windows.capacity(), size_of::<(EventId, i64)>())
             + hash(self.bodies.capacity(), size_of::<(EventId, Location)>());
         chunks + freed + retries + jobs + names + keys

@@ -188,14 +188,15 @@ pub struct Summary {
     pub keys: Vec<KeysHeld>,
 }
 
-/// The keys of one event name that are taken.
+/// The events of one name that take a key.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KeysHeld {
     /// The event name.
     pub name: String,
-    /// Keys held by a pending event.
+    /// Pending events holding their key (one per key).
     pub pending: u64,
-    /// Keys of finished events whose key window is still open.
+    /// Finished events whose key window is still open (their key may also be held by a
+    /// pending event that replaced them).
     pub windows: u64,
 }
 
@@ -756,7 +757,7 @@ impl Reader {
             .filter_map(|id| row(&index, &extras, id))
             .collect();
         let mut keys: BTreeMap<&str, KeysHeld> = BTreeMap::new();
-        for (name, _, _, pending) in index.keys_taken(system_now_ms()) {
+        for (name, _, pending) in index.keys_taken(system_now_ms()) {
             let held = keys.entry(name).or_insert_with(|| KeysHeld {
                 name: name.to_owned(),
                 pending: 0,

@@ -904,7 +904,8 @@ fn keys_priorities_pause_and_limits_are_shown_and_pause_is_set_offline() {
     assert_eq!(v["paused"], serde_json::json!(["mail.send"]));
     assert_eq!(
         v["keys"],
-        serde_json::json!([{"name": "invoice.send", "pending": 2, "windows": 0}])
+        // Event b, replaced, still takes its key by its window.
+        serde_json::json!([{"name": "invoice.send", "pending": 2, "windows": 1}])
     );
     assert_eq!(v["limits"][0]["name"], "invoice.send");
     assert_eq!(v["limits"][0]["concurrency"], 2);
@@ -916,7 +917,12 @@ fn keys_priorities_pause_and_limits_are_shown_and_pause_is_set_offline() {
         text.contains("invoice.send: concurrency 2; mail.send: rate 10 per 1 second"),
         "{text}"
     );
-    assert!(text.contains("keys held   invoice.send: 2"), "{text}");
+    assert!(
+        text.contains(
+            "keys held   invoice.send: 2 by pending events, 1 by the window of a finished event"
+        ),
+        "{text}"
+    );
 
     // `resume` and `pause` offline: durable records, and the tool keeps the recorded limits.
     let records = |dir: &str| {

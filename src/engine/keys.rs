@@ -24,7 +24,7 @@ use crate::format::{
     Record, validate_key, validate_name,
 };
 use crate::ids::EventId;
-use crate::index::{Applied, EventState};
+use crate::index::{Applied, EventState, Location};
 use crate::sync::{Condvar, Mutex};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -234,7 +234,7 @@ impl Inner {
         };
         let _turn = self.key_locks.take(name, key);
         let now_ms = self.clock.now_ms();
-        let holder = self.find_holder(name, key, *mode, now_ms);
+        let holder = self.find_holder(name, key, *mode, now_ms)?;
         let keyed = Some((&key[..], *mode, window_ms));
         match holder {
             Holder::Free => {
@@ -294,23 +294,41 @@ impl Inner {
 
     /// Who holds `key` of `name` for a publish in `mode`, claiming a holder that waits in the
     /// wheel (or its queue) when the publish will replace or restate it.
-    fn find_holder(&self, name: &str, key: &[u8], mode: KeyMode, now_ms: i64) -> Holder {
+    fn find_holder(&self, name: &str, key: &[u8], mode: KeyMode, now_ms: i64) -> Result<Holder> {
         let mut core = self.core.lock();
+        let verify = |id, at| self.has_key(id, at, key);
         if mode == KeyMode::Keep {
-            return match core.index().key_taken(name, key, now_ms) {
+            return Ok(match core.index().key_taken(name, key, now_ms, verify)? {
                 Some(id) => Holder::Keeps(id),
                 None => Holder::Free,
-            };
+            });
         }
-        let Some(id) = core.index().key_holder(name, key) else {
-            return Holder::Free;
+        let Some(id) = core.index().key_holder(name, key, verify)? else {
+            return Ok(Holder::Free);
         };
         let attempts = core.event(id).map_or(0, |e| e.attempts);
-        if core.stage(id).is_none() && core.claim(id, attempts) {
+        Ok(if core.stage(id).is_none() && core.claim(id, attempts) {
             Holder::Claimed(id)
         } else {
             Holder::InFlight(id)
-        }
+        })
+    }
+
+    /// Whether the publish record of event `id`, at `at`, was published with `key`: the
+    /// index keeps only a fragment of each key's hash, the key itself is in the log.
+    fn has_key(&self, id: EventId, at: Location, key: &[u8]) -> Result<bool> {
+        let bytes = self.log.read(u64::from(at.segment), u64::from(at.offset))?;
+        let record = Record::decode(bytes.kind(), bytes.payload()).map_err(|e| Error::Corrupt {
+            file: crate::log::segment_name(u64::from(at.segment)).into(),
+            offset: u64::from(at.offset),
+            reason: format!("the publish of {id}: {e}"),
+        })?;
+        Ok(match record {
+            Record::Publish(p) => {
+                p.options().is_some_and(|o| o.key == key) && p.events().any(|e| e.id == id)
+            }
+            _ => false,
+        })
     }
 
     /// Writes one event with options, durably, and applies it; its id.

@@ -1166,3 +1166,143 @@ fn the_last_id_of_the_id_space_settles() {
     ix.release(EventId(u64::MAX));
     assert_eq!(state(&ix, u64::MAX), None);
 }
+
+/// Applies a keyed publish of event `id` (name, key, window), its location naming the id.
+fn keyed(ix: &mut Index, id: u64, name: &str, key: &str, window_ms: u64) {
+    keyed_unchecked(ix, id, name, key, window_ms);
+    ix.check_invariants();
+}
+
+fn keyed_unchecked(ix: &mut Index, id: u64, name: &str, key: &str, window_ms: u64) {
+    let record = Record::Publish(Publish::with_options(
+        0,
+        PublishEntry {
+            id: EventId(id),
+            due_ms: 1000,
+            name,
+            body: b"body",
+        },
+        crate::format::EventOptions {
+            key: key.as_bytes(),
+            mode: crate::format::KEY_KEEP,
+            window_ms,
+            priority: (id % 7) as i8 - 3,
+            ..Default::default()
+        },
+    ));
+    let at = Location {
+        segment: (id >> 32) as u32 + 1,
+        offset: id as u32,
+    };
+    assert_eq!(ix.apply(at, &record, &mut Vec::new()), Ok(Applied::Changed));
+}
+
+#[test]
+fn keys_are_exact_when_their_fragments_collide() {
+    for collide in [false, true] {
+        let mut ix = Index::new();
+        if collide {
+            ix.collide_all_keys();
+        }
+        let mut keys: HashMap<u64, String> = HashMap::new();
+        let wide = 1u64 << 32;
+        let mut events: Vec<(u64, &str, String)> = (1..=50)
+            .map(|id| (id, "n", format!("k{id}")))
+            .collect();
+        events.push((51, "m", "k1".into()));
+        // Same low 32 bits as event 5, and an id whose low bits are all zero.
+        events.push((wide + 5, "n", "k5-high".into()));
+        events.push((wide, "n", "k-wide".into()));
+        for (id, name, key) in &events {
+            keyed(&mut ix, *id, name, key, 0);
+            keys.insert(*id, key.clone());
+        }
+        // Published below.
+        keys.insert(60, "k60".into());
+        keys.insert(61, "k7".into());
+        let verified = std::cell::Cell::new(0);
+        let verify = |id: EventId, at: Location| -> Result<bool, ()> {
+            verified.set(verified.get() + 1);
+            let from_location = (u64::from(at.segment - 1) << 32) | u64::from(at.offset);
+            assert_eq!(from_location, id.0, "the location is the event's publish");
+            Ok(true)
+        };
+        let holder = |ix: &Index, name: &str, key: &str| {
+            ix.key_holder(name, key.as_bytes(), |id, at| {
+                verify(id, at).map(|_| keys.get(&id.0).is_some_and(|k| k == key))
+            })
+            .unwrap()
+        };
+        for (id, name, key) in &events {
+            assert_eq!(holder(&ix, name, key), Some(EventId(*id)), "{key} of {name}");
+            assert_eq!(ix.get(EventId(*id)).unwrap().priority, (*id % 7) as i8 - 3);
+        }
+        assert_eq!(holder(&ix, "n", "nobody"), None);
+        assert_eq!(holder(&ix, "nobody", "k1"), None);
+        // Without collisions a lookup of a free key verifies nothing (a 24-bit fragment
+        // rarely matches); with them, every key of the name is a candidate.
+        verified.set(0);
+        assert_eq!(holder(&ix, "n", "free"), None);
+        if collide {
+            assert_eq!(verified.get(), 52);
+        } else {
+            assert!(verified.get() <= 1, "{}", verified.get());
+        }
+
+        // A finished event no longer holds its key; one with a window keeps it taken.
+        ok(&mut ix, Owned::Attempt(7, 1));
+        ok(&mut ix, Owned::Ack(7, 1));
+        assert_eq!(holder(&ix, "n", "k7"), None);
+        keyed(&mut ix, 60, "n", "k60", 5_000);
+        ok(&mut ix, Owned::CancelEvent(60));
+        let taken = |ix: &Index, now| {
+            ix.key_taken("n", b"k60", now, |id, _| Ok::<_, ()>(keys[&id.0] == "k60"))
+                .unwrap()
+        };
+        assert_eq!(holder(&ix, "n", "k60"), None);
+        assert_eq!(taken(&ix, 4_999), Some(EventId(60)));
+        assert_eq!(taken(&ix, 5_000), None);
+        let held: Vec<EventId> = ix.keys_taken(0).iter().map(|t| t.1).collect();
+        assert_eq!(held.len(), events.len() + 1 - 1, "{held:?}");
+        assert!(held.contains(&EventId(60)) && !held.contains(&EventId(7)));
+
+        // The key is free again: a new event takes it; sweeping keeps every holder.
+        keyed(&mut ix, 61, "n", "k7", 0);
+        assert_eq!(holder(&ix, "n", "k7"), Some(EventId(61)));
+        // Event 61 took a stale slot (event 7's, or another's) when it was inserted.
+        assert!(ix.sweep_keys(10_000) >= 1, "the passed window of 60");
+        for (id, name, key) in events.iter().filter(|e| e.0 != 7) {
+            assert_eq!(holder(&ix, name, key), Some(EventId(*id)), "{key} after a sweep");
+        }
+        assert_eq!(holder(&ix, "n", "k7"), Some(EventId(61)));
+        assert_eq!(taken(&ix, 4_999), None, "the window was swept");
+    }
+}
+
+#[test]
+fn the_key_table_grows_and_reuses_stale_slots() {
+    let mut ix = Index::new();
+    for id in 1..=10_000u64 {
+        keyed_unchecked(&mut ix, id, "n", &format!("key-{id}"), 0);
+        // Every other event finishes at once: its slot is stale, for the next insert to take.
+        if id % 2 == 0 {
+            let (res, _) = Owned::CancelEvent(id).with(|r| {
+                let mut fx = Vec::new();
+                (ix.apply(LOC, r, &mut fx), fx)
+            });
+            assert_eq!(res, Ok(Applied::Changed));
+        }
+    }
+    ix.check_invariants();
+    let table = ix.keys.slots.len();
+    assert!(table <= 4 * 10_000, "{table} slots for 10,000 keys, half of them stale");
+    for id in (1..=10_000u64).step_by(997) {
+        let key = format!("key-{id}");
+        let found = ix
+            .key_holder("n", key.as_bytes(), |other, _| {
+                Ok::<_, ()>(other.0 == id)
+            })
+            .unwrap();
+        assert_eq!(found, (id % 2 == 1).then_some(EventId(id)), "{key}");
+    }
+}

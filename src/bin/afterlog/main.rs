@@ -545,7 +545,10 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
         .iter()
         .map(|k| match k.windows {
             0 => format!("{}: {}", k.name, k.pending),
-            w => format!("{}: {} ({w} held by a key window)", k.name, k.pending + w),
+            w => format!(
+                "{}: {} by pending events, {w} by the window of a finished event",
+                k.name, k.pending
+            ),
         })
         .collect();
     let keys = if keys.is_empty() {
