@@ -41,7 +41,7 @@ pub struct Params {
 
 impl Params {
     pub fn steps(&self) -> u64 {
-        2 * self.rounds as u64 + 2 + 2 + 2
+        4 * self.rounds as u64 + 2
     }
 }
 
@@ -230,26 +230,36 @@ pub fn run(base: &Path, p: &Params, progress: &Progress) -> Keys {
     let mixed = |i: u64| ((i * 7919) % 11) as i8 - 5;
     let none = |_: u64| 0i8;
     let all = |_: &str| true;
-    progress.step(&format!("keys: {} due events, no priorities", p.events));
-    let (no_priorities_per_s, _) =
-        deliver(base, p.events, &["bench"], Options::default(), none, all);
-    progress.step(&format!("keys: {} due events, mixed priorities", p.events));
-    let (priorities_per_s, _) = deliver(base, p.events, &["bench"], Options::default(), mixed, all);
-
     let names = [OTHERS[0], OTHERS[1], OTHERS[2], OTHERS[3], LIMITED];
     let others = |name: &str| name != LIMITED;
-    progress.step("keys: five names, no limit");
-    let (others_unlimited_per_s, _) =
-        deliver(base, p.events, &names, Options::default(), none, others);
-    progress.step("keys: five names, concurrency 1 on one");
-    let (others_beside_limit_per_s, limited_most_at_once) = deliver(
-        base,
-        p.events,
-        &names,
-        Options::default().concurrency(LIMITED, 1),
-        none,
-        others,
-    );
+    let (mut plain, mut prioritized, mut unlimited, mut limited) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut limited_most_at_once = 0;
+    // Each pair runs one after the other, round after round: the median of each.
+    for round in 1..=p.rounds {
+        progress.step(&format!(
+            "keys: {} due, no priorities / mixed, round {round}",
+            p.events
+        ));
+        plain.push(deliver(base, p.events, &["bench"], Options::default(), none, all).0);
+        prioritized.push(deliver(base, p.events, &["bench"], Options::default(), mixed, all).0);
+        progress.step(&format!(
+            "keys: five names, no limit / concurrency 1, round {round}"
+        ));
+        unlimited.push(deliver(base, p.events, &names, Options::default(), none, others).0);
+        let (rate, most) = deliver(
+            base,
+            p.events,
+            &names,
+            Options::default().concurrency(LIMITED, 1),
+            none,
+            others,
+        );
+        limited.push(rate);
+        limited_most_at_once = limited_most_at_once.max(most);
+    }
+    let (no_priorities_per_s, priorities_per_s) = (median(plain), median(prioritized));
+    let (others_unlimited_per_s, others_beside_limit_per_s) = (median(unlimited), median(limited));
 
     progress.step(&format!(
         "keys: memory of {} pending, no keys",
