@@ -54,6 +54,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
             "2",
         ])
         .args(["--async-tasks", "8,32", "--async-sleep-events", "200"])
+        .args(["--keys-events", "2000", "--keys-memory-events", "3000"])
         .arg("--dir")
         .arg(base.join("data"))
         .arg("--json")
@@ -81,7 +82,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     }
     assert!(v["machine"]["file_system"].is_string());
     assert_eq!(v["parameters"]["quick"], Value::Bool(true));
-    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 10);
+    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 11);
 
     let publish = v["publish"].as_array().expect("publish");
     assert_eq!(publish.len(), 3);
@@ -194,12 +195,28 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     // Every handler sleeps 1 s.
     assert!(number(&v, "async.sleep.first_due_to_all_acked_s") >= 1.0);
 
+    for key in [
+        "unkeyed_per_s",
+        "keyed_per_s",
+        "no_priorities_per_s",
+        "priorities_per_s",
+        "others_unlimited_per_s",
+        "others_beside_limit_per_s",
+        "unkeyed_bytes_per_event",
+        "keyed_bytes_per_event",
+    ] {
+        assert!(number(&v, &format!("keys.{key}")) > 0.0, "keys.{key}");
+    }
+    assert_eq!(number(&v, "keys.limited_most_at_once"), 1.0);
+    assert_eq!(number(&v, "keys.memory_events"), 3000.0);
+
     // 3 log-vs-raw and 3 publish-vs-raw targets, 2 against SQLite and fjall, end to end,
     // lateness, 2 recovery, 2 memory, compaction; 2 workers, lateness of timer32, 2 idle
     // pass and the publish latency ratio; the disk after compaction; 2 async publish, async
-    // end to end and the async sleep.
+    // end to end and the async sleep; keyed publish, priorities, the concurrency limit's
+    // cost and its bound, memory per keyed event.
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 26, "{targets:?}");
+    assert_eq!(targets.len(), 31, "{targets:?}");
     for t in targets {
         assert!(t["name"].is_string() && t["met"].is_boolean());
         assert!(t["measured"].is_number() && t["target"].is_number(), "{t}");
