@@ -71,6 +71,51 @@ impl PartialOrd for Queued {
     }
 }
 
+/// A name's queue: one heap per priority, highest first. Events join a queue as they fall
+/// due, so each heap mostly receives them in its own order and stays nearly sorted, and a
+/// pop walks the same few cache lines every time; one heap of mixed priorities would walk a
+/// new path from root to leaf (a cache miss a level) at every pop.
+#[derive(Default)]
+struct Queue {
+    /// Non-empty heaps, by priority, highest first.
+    levels: Vec<(i8, BinaryHeap<Queued>)>,
+}
+
+impl Queue {
+    fn push(&mut self, q: Queued) {
+        match self.levels.binary_search_by(|(p, _)| q.priority.cmp(p)) {
+            Ok(i) => self.levels[i].1.push(q),
+            Err(i) => self
+                .levels
+                .insert(i, (q.priority, BinaryHeap::from(vec![q]))),
+        }
+    }
+
+    fn peek(&self) -> Option<&Queued> {
+        self.levels.first().and_then(|(_, h)| h.peek())
+    }
+
+    fn pop(&mut self) -> Option<Queued> {
+        let (_, heap) = self.levels.first_mut()?;
+        let q = heap.pop();
+        if heap.is_empty() {
+            self.levels.remove(0);
+        }
+        q
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Queued) -> bool) {
+        for (_, heap) in &mut self.levels {
+            heap.retain(&mut keep);
+        }
+        self.levels.retain(|(_, h)| !h.is_empty());
+    }
+
+    fn clear(&mut self) {
+        self.levels.clear();
+    }
+}
+
 /// Where a name is listed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Listed {
@@ -81,7 +126,7 @@ enum Listed {
 }
 
 struct NameFlow {
-    queue: BinaryHeap<Queued>,
+    queue: Queue,
     /// Entries of `queue` that are not stale.
     live: u64,
     limits: Limits,
@@ -129,7 +174,7 @@ impl Flow {
         let name: Arc<str> = name.into();
         let slot = self.slots.len() as u32;
         self.slots.push(NameFlow {
-            queue: BinaryHeap::new(),
+            queue: Queue::default(),
             live: 0,
             limits: self.config.limits.get(&*name).copied().unwrap_or_default(),
             running: 0,
