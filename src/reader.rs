@@ -381,7 +381,15 @@ fn note_extra(
 ) {
     match record {
         Record::Publish(p) => {
+            let restates = p.options().is_some_and(|o| o.restates);
             for e in p.events().filter(|e| keep(e.id)) {
+                if restates {
+                    // The event's body is now this record's.
+                    if let Some(x) = extras.get_mut(&e.id) {
+                        x.body_bytes = e.body.len() as u64;
+                    }
+                    continue;
+                }
                 extras.entry(e.id).or_insert_with(|| Extra {
                     published_ms: p.published_ms,
                     first_due_ms: e.due_ms,
