@@ -577,6 +577,56 @@ fn a_paused_name_keeps_its_retention() {
 }
 
 #[test]
+fn a_holder_restated_while_its_name_is_paused_expires_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = Engine::open_with(dir.path(), options(&clock).retention(HOUR)).unwrap();
+    let seen = record_bodies(&engine, "report");
+    engine.start();
+    let key = keyed("k", KeyMode::ReplaceBody);
+    let held = engine
+        .publish_with("report", "old", Duration::from_secs(60), key.clone())
+        .unwrap();
+    engine.pause("report").unwrap();
+    clock.advance(Duration::from_secs(120));
+    assert!(engine.wait_idle(IDLE));
+    // Due and queued behind the pause: claimed out of its queue, restated, queued again.
+    let restated = engine
+        .publish_with("report", "new", After::NOW, key)
+        .unwrap();
+    assert_eq!(
+        (restated.id, restated.outcome),
+        (held.id, KeyOutcome::Updated)
+    );
+    clock.advance(HOUR + Duration::from_secs(120));
+    assert!(engine.wait_idle(IDLE));
+    engine.resume("report").unwrap();
+    assert!(engine.wait_idle(IDLE));
+    assert!(seen.lock().is_empty());
+    engine.close().unwrap();
+    assert_eq!(state(dir.path(), held.id), Some(EventState::Expired));
+}
+
+#[test]
+fn a_reader_sees_the_restated_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = Engine::open_with(dir.path(), options(&clock)).unwrap();
+    let key = keyed("k", KeyMode::ReplaceBody);
+    let held = engine
+        .publish_with("report", "old", HOUR, key.clone())
+        .unwrap();
+    let restated = engine
+        .publish_with("report", "a longer body", HOUR, key)
+        .unwrap();
+    assert_eq!(restated.outcome, KeyOutcome::Updated);
+    engine.close().unwrap();
+    let rows = Reader::open(dir.path()).unwrap().events().unwrap();
+    let row = rows.iter().find(|r| r.id == held.id).unwrap();
+    assert_eq!(row.body_bytes, "a longer body".len() as u64);
+}
+
+#[test]
 fn pause_survives_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);

@@ -15,10 +15,12 @@
 //! refill rate, so over any time `t` at most `n + n × t / per` start.
 //!
 //! Queue entries are removed lazily: an event cancelled (or claimed) while queued leaves a
-//! stale entry that `dispatch` skips; `live` counts the others.
+//! stale entry that `dispatch` skips; `live` counts the others. A claimed event put back
+//! (after a restatement) is queued again under the same id, so its stale entry looks live
+//! until it is handed out: `dispatch` hands an id out once.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Limits of one name, from [`Options`](crate::Options).
@@ -242,7 +244,9 @@ impl Flow {
         live: &mut dyn FnMut(u64) -> bool,
         out: &mut Vec<(u64, u32)>,
     ) {
-        self.scan_retention(now_ms, live, out);
+        // Ids handed out by this call: another entry of one is stale.
+        let mut handed: HashSet<u64> = HashSet::new();
+        self.scan_retention(now_ms, live, &mut handed, out);
         while let Some(&(at, slot)) = self.rate_blocked.first() {
             if at > now_ms {
                 break;
@@ -261,7 +265,11 @@ impl Flow {
             let n = &mut self.slots[slot as usize];
             n.listed = Listed::No;
             // Stale heads (cancelled while queued) go first.
-            while n.queue.peek().is_some_and(|q| !live(q.id)) {
+            while n
+                .queue
+                .peek()
+                .is_some_and(|q| handed.contains(&q.id) || !live(q.id))
+            {
                 n.queue.pop();
             }
             match n.queue.peek() {
@@ -269,6 +277,7 @@ impl Flow {
                 Some(head) if head.key() != key => {}
                 Some(_) => {
                     let q = n.queue.pop().expect("peeked");
+                    handed.insert(q.id);
                     self.take(slot, now_ms);
                     out.push((q.id, slot));
                     taken += 1;
@@ -299,6 +308,7 @@ impl Flow {
         &mut self,
         now_ms: i64,
         live: &mut dyn FnMut(u64) -> bool,
+        handed: &mut HashSet<u64>,
         out: &mut Vec<(u64, u32)>,
     ) {
         if now_ms < self.next_scan_ms || self.queued == 0 {
@@ -314,7 +324,8 @@ impl Flow {
             let mut expired = Vec::new();
             n.queue.retain(|q| {
                 let past = now_ms > q.due_ms.saturating_add(retention);
-                if past && live(q.id) {
+                if past && !handed.contains(&q.id) && live(q.id) {
+                    handed.insert(q.id);
                     expired.push(q.id);
                 }
                 !past
@@ -390,7 +401,8 @@ impl Flow {
 #[cfg(test)]
 mod tests {
     //! The flow against a model: random pushes (priorities, due times), dispatches,
-    //! finishes, cancels of queued events, pauses and clock steps on three names with
+    //! finishes, cancels of queued events, queued events claimed and queued again, pauses
+    //! and clock steps on three names with
     //! different limits. After each dispatch: every event handed out was queued and live,
     //! never twice; no name runs more than its concurrency limit; a paused name hands out
     //! nothing; a rate-limited name starts no more than its bucket allows; nothing better
@@ -429,12 +441,31 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Push { name: usize, priority: i8, due: i64 },
-        Dispatch { max: usize },
-        Finish { pick: usize },
-        Cancel { pick: usize },
-        Pause { name: usize, paused: bool },
-        Advance { ms: i64 },
+        Push {
+            name: usize,
+            priority: i8,
+            due: i64,
+        },
+        Dispatch {
+            max: usize,
+        },
+        Finish {
+            pick: usize,
+        },
+        Cancel {
+            pick: usize,
+        },
+        /// Claimed out of its queue and put back: queued again under its id.
+        Requeue {
+            pick: usize,
+        },
+        Pause {
+            name: usize,
+            paused: bool,
+        },
+        Advance {
+            ms: i64,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -443,9 +474,35 @@ mod tests {
             3 => (1..6usize).prop_map(|max| Op::Dispatch { max }),
             3 => any::<usize>().prop_map(|pick| Op::Finish { pick }),
             1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+            1 => any::<usize>().prop_map(|pick| Op::Requeue { pick }),
             1 => (0..3usize, any::<bool>()).prop_map(|(name, paused)| Op::Pause { name, paused }),
             2 => (0i64..80).prop_map(|ms| Op::Advance { ms }),
         ]
+    }
+
+    /// An event claimed out of a paused name's queue and put back is queued twice under its
+    /// id; once past retention it is handed out (to expire) once.
+    #[test]
+    fn a_requeued_event_past_retention_is_handed_out_once() {
+        let mut flow = Flow::new(FlowConfig {
+            retention_ms: 100,
+            ..FlowConfig::default()
+        });
+        let slot = flow.slot("a");
+        flow.set_paused("a", true, 0);
+        let q = Queued {
+            priority: 0,
+            due_ms: 0,
+            id: 1,
+        };
+        flow.push(slot, q, 0);
+        flow.unqueued(slot);
+        flow.push(slot, q, 0);
+        assert_eq!(flow.queued(), 1);
+        let mut out = Vec::new();
+        flow.dispatch(1_000, usize::MAX, &mut |_| true, &mut out);
+        assert_eq!(out, vec![(1, slot)]);
+        assert_eq!(flow.queued(), 0);
     }
 
     proptest! {
@@ -473,6 +530,12 @@ mod tests {
                         let Some(&id) = queued.keys().nth(pick % queued.len().max(1)) else { continue };
                         let (name, _) = queued.remove(&id).unwrap();
                         flow.unqueued(slots[name]);
+                    }
+                    Op::Requeue { pick } => {
+                        let Some(&id) = queued.keys().nth(pick % queued.len().max(1)) else { continue };
+                        let (name, q) = queued[&id];
+                        flow.unqueued(slots[name]);
+                        flow.push(slots[name], q, now);
                     }
                     Op::Finish { pick } => {
                         let Some(&id) = running.keys().nth(pick % running.len().max(1)) else { continue };
