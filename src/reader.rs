@@ -414,26 +414,37 @@ struct Extra {
     last_reason: Option<String>,
     last_message: Option<String>,
     key: Option<Box<[u8]>>,
+    /// Restatements of the event (new bodies): where each lies, and its body's length. The
+    /// index says which one is the body.
+    restated: Vec<(crate::index::Location, u64)>,
 }
 
-/// Notes what `record` tells of the events `keep` accepts (for the others, nothing is kept).
+/// Notes what `record` (found at `pos`) tells of the events `keep` accepts (for the others, nothing is kept).
 fn note_extra(
     extras: &mut HashMap<EventId, Extra>,
+    pos: Position,
     record: &Record<'_>,
     keep: impl Fn(EventId) -> bool,
 ) {
     match record {
         Record::Publish(p) => {
-            let key = p.options().map(|o| o.key).filter(|k| !k.is_empty());
+            let options = p.options();
+            let key = options.map(|o| o.key).filter(|k| !k.is_empty());
             for e in p.events().filter(|e| keep(e.id)) {
-                let x = extras.entry(e.id).or_insert_with(|| Extra {
+                if options.is_some_and(|o| o.restates) {
+                    if let Some(x) = extras.get_mut(&e.id) {
+                        x.restated
+                            .push((crate::engine::location(pos), e.body.len() as u64));
+                    }
+                    continue;
+                }
+                extras.entry(e.id).or_insert_with(|| Extra {
                     published_ms: p.published_ms,
                     first_due_ms: e.due_ms,
+                    body_bytes: e.body.len() as u64,
                     key: key.map(Box::from),
                     ..Extra::default()
                 });
-                // A restatement replaces the body.
-                x.body_bytes = e.body.len() as u64;
             }
         }
         Record::Retry(r) => {
@@ -468,7 +479,13 @@ fn row(index: &Index, extras: &HashMap<EventId, Extra>, id: EventId) -> Option<E
         published_ms: extra.map_or(0, |x| x.published_ms),
         first_due_ms: extra.map_or(info.due_ms, |x| x.first_due_ms),
         next_due_ms: info.due_ms,
-        body_bytes: extra.map_or(0, |x| x.body_bytes),
+        body_bytes: extra.map_or(0, |x| {
+            x.restated
+                .iter()
+                .rev()
+                .find(|(at, _)| *at == info.body_at)
+                .map_or(x.body_bytes, |r| r.1)
+        }),
         last_reason: extra.and_then(|x| x.last_reason.clone()),
         last_message: extra.and_then(|x| x.last_message.clone()),
         priority: info.priority,
@@ -671,7 +688,7 @@ impl Reader {
             }
             effects.clear();
             if next_due.is_none() {
-                note_extra(&mut extras, record, |_| true);
+                note_extra(&mut extras, pos, record, |_| true);
             }
             Ok(())
         })?;
@@ -841,8 +858,8 @@ impl Reader {
         let mut extras = HashMap::new();
         if !selected.is_empty() {
             let keep: HashSet<EventId> = selected.iter().copied().collect();
-            snap.scan(|_, record| {
-                note_extra(&mut extras, record, |id| keep.contains(&id));
+            snap.scan(|pos, record| {
+                note_extra(&mut extras, pos, record, |id| keep.contains(&id));
                 Ok(())
             })?;
         }
@@ -876,12 +893,16 @@ impl Reader {
             effects.clear();
             // The body is its publish's, or that of the latest record that restated it
             // while it was pending (a restatement of a finished event changes nothing).
-            if let (Record::Publish(p), Ok(crate::index::Applied::Changed)) = (record, applied)
+            if let Record::Publish(p) = record
                 && let Some(e) = p.events().find(|e| e.id == id)
             {
-                body = Some(e.body.to_vec());
+                let restated = p.options().is_some_and(|o| o.restates)
+                    && applied == Ok(crate::index::Applied::Changed);
+                if body.is_none() || restated {
+                    body = Some(e.body.to_vec());
+                }
             }
-            note_extra(&mut extras, record, |_| true);
+            note_extra(&mut extras, pos, record, |_| true);
             let mut payload = Vec::with_capacity(record.encoded_len());
             record.encode(&mut payload);
             records.push((pos, record.kind(), payload));
