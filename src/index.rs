@@ -60,11 +60,12 @@
 //! chain from the fragment's home, keeps the held keyed events of the name with the same
 //! fragment, and asks the caller to *verify* each against the key in its publish record
 //! (one read of a mapped page, and only on a fragment match): the answer is exact. An event
-//! that no longer holds its key leaves a stale slot, ignored by lookups and reused by the
-//! next insert that meets it; [`Index::sweep_keys`] rebuilds the table without them
-//! (compaction calls it each pass), so finishing an event costs nothing here. A keyed event
-//! costs its 4-byte slot over a table at most three quarters and usually half full: about 8
-//! bytes.
+//! that no longer holds its key leaves a stale slot, ignored by lookups and dropped when the
+//! table is rebuilt: when it is three quarters full, and by [`Index::sweep_keys`] (compaction
+//! calls it each pass), so finishing an event costs nothing here. Beside each slot is a tag
+//! byte, the fragment's low 8 bits, so a probe reads an event's entry only when the tags
+//! match. A keyed event costs its 5 bytes over a table at most three quarters and usually
+//! half full: about 10 bytes.
 //!
 //! # Memory
 //!
@@ -484,6 +485,9 @@ const NO_KEY: u32 = 0;
 struct KeyTable {
     /// The low 32 bits of keyed events' ids, `NO_KEY` for empty; a power of two long, or 0.
     slots: Vec<u32>,
+    /// Beside each slot, the low 8 bits of its event's fragment: a probe looks at an event's
+    /// entry only when they match.
+    tags: Vec<u8>,
     /// Keyed events whose low 32 bits are 0 (one id in 2^32), which a slot cannot hold.
     wide: Vec<EventId>,
     /// Slots not empty.
@@ -496,13 +500,29 @@ impl KeyTable {
         ((u64::from(fragment) * self.slots.len() as u64) >> FRAGMENT_BITS) as usize
     }
 
-    /// The values of the chain of `fragment`: from its home to the first empty slot.
+    /// The values of the chain of `fragment` (from its home to the first empty slot) whose
+    /// tag is the fragment's.
     fn chain(&self, fragment: u32) -> impl Iterator<Item = u32> + '_ {
         let n = self.slots.len();
         let home = if n == 0 { 0 } else { self.home(fragment) };
+        let tag = fragment as u8;
         (0..n)
-            .map(move |i| self.slots[(home + i) & (n - 1)])
-            .take_while(|&v| v != NO_KEY)
+            .map(move |i| (home + i) & (n - 1))
+            .take_while(|&s| self.slots[s] != NO_KEY)
+            .filter(move |&s| self.tags[s] == tag)
+            .map(|s| self.slots[s])
+    }
+
+    /// Puts `low` with `fragment` into the first empty slot of its chain.
+    fn place(&mut self, low: u32, fragment: u32) {
+        let mask = self.slots.len() - 1;
+        let mut s = self.home(fragment);
+        while self.slots[s] != NO_KEY {
+            s = (s + 1) & mask;
+        }
+        self.slots[s] = low;
+        self.tags[s] = fragment as u8;
+        self.used += 1;
     }
 }
 
@@ -769,34 +789,19 @@ impl Index {
         e.state().is_some_and(EventState::is_pending) || self.windows.contains_key(&id)
     }
 
-    /// Adds keyed event `id` with `fragment` to the table: into the first stale or empty slot
-    /// of its chain.
+    /// Adds keyed event `id` with `fragment` to the table, rebuilding it without its stale
+    /// slots first when it is three quarters full.
     fn insert_key(&mut self, id: EventId, fragment: u32) {
-        let mut table = std::mem::take(&mut self.keys);
-        if 4 * (table.used + 1) > 3 * table.slots.len() {
-            table = self.rebuilt_keys(&table, 1);
+        if 4 * (self.keys.used + 1) > 3 * self.keys.slots.len() {
+            let table = std::mem::take(&mut self.keys);
+            self.keys = self.rebuilt_keys(&table, 1);
         }
         let low = id.0 as u32;
         if low == NO_KEY {
-            table.wide.push(id);
+            self.keys.wide.push(id);
         } else {
-            let mask = table.slots.len() - 1;
-            let mut s = table.home(fragment);
-            loop {
-                let v = table.slots[s];
-                if v == NO_KEY {
-                    table.slots[s] = low;
-                    table.used += 1;
-                    break;
-                }
-                if self.keyed_with_low_bits(v).all(|(id, e)| !self.keeps_key(id, e)) {
-                    table.slots[s] = low;
-                    break;
-                }
-                s = (s + 1) & mask;
-            }
+            self.keys.place(low, fragment);
         }
-        self.keys = table;
     }
 
     /// `table` without stale slots, with room for `more` keyed events: at most half full.
@@ -813,6 +818,7 @@ impl Index {
         let len = (2 * (kept.len() + more)).next_power_of_two().max(16);
         let mut new = KeyTable {
             slots: vec![NO_KEY; len],
+            tags: vec![0; len],
             wide: table
                 .wide
                 .iter()
@@ -822,12 +828,7 @@ impl Index {
             used: 0,
         };
         for (low, fragment) in kept {
-            let mut s = new.home(fragment);
-            while new.slots[s] != NO_KEY {
-                s = (s + 1) & (len - 1);
-            }
-            new.slots[s] = low;
-            new.used += 1;
+            new.place(low, fragment);
         }
         new
     }
@@ -1618,7 +1619,7 @@ impl Index {
                 .flatten()
                 .map(|n| n.text.len())
                 .sum::<usize>();
-        let keys = 4 * self.keys.slots.capacity()
+        let keys = 5 * self.keys.slots.capacity()
             + 8 * self.keys.wide.capacity()
             + hash(self.windows.capacity(), size_of::<(EventId, i64)>())
             + hash(self.bodies.capacity(), size_of::<(EventId, Location)>());

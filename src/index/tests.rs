@@ -1269,8 +1269,7 @@ fn keys_are_exact_when_their_fragments_collide() {
         // The key is free again: a new event takes it; sweeping keeps every holder.
         keyed(&mut ix, 61, "n", "k7", 0);
         assert_eq!(holder(&ix, "n", "k7"), Some(EventId(61)));
-        // Event 61 took a stale slot (event 7's, or another's) when it was inserted.
-        assert!(ix.sweep_keys(10_000) >= 1, "the passed window of 60");
+        assert!(ix.sweep_keys(10_000) >= 2, "event 7 and the passed window of 60");
         for (id, name, key) in events.iter().filter(|e| e.0 != 7) {
             assert_eq!(holder(&ix, name, key), Some(EventId(*id)), "{key} after a sweep");
         }
@@ -1280,11 +1279,11 @@ fn keys_are_exact_when_their_fragments_collide() {
 }
 
 #[test]
-fn the_key_table_grows_and_reuses_stale_slots() {
+fn the_key_table_grows_and_drops_stale_slots() {
     let mut ix = Index::new();
     for id in 1..=10_000u64 {
         keyed_unchecked(&mut ix, id, "n", &format!("key-{id}"), 0);
-        // Every other event finishes at once: its slot is stale, for the next insert to take.
+        // Every other event finishes at once: its slot is stale, dropped by the next rebuild.
         if id % 2 == 0 {
             let (res, _) = Owned::CancelEvent(id).with(|r| {
                 let mut fx = Vec::new();
