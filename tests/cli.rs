@@ -815,30 +815,18 @@ fn keys_priorities_pause_and_limits_are_shown_and_pause_is_set_offline() {
             .priority(3)
             .key_window(Duration::from_secs(86_400))
     };
-    let a = engine
-        .publish_with(
-            "invoice.send",
-            "a",
-            After::parse("1 hour").unwrap(),
-            keyed("inv-1", KeyMode::Keep),
-        )
-        .unwrap();
-    let b = engine
-        .publish_with(
-            "invoice.send",
-            "b",
-            After::parse("1 hour").unwrap(),
-            keyed("inv-2", KeyMode::Keep),
-        )
-        .unwrap();
-    let c = engine
-        .publish_with(
-            "invoice.send",
-            "c",
-            After::parse("2 hours").unwrap(),
-            PublishOptions::default().key("inv-2", KeyMode::Replace),
-        )
-        .unwrap();
+    let invoice = |body: &str, after: &str, options| {
+        engine
+            .publish_with("invoice.send", body, After::parse(after).unwrap(), options)
+            .unwrap()
+    };
+    let a = invoice("a", "1 hour", keyed("inv-1", KeyMode::Keep));
+    let b = invoice("b", "1 hour", keyed("inv-2", KeyMode::Keep));
+    let c = invoice(
+        "c",
+        "2 hours",
+        PublishOptions::default().key("inv-2", KeyMode::Replace),
+    );
     assert_eq!(c.outcome, KeyOutcome::Replaced(b.id));
     engine
         .publish("mail.send", "plain", After::parse("1 hour").unwrap())

@@ -65,24 +65,8 @@ enum Command {
     Events {
         /// The data directory
         dir: PathBuf,
-        /// Only events in this state: scheduled, running, succeeded, failed, cancelled, expired
-        #[arg(long)]
-        state: Option<String>,
-        /// Only events with this name
-        #[arg(long)]
-        name: Option<String>,
-        /// Only events of this job (`job-3` or `3`)
-        #[arg(long)]
-        job: Option<String>,
-        /// Only events next due before this time (`5 minutes` from now, RFC 3339, epoch ms)
-        #[arg(long, value_name = "TIME")]
-        due_before: Option<String>,
-        /// Only events published with this key (of any name, unless --name is given)
-        #[arg(long)]
-        key: Option<String>,
-        /// At most this many rows
-        #[arg(long)]
-        limit: Option<usize>,
+        #[command(flatten)]
+        filters: EventArgs,
         /// Print one JSON array of events
         #[arg(long)]
         json: bool,
@@ -268,27 +252,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { dir, json } => inspect(&dir, json),
-        Command::Events {
-            dir,
-            state,
-            name,
-            job,
-            due_before,
-            key,
-            limit,
-            json,
-        } => events(
-            &dir,
-            EventArgs {
-                state,
-                name,
-                job,
-                due_before,
-                key,
-                limit,
-            },
-            json,
-        ),
+        Command::Events { dir, filters, json } => events(&dir, filters, json),
         Command::Event { dir, id, json } => event(&dir, &id, json),
         Command::Replay {
             dir,
@@ -580,12 +544,25 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
 }
 
 /// The filters of `afterlog events`, as given.
+#[derive(clap::Args)]
 struct EventArgs {
+    /// Only events in this state: scheduled, running, succeeded, failed, cancelled, expired
+    #[arg(long)]
     state: Option<String>,
+    /// Only events with this name
+    #[arg(long)]
     name: Option<String>,
+    /// Only events of this job (`job-3` or `3`)
+    #[arg(long)]
     job: Option<String>,
+    /// Only events next due before this time (`5 minutes` from now, RFC 3339, epoch ms)
+    #[arg(long, value_name = "TIME")]
     due_before: Option<String>,
+    /// Only events published with this key (of any name, unless --name is given)
+    #[arg(long)]
     key: Option<String>,
+    /// At most this many rows
+    #[arg(long)]
     limit: Option<usize>,
 }
 
