@@ -834,23 +834,25 @@ impl Index {
     }
 
     /// The held keyed events of the name at index `slot` whose fragment is that of `key`,
-    /// each at most once.
-    fn key_candidates(&self, slot: u32, key: &[u8]) -> Vec<(EventId, Location, KeyHold)> {
+    /// with where their publish lies (an event may come twice).
+    fn key_candidates(
+        &self,
+        slot: u32,
+        key: &[u8],
+    ) -> impl Iterator<Item = (EventId, Location)> + '_ {
         let fragment = self.key_fragment(slot, key);
-        let mut found: Vec<(EventId, Location, KeyHold)> = Vec::new();
-        let lows = self.keys.chain(fragment).chain(self.keys.wide.iter().map(|id| id.0 as u32));
-        for low in lows {
-            for (id, e) in self.keyed_with_low_bits(low) {
-                if e.name() == slot
-                    && e.fragment() == fragment
-                    && (low != NO_KEY || self.keys.wide.contains(&id))
-                    && !found.iter().any(|f| f.0 == id)
-                {
-                    found.push((id, e.location(), KeyHold::Stale));
-                }
-            }
-        }
-        found
+        let wide = self.keys.wide.iter().map(|id| id.0 as u32);
+        self.keys
+            .chain(fragment)
+            .chain(wide)
+            .flat_map(move |low| {
+                self.keyed_with_low_bits(low).filter(move |(id, e)| {
+                    e.name() == slot
+                        && e.fragment() == fragment
+                        && (low != NO_KEY || self.keys.wide.contains(id))
+                })
+            })
+            .map(|(id, e)| (id, e.location()))
     }
 
     /// The pending event holding `key` of `name`, if any. `verify(id, location)` says
@@ -889,7 +891,7 @@ impl Index {
             return Ok(None);
         };
         let mut window = None;
-        for (id, loc, _) in self.key_candidates(slot, key) {
+        for (id, loc) in self.key_candidates(slot, key) {
             let hold = self.key_hold(slot, id, now_ms);
             if hold == KeyHold::Stale || !verify(id, loc)? {
                 continue;

@@ -26,7 +26,6 @@ use crate::format::{
 use crate::ids::EventId;
 use crate::index::{Applied, EventState, Location};
 use crate::sync::{Condvar, Mutex};
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -120,8 +119,9 @@ pub(crate) struct KeyLocks {
 
 #[derive(Default)]
 struct KeyShard {
-    /// Hashes of the keys whose publish runs, and how many publishers wait in this shard.
-    held: Mutex<(HashSet<u64>, usize)>,
+    /// Hashes of the keys whose publish runs (a few: publishers spread over the shards),
+    /// and how many publishers wait in this shard.
+    held: Mutex<(Vec<u64>, usize)>,
     freed: Condvar,
 }
 
@@ -154,7 +154,7 @@ impl KeyLocks {
             shard.freed.wait(&mut held);
             held.1 -= 1;
         }
-        held.0.insert(hash);
+        held.0.push(hash);
         KeyTurn { shard, hash }
     }
 }
@@ -162,7 +162,9 @@ impl KeyLocks {
 impl Drop for KeyTurn<'_> {
     fn drop(&mut self) {
         let mut held = self.shard.held.lock();
-        held.0.remove(&self.hash);
+        if let Some(i) = held.0.iter().position(|&h| h == self.hash) {
+            held.0.swap_remove(i);
+        }
         if held.1 > 0 {
             self.shard.freed.notify_all();
         }

@@ -1244,7 +1244,7 @@ fn keys_are_exact_when_their_fragments_collide() {
         verified.set(0);
         assert_eq!(holder(&ix, "n", "free"), None);
         if collide {
-            assert_eq!(verified.get(), 52);
+            assert!(verified.get() >= 52, "{}", verified.get());
         } else {
             assert!(verified.get() <= 1, "{}", verified.get());
         }
