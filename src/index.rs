@@ -513,6 +513,14 @@ impl KeyTable {
             .map(|s| self.slots[s])
     }
 
+    /// The distinct values of the slots, sorted.
+    fn lows(&self) -> Vec<u32> {
+        let mut lows: Vec<u32> = self.slots.iter().copied().filter(|&v| v != NO_KEY).collect();
+        lows.sort_unstable();
+        lows.dedup();
+        lows
+    }
+
     /// Puts `low` with `fragment` into the first empty slot of its chain.
     fn place(&mut self, low: u32, fragment: u32) {
         let mask = self.slots.len() - 1;
@@ -806,10 +814,8 @@ impl Index {
 
     /// `table` without stale slots, with room for `more` keyed events: at most half full.
     fn rebuilt_keys(&self, table: &KeyTable, more: usize) -> KeyTable {
-        let mut lows: Vec<u32> = table.slots.iter().copied().filter(|&v| v != NO_KEY).collect();
-        lows.sort_unstable();
-        lows.dedup();
-        let kept: Vec<(u32, u32)> = lows
+        let kept: Vec<(u32, u32)> = table
+            .lows()
             .iter()
             .flat_map(|&low| self.keyed_with_low_bits(low))
             .filter(|(id, e)| self.keeps_key(*id, e))
@@ -930,10 +936,9 @@ impl Index {
     /// Keyed events that take their key at `now_ms`: name, the event, and whether the event
     /// is still pending (else only its window holds the key). In id order.
     pub fn keys_taken(&self, now_ms: i64) -> Vec<(&str, EventId, bool)> {
-        let mut lows: Vec<u32> = self.keys.slots.iter().copied().filter(|&v| v != NO_KEY).collect();
-        lows.sort_unstable();
-        lows.dedup();
-        let mut taken: Vec<(&str, EventId, bool)> = lows
+        let mut taken: Vec<(&str, EventId, bool)> = self
+            .keys
+            .lows()
             .into_iter()
             .flat_map(|low| self.keyed_with_low_bits(low))
             .chain(self.keys.wide.iter().filter_map(|&id| Some((id, self.held(id).ok()?))))

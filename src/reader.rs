@@ -290,13 +290,6 @@ pub fn retry_reason_name(code: u8) -> String {
     }
 }
 
-/// The system clock, Unix epoch ms: what key windows are counted at.
-fn system_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Ids as runs of consecutive ids: events of a job, or published one after another, take
 /// one run, so a filter's memory follows the runs, not the events.
 #[derive(Debug, Default)]
@@ -774,7 +767,9 @@ impl Reader {
             .filter_map(|id| row(&index, &extras, id))
             .collect();
         let mut keys: BTreeMap<&str, KeysHeld> = BTreeMap::new();
-        for (name, _, pending) in index.keys_taken(system_now_ms()) {
+        for (name, _, pending) in
+            index.keys_taken(crate::clock::Clock::now_ms(&crate::clock::SystemClock))
+        {
             let held = keys.entry(name).or_insert_with(|| KeysHeld {
                 name: name.to_owned(),
                 pending: 0,

@@ -17,10 +17,11 @@
 //! Queue entries are removed lazily: an event cancelled (or claimed) while queued leaves a
 //! stale entry that `dispatch` skips; `live` counts the others. A claimed event put back
 //! (after a restatement) is queued again under the same id, so its stale entry looks live
-//! until it is handed out: `dispatch` hands an id out once.
+//! until it is handed out: the two entries have one key, so the second is the head right
+//! after the first is taken, and is dropped then; the retention scan takes each id once.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 /// Limits of one name, from [`Options`](crate::Options).
@@ -244,9 +245,7 @@ impl Flow {
         live: &mut dyn FnMut(u64) -> bool,
         out: &mut Vec<(u64, u32)>,
     ) {
-        // Ids handed out by this call: another entry of one is stale.
-        let mut handed: HashSet<u64> = HashSet::new();
-        self.scan_retention(now_ms, live, &mut handed, out);
+        self.scan_retention(now_ms, live, out);
         while let Some(&(at, slot)) = self.rate_blocked.first() {
             if at > now_ms {
                 break;
@@ -265,11 +264,7 @@ impl Flow {
             let n = &mut self.slots[slot as usize];
             n.listed = Listed::No;
             // Stale heads (cancelled while queued) go first.
-            while n
-                .queue
-                .peek()
-                .is_some_and(|q| handed.contains(&q.id) || !live(q.id))
-            {
+            while n.queue.peek().is_some_and(|q| !live(q.id)) {
                 n.queue.pop();
             }
             match n.queue.peek() {
@@ -277,7 +272,10 @@ impl Flow {
                 Some(head) if head.key() != key => {}
                 Some(_) => {
                     let q = n.queue.pop().expect("peeked");
-                    handed.insert(q.id);
+                    // A second entry of the id (queued again) is stale now.
+                    while n.queue.peek().is_some_and(|h| h.id == q.id) {
+                        n.queue.pop();
+                    }
                     self.take(slot, now_ms);
                     out.push((q.id, slot));
                     taken += 1;
@@ -308,7 +306,6 @@ impl Flow {
         &mut self,
         now_ms: i64,
         live: &mut dyn FnMut(u64) -> bool,
-        handed: &mut HashSet<u64>,
         out: &mut Vec<(u64, u32)>,
     ) {
         if now_ms < self.next_scan_ms || self.queued == 0 {
@@ -324,12 +321,14 @@ impl Flow {
             let mut expired = Vec::new();
             n.queue.retain(|q| {
                 let past = now_ms > q.due_ms.saturating_add(retention);
-                if past && !handed.contains(&q.id) && live(q.id) {
-                    handed.insert(q.id);
+                if past && live(q.id) {
                     expired.push(q.id);
                 }
                 !past
             });
+            // An id queued twice is past retention twice; it is handed out once.
+            expired.sort_unstable();
+            expired.dedup();
             for id in expired {
                 self.take(slot, now_ms);
                 out.push((id, slot));
