@@ -1003,22 +1003,9 @@ fn keys_priorities_pause_and_limits_are_shown_and_pause_is_set_offline() {
     assert_eq!(rows[0]["priority"], -5);
     assert_eq!(rows[0]["state"], "cancelled");
     let before = json(&["inspect", dir, "--json"])["records_by_kind"].clone();
-    for args in [
-        vec![
-            "publish",
-            dir,
-            "n",
-            "b",
-            "--key",
-            "k",
-            "--key-mode",
-            "bogus",
-        ],
-        vec![
-            "publish",
-            dir,
-            "n",
-            "b",
+    for options in [
+        &["--key", "k", "--key-mode", "bogus"][..],
+        &[
             "--key",
             "k",
             "--key-mode",
@@ -1026,20 +1013,12 @@ fn keys_priorities_pause_and_limits_are_shown_and_pause_is_set_offline() {
             "--key-window",
             "1 day",
         ],
-        vec![
-            "publish",
-            dir,
-            "n",
-            "b",
-            "--key",
-            "k",
-            "--key-window",
-            "0 ms",
-        ],
-        vec!["publish", dir, "n", "b", "--key", ""],
-        vec!["publish", dir, "n", "b", "--key-mode", "keep"],
-        vec!["publish", dir, "n", "b", "--priority", "300"],
+        &["--key", "k", "--key-window", "0 ms"],
+        &["--key", ""],
+        &["--key-mode", "keep"],
+        &["--priority", "300"],
     ] {
+        let args = [&["publish", dir, "n", "b"][..], options].concat();
         let o = afterlog(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
