@@ -412,7 +412,8 @@ struct Extra {
     restated: Vec<(crate::index::Location, u64)>,
 }
 
-/// Notes what `record` (found at `pos`) tells of the events `keep` accepts (for the others, nothing is kept).
+/// Notes what `record` (found at `pos`) tells of the events `keep` accepts (for the others,
+/// nothing is kept).
 fn note_extra(
     extras: &mut HashMap<EventId, Extra>,
     pos: Position,

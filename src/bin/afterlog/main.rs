@@ -156,8 +156,8 @@ enum Command {
         key: Option<String>,
         /// What to do when a pending event holds the key: keep (write nothing), replace
         /// (cancel it and write this one) or replace-body (give it this body)
-        #[arg(long, value_name = "MODE", default_value = "keep", requires = "key")]
-        key_mode: String,
+        #[arg(long, value_enum, value_name = "MODE", default_value_t = KeyModeArg::Keep, requires = "key")]
+        key_mode: KeyModeArg,
         /// keep only: the key stays taken this long after the publish (`1 day`, ms)
         #[arg(long, value_name = "DURATION", requires = "key")]
         key_window: Option<String>,
@@ -275,7 +275,7 @@ fn main() -> ExitCode {
             key_window,
             priority,
             json,
-        } => publish_options(key, &key_mode, key_window, priority)
+        } => publish_options(key, key_mode.into(), key_window, priority)
             .and_then(|options| publish(&dir, &name, &body, after.as_deref(), options, json)),
         Command::Pause { dir, name, json } => set_paused(&dir, &name, true, json),
         Command::Resume { dir, name, json } => set_paused(&dir, &name, false, json),
@@ -541,6 +541,24 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
     }
     o.flush()?;
     Ok(0)
+}
+
+/// `--key-mode` of `afterlog publish`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyModeArg {
+    Keep,
+    Replace,
+    ReplaceBody,
+}
+
+impl From<KeyModeArg> for KeyMode {
+    fn from(mode: KeyModeArg) -> KeyMode {
+        match mode {
+            KeyModeArg::Keep => KeyMode::Keep,
+            KeyModeArg::Replace => KeyMode::Replace,
+            KeyModeArg::ReplaceBody => KeyMode::ReplaceBody,
+        }
+    }
 }
 
 /// The filters of `afterlog events`, as given.
@@ -1059,7 +1077,7 @@ fn compact(dir: &Path, json: bool) -> CliResult {
 /// The options of `afterlog publish`, checked before anything is opened.
 fn publish_options(
     key: Option<String>,
-    mode: &str,
+    mode: KeyMode,
     window: Option<String>,
     priority: Option<i8>,
 ) -> Result<PublishOptions, Failure> {
@@ -1069,16 +1087,6 @@ fn publish_options(
     };
     afterlog::record::validate_key(key.as_bytes())
         .map_err(|e| Failure::usage(format!("bad --key: {e}")))?;
-    let mode = match mode {
-        "keep" => KeyMode::Keep,
-        "replace" => KeyMode::Replace,
-        "replace-body" => KeyMode::ReplaceBody,
-        other => {
-            return Err(Failure::usage(format!(
-                "bad --key-mode {other:?}: expected keep, replace or replace-body"
-            )));
-        }
-    };
     options = options.key(key, mode);
     if let Some(text) = window {
         if mode != KeyMode::Keep {
