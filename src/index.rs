@@ -293,7 +293,9 @@ pub struct JobStats {
 // Slot codes: the state codes of `EventState`, plus these two.
 const VACANT: u32 = 0;
 const RELEASED: u32 = 7;
-const STATE_MASK: u32 = 0x0F;
+const STATE_MASK: u32 = 0x07;
+/// The (finished) event is a dead letter (`dead.rs`).
+const DEAD: u32 = 0x08;
 const HAS_RETRY: u32 = 0x10;
 /// The entry has no job; its job field holds its priority (as a `u8`) instead.
 const HAS_PRIORITY: u32 = 0x20;
@@ -315,7 +317,7 @@ struct Entry {
     /// Index into the job table, or `NO_JOB`; with `HAS_PRIORITY`, the priority instead (an
     /// event with options has no job); with `HAS_KEY`, the key's fragment above the priority.
     job: u32,
-    /// Bits 0..4: slot code; bit 4: has a retry context; bit 5: `job` holds the priority;
+    /// Bits 0..3: slot code; bit 3: a dead letter; bit 4: has a retry context; bit 5: `job` holds the priority;
     /// bit 6: published with a key; bits 8..32: name index.
     tag: u32,
 }
@@ -457,6 +459,8 @@ pub struct Index {
     bodies: HashMap<EventId, Location>,
     /// Paused event names.
     paused: std::collections::BTreeSet<Box<str>>,
+    /// Dead letters, in log order of the records that killed them.
+    dead: dead::DeadList,
     /// Held events by state code (1..=6).
     counts: [u64; 7],
     max_event: u64,
@@ -569,10 +573,28 @@ impl Index {
                 None => self.apply_publish(loc, p, effects),
             },
             Record::Pause(p) => Ok(self.apply_pause(p.name, p.paused)),
+            Record::PurgeDead(_) => Ok(match self.purge_dead_before(loc) {
+                0 => Applied::Duplicate,
+                _ => Applied::Changed,
+            }),
             Record::Attempt(a) => self.apply_attempt(a.event, a.attempt, effects),
             Record::Retry(r) => self.apply_retry(r, effects),
-            Record::Ack(a) => self.apply_outcome(a.event, a.attempt, None, effects),
-            Record::Drop(d) => self.apply_outcome(d.event, d.attempt, Some(d.reason), effects),
+            Record::Ack(a) => {
+                let applied = self.apply_outcome(a.event, a.attempt, None, effects);
+                if let (Ok(Applied::Changed), crate::format::AckOutcome::Ignored) =
+                    (&applied, a.outcome)
+                {
+                    self.add_dead(a.event, loc, a.acked_ms);
+                }
+                applied
+            }
+            Record::Drop(d) => {
+                let applied = self.apply_outcome(d.event, d.attempt, Some(d.reason), effects);
+                if let Ok(Applied::Changed) = applied {
+                    self.add_dead(d.event, loc, d.dropped_ms);
+                }
+                applied
+            }
             Record::Cancel(c) => match c.target {
                 CancelTarget::Event(e) => self.apply_cancel_event(e, effects),
                 CancelTarget::Job(j) => self.apply_cancel_job(j, effects),
@@ -722,11 +744,15 @@ impl Index {
             return Ok(Applied::Duplicate);
         }
         if let Some(replaced) = o.replaces
+            && !o.redrives
             && self.state(replaced).is_some_and(EventState::is_pending)
         {
             self.transition(replaced, EventState::Cancelled, 0, effects);
         }
         let applied = self.apply_publish(loc, p, effects)?;
+        if let Some(dead) = o.replaces.filter(|_| o.redrives) {
+            self.forget_dead(dead);
+        }
         let fragment = if o.key.is_empty() {
             0
         } else {
@@ -1013,6 +1039,12 @@ impl Index {
                 format!("unknown event (largest published id is {})", self.max_event),
             )))
         }
+    }
+
+    /// The entry of a held event, to change.
+    fn held_mut(&mut self, id: EventId) -> Result<&mut Entry, ()> {
+        self.held(id).map_err(|_| ())?;
+        Ok(self.entry_mut(id))
     }
 
     fn entry_mut(&mut self, id: EventId) -> &mut Entry {
@@ -1382,6 +1414,9 @@ impl Index {
             return false;
         }
         let (name, job, has_retry) = (e.name(), e.job(), e.has_retry());
+        if e.tag & DEAD != 0 {
+            self.forget_dead(id);
+        }
         let entry = self.entry_mut(id);
         *entry = Entry {
             tag: RELEASED,
@@ -1630,7 +1665,7 @@ impl Index {
             + 8 * self.keys.wide.capacity()
             + hash(self.windows.capacity(), size_of::<(EventId, i64)>())
             + hash(self.bodies.capacity(), size_of::<(EventId, Location)>());
-        chunks + freed + retries + jobs + names + keys
+        chunks + freed + retries + jobs + names + keys + self.dead_memory_bytes()
     }
 
     /// Recomputes every counter from the entries and panics, naming the values, if one
@@ -1748,5 +1783,8 @@ impl Index {
     }
 }
 
+mod dead;
 #[cfg(test)]
 mod tests;
+
+pub use dead::DeadRef;

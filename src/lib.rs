@@ -60,6 +60,7 @@ macro_rules! internal_modules {
 }
 
 internal_modules! {
+    mod cron;
     mod format;
     mod index;
     mod log;
@@ -77,10 +78,10 @@ pub use after::{After, ONE_YEAR_MS, latest_due_ms};
 pub use clock::{Clock, MANUAL_WAIT_CAP, ManualClock, SYSTEM_WAIT_CAP, SystemClock, Wake};
 pub use engine::{
     ABANDONED_TOTAL_FACTOR, CompactionStats, Context, DEFAULT_ABANDONED_THREADS,
-    DEFAULT_ASYNC_ATTEMPTS, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES,
-    DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, Engine, Event, FORGE_MAX_DELAY, Handler,
-    HandlerError, HandlerOptions, KeyMode, KeyOutcome, MAX_HANDLER_TIMEOUT,
-    MIN_COMPACTION_INTERVAL, Metrics, Options, PublishOptions, Published,
+    DEFAULT_ASYNC_ATTEMPTS, DEFAULT_DEAD_RETENTION, DEFAULT_HANDLER_TIMEOUT,
+    DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, DeadLetter, DeadReason,
+    Engine, Event, FORGE_MAX_DELAY, Handler, HandlerError, HandlerOptions, KeyMode, KeyOutcome,
+    MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Metrics, Options, PublishOptions, Published,
 };
 #[cfg(feature = "tokio")]
 pub use engine::{AsyncContext, AsyncHandler, HandlerFuture};
@@ -106,7 +107,7 @@ pub use storage::{CrashMode, FsStorage, LockGuard, Mapped, MemStorage, Storage, 
 pub mod record {
     pub use crate::format::{
         Ack, AckOutcome, Attempt, Cancel, CancelTarget, Drop, EventIter, EventOptions, KEY_KEEP,
-        KEY_NONE, KEY_REPLACE, KEY_REPLACE_BODY, MAX_KEY_LEN, Pause, Publish, PublishEntry, Record,
-        RecordError, RecordKind, Retry, validate_key,
+        KEY_NONE, KEY_REPLACE, KEY_REPLACE_BODY, MAX_KEY_LEN, Pause, Publish, PublishEntry,
+        PurgeDead, Record, RecordError, RecordKind, Retry, validate_key,
     };
 }

@@ -186,6 +186,8 @@ pub struct Summary {
     pub paused: Vec<String>,
     /// Keys taken, per event name (sorted), counted at the reader's clock (the system's).
     pub keys: Vec<KeysHeld>,
+    /// Dead letters the log holds (see [`Reader::dead_letters`]).
+    pub dead_letters: u64,
 }
 
 /// The events of one name that take a key.
@@ -273,6 +275,7 @@ pub fn record_time_ms(record: &Record<'_>) -> i64 {
         Record::Cancel(c) => c.cancelled_ms,
         Record::Drop(d) => d.dropped_ms,
         Record::Pause(p) => p.at_ms,
+        Record::PurgeDead(p) => p.at_ms,
     }
 }
 
@@ -381,6 +384,11 @@ impl<'f> Matcher<'f> {
                 Record::Pause(p) => {
                     let f = self.filter;
                     f.job.is_none() && f.event.is_none() && f.name.as_deref() == Some(p.name)
+                }
+                // A purge is about every dead letter, not any one event, job or name.
+                Record::PurgeDead(_) => {
+                    let f = self.filter;
+                    f.job.is_none() && f.event.is_none() && f.name.is_none()
                 }
                 other => other.event().is_some_and(|e| self.events.contains(e.0)),
             }
@@ -658,16 +666,21 @@ impl Reader {
         let mut index = Index::new();
         let mut effects = Vec::new();
         let mut extras: HashMap<EventId, Extra> = HashMap::new();
-        let mut kinds = [0u64; 9];
+        let mut kinds = [0u64; 256];
         let mut rejected = 0;
         let mut jobs: HashSet<u64> = HashSet::new();
         // The sequence number of each name's latest pause record: the one that is live.
         let mut pauses: HashMap<String, u64> = HashMap::new();
+        // The latest purge of dead letters: the one that is live.
+        let mut purge = None;
         let snap = self.snapshot()?;
         let recovery = snap.scan(|pos, record| {
             kinds[record.kind() as usize] += 1;
             if let Record::Pause(p) = record {
                 pauses.insert(p.name.to_owned(), pos.seq);
+            }
+            if let Record::PurgeDead(_) = record {
+                purge = Some(pos.seq);
             }
             if let Record::Publish(p) = record
                 && let Some(j) = p.job
@@ -712,7 +725,9 @@ impl Reader {
                 },
             );
         }
-        let pending = |id: EventId| index.state(id).is_some_and(EventState::is_pending);
+        // What compaction keeps: pending events and dead letters.
+        let pending =
+            |id: EventId| index.state(id).is_some_and(EventState::is_pending) || index.is_dead(id);
         let pending_jobs: HashSet<u64> = jobs
             .iter()
             .copied()
@@ -723,6 +738,7 @@ impl Reader {
             let live = match record {
                 Record::Publish(p) => p.events().any(|e| pending(e.id)),
                 Record::Pause(p) => pauses.get(p.name) == Some(&pos.seq),
+                Record::PurgeDead(_) => purge == Some(pos.seq),
                 Record::Cancel(Cancel {
                     target: CancelTarget::Job(j),
                     ..
@@ -783,6 +799,7 @@ impl Reader {
             }
         }
         Ok(Summary {
+            dead_letters: index.dead_count(),
             paused: index.paused().map(str::to_owned).collect(),
             keys: keys.into_values().collect(),
             segments: segments.into_values().collect(),
@@ -865,6 +882,100 @@ impl Reader {
             }
         }
         Ok(())
+    }
+
+    /// The dead letters the log holds, newest first, at most `limit` (see
+    /// [`Engine::dead_letters`](crate::Engine::dead_letters)). The reader does not know the
+    /// engine's dead retention: it lists every dead letter not yet redriven, purged or
+    /// compacted away, so one past the retention shows here until compaction removes it.
+    /// Two scans of the log; memory is that of the index plus the letters returned.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<crate::DeadLetter>> {
+        let snap = self.snapshot()?;
+        let mut index = Index::new();
+        let mut effects = Vec::new();
+        snap.scan(|pos, record| {
+            let _ = index.apply(crate::engine::location(pos), record, &mut effects);
+            effects.clear();
+            Ok(())
+        })?;
+        // Per letter: its entry's facts, then the body and death the second scan finds.
+        struct Wanted {
+            name: String,
+            attempts: u32,
+            job: Option<JobId>,
+            body_at: crate::index::Location,
+            at: crate::index::Location,
+            body: Option<(Vec<u8>, i64)>,
+            death: Option<(crate::DeadReason, String, i64)>,
+        }
+        let order: Vec<EventId> = index
+            .dead_letters(i64::MIN)
+            .take(limit)
+            .map(|d| d.id)
+            .collect();
+        let mut wanted: HashMap<EventId, Wanted> = index
+            .dead_letters(i64::MIN)
+            .take(limit)
+            .filter_map(|d| {
+                let e = index.get(d.id)?;
+                Some((
+                    d.id,
+                    Wanted {
+                        name: e.name.to_owned(),
+                        attempts: e.attempts,
+                        job: e.job,
+                        body_at: e.body_at,
+                        at: d.at,
+                        body: None,
+                        death: None,
+                    },
+                ))
+            })
+            .collect();
+        let mut by_location: HashMap<crate::index::Location, Vec<EventId>> = HashMap::new();
+        for (&id, w) in &wanted {
+            by_location.entry(w.body_at).or_default().push(id);
+            by_location.entry(w.at).or_default().push(id);
+        }
+        snap.scan(|pos, record| {
+            let loc = crate::engine::location(pos);
+            let Some(ids) = by_location.get(&loc) else {
+                return Ok(());
+            };
+            for id in ids {
+                let Some(w) = wanted.get_mut(id) else {
+                    continue;
+                };
+                if let Record::Publish(p) = record
+                    && loc == w.body_at
+                    && let Some(e) = p.events().find(|e| e.id == *id)
+                {
+                    w.body = Some((e.body.to_vec(), p.published_ms));
+                }
+                if loc == w.at {
+                    w.death = crate::engine::death(record, &w.name);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(order
+            .into_iter()
+            .filter_map(|id| {
+                let w = wanted.remove(&id)?;
+                let ((body, published_ms), (reason, message, dropped_ms)) = (w.body?, w.death?);
+                Some(crate::DeadLetter {
+                    id,
+                    name: w.name,
+                    body,
+                    attempts: w.attempts,
+                    reason,
+                    message,
+                    dropped_ms,
+                    published_ms,
+                    job: w.job,
+                })
+            })
+            .collect())
     }
 
     /// The segments, in id order.

@@ -219,3 +219,31 @@ pub fn check_after(data: &[u8]) {
         "{text:?} displays as {shown:?}, which does not parse"
     );
 }
+
+/// Any text given to the cron parser: no panic; for an expression that parses, the next
+/// occurrence after a few instants is strictly after the instant, on a whole second, and is
+/// itself an occurrence; and the one after it is later still.
+pub fn check_cron(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(cron) = crate::cron::Cron::parse(text) else {
+        return;
+    };
+    assert!(
+        crate::cron::Cron::parse(cron.text()).as_ref() == Ok(&cron),
+        "{text:?} shows as {:?}, which parses otherwise",
+        cron.text()
+    );
+    for after_ms in [-86_400_000, 0, 1_700_000_000_123, 253_402_300_000_000] {
+        let Some(next) = cron.next_after(after_ms) else {
+            continue;
+        };
+        assert!(next > after_ms, "{text:?}: {next} not after {after_ms}");
+        assert_eq!(next % 1000, 0, "{text:?}: {next} is not a whole second");
+        assert!(cron.matches(next), "{text:?}: {next} is no occurrence");
+        if let Some(then) = cron.next_after(next) {
+            assert!(then > next, "{text:?}: {then} not after {next}");
+        }
+    }
+}

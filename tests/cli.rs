@@ -1041,3 +1041,67 @@ fn keys_priorities_pause_and_limits_are_shown_and_pause_is_set_offline() {
     assert_eq!(v["limits"], serde_json::json!([]));
     assert!(ok(&["inspect", dir]).contains("limits      none (recorded by the engine)"));
 }
+
+#[test]
+fn dead_letters_are_listed_redriven_and_purged_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let clock = ManualClock::new(now_ms());
+    let engine = Engine::open_with(tmp.path(), options(&clock)).unwrap();
+    engine.on("fails", |_, _| Err(HandlerError::msg("<b>refused</b>")));
+    let typo = engine.publish("user.joinde", "{}", After::NOW).unwrap();
+    let failed = engine.publish("fails", "body-f", After::NOW).unwrap();
+    let options_fail = afterlog::RetryPolicy::fixed(Duration::from_secs(1)).max_attempts(1);
+    engine.close().unwrap();
+    let engine =
+        Engine::open_with(tmp.path(), options(&clock).policy("fails", options_fail)).unwrap();
+    engine.on("fails", |_, _| Err(HandlerError::msg("<b>refused</b>")));
+    engine.start();
+    assert!(engine.wait_idle(IDLE));
+    engine.close().unwrap();
+
+    let lines = ok(&["dead", dir, "--json"]);
+    let rows: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{lines}");
+    // Newest first: the failure died after the ignored typo.
+    assert_eq!(rows[0]["id"], failed.to_string());
+    assert_eq!(rows[0]["reason"], "retries-exhausted");
+    assert_eq!(rows[0]["message"], "<b>refused</b>");
+    assert_eq!(rows[0]["body"], "body-f");
+    assert_eq!(rows[1]["id"], typo.to_string());
+    assert_eq!(rows[1]["reason"], "no-handler");
+    let only = ok(&["dead", dir, "--name", "fails", "--json"]);
+    assert_eq!(only.lines().count(), 1);
+    let table = ok(&["dead", dir]);
+    assert!(
+        table.contains("no-handler") && table.contains("2 dead letter(s)"),
+        "{table}"
+    );
+    let inspect = json(&["inspect", dir, "--json"]);
+    assert_eq!(inspect["dead_letters"], 2);
+
+    // Redrive takes the lock and writes one record; a second redrive is refused.
+    let redriven = json(&["redrive", dir, &typo.to_string(), "--json"]);
+    assert_eq!(redriven["dead_letter"], typo.to_string());
+    let again = afterlog(&["redrive", dir, &typo.to_string()]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("not a dead letter"),
+        "{}",
+        stderr(&again)
+    );
+    let engine = Engine::open_with(tmp.path(), options(&clock)).unwrap();
+    engine.redrive(failed).unwrap();
+    let busy = afterlog(&["purge-dead", dir]);
+    assert_eq!(
+        busy.status.code(),
+        Some(4),
+        "refused beside a running engine"
+    );
+    engine.close().unwrap();
+    assert!(ok(&["purge-dead", dir]).contains("no dead letters"));
+    assert!(ok(&["dead", dir]).contains("0 dead letter(s)"));
+}

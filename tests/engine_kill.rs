@@ -487,7 +487,7 @@ fn scan(dir: &Path) -> Scanned {
                 }
             },
             // These workloads neither pause nor publish with keys.
-            Record::Pause(_) => {}
+            Record::Pause(_) | Record::PurgeDead(_) => {}
         }
         Ok(())
     })

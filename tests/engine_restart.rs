@@ -549,7 +549,7 @@ impl Scanned {
                     }
                 },
                 // These workloads neither pause nor publish with keys.
-                Record::Pause(_) => {}
+                Record::Pause(_) | Record::PurgeDead(_) => {}
             }
             Ok(())
         })

@@ -48,6 +48,11 @@ fn parse_after_corpus() {
 }
 
 #[test]
+fn cron_corpus() {
+    assert!(replay("cron", afterlog::testing::check_cron) > 10);
+}
+
+#[test]
 fn read_directory_corpus() {
     assert!(replay("read_directory", afterlog::testing::check_read_directory) > 10);
 }

@@ -189,12 +189,18 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
         }
     };
     let mut n = 0;
+    let mut deaths = Vec::new();
     for (record, pos) in records.iter().zip(positions) {
         if let Ok(Applied::Changed) = inner.apply(pos, record) {
             n += 1;
+            if let Record::Drop(d) = record {
+                let reason = super::dead::DeadReason::of_drop(d.reason);
+                deaths.push((d.event, reason, d.message.to_owned(), d.dropped_ms));
+            }
         }
     }
     drop(order);
+    inner.announce_dead(deaths);
     inner.metrics.expired.fetch_add(n, Ordering::Relaxed);
     Ok(n)
 }
@@ -209,6 +215,8 @@ struct Decisions {
     jobs: HashSet<JobId>,
     /// Pause records (sequence numbers) to keep: each name's latest.
     pauses: HashSet<u64>,
+    /// The purge of dead letters to keep (its sequence number): the latest.
+    purge: Option<u64>,
 }
 
 impl Decisions {
@@ -216,6 +224,7 @@ impl Decisions {
         match record {
             Record::Publish(_) => self.publishes.contains(&pos.offset),
             Record::Pause(_) => self.pauses.contains(&pos.seq),
+            Record::PurgeDead(_) => self.purge == Some(pos.seq),
             Record::Cancel(c) => match c.target {
                 CancelTarget::Event(e) => self.events.contains_key(&e),
                 CancelTarget::Job(j) => self.jobs.contains(&j),
@@ -235,7 +244,7 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
     // Phase 1, no lock: which ids does the segment mention, and whose publish is in it?
     let (mut events, mut published, mut jobs) = (HashSet::new(), Vec::new(), HashSet::new());
     // Replace records (at offset, the new event) and the event each cancelled; pause records.
-    let (mut replaces, mut pauses) = (Vec::new(), Vec::new());
+    let (mut replaces, mut pauses, mut purges) = (Vec::new(), Vec::new(), Vec::new());
     inner
         .log
         .visit_segment(id, &mut |pos, record| match record {
@@ -250,6 +259,7 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
                 }
             }
             Record::Pause(p) => pauses.push((p.name.to_string(), pos.seq)),
+            Record::PurgeDead(_) => purges.push(pos.seq),
             Record::Cancel(c) => match c.target {
                 CancelTarget::Event(e) => {
                     events.insert(e);
@@ -265,17 +275,19 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
     let decisions = {
         let mut core = inner.core.lock();
         core.sweep_keys(now_ms);
+        core.expire_dead(now_ms);
         let index = core.index();
         // A pending event's publish, and the record holding its body if it was restated; a
-        // finished event's publish while its key's window is open (so the key stays taken
-        // across a restart).
+        // dead letter's, the same; a finished event's publish while its key's window is open
+        // (so the key stays taken across a restart).
         let mut publishes: HashSet<u64> = HashSet::new();
         for e in events.iter().filter_map(|e| core.event(*e)) {
-            if e.state.is_pending() || index.window_open(e.id, now_ms) {
+            let dead = index.is_dead(e.id);
+            if e.state.is_pending() || dead || index.window_open(e.id, now_ms) {
                 if e.location.segment == segment {
                     publishes.insert(u64::from(e.location.offset));
                 }
-                if e.body_at.segment == segment && e.state.is_pending() {
+                if e.body_at.segment == segment && (e.state.is_pending() || dead) {
                     publishes.insert(u64::from(e.body_at.offset));
                 }
             }
@@ -304,11 +316,13 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
             .copied()
             .filter(|j| core.job_stats(*j).is_some())
             .collect();
+        let purge = purges.into_iter().find(|&seq| core.latest_purge(seq));
         Decisions {
             publishes,
             events: kept_events,
             jobs: kept_jobs,
             pauses,
+            purge,
         }
     };
     // Phase 3, no lock: rewrite and swap on disk.

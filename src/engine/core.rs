@@ -217,6 +217,8 @@ pub(crate) struct Core {
     flow: Flow,
     /// The sequence number of each name's latest pause record.
     pause_seq: HashMap<Box<str>, u64>,
+    /// The sequence number of the latest purge of dead letters: compaction keeps it.
+    purge_seq: Option<u64>,
     /// The latest time `take_due` was given.
     now_ms: i64,
     /// The deadline the scheduler sleeps until (`i64::MAX`: none; `i64::MIN`: awake), so
@@ -256,6 +258,7 @@ impl Core {
             ledger: HashMap::new(),
             flow: Flow::new(config),
             pause_seq: HashMap::new(),
+            purge_seq: None,
             now_ms: 0,
             sleeping_until_ms: i64::MAX,
             segments: BTreeMap::new(),
@@ -273,9 +276,7 @@ impl Core {
     ) -> Result<Applied, crate::index::Rejected> {
         let result = self.apply_counted(pos, record);
         self.effects.clear();
-        if let Record::Pause(p) = record {
-            self.pause_seq.insert(p.name.into(), pos.seq);
-        }
+        self.note_latest(pos, record);
         result
     }
 
@@ -325,11 +326,37 @@ impl Core {
             *stage = Stage::Waiting;
         }
         let mut wake = earliest.is_some_and(|due| due < self.sleeping_until_ms);
+        self.note_latest(pos, record);
         if let Record::Pause(p) = record {
-            self.pause_seq.insert(p.name.into(), pos.seq);
             wake |= self.flow.set_paused(p.name, p.paused, self.now_ms);
         }
         (result, wake)
+    }
+
+    /// Remembers the latest record of the kinds of which compaction keeps only the latest.
+    fn note_latest(&mut self, pos: Position, record: &Record<'_>) {
+        match record {
+            Record::Pause(p) => {
+                self.pause_seq.insert(p.name.into(), pos.seq);
+            }
+            Record::PurgeDead(_) => self.purge_seq = Some(pos.seq),
+            _ => {}
+        }
+    }
+
+    /// Keeps dead letters `ms` after they died (0: none); call before replay.
+    pub fn set_dead_retention(&mut self, ms: i64) {
+        self.index.set_dead_retention(ms);
+    }
+
+    /// Whether the purge record with sequence number `seq` is the latest.
+    pub fn latest_purge(&self, seq: u64) -> bool {
+        self.purge_seq == Some(seq)
+    }
+
+    /// Forgets the dead letters past the dead retention at `now_ms`; how many.
+    pub fn expire_dead(&mut self, now_ms: i64) -> u64 {
+        self.index.expire_dead(now_ms)
     }
 
     /// The index's apply, with the bytes and pending counts of the segments kept up to date.
@@ -788,6 +815,8 @@ impl Core {
         let mut released = 0u64;
         let mut events = 0u64;
         let mut pending = 0u64;
+        // First, so that the dead letters whose record moved are not taken for lost.
+        self.index.move_dead(segment, moved);
         for &id in published {
             let Some(e) = self.index.get(id) else {
                 continue;

@@ -970,9 +970,22 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
     };
     let mut ready = Vec::new();
     let mut done = Vec::new();
+    let mut deaths = Vec::new();
     for ((plan, record), pos) in plans.into_iter().zip(&records).zip(positions) {
         let applied = inner.apply(pos, record);
         let changed = matches!(applied, Ok(Applied::Changed));
+        if changed
+            && inner.options.on_dead.is_some()
+            && let Some(name) = inner
+                .core
+                .lock()
+                .index()
+                .name_of(plan.id())
+                .map(str::to_owned)
+            && let Some((reason, message, at_ms)) = super::dead::death(record, &name)
+        {
+            deaths.push((plan.id(), reason, message, at_ms));
+        }
         match plan {
             Plan::Attempt(p) if changed => {
                 inner.metrics.delivered.fetch_add(1, Ordering::Relaxed);
@@ -993,6 +1006,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
         }
     }
     drop(order);
+    inner.announce_dead(deaths);
     finish_all(inner, &done);
     ready
 }
@@ -1193,6 +1207,7 @@ type Durable = (
 /// Applies outcomes the log wrote (or failed), under one lock of the core.
 fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
     let mut wake = false;
+    let mut deaths = Vec::new();
     {
         let mut core = inner.core.lock();
         for (prepared, decided, now_ms, written) in durable.iter() {
@@ -1210,12 +1225,19 @@ fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
             counter.fetch_add(1, Ordering::Relaxed);
             // The event leaves the ledger under the lock that may put it back in the wheel,
             // so the scheduler never finds it in both.
-            let (_, woken) = core.apply(pos, &record);
+            let (applied, woken) = core.apply(pos, &record);
             wake |= woken;
+            if let (Ok(Applied::Changed), Record::Drop(d)) = (applied, &record)
+                && inner.options.on_dead.is_some()
+            {
+                let reason = super::dead::DeadReason::of_drop(d.reason);
+                deaths.push((prepared.id, reason, d.message.to_owned(), d.dropped_ms));
+            }
             wake |= core.finish(prepared.id);
         }
     }
     durable.clear();
+    inner.announce_dead(deaths);
     if wake {
         inner.wake.notify();
     }

@@ -38,6 +38,16 @@ pub(crate) struct DeliveryGauges {
     pub async_waiting: u64,
 }
 
+/// What the core reports, for a snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct CoreGauges {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub queued: u64,
+    pub index_bytes: u64,
+    pub dead_letters: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Counters {
     pub published: AtomicU64,
@@ -59,6 +69,7 @@ pub(crate) struct Counters {
     pub compacted_bytes: AtomicU64,
     pub compaction_passes: AtomicU64,
     pub compaction_written_bytes: AtomicU64,
+    pub dead_hook_panics: AtomicU64,
     lateness: [AtomicU64; BUCKETS],
     lateness_max_ms: AtomicU64,
 }
@@ -73,6 +84,7 @@ impl Default for Counters {
             dropped: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
+            dead_hook_panics: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
@@ -123,13 +135,17 @@ impl Counters {
 
     pub fn snapshot(
         &self,
-        pending: u64,
-        in_flight: u64,
-        queued: u64,
-        index_bytes: u64,
+        core: CoreGauges,
         log: LogCounters,
         delivery: DeliveryGauges,
     ) -> Metrics {
+        let CoreGauges {
+            pending,
+            in_flight,
+            queued,
+            index_bytes,
+            dead_letters,
+        } = core;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Metrics {
             published: get(&self.published),
@@ -155,6 +171,8 @@ impl Counters {
             compacted_bytes: get(&self.compacted_bytes),
             compaction_passes: get(&self.compaction_passes),
             compaction_written_bytes: get(&self.compaction_written_bytes),
+            dead_hook_panics: get(&self.dead_hook_panics),
+            dead_letters,
             pending,
             in_flight,
             queued,
@@ -227,6 +245,10 @@ pub struct Metrics {
     pub compaction_passes: u64,
     /// Bytes compaction wrote (the segments it rewrote): what its savings cost.
     pub compaction_written_bytes: u64,
+    /// Panics of the [`Options::on_dead`](crate::Options::on_dead) hook (each caught).
+    pub dead_hook_panics: u64,
+    /// Dead letters kept now (see [`Engine::dead_letters`](crate::Engine::dead_letters)).
+    pub dead_letters: u64,
     /// Events scheduled or running now.
     pub pending: u64,
     /// Events taken for delivery whose attempt has not finished.

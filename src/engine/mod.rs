@@ -13,6 +13,7 @@
 
 mod compaction;
 mod core;
+mod dead;
 mod delivery;
 mod flow;
 mod futures;
@@ -24,6 +25,7 @@ mod options;
 mod order;
 
 pub use compaction::CompactionStats;
+pub use dead::{DeadLetter, DeadReason};
 #[cfg(feature = "tokio")]
 pub use handler::{AsyncContext, AsyncHandler, HandlerFuture};
 pub use handler::{Context, Event, Handler, HandlerError, HandlerOptions};
@@ -31,8 +33,9 @@ pub use keys::{KeyMode, KeyOutcome, PublishOptions, Published};
 pub use metrics::Metrics;
 pub use options::{
     ABANDONED_TOTAL_FACTOR, DEFAULT_ABANDONED_THREADS, DEFAULT_ASYNC_ATTEMPTS,
-    DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION,
-    FORGE_MAX_DELAY, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Options,
+    DEFAULT_DEAD_RETENTION, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES,
+    DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, FORGE_MAX_DELAY, MAX_HANDLER_TIMEOUT,
+    MIN_COMPACTION_INTERVAL, Options,
 };
 
 use self::core::Core;
@@ -48,6 +51,7 @@ use crate::index::{Applied, JobStats};
 use crate::log::{Log, Position};
 use crate::storage::{FsStorage, Storage};
 use crate::sync::{Condvar, Mutex, RwLock};
+pub(crate) use dead::death;
 use handler::HandlerFn;
 use std::collections::HashMap;
 use std::path::Path;
@@ -92,6 +96,8 @@ pub(crate) struct Inner {
     /// One pause or resume at a time, so that each writes a record only when it changes
     /// the name's state.
     pause_lock: Mutex<()>,
+    /// One redrive or purge of dead letters at a time.
+    dead_lock: Mutex<()>,
     pub delivery: Mutex<Option<delivery::Delivery>>,
     /// One compaction pass at a time.
     compaction_lock: Mutex<()>,
@@ -181,6 +187,7 @@ impl Engine {
         }
         options.check_limits()?;
         let mut core = Core::with_flow(options.flow_config());
+        core.set_dead_retention(options.dead_retention_ms());
         let mut rejected = 0u64;
         let mut log_options = options.log.clone();
         if options.record_retention {
@@ -227,6 +234,7 @@ impl Engine {
             cancel_order: order::OrderLock::default(),
             key_locks: keys::KeyLocks::default(),
             pause_lock: Mutex::new(()),
+            dead_lock: Mutex::new(()),
             delivery: Mutex::new(None),
             compaction_lock: Mutex::new(()),
             compaction_wake: Wake::new(),
@@ -437,6 +445,28 @@ impl Engine {
     /// The paused names, sorted.
     pub fn paused(&self) -> Vec<String> {
         self.inner().paused()
+    }
+
+    /// The dead letters kept, newest first, at most `limit`: events dropped after their
+    /// retries or maximum age, dropped past retention, or acknowledged with no handler for
+    /// their name, each kept for [`Options::dead_retention`] (default 30 days) with its
+    /// body, attempts and last failure message. Bodies are read from the log.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.inner().dead_letters(limit)
+    }
+
+    /// Publishes dead letter `id` again: a new event, due now, with its name, body and
+    /// priority (no key, no job), and forgets the dead letter — in one record, so a crash
+    /// leaves both done or neither. An id that is no dead letter (any more) is an error,
+    /// and nothing is written.
+    pub fn redrive(&self, id: EventId) -> Result<EventId> {
+        self.inner().redrive(id)
+    }
+
+    /// Forgets every dead letter now (one record); returns how many there were. Compaction
+    /// then removes their records as any finished event's.
+    pub fn purge_dead(&self) -> Result<u64> {
+        self.inner().purge_dead()
     }
 
     /// Publishes `value` serialized as JSON.
@@ -851,14 +881,15 @@ impl Inner {
     }
 
     fn metrics(&self) -> Metrics {
-        let (pending, in_flight, queued, index_bytes) = {
+        let core_gauges = {
             let core = self.core.lock();
-            (
-                core.index().pending_count(),
-                core.in_flight(),
-                core.queued(),
-                core.memory_bytes() as u64,
-            )
+            metrics::CoreGauges {
+                pending: core.index().pending_count(),
+                in_flight: core.in_flight(),
+                queued: core.queued(),
+                index_bytes: core.memory_bytes() as u64,
+                dead_letters: core.index().dead_count(),
+            }
         };
         let gauges = match &*self.delivery.lock() {
             Some(d) => metrics::DeliveryGauges {
@@ -869,14 +900,8 @@ impl Inner {
             },
             None => metrics::DeliveryGauges::default(),
         };
-        self.metrics.snapshot(
-            pending,
-            in_flight,
-            queued,
-            index_bytes,
-            self.log.counters(),
-            gauges,
-        )
+        self.metrics
+            .snapshot(core_gauges, self.log.counters(), gauges)
     }
 
     /// The background compaction thread: a paced pass every `interval` on the engine's clock.

@@ -40,6 +40,12 @@ pub const DEFAULT_ABANDONED_THREADS: usize = 8;
 /// [`Options::abandoned_threads`].
 pub const ABANDONED_TOTAL_FACTOR: usize = 4;
 
+/// How long a dead letter is kept by default: 30 days.
+pub const DEFAULT_DEAD_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The hook [`Options::on_dead`] installs.
+pub(crate) type DeadHook = Arc<dyn Fn(&super::DeadLetter) + Send + Sync>;
+
 /// Options of [`Engine::open_with`](crate::Engine::open_with). Every setter consumes and
 /// returns the options, so they chain.
 #[derive(Clone, Debug)]
@@ -60,8 +66,20 @@ pub struct Options {
     pub(crate) async_attempts: usize,
     /// Concurrency and rate limits per name, as given (checked at open).
     pub(crate) limits: HashMap<String, super::flow::Limits>,
+    pub(crate) dead_retention: Duration,
+    pub(crate) on_dead: Option<DeadHookFn>,
     #[cfg(feature = "tokio")]
     pub(crate) runtime: Option<tokio::runtime::Handle>,
+}
+
+/// [`Options::on_dead`]'s hook, with a `Debug` that names it only.
+#[derive(Clone)]
+pub(crate) struct DeadHookFn(pub DeadHook);
+
+impl std::fmt::Debug for DeadHookFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("on_dead hook")
+    }
 }
 
 impl Default for Options {
@@ -78,6 +96,8 @@ impl Default for Options {
             max_push_bytes: DEFAULT_MAX_PUSH_BYTES,
             log: LogOptions::default(),
             compaction_interval: Some(Duration::from_secs(10)),
+            dead_retention: DEFAULT_DEAD_RETENTION,
+            on_dead: None,
             compaction_min_dead: 0.5,
             compaction_budget_bytes: 256 << 20,
             async_attempts: DEFAULT_ASYNC_ATTEMPTS,
@@ -316,6 +336,30 @@ impl Options {
     }
 
     /// The retention in milliseconds, saturated to `i64`.
+    /// How long a dead letter — an event dropped after its retries, past its maximum age or
+    /// past retention, or acknowledged with no handler — is kept: listed by
+    /// [`Engine::dead_letters`](crate::Engine::dead_letters), redriven, its publish and
+    /// history kept on disk (default 30 days; zero keeps none). After it, compaction forgets
+    /// it as any finished event.
+    pub fn dead_retention(mut self, retention: Duration) -> Options {
+        self.dead_retention = retention;
+        self
+    }
+
+    /// Calls `hook` once for each event that dies, once its dead letter is durable, on the
+    /// engine thread that recorded it (keep it quick: that thread applies other outcomes
+    /// meanwhile). A panic in the hook is caught and counted
+    /// ([`Metrics::dead_hook_panics`](crate::Metrics::dead_hook_panics)). Called with dead
+    /// letters kept or not (a zero [`dead_retention`](Options::dead_retention)).
+    pub fn on_dead(mut self, hook: impl Fn(&super::DeadLetter) + Send + Sync + 'static) -> Options {
+        self.on_dead = Some(DeadHookFn(Arc::new(hook)));
+        self
+    }
+
+    pub(crate) fn dead_retention_ms(&self) -> i64 {
+        self.dead_retention.as_millis().min(i64::MAX as u128) as i64
+    }
+
     pub(crate) fn retention_ms(&self) -> i64 {
         self.retention.as_millis().min(i64::MAX as u128) as i64
     }

@@ -29,7 +29,7 @@ pub use record::{
     Ack, AckOutcome, Attempt, Cancel, CancelTarget, Drop, DropReason, EventEntry, EventIter,
     EventOptions, KEY_KEEP, KEY_NONE, KEY_REPLACE, KEY_REPLACE_BODY, MAX_KEY_LEN,
     MAX_MESSAGE_LEN, MAX_NAME_LEN, PUBLISH_ENTRY_FIXED_LEN, PUBLISH_FIXED_LEN,
-    PUBLISH_WITH_FIXED_LEN, Pause, Publish, PublishEntry, Record, RecordError, RecordKind, Retry,
+    PUBLISH_WITH_FIXED_LEN, Pause, Publish, PublishEntry, PurgeDead, Record, RecordError, RecordKind, Retry,
     clip_message, validate_key, validate_name,
 };
 pub use seal::{SEAL_FRAME_LEN, SEAL_PAYLOAD_LEN, Seal, decode_seal, encode_seal};

@@ -35,6 +35,8 @@ pub enum RecordKind {
     PublishWith = 7,
     /// An event name paused or resumed (format 2).
     Pause = 8,
+    /// Every dead letter written before it is forgotten (format 2).
+    PurgeDead = 10,
     /// Not a record: the last frame of a sealed format-2 segment, which proves where the
     /// segment ends (see `seal.rs`). The log checks it and hands it to no one.
     Seal = 16,
@@ -42,7 +44,7 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind of record, in code order (not the seal, which is no record).
-    pub const ALL: [RecordKind; 8] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::Publish,
         RecordKind::Attempt,
         RecordKind::Retry,
@@ -51,10 +53,11 @@ impl RecordKind {
         RecordKind::Drop,
         RecordKind::PublishWith,
         RecordKind::Pause,
+        RecordKind::PurgeDead,
     ];
 
     /// Whether a segment of format `version` may hold this kind: format 1 knows kinds 1 to
-    /// 6; format 2 adds the seal, kinds 7 and 8.
+    /// 6; format 2 adds the seal and kinds 7, 8 and 10.
     pub fn in_version(self, version: u32) -> bool {
         version >= 2 || (self as u8) <= RecordKind::Drop as u8
     }
@@ -78,6 +81,7 @@ impl RecordKind {
             RecordKind::Drop => "drop",
             RecordKind::PublishWith => "publish-with",
             RecordKind::Pause => "pause",
+            RecordKind::PurgeDead => "purge-dead",
             RecordKind::Seal => "seal",
         }
     }
@@ -100,6 +104,8 @@ pub enum Record<'a> {
     Drop(Drop<'a>),
     /// See [`Pause`].
     Pause(Pause<'a>),
+    /// See [`PurgeDead`].
+    PurgeDead(PurgeDead),
 }
 
 /// Publish: one or more events, written atomically in one frame.
@@ -137,7 +143,8 @@ pub struct Publish<'a> {
 /// 32  window_ms     u64  Keep: the key stays taken this long after published_ms; 0 = none
 /// 40  priority      i8
 /// 41  flags         u8   bits 0-1: key mode (0 none, 1 keep, 2 replace, 3 replace body);
-///                        bit 2: restates the pending event `event_id` with a new body
+///                        bit 2: restates the pending event `event_id` with a new body;
+///                        bit 3: redrives the dead letter `replaces` (mode 0, no key)
 /// 42  name_len      u16  1..=255
 /// 44  key_len       u8   0 = no key (then mode 0), else 1..=255
 /// 45  body_len      u32
@@ -161,6 +168,9 @@ pub struct EventOptions<'a> {
     /// The record restates the pending event of its id with a new body (mode ReplaceBody):
     /// same name, key, priority, due and publish times.
     pub restates: bool,
+    /// The record redrives the dead letter `replaces`: the new event is published and the
+    /// dead letter forgotten, in one record (no key; `replaces` is not cancelled).
+    pub redrives: bool,
 }
 
 /// Key modes as stored in a kind-7 record.
@@ -176,6 +186,7 @@ pub const MAX_KEY_LEN: usize = 255;
 /// Fixed bytes of a kind-7 payload before its name, key and body.
 pub const PUBLISH_WITH_FIXED_LEN: usize = 49;
 const RESTATES: u8 = 0b100;
+const REDRIVES: u8 = 0b1000;
 const MODE_MASK: u8 = 0b11;
 
 /// Pause (kind 8): an event name is paused or resumed.
@@ -196,6 +207,19 @@ pub struct Pause<'a> {
     pub at_ms: i64,
 }
 const PAUSE_FIXED_LEN: usize = 11;
+
+/// Purge dead (kind 10): every dead letter whose record lies before this one in the log is
+/// forgotten.
+///
+/// ```text
+///  0  at_ms  i64
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PurgeDead {
+    /// When, Unix epoch ms.
+    pub at_ms: i64,
+}
+const PURGE_DEAD_LEN: usize = 8;
 
 /// Fixed bytes of a publish payload before its entries.
 pub const PUBLISH_FIXED_LEN: usize = 20;
@@ -495,6 +519,7 @@ impl<'a> Record<'a> {
             Record::Publish(p) if p.options.is_some() => RecordKind::PublishWith,
             Record::Publish(_) => RecordKind::Publish,
             Record::Pause(_) => RecordKind::Pause,
+            Record::PurgeDead(_) => RecordKind::PurgeDead,
             Record::Attempt(_) => RecordKind::Attempt,
             Record::Retry(_) => RecordKind::Retry,
             Record::Ack(_) => RecordKind::Ack,
@@ -506,7 +531,7 @@ impl<'a> Record<'a> {
     /// The event this record concerns, if it concerns exactly one.
     pub fn event(&self) -> Option<EventId> {
         match self {
-            Record::Publish(_) | Record::Pause(_) => None,
+            Record::Publish(_) | Record::Pause(_) | Record::PurgeDead(_) => None,
             Record::Attempt(r) => Some(r.event),
             Record::Retry(r) => Some(r.event),
             Record::Ack(r) => Some(r.event),
@@ -531,6 +556,7 @@ impl<'a> Record<'a> {
                 (Entries::Decoded { bytes, .. }, _) => PUBLISH_FIXED_LEN + bytes.len(),
             },
             Record::Pause(p) => PAUSE_FIXED_LEN + p.name.len(),
+            Record::PurgeDead(_) => PURGE_DEAD_LEN,
             Record::Attempt(_) => ATTEMPT_LEN,
             Record::Retry(r) => RETRY_FIXED_LEN + r.message.len() + r.data.len(),
             Record::Ack(_) => ACK_LEN,
@@ -605,7 +631,11 @@ impl<'a> Record<'a> {
                 out.extend_from_slice(&o.replaces.map_or(0, |r| r.0).to_le_bytes());
                 out.extend_from_slice(&o.window_ms.to_le_bytes());
                 out.push(o.priority as u8);
-                out.push((o.mode & MODE_MASK) | if o.restates { RESTATES } else { 0 });
+                out.push(
+                    (o.mode & MODE_MASK)
+                        | if o.restates { RESTATES } else { 0 }
+                        | if o.redrives { REDRIVES } else { 0 },
+                );
                 out.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
                 out.push(o.key.len() as u8);
                 out.extend_from_slice(&(e.body.len() as u32).to_le_bytes());
@@ -619,6 +649,7 @@ impl<'a> Record<'a> {
                 out.extend_from_slice(&(p.name.len() as u16).to_le_bytes());
                 out.extend_from_slice(p.name.as_bytes());
             }
+            Record::PurgeDead(p) => out.extend_from_slice(&p.at_ms.to_le_bytes()),
             Record::Publish(p) => {
                 out.extend_from_slice(&p.job.map_or(0, |j| j.0).to_le_bytes());
                 out.extend_from_slice(&p.published_ms.to_le_bytes());
@@ -782,6 +813,12 @@ impl<'a> Record<'a> {
                     at_ms: get_i64(p, 0),
                 }))
             }
+            RecordKind::PurgeDead => {
+                exact(PURGE_DEAD_LEN)?;
+                Ok(Record::PurgeDead(PurgeDead {
+                    at_ms: get_i64(p, 0),
+                }))
+            }
             RecordKind::Attempt => {
                 exact(ATTEMPT_LEN)?;
                 Ok(Record::Attempt(Attempt {
@@ -927,12 +964,18 @@ fn options_problem(o: &EventOptions<'_>, id: EventId) -> Option<&'static str> {
         Some("key over 255 bytes")
     } else if o.window_ms > 0 && o.mode != KEY_KEEP {
         Some("a key window needs mode keep")
-    } else if o.replaces.is_some() && o.mode != KEY_REPLACE && o.mode != KEY_REPLACE_BODY {
+    } else if o.replaces.is_some()
+        && !o.redrives
+        && o.mode != KEY_REPLACE
+        && o.mode != KEY_REPLACE_BODY
+    {
         Some("only a replace cancels an event")
     } else if o.replaces == Some(id) || o.replaces.is_some_and(|r| r.0 == 0) {
         Some("an event cannot replace itself or event 0")
     } else if o.restates && (o.mode != KEY_REPLACE_BODY || o.replaces.is_some()) {
         Some("only a replace-body without a replaced event restates one")
+    } else if o.redrives && (o.mode != KEY_NONE || o.replaces.is_none() || o.restates) {
+        Some("a redrive names its dead letter and has no key")
     } else {
         None
     }
@@ -985,7 +1028,7 @@ fn decode_publish_with(p: &[u8]) -> Result<Record<'_>, RecordError> {
     let name = std::str::from_utf8(&p[PUBLISH_WITH_FIXED_LEN..name_end])
         .map_err(|_| err(kind, PUBLISH_WITH_FIXED_LEN, "name is not UTF-8"))?;
     let flags = p[41];
-    if flags & !(MODE_MASK | RESTATES) != 0 {
+    if flags & !(MODE_MASK | RESTATES | REDRIVES) != 0 {
         return Err(err(kind, 41, format!("unknown flags {flags:#04x}")));
     }
     let options = EventOptions {
@@ -998,6 +1041,7 @@ fn decode_publish_with(p: &[u8]) -> Result<Record<'_>, RecordError> {
             r => Some(EventId(r)),
         },
         restates: flags & RESTATES != 0,
+        redrives: flags & REDRIVES != 0,
     };
     if let Some(problem) = options_problem(&options, id) {
         return Err(err(kind, 41, problem));
@@ -1170,9 +1214,30 @@ mod tests {
                 replaces: (mode >= KEY_REPLACE && replaces > 0 && replaces != id && !restates)
                     .then_some(EventId(replaces)),
                 restates: restates && mode == KEY_REPLACE_BODY,
+                redrives: false,
             };
             let entry = PublishEntry { id: EventId(id), due_ms, name: &name, body: &body };
             round_trip(&Record::Publish(Publish::with_options(published_ms, entry, options)));
+        }
+
+        #[test]
+        fn redrive_round_trips(parts in entry_parts(), published_ms in any::<i64>(),
+                               priority in any::<i8>(), dead in 1u64..) {
+            let (id, due_ms, name, body) = parts;
+            prop_assume!(dead != id);
+            let options = EventOptions {
+                priority,
+                replaces: Some(EventId(dead)),
+                redrives: true,
+                ..EventOptions::default()
+            };
+            let entry = PublishEntry { id: EventId(id), due_ms, name: &name, body: &body };
+            round_trip(&Record::Publish(Publish::with_options(published_ms, entry, options)));
+        }
+
+        #[test]
+        fn purge_dead_round_trips(at_ms in any::<i64>()) {
+            round_trip(&Record::PurgeDead(PurgeDead { at_ms }));
         }
 
         #[test]
@@ -1181,7 +1246,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics(kind in 1u8..=8, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn decode_never_panics(kind in prop_oneof![1u8..=8, Just(10u8)], bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let kind = RecordKind::from_u8(kind).unwrap();
             if let Ok(r) = Record::decode(kind, &bytes) {
                 let mut again = Vec::new();

@@ -939,6 +939,7 @@ impl Scanned {
                     self.paused.remove(p.name);
                 }
             }
+            Record::PurgeDead(_) => {}
             Record::Attempt(a) => attempt(self, a.event, a.attempt),
             Record::Retry(r) => {
                 attempt(self, r.event, r.attempt);

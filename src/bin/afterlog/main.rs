@@ -190,6 +190,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List dead letters, newest first: events dropped after their retries or past retention,
+    /// or acknowledged with no handler (read-only, no lock)
+    #[command(
+        after_help = "Examples:\n  afterlog dead data\n  afterlog dead data --name email.send --json"
+    )]
+    Dead {
+        /// The data directory
+        dir: PathBuf,
+        /// Only dead letters of this event name
+        #[arg(long)]
+        name: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print one JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a dead letter again as a new event, due now, and forget it (takes the lock)
+    #[command(after_help = "Example:\n  afterlog redrive data ev-42")]
+    Redrive {
+        /// The data directory
+        dir: PathBuf,
+        /// The dead letter's event id (`ev-42` or `42`)
+        id: String,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget every dead letter (takes the directory lock)
+    #[command(
+        name = "purge-dead",
+        after_help = "Example:\n  afterlog purge-dead data"
+    )]
+    PurgeDead {
+        /// The data directory
+        dir: PathBuf,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A failure: the exit code and one line for stderr.
@@ -279,6 +320,14 @@ fn main() -> ExitCode {
             .and_then(|options| publish(&dir, &name, &body, after.as_deref(), options, json)),
         Command::Pause { dir, name, json } => set_paused(&dir, &name, true, json),
         Command::Resume { dir, name, json } => set_paused(&dir, &name, false, json),
+        Command::Dead {
+            dir,
+            name,
+            limit,
+            json,
+        } => dead(&dir, name.as_deref(), limit, json),
+        Command::Redrive { dir, id, json } => redrive(&dir, &id, json),
+        Command::PurgeDead { dir, json } => purge_dead(&dir, json),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -445,6 +494,7 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
             "paused": summary.paused,
             "limits": manifest.as_ref().and_then(|m| m.limits.as_ref()),
             "keys": summary.keys,
+            "dead_letters": summary.dead_letters,
         }));
     }
     let mut o = out();
@@ -503,6 +553,7 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
         summary.paused.join(", ")
     };
     writeln!(o, "paused      {}", escape(&paused))?;
+    writeln!(o, "dead        {} letter(s)", summary.dead_letters)?;
     writeln!(o, "limits      {}", escape(&limits_line(manifest.as_ref())))?;
     let keys: Vec<String> = summary
         .keys
@@ -1203,6 +1254,86 @@ fn set_paused(dir: &Path, name: &str, paused: bool, json: bool) -> CliResult {
         writeln!(o, "{verb} {}", escape(name))?;
     } else {
         writeln!(o, "{} was already {state}: nothing written", escape(name))?;
+    }
+    o.flush()?;
+    Ok(0)
+}
+
+fn dead(dir: &Path, name: Option<&str>, limit: usize, json: bool) -> CliResult {
+    let reader = Reader::open(dir)?;
+    // The name filter applies before the limit: read them all, then keep the newest.
+    let letters: Vec<_> = reader
+        .dead_letters(usize::MAX)?
+        .into_iter()
+        .filter(|d| name.is_none_or(|n| d.name == n))
+        .take(limit)
+        .collect();
+    let mut o = out();
+    if json {
+        for d in &letters {
+            let mut v = serde_json::to_value(d).map_err(|e| Failure::new(1, e.to_string()))?;
+            v["id"] = json!(d.id.to_string());
+            v["body"] = json!(String::from_utf8_lossy(&d.body));
+            v["dropped"] = json!(time(d.dropped_ms));
+            writeln!(o, "{v}")?;
+        }
+        o.flush()?;
+        return Ok(0);
+    }
+    let mut t = Table::new(&[
+        ("ID", false),
+        ("NAME", false),
+        ("DIED", false),
+        ("REASON", false),
+        ("ATTEMPTS", true),
+        ("MESSAGE", false),
+    ]);
+    for d in &letters {
+        t.row(vec![
+            d.id.to_string(),
+            escape(&d.name),
+            time(d.dropped_ms),
+            d.reason.to_string(),
+            d.attempts.to_string(),
+            escape(&d.message),
+        ]);
+    }
+    write!(o, "{}", t.render())?;
+    writeln!(o, "{} dead letter(s)", letters.len())?;
+    o.flush()?;
+    Ok(0)
+}
+
+fn redrive(dir: &Path, id: &str, json: bool) -> CliResult {
+    let id = EventId(parse_id(id, "ev-", "event id")?);
+    let (engine, _) = open_engine(dir)?;
+    let result = engine.redrive(id);
+    // A refused redrive writes nothing; the engine closes either way.
+    let closed = engine.close();
+    let new = result?;
+    closed?;
+    if json {
+        return print_json(&json!({"dead_letter": id.to_string(), "event": new.to_string()}));
+    }
+    let mut o = out();
+    writeln!(o, "redrove {id} as {new}, due now")?;
+    o.flush()?;
+    Ok(0)
+}
+
+fn purge_dead(dir: &Path, json: bool) -> CliResult {
+    let (engine, _) = open_engine(dir)?;
+    let result = engine.purge_dead();
+    let closed = engine.close();
+    let purged = result?;
+    closed?;
+    if json {
+        return print_json(&json!({"purged": purged}));
+    }
+    let mut o = out();
+    match purged {
+        0 => writeln!(o, "no dead letters: nothing written")?,
+        n => writeln!(o, "purged {n} dead letter(s)")?,
     }
     o.flush()?;
     Ok(0)

@@ -130,12 +130,14 @@ pub fn record_json(pos: Position, record: &Record<'_>) -> Value {
                 }
                 o.insert("replaces".into(), json!(opts.replaces.map(|r| r.0)));
                 o.insert("restates".into(), json!(opts.restates));
+                o.insert("redrives".into(), json!(opts.redrives));
             }
         }
         Record::Pause(p) => {
             o.insert("name".into(), json!(p.name));
             o.insert("paused".into(), json!(p.paused));
         }
+        Record::PurgeDead(_) => {}
         Record::Attempt(a) => {
             o.insert("event".into(), json!(a.event.0));
             o.insert("attempt".into(), json!(a.attempt));
@@ -148,6 +150,8 @@ pub fn record_json(pos: Position, record: &Record<'_>) -> Value {
             o.insert("reason".into(), json!(retry_reason_name(r.reason)));
             o.insert("message".into(), json!(r.message));
             o.insert("data_bytes".into(), json!(r.data.len()));
+            // The retry data itself: text as text, anything else as hex.
+            o.insert("data".into(), json!(data_text(r.data)));
         }
         Record::Ack(a) => {
             o.insert("event".into(), json!(a.event.0));
@@ -174,6 +178,14 @@ pub fn record_json(pos: Position, record: &Record<'_>) -> Value {
         }
     }
     Value::Object(o)
+}
+
+/// Retry data for people: UTF-8 as it is, other bytes as hex.
+pub fn data_text(data: &[u8]) -> String {
+    match std::str::from_utf8(data) {
+        Ok(text) => text.to_owned(),
+        Err(_) => data.iter().map(|b| format!("{b:02x}")).collect(),
+    }
 }
 
 /// The name of a key mode stored in a record.
@@ -204,8 +216,10 @@ pub fn record_details(record: &Record<'_>) -> String {
                         key_mode_name(o.mode)
                     ));
                 }
-                if let Some(r) = o.replaces {
-                    text.push_str(&format!(", replaces {r}"));
+                match o.replaces {
+                    Some(r) if o.redrives => text.push_str(&format!(", redrives dead letter {r}")),
+                    Some(r) => text.push_str(&format!(", replaces {r}")),
+                    None => {}
                 }
                 if o.restates {
                     text.push_str(", new body");
@@ -215,14 +229,21 @@ pub fn record_details(record: &Record<'_>) -> String {
         }
         Record::Pause(p) if p.paused => format!("{:?} paused", p.name),
         Record::Pause(p) => format!("{:?} resumed", p.name),
+        Record::PurgeDead(_) => "every dead letter before this purged".into(),
         Record::Attempt(a) => format!("attempt {} started", a.attempt),
-        Record::Retry(r) => format!(
-            "attempt {} failed ({}): {}; due again {}",
-            r.attempt,
-            retry_reason_name(r.reason),
-            r.message,
-            time(r.next_due_ms)
-        ),
+        Record::Retry(r) => {
+            let mut text = format!(
+                "attempt {} failed ({}): {}; due again {}",
+                r.attempt,
+                retry_reason_name(r.reason),
+                r.message,
+                time(r.next_due_ms)
+            );
+            if !r.data.is_empty() {
+                text.push_str(&format!("; retry data {:?}", data_text(r.data)));
+            }
+            text
+        }
         Record::Ack(a) => match a.outcome {
             AckOutcome::Handled => format!("attempt {} acknowledged", a.attempt),
             AckOutcome::Ignored => format!("attempt {} ignored (no handler)", a.attempt),
