@@ -1305,3 +1305,32 @@ fn the_key_table_grows_and_drops_stale_slots() {
         assert_eq!(found, (id % 2 == 1).then_some(EventId(id)), "{key}");
     }
 }
+
+#[test]
+fn a_dead_letter_costs_its_entry_and_24_bytes() {
+    let mut ix = Index::new();
+    let n = 1u64 << 17;
+    let ids: Vec<u64> = (1..=n).collect();
+    for batch in ids.chunks(50) {
+        ok_quiet(&mut ix, publish(batch, None));
+    }
+    let pending = ix.memory_bytes();
+    for id in 1..=n {
+        ok_quiet(&mut ix, Owned::Drop(id, 1, DropReason::Exhausted));
+    }
+    assert_eq!(ix.dead_count(), n);
+    assert!(ix.is_dead(EventId(n)));
+    let per = ix.memory_bytes() as f64 / n as f64;
+    assert!(per <= 64.0, "{per:.1} bytes per dead letter");
+    assert!(ix.memory_bytes() - pending <= n as usize * 24 + 4096);
+    // Newest first; a purge after them forgets them all.
+    assert_eq!(ix.dead_letters(0).next().map(|d| d.id), Some(EventId(n)));
+    let after = Location {
+        segment: LOC.segment + 1,
+        offset: 0,
+    };
+    assert_eq!(ix.purge_dead_before(after), n);
+    assert!(!ix.is_dead(EventId(n)));
+    assert_eq!(ix.dead_count(), 0);
+    ix.check_invariants();
+}
