@@ -890,6 +890,16 @@ impl Reader {
     /// compacted away, so one past the retention shows here until compaction removes it.
     /// Two scans of the log; memory is that of the index plus the letters returned.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<crate::DeadLetter>> {
+        self.dead_letters_named(None, limit)
+    }
+
+    /// Like [`dead_letters`](Reader::dead_letters), but only those of event `name` when one
+    /// is given: the newest `limit` of that name, whose bodies alone are read.
+    pub fn dead_letters_named(
+        &self,
+        name: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::DeadLetter>> {
         let snap = self.snapshot()?;
         let mut index = Index::new();
         let mut effects = Vec::new();
@@ -908,14 +918,13 @@ impl Reader {
             body: Option<(Vec<u8>, i64)>,
             death: Option<(crate::DeadReason, String, i64)>,
         }
-        let order: Vec<EventId> = index
+        let letters: Vec<crate::index::DeadRef> = index
             .dead_letters(i64::MIN)
+            .filter(|d| name.is_none_or(|n| index.name_of(d.id) == Some(n)))
             .take(limit)
-            .map(|d| d.id)
             .collect();
-        let mut wanted: HashMap<EventId, Wanted> = index
-            .dead_letters(i64::MIN)
-            .take(limit)
+        let mut wanted: HashMap<EventId, Wanted> = letters
+            .iter()
             .filter_map(|d| {
                 let e = index.get(d.id)?;
                 Some((
@@ -958,9 +967,10 @@ impl Reader {
             }
             Ok(())
         })?;
-        Ok(order
+        Ok(letters
             .into_iter()
-            .filter_map(|id| {
+            .filter_map(|d| {
+                let id = d.id;
                 let w = wanted.remove(&id)?;
                 let ((body, published_ms), (reason, message, dropped_ms)) = (w.body?, w.death?);
                 Some(crate::DeadLetter {

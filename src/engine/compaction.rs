@@ -90,7 +90,12 @@ pub(crate) fn pass(
         ..CompactionStats::default()
     };
     let sealed = inner.log.sealed_segments();
-    let mut candidates = inner.core.lock().candidates(&sealed, min_dead, full);
+    let mut candidates = {
+        let mut core = inner.core.lock();
+        // Dead letters past the dead retention become finished events like any other.
+        core.expire_dead(inner.clock.now_ms());
+        core.candidates(&sealed, min_dead, full)
+    };
     let mut spent = 0u64;
     while let Some(candidate) = candidates.pop() {
         if spent > 0 && spent + candidate.data_len > budget_bytes {
@@ -193,10 +198,7 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
     for (record, pos) in records.iter().zip(positions) {
         if let Ok(Applied::Changed) = inner.apply(pos, record) {
             n += 1;
-            if let Record::Drop(d) = record {
-                let reason = super::dead::DeadReason::of_drop(d.reason);
-                deaths.push((d.event, reason, d.message.to_owned(), d.dropped_ms));
-            }
+            deaths.extend(record.event().map(|id| (id, pos)));
         }
     }
     drop(order);
@@ -275,7 +277,6 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
     let decisions = {
         let mut core = inner.core.lock();
         core.sweep_keys(now_ms);
-        core.expire_dead(now_ms);
         let index = core.index();
         // A pending event's publish, and the record holding its body if it was restated; a
         // dead letter's, the same; a finished event's publish while its key's window is open

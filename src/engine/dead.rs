@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::{AckOutcome, EventOptions, Publish, PublishEntry, PurgeDead, Record};
 use crate::ids::{EventId, JobId};
 use crate::index::Location;
+use crate::log::Position;
 use crate::retry::DropReason;
 use std::sync::atomic::Ordering;
 
@@ -88,6 +89,19 @@ pub(crate) fn no_handler_message(name: &str) -> String {
     format!("no handler for {name:?} when it fell due")
 }
 
+/// Whether `record`, once it changed its event, made it a dead letter: a drop, or the ack
+/// of an event with no handler.
+pub(crate) fn kills(record: &Record<'_>) -> bool {
+    matches!(
+        record,
+        Record::Drop(_)
+            | Record::Ack(crate::format::Ack {
+                outcome: AckOutcome::Ignored,
+                ..
+            })
+    )
+}
+
 /// What a record that killed an event says of it: why, the message, and when. `None` for a
 /// record that kills no event.
 pub(crate) fn death<'a>(record: &Record<'a>, name: &str) -> Option<(DeadReason, String, i64)> {
@@ -104,9 +118,6 @@ pub(crate) fn death<'a>(record: &Record<'a>, name: &str) -> Option<(DeadReason, 
     }
 }
 
-/// A death to announce to the hook: the event, why, the message and when.
-pub(crate) type Death = (EventId, DeadReason, String, i64);
-
 impl Inner {
     /// The dead letters kept, newest first, at most `limit`.
     pub(crate) fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
@@ -117,43 +128,31 @@ impl Inner {
             core.index()
                 .dead_letters(now_ms)
                 .take(limit)
-                .map(|d| (d.id, Some(d.at)))
+                .map(|d| (d.id, d.at))
                 .collect()
         };
         Ok(refs
             .into_iter()
-            .filter_map(|(id, at)| self.read_dead(id, at, None))
+            .filter_map(|(id, at)| self.read_dead(id, at))
             .collect())
     }
 
-    /// Reads dead letter `id` (or an event that just died, with `known` death) from the
-    /// index and the log: `None` if the index no longer holds it or its records cannot be
-    /// read. `at` is where the record that killed it lies.
-    fn read_dead(
-        &self,
-        id: EventId,
-        at: Option<Location>,
-        known: Option<(DeadReason, String, i64)>,
-    ) -> Option<DeadLetter> {
-        let (name, attempts, job, body_at, readers) = {
+    /// Reads the event `id` that the record at `at` killed, from the index and the log:
+    /// `None` if the index no longer holds it or its records cannot be read.
+    fn read_dead(&self, id: EventId, at: Location) -> Option<DeadLetter> {
+        let (name, attempts, job, body_at, death_at) = {
             let core = self.core.lock();
             let e = core.event(id)?;
             let body = (
                 e.body_at,
                 self.log.segment_reader(u64::from(e.body_at.segment)),
             );
-            let death = at.map(|at| (at, self.log.segment_reader(u64::from(at.segment))));
+            let death = self.log.segment_reader(u64::from(at.segment));
             (e.name.to_owned(), e.attempts, e.job, body, death)
         };
         let (bytes, range, published_ms, _) = super::delivery::read_publish(id, body_at)?;
-        let (reason, message, dropped_ms) = match known {
-            Some(known) => known,
-            None => {
-                let (at, reader) = readers?;
-                let record = reader?.read(u64::from(at.offset)).ok()?;
-                death(&record.record().ok()?, &name)?
-            }
-        };
+        let record = death_at?.read(u64::from(at.offset)).ok()?;
+        let (reason, message, dropped_ms) = death(&record.record().ok()?, &name)?;
         Some(DeadLetter {
             id,
             body: bytes.payload()[range].to_vec(),
@@ -181,7 +180,7 @@ impl Inner {
         };
         match at {
             Some(at) => self
-                .read_dead(id, Some(at), None)
+                .read_dead(id, at)
                 .ok_or_else(|| Error::invalid(format!("dead letter {id} cannot be read"))),
             None if self.event_given_out(id) => {
                 Err(Error::invalid(format!("event {id} is not a dead letter")))
@@ -212,7 +211,6 @@ impl Inner {
             ..EventOptions::default()
         };
         let record = Record::Publish(Publish::with_options(now_ms, entry, options));
-        record.validate()?;
         self.write_publish(record)?;
         self.metrics.published.fetch_add(1, Ordering::Relaxed);
         Ok(new)
@@ -235,15 +233,15 @@ impl Inner {
         Ok(before.saturating_sub(after))
     }
 
-    /// Calls the `on_dead` hook for each death, whose record is durable and applied. A panic
-    /// in the hook is caught and counted.
-    pub(crate) fn announce_dead(&self, deaths: Vec<Death>) {
+    /// Calls the `on_dead` hook for each death: the event and where the record that killed
+    /// it lies, durable and applied. A panic in the hook is caught and counted.
+    pub(crate) fn announce_dead(&self, deaths: Vec<(EventId, Position)>) {
         let Some(hook) = &self.options.on_dead else {
             return;
         };
-        for (id, reason, message, dropped_ms) in deaths {
+        for (id, pos) in deaths {
             // Finished and held, right after its death was applied (compaction keeps it).
-            let Some(dead) = self.read_dead(id, None, Some((reason, message, dropped_ms))) else {
+            let Some(dead) = self.read_dead(id, super::location(pos)) else {
                 continue;
             };
             let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (hook.0)(&dead)));

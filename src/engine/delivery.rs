@@ -974,17 +974,8 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
     for ((plan, record), pos) in plans.into_iter().zip(&records).zip(positions) {
         let applied = inner.apply(pos, record);
         let changed = matches!(applied, Ok(Applied::Changed));
-        if changed
-            && inner.options.on_dead.is_some()
-            && let Some(name) = inner
-                .core
-                .lock()
-                .index()
-                .name_of(plan.id())
-                .map(str::to_owned)
-            && let Some((reason, message, at_ms)) = super::dead::death(record, &name)
-        {
-            deaths.push((plan.id(), reason, message, at_ms));
+        if changed && super::dead::kills(record) {
+            deaths.push((plan.id(), pos));
         }
         match plan {
             Plan::Attempt(p) if changed => {
@@ -1227,11 +1218,8 @@ fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
             // so the scheduler never finds it in both.
             let (applied, woken) = core.apply(pos, &record);
             wake |= woken;
-            if let (Ok(Applied::Changed), Record::Drop(d)) = (applied, &record)
-                && inner.options.on_dead.is_some()
-            {
-                let reason = super::dead::DeadReason::of_drop(d.reason);
-                deaths.push((prepared.id, reason, d.message.to_owned(), d.dropped_ms));
+            if applied == Ok(Applied::Changed) && super::dead::kills(&record) {
+                deaths.push((prepared.id, pos));
             }
             wake |= core.finish(prepared.id);
         }

@@ -1260,14 +1260,8 @@ fn set_paused(dir: &Path, name: &str, paused: bool, json: bool) -> CliResult {
 }
 
 fn dead(dir: &Path, name: Option<&str>, limit: usize, json: bool) -> CliResult {
-    let reader = Reader::open(dir)?;
-    // The name filter applies before the limit: read them all, then keep the newest.
-    let letters: Vec<_> = reader
-        .dead_letters(usize::MAX)?
-        .into_iter()
-        .filter(|d| name.is_none_or(|n| d.name == n))
-        .take(limit)
-        .collect();
+    // The name filter applies before the limit: the newest `limit` of that name.
+    let letters = Reader::open(dir)?.dead_letters_named(name, limit)?;
     let mut o = out();
     if json {
         for d in &letters {
