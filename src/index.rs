@@ -461,6 +461,8 @@ pub struct Index {
     paused: std::collections::BTreeSet<Box<str>>,
     /// Dead letters, in log order of the records that killed them.
     dead: dead::DeadList,
+    /// Recurring schedules and their pending occurrences.
+    schedules: schedules::Schedules,
     /// Held events by state code (1..=6).
     counts: [u64; 7],
     max_event: u64,
@@ -568,9 +570,10 @@ impl Index {
         effects: &mut Vec<Effect>,
     ) -> Result<Applied, Rejected> {
         match record {
-            Record::Publish(p) => match p.options() {
-                Some(o) => self.apply_publish_with(loc, p, *o, effects),
-                None => self.apply_publish(loc, p, effects),
+            Record::Publish(p) => match (p.schedule(), p.options()) {
+                (Some(def), _) => self.apply_schedule(loc, p, def, effects),
+                (None, Some(o)) => self.apply_publish_with(loc, p, *o, effects),
+                (None, None) => self.apply_publish(loc, p, effects),
             },
             Record::Pause(p) => Ok(self.apply_pause(p.name, p.paused)),
             Record::PurgeDead(_) => Ok(match self.purge_dead_before(loc) {
@@ -1082,6 +1085,9 @@ impl Index {
         }
         if to == EventState::Scheduled {
             effects.push(Effect::Schedule { event: id, due_ms });
+        }
+        if from.is_pending() && !to.is_pending() {
+            self.occurrence_finished(id);
         }
         self.counts[from as usize] -= 1;
         self.counts[to as usize] += 1;
@@ -1665,7 +1671,9 @@ impl Index {
             + 8 * self.keys.wide.capacity()
             + hash(self.windows.capacity(), size_of::<(EventId, i64)>())
             + hash(self.bodies.capacity(), size_of::<(EventId, Location)>());
-        chunks + freed + retries + jobs + names + keys + self.dead_memory_bytes()
+        chunks + freed + retries + jobs + names + keys
+            + self.dead_memory_bytes()
+            + self.schedule_memory_bytes()
     }
 
     /// Recomputes every counter from the entries and panics, naming the values, if one
@@ -1784,6 +1792,8 @@ impl Index {
 }
 
 mod dead;
+mod schedules;
+pub use schedules::{Rule, ScheduleState};
 #[cfg(test)]
 mod tests;
 

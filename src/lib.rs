@@ -77,11 +77,12 @@ pub mod testing;
 pub use after::{After, ONE_YEAR_MS, latest_due_ms};
 pub use clock::{Clock, MANUAL_WAIT_CAP, ManualClock, SYSTEM_WAIT_CAP, SystemClock, Wake};
 pub use engine::{
-    ABANDONED_TOTAL_FACTOR, CompactionStats, Context, DEFAULT_ABANDONED_THREADS,
-    DEFAULT_ASYNC_ATTEMPTS, DEFAULT_DEAD_RETENTION, DEFAULT_HANDLER_TIMEOUT,
-    DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, DeadLetter, DeadReason,
-    Engine, Event, FORGE_MAX_DELAY, Handler, HandlerError, HandlerOptions, KeyMode, KeyOutcome,
-    MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Metrics, Options, PublishOptions, Published,
+    ABANDONED_TOTAL_FACTOR, CATCH_UP_ALL_CAP, CatchUp, CompactionStats, Context,
+    DEFAULT_ABANDONED_THREADS, DEFAULT_ASYNC_ATTEMPTS, DEFAULT_DEAD_RETENTION,
+    DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION,
+    DeadLetter, DeadReason, Engine, Event, FORGE_MAX_DELAY, Handler, HandlerError, HandlerOptions,
+    KeyMode, KeyOutcome, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Metrics, Options,
+    PublishOptions, Published, Recurring, ScheduleInfo,
 };
 #[cfg(feature = "tokio")]
 pub use engine::{AsyncContext, AsyncHandler, HandlerFuture};

@@ -188,6 +188,8 @@ pub struct Summary {
     pub keys: Vec<KeysHeld>,
     /// Dead letters the log holds (see [`Reader::dead_letters`]).
     pub dead_letters: u64,
+    /// Schedules defined (see [`Reader::schedules`]).
+    pub schedules: u64,
 }
 
 /// The events of one name that take a key.
@@ -800,6 +802,7 @@ impl Reader {
         }
         Ok(Summary {
             dead_letters: index.dead_count(),
+            schedules: index.schedule_count() as u64,
             paused: index.paused().map(str::to_owned).collect(),
             keys: keys.into_values().collect(),
             segments: segments.into_values().collect(),
@@ -882,6 +885,22 @@ impl Reader {
             }
         }
         Ok(())
+    }
+
+    /// The schedules the log defines, sorted by id (see
+    /// [`Engine::schedules`](crate::Engine::schedules)). One scan of the log. A schedule
+    /// whose pending occurrence finished shows no next due time until an engine publishes
+    /// the next one.
+    pub fn schedules(&self) -> Result<Vec<crate::ScheduleInfo>> {
+        let snap = self.snapshot()?;
+        let mut index = Index::new();
+        let mut effects = Vec::new();
+        snap.scan(|pos, record| {
+            let _ = index.apply(crate::engine::location(pos), record, &mut effects);
+            effects.clear();
+            Ok(())
+        })?;
+        Ok(crate::ScheduleInfo::list(&index))
     }
 
     /// The dead letters the log holds, newest first, at most `limit` (see

@@ -1105,3 +1105,45 @@ fn dead_letters_are_listed_redriven_and_purged_offline() {
     assert!(ok(&["purge-dead", dir]).contains("no dead letters"));
     assert!(ok(&["dead", dir]).contains("0 dead letter(s)"));
 }
+
+#[test]
+fn schedules_are_listed_offline_and_counted_by_inspect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let clock = ManualClock::new(now_ms());
+    let engine = Engine::open_with(tmp.path(), options(&clock)).unwrap();
+    let every = afterlog::Recurring::every(Duration::from_secs(60));
+    engine.schedule("heartbeat", "ping", b"", every).unwrap();
+    let cron = afterlog::Recurring::cron("0 9 * * MON-FRI")
+        .unwrap()
+        .catch_up(afterlog::CatchUp::Skip);
+    engine
+        .schedule("daily-report", "report.build", b"{}", cron)
+        .unwrap();
+    let next = engine.schedules();
+    engine.close().unwrap();
+
+    let lines = ok(&["schedules", dir, "--json"]);
+    let rows: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{lines}");
+    assert_eq!(rows[0]["id"], "daily-report");
+    assert_eq!(rows[0]["rule"], "cron 0 9 * * MON-FRI");
+    assert_eq!(rows[0]["catch_up"], "skip");
+    assert_eq!(rows[0]["next_due_ms"], next[0].next_due_ms.unwrap());
+    assert_eq!(rows[1]["id"], "heartbeat");
+    assert_eq!(rows[1]["name"], "ping");
+    assert_eq!(rows[1]["rule"], "every 60000ms");
+    assert_eq!(rows[1]["catch_up"], "latest");
+    let table = ok(&["schedules", dir]);
+    assert!(
+        table.contains("report.build") && table.contains("2 schedule(s)"),
+        "{table}"
+    );
+    let inspect = json(&["inspect", dir, "--json"]);
+    assert_eq!(inspect["schedules"], 2);
+    assert_eq!(inspect["events_by_state"]["scheduled"], 2, "{inspect}");
+    assert_eq!(inspect["records_by_kind"]["schedule"], 2, "{inspect}");
+}

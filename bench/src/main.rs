@@ -11,6 +11,7 @@ mod machine;
 mod plot;
 mod publish;
 mod recovery;
+mod schedule_runs;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -47,9 +48,12 @@ enum Scenario {
     /// delivery of due events with mixed priorities vs none, four names' end to end beside
     /// a concurrency limit of 1 on a fifth vs no limit, memory per keyed pending event.
     Keys,
+    /// 13: recurring schedules: 10,000 schedules each every second, lateness of their
+    /// occurrences.
+    Schedules,
 }
 
-const ALL: [Scenario; 11] = [
+const ALL: [Scenario; 12] = [
     Scenario::Publish,
     Scenario::EndToEnd,
     Scenario::Timer,
@@ -61,6 +65,7 @@ const ALL: [Scenario; 11] = [
     Scenario::Shrink,
     Scenario::Async,
     Scenario::Keys,
+    Scenario::Schedules,
 ];
 
 /// afterlog's benchmark harness: durable publish against raw pwrite+fdatasync, SQLite and
@@ -155,6 +160,9 @@ struct Args {
     /// 100,000 with --quick).
     #[arg(long)]
     keys_events: Option<u64>,
+    /// Schedules of the schedules scenario (default 10,000; 1,000 with --quick).
+    #[arg(long)]
+    schedules: Option<u64>,
     /// Pending keyed events of the keys scenario's memory run (default 1,000,000).
     #[arg(long)]
     keys_memory_events: Option<u64>,
@@ -192,6 +200,7 @@ struct Params {
     async_sleep_events: u64,
     keys_events: u64,
     keys_memory_events: u64,
+    schedules: u64,
 }
 
 impl Params {
@@ -254,6 +263,10 @@ impl Params {
                 .unwrap_or(if q { 100_000 } else { 1_000_000 })
                 .max(1),
             keys_memory_events: args.keys_memory_events.unwrap_or(1_000_000).max(1),
+            schedules: args
+                .schedules
+                .unwrap_or(if q { 1_000 } else { 10_000 })
+                .max(1),
         }
     }
 
@@ -283,7 +296,15 @@ impl Params {
         if self.runs(Scenario::Keys) {
             n += self.keys_params().steps();
         }
+        n += self.runs(Scenario::Schedules) as u64;
         n
+    }
+
+    fn schedule_params(&self) -> schedule_runs::Params {
+        schedule_runs::Params {
+            schedules: self.schedules,
+            secs: Duration::from_secs_f64(if self.quick { 3.0 } else { 10.0 }),
+        }
     }
 
     fn keys_params(&self) -> keys_runs::Params {
@@ -355,6 +376,7 @@ struct Report {
     #[serde(rename = "async")]
     async_api: Option<async_runs::Async>,
     keys: Option<keys_runs::Keys>,
+    schedules: Option<schedule_runs::Schedules>,
     targets: Vec<Target>,
 }
 
@@ -530,6 +552,9 @@ fn main() {
     let keys = params
         .runs(Scenario::Keys)
         .then(|| keys_runs::run(&dir, &params.keys_params(), &progress));
+    let schedules = params
+        .runs(Scenario::Schedules)
+        .then(|| schedule_runs::run(&dir, &params.schedule_params(), &progress));
     progress.finish();
     let _ = std::fs::remove_dir_all(&dir);
     machine.load_average_end = machine::load_average();
@@ -553,6 +578,7 @@ fn main() {
         shrink,
         async_api,
         keys,
+        schedules,
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -687,6 +713,9 @@ fn targets(r: &Report) -> Vec<Target> {
     }
     if let Some(k) = &r.keys {
         keys_runs::targets(k, &mut t);
+    }
+    if let Some(s) = &r.schedules {
+        schedule_runs::targets(s, &mut t);
     }
     t
 }
@@ -917,6 +946,9 @@ fn print_table(r: &Report) {
     }
     if let Some(k) = &r.keys {
         keys_runs::print(k);
+    }
+    if let Some(s) = &r.schedules {
+        schedule_runs::print(s);
     }
     println!();
     println!(

@@ -247,6 +247,8 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
     let (mut events, mut published, mut jobs) = (HashSet::new(), Vec::new(), HashSet::new());
     // Replace records (at offset, the new event) and the event each cancelled; pause records.
     let (mut replaces, mut pauses, mut purges) = (Vec::new(), Vec::new(), Vec::new());
+    // Schedule records: the schedule, the sequence number and the offset of each.
+    let mut schedules = Vec::new();
     inner
         .log
         .visit_segment(id, &mut |pos, record| match record {
@@ -258,6 +260,9 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
                 if let Some(replaced) = p.options().and_then(|o| o.replaces) {
                     replaces.push((pos.offset, replaced));
                     events.insert(replaced);
+                }
+                if let Some(d) = p.schedule() {
+                    schedules.push((d.id.to_string(), pos.seq, pos.offset));
                 }
             }
             Record::Pause(p) => pauses.push((p.name.to_string(), pos.seq)),
@@ -291,6 +296,13 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
                 if e.body_at.segment == segment && (e.state.is_pending() || dead) {
                     publishes.insert(u64::from(e.body_at.offset));
                 }
+            }
+        }
+        // Each schedule's latest record: its definition (and its occurrence's publish, whose
+        // history is then kept with it, so that a replay finds that occurrence finished).
+        for (schedule, seq, offset) in &schedules {
+            if core.latest_schedule(schedule, *seq) {
+                publishes.insert(*offset);
             }
         }
         // A replace record also cancels the event it replaced: kept while that event's

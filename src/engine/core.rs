@@ -219,6 +219,10 @@ pub(crate) struct Core {
     pause_seq: HashMap<Box<str>, u64>,
     /// The sequence number of the latest purge of dead letters: compaction keeps it.
     purge_seq: Option<u64>,
+    /// The sequence number of each schedule's latest kind-9 record: compaction keeps it.
+    schedule_seq: HashMap<Box<str>, u64>,
+    /// Notified when a schedule's pending occurrence finished (the schedules thread waits).
+    pub schedules_wake: crate::clock::Wake,
     /// The latest time `take_due` was given.
     now_ms: i64,
     /// The deadline the scheduler sleeps until (`i64::MAX`: none; `i64::MIN`: awake), so
@@ -259,6 +263,8 @@ impl Core {
             flow: Flow::new(config),
             pause_seq: HashMap::new(),
             purge_seq: None,
+            schedule_seq: HashMap::new(),
+            schedules_wake: crate::clock::Wake::new(),
             now_ms: 0,
             sleeping_until_ms: i64::MAX,
             segments: BTreeMap::new(),
@@ -330,6 +336,9 @@ impl Core {
         if let Record::Pause(p) = record {
             wake |= self.flow.set_paused(p.name, p.paused, self.now_ms);
         }
+        if self.index.has_idle_schedules() {
+            self.schedules_wake.notify();
+        }
         (result, wake)
     }
 
@@ -340,8 +349,23 @@ impl Core {
                 self.pause_seq.insert(p.name.into(), pos.seq);
             }
             Record::PurgeDead(_) => self.purge_seq = Some(pos.seq),
+            Record::Publish(p) => {
+                if let Some(d) = p.schedule() {
+                    self.schedule_seq.insert(d.id.into(), pos.seq);
+                }
+            }
             _ => {}
         }
+    }
+
+    /// Whether the kind-9 record with sequence number `seq` is schedule `id`'s latest.
+    pub fn latest_schedule(&self, id: &str, seq: u64) -> bool {
+        self.schedule_seq.get(id) == Some(&seq)
+    }
+
+    /// The schedules whose pending occurrence finished since the last call.
+    pub fn take_idle_schedules(&mut self) -> Vec<Box<str>> {
+        self.index.take_idle_schedules()
     }
 
     /// Keeps dead letters `ms` after they died (0: none); call before replay.

@@ -48,7 +48,7 @@ impl Inner {
     /// and wakes every thread that waits for the engine: the scheduler, the compactor, and
     /// `wait_idle` and `close` on the idle condition variable. Appenders waiting on the log
     /// are woken by its poison.
-    fn stop_after_panic(&self, thread: &str, message: String) {
+    pub(crate) fn stop_after_panic(&self, thread: &str, message: String) {
         let error = {
             let mut first = self.panicked.first.lock();
             let (thread, message) =

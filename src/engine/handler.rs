@@ -80,6 +80,16 @@ impl Event {
         &self.name
     }
 
+    /// The schedule that published this event (see [`Engine::schedule`]), if one did.
+    ///
+    /// [`Engine::schedule`]: crate::Engine::schedule
+    pub fn schedule(&self) -> Option<&str> {
+        match self.record.record() {
+            Ok(crate::format::Record::Publish(p)) => p.schedule().map(|d| d.id),
+            _ => None,
+        }
+    }
+
     /// The body given to `publish`, read from the log (a memory-mapped segment).
     pub fn body(&self) -> &[u8] {
         &self.record.payload()[self.body.clone()]

@@ -46,6 +46,7 @@ pub(crate) struct CoreGauges {
     pub queued: u64,
     pub index_bytes: u64,
     pub dead_letters: u64,
+    pub schedules: u64,
 }
 
 #[derive(Debug)]
@@ -70,6 +71,7 @@ pub(crate) struct Counters {
     pub compaction_passes: AtomicU64,
     pub compaction_written_bytes: AtomicU64,
     pub dead_hook_panics: AtomicU64,
+    pub schedule_failures: AtomicU64,
     lateness: [AtomicU64; BUCKETS],
     lateness_max_ms: AtomicU64,
 }
@@ -85,6 +87,7 @@ impl Default for Counters {
             expired: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
             dead_hook_panics: AtomicU64::new(0),
+            schedule_failures: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
@@ -145,6 +148,7 @@ impl Counters {
             queued,
             index_bytes,
             dead_letters,
+            schedules,
         } = core;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Metrics {
@@ -172,6 +176,8 @@ impl Counters {
             compaction_passes: get(&self.compaction_passes),
             compaction_written_bytes: get(&self.compaction_written_bytes),
             dead_hook_panics: get(&self.dead_hook_panics),
+            schedule_failures: get(&self.schedule_failures),
+            schedules,
             dead_letters,
             pending,
             in_flight,
@@ -247,6 +253,10 @@ pub struct Metrics {
     pub compaction_written_bytes: u64,
     /// Panics of the [`Options::on_dead`](crate::Options::on_dead) hook (each caught).
     pub dead_hook_panics: u64,
+    /// Next occurrences of schedules that could not be written (each is tried again).
+    pub schedule_failures: u64,
+    /// Schedules defined now (see [`Engine::schedules`](crate::Engine::schedules)).
+    pub schedules: u64,
     /// Dead letters kept now (see [`Engine::dead_letters`](crate::Engine::dead_letters)).
     pub dead_letters: u64,
     /// Events scheduled or running now.

@@ -23,6 +23,7 @@ mod keys;
 mod metrics;
 mod options;
 mod order;
+mod schedules;
 
 pub use compaction::CompactionStats;
 pub use dead::{DeadLetter, DeadReason};
@@ -37,6 +38,7 @@ pub use options::{
     DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION, FORGE_MAX_DELAY, MAX_HANDLER_TIMEOUT,
     MIN_COMPACTION_INTERVAL, Options,
 };
+pub use schedules::{CATCH_UP_ALL_CAP, CatchUp, Recurring, ScheduleInfo};
 
 use self::core::Core;
 pub(crate) use self::core::location;
@@ -98,6 +100,14 @@ pub(crate) struct Inner {
     pause_lock: Mutex<()>,
     /// One redrive or purge of dead letters at a time.
     dead_lock: Mutex<()>,
+    /// One schedule change or next occurrence at a time, so that each schedule has at most
+    /// one pending occurrence.
+    schedule_lock: Mutex<()>,
+    /// Schedules catching up after a start with `CatchUp::All`.
+    catching_up: Mutex<schedules::CatchingUp>,
+    /// Idle schedules the schedules thread took and has not yet published (for `wait_idle`).
+    schedules_in_flight: std::sync::atomic::AtomicUsize,
+    schedules_thread: Mutex<Option<crate::sync::thread::JoinHandle<()>>>,
     pub delivery: Mutex<Option<delivery::Delivery>>,
     /// One compaction pass at a time.
     compaction_lock: Mutex<()>,
@@ -235,6 +245,10 @@ impl Engine {
             key_locks: keys::KeyLocks::default(),
             pause_lock: Mutex::new(()),
             dead_lock: Mutex::new(()),
+            schedule_lock: Mutex::new(()),
+            catching_up: Mutex::new(schedules::CatchingUp::default()),
+            schedules_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            schedules_thread: Mutex::new(None),
             delivery: Mutex::new(None),
             compaction_lock: Mutex::new(()),
             compaction_wake: Wake::new(),
@@ -379,8 +393,26 @@ impl Engine {
         if inner.closing.load(Ordering::Acquire) || inner.started.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Missed occurrences are published (or replaced) before anything is delivered.
+        inner.catch_up_schedules();
         let delivery = delivery::Delivery::start(inner);
         *inner.delivery.lock() = Some(delivery);
+        let thread_inner = inner.clone();
+        let spawned = crate::sync::thread::Builder::new()
+            .name("afterlog-schedules".into())
+            .spawn(move || {
+                let guard_inner = thread_inner.clone();
+                guard::guarded(&guard_inner, "schedules", move || {
+                    thread_inner.run_schedules()
+                });
+            });
+        match spawned {
+            Ok(handle) => *inner.schedules_thread.lock() = Some(handle),
+            Err(e) => inner.stop_after_panic(
+                "schedules",
+                format!("cannot start the schedules thread: {e}"),
+            ),
+        }
     }
 
     /// Publishes an event, due `after` (Ampt's `events.publish`). Returns once the event is
@@ -853,7 +885,10 @@ impl Inner {
     }
 
     fn is_idle(&self, core: &Core) -> bool {
-        core.is_idle(self.clock.now_ms())
+        let schedules_busy = self.started.load(Ordering::Acquire)
+            && (core.index().has_idle_schedules()
+                || self.schedules_in_flight.load(Ordering::Acquire) > 0);
+        !schedules_busy && core.is_idle(self.clock.now_ms())
     }
 
     fn wait_idle(&self, timeout: Duration) -> bool {
@@ -889,6 +924,7 @@ impl Inner {
                 queued: core.queued(),
                 index_bytes: core.memory_bytes() as u64,
                 dead_letters: core.index().dead_count(),
+                schedules: core.index().schedule_count() as u64,
             }
         };
         let gauges = match &*self.delivery.lock() {
@@ -959,6 +995,11 @@ impl Inner {
         let compactor = self.compactor.lock().take();
         if let Some(compactor) = compactor {
             let _ = compactor.join();
+        }
+        self.core.lock().schedules_wake.notify();
+        let schedules = self.schedules_thread.lock().take();
+        if let Some(schedules) = schedules {
+            let _ = schedules.join();
         }
         // A `compact_now` running on another thread finishes before the lock is released
         // (a pass that starts from now on sees `closing` and does nothing), so no second

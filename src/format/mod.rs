@@ -30,6 +30,7 @@ pub use record::{
     EventOptions, KEY_KEEP, KEY_NONE, KEY_REPLACE, KEY_REPLACE_BODY, MAX_KEY_LEN,
     MAX_MESSAGE_LEN, MAX_NAME_LEN, PUBLISH_ENTRY_FIXED_LEN, PUBLISH_FIXED_LEN,
     PUBLISH_WITH_FIXED_LEN, Pause, Publish, PublishEntry, PurgeDead, Record, RecordError, RecordKind, Retry,
+    CATCH_UP_ALL, CATCH_UP_LATEST, CATCH_UP_SKIP, MAX_SCHEDULE_ID_LEN, SCHEDULE_FIXED_LEN, ScheduleDef,
     clip_message, validate_key, validate_name,
 };
 pub use seal::{SEAL_FRAME_LEN, SEAL_PAYLOAD_LEN, Seal, decode_seal, encode_seal};

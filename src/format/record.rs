@@ -35,6 +35,9 @@ pub enum RecordKind {
     PublishWith = 7,
     /// An event name paused or resumed (format 2).
     Pause = 8,
+    /// A recurring schedule defined (with the occurrence it publishes) or removed
+    /// (format 2).
+    Schedule = 9,
     /// Every dead letter written before it is forgotten (format 2).
     PurgeDead = 10,
     /// Not a record: the last frame of a sealed format-2 segment, which proves where the
@@ -44,7 +47,7 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind of record, in code order (not the seal, which is no record).
-    pub const ALL: [RecordKind; 9] = [
+    pub const ALL: [RecordKind; 10] = [
         RecordKind::Publish,
         RecordKind::Attempt,
         RecordKind::Retry,
@@ -53,11 +56,12 @@ impl RecordKind {
         RecordKind::Drop,
         RecordKind::PublishWith,
         RecordKind::Pause,
+        RecordKind::Schedule,
         RecordKind::PurgeDead,
     ];
 
     /// Whether a segment of format `version` may hold this kind: format 1 knows kinds 1 to
-    /// 6; format 2 adds the seal and kinds 7, 8 and 10.
+    /// 6; format 2 adds the seal and kinds 7 to 10.
     pub fn in_version(self, version: u32) -> bool {
         version >= 2 || (self as u8) <= RecordKind::Drop as u8
     }
@@ -81,6 +85,7 @@ impl RecordKind {
             RecordKind::Drop => "drop",
             RecordKind::PublishWith => "publish-with",
             RecordKind::Pause => "pause",
+            RecordKind::Schedule => "schedule",
             RecordKind::PurgeDead => "purge-dead",
             RecordKind::Seal => "seal",
         }
@@ -129,9 +134,63 @@ pub struct Publish<'a> {
     /// When `publish`/`push` was called, Unix epoch ms.
     pub published_ms: i64,
     entries: Entries<'a>,
-    /// The options of a one-event publish (kind 7); `None` for kind 1.
+    /// The options of a one-event publish (kind 7, and kind 9 for the occurrence it
+    /// replaces); `None` for kind 1.
     options: Option<EventOptions<'a>>,
+    /// The schedule of a kind-9 record.
+    schedule: Option<ScheduleDef<'a>>,
 }
+
+/// Schedule (kind 9): a recurring schedule defined, with the occurrence it publishes now
+/// (one event, due at the occurrence's time), or removed (no event). The record that
+/// publishes an occurrence is the schedule's definition too, so the schedule and the
+/// occurrence it last published are written together or not at all.
+///
+/// ```text
+///  0  published_ms  i64
+///  8  event_id      u64  the occurrence; 0 only when removed
+/// 16  due_ms        i64  the occurrence's time (removed: 0)
+/// 24  replaces      u64  the pending occurrence this record cancels; 0 = none
+/// 32  anchor_ms     i64  every-schedules: occurrences at anchor + k * every_ms, k >= 1
+/// 40  every_ms      u64  0 = a cron schedule
+/// 48  flags         u8   bits 0-1: catch-up (0 skip, 1 latest, 2 all); bit 2: removed
+/// 49  id_len        u8   1..=255
+/// 50  name_len      u16  1..=255 (removed: 0)
+/// 52  cron_len      u8   1..=255 for cron, 0 for every (removed: 0)
+/// 53  body_len      u32
+/// 57  id            UTF-8
+///     name          UTF-8
+///     cron          ASCII
+///     body
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScheduleDef<'a> {
+    /// The schedule's id (1..=255 bytes).
+    pub id: &'a str,
+    /// The cron expression (empty for an every-schedule).
+    pub cron: &'a str,
+    /// The interval of an every-schedule, ms (0 for cron).
+    pub every_ms: u64,
+    /// When an every-schedule's occurrences are counted from, Unix epoch ms.
+    pub anchor_ms: i64,
+    /// [`CATCH_UP_SKIP`], [`CATCH_UP_LATEST`] or [`CATCH_UP_ALL`].
+    pub catch_up: u8,
+    /// The schedule is removed (the record publishes nothing).
+    pub removed: bool,
+}
+
+/// Catch-up codes of a kind-9 record: missed occurrences are skipped.
+pub const CATCH_UP_SKIP: u8 = 0;
+/// Only the latest missed occurrence is published.
+pub const CATCH_UP_LATEST: u8 = 1;
+/// Each missed occurrence is published (up to a cap).
+pub const CATCH_UP_ALL: u8 = 2;
+/// Fixed bytes of a kind-9 payload before its strings and body.
+pub const SCHEDULE_FIXED_LEN: usize = 57;
+const SCHEDULE_REMOVED: u8 = 0b100;
+const CATCH_UP_MASK: u8 = 0b11;
+/// Largest schedule id, and largest cron expression, in bytes.
+pub const MAX_SCHEDULE_ID_LEN: usize = 255;
 
 /// Publish with options (kind 7): one event, with what `publish_with` adds.
 ///
@@ -258,6 +317,7 @@ impl<'a> Publish<'a> {
             published_ms,
             entries: Entries::Given(entries),
             options: None,
+            schedule: None,
         }
     }
 
@@ -272,7 +332,58 @@ impl<'a> Publish<'a> {
             published_ms,
             entries: Entries::One(entry),
             options: Some(options),
+            schedule: None,
         }
+    }
+
+    /// A schedule record (kind 9) publishing the occurrence `entry`, cancelling the pending
+    /// occurrence `replaces`.
+    pub fn scheduled(
+        published_ms: i64,
+        entry: PublishEntry<'a>,
+        replaces: Option<EventId>,
+        schedule: ScheduleDef<'a>,
+    ) -> Self {
+        Publish {
+            job: None,
+            published_ms,
+            entries: Entries::One(entry),
+            options: Some(EventOptions {
+                replaces,
+                ..EventOptions::default()
+            }),
+            schedule: Some(ScheduleDef {
+                removed: false,
+                ..schedule
+            }),
+        }
+    }
+
+    /// A schedule record (kind 9) removing schedule `id` and cancelling its pending
+    /// occurrence `replaces`; it publishes nothing.
+    pub fn unscheduled(published_ms: i64, id: &'a str, replaces: Option<EventId>) -> Self {
+        Publish {
+            job: None,
+            published_ms,
+            entries: Entries::Given(&[]),
+            options: Some(EventOptions {
+                replaces,
+                ..EventOptions::default()
+            }),
+            schedule: Some(ScheduleDef {
+                id,
+                cron: "",
+                every_ms: 0,
+                anchor_ms: 0,
+                catch_up: CATCH_UP_SKIP,
+                removed: true,
+            }),
+        }
+    }
+
+    /// The schedule of a kind-9 record (`None` for other publishes).
+    pub fn schedule(&self) -> Option<&ScheduleDef<'a>> {
+        self.schedule.as_ref()
     }
 
     /// The options of a kind-7 record (`None` for a plain publish).
@@ -516,6 +627,7 @@ impl<'a> Record<'a> {
     /// The kind byte this record is framed with.
     pub fn kind(&self) -> RecordKind {
         match self {
+            Record::Publish(p) if p.schedule.is_some() => RecordKind::Schedule,
             Record::Publish(p) if p.options.is_some() => RecordKind::PublishWith,
             Record::Publish(_) => RecordKind::Publish,
             Record::Pause(_) => RecordKind::Pause,
@@ -547,6 +659,17 @@ impl<'a> Record<'a> {
     /// The payload's encoded size.
     pub fn encoded_len(&self) -> usize {
         match self {
+            Record::Publish(Publish {
+                schedule: Some(d),
+                entries,
+                ..
+            }) => {
+                let (name, body) = match entries {
+                    Entries::One(e) => (e.name.len(), e.body.len()),
+                    _ => (0, 0),
+                };
+                SCHEDULE_FIXED_LEN + d.id.len() + name + d.cron.len() + body
+            }
             Record::Publish(p) => match (&p.entries, &p.options) {
                 (Entries::One(e), Some(o)) => {
                     PUBLISH_WITH_FIXED_LEN + e.name.len() + o.key.len() + e.body.len()
@@ -576,6 +699,7 @@ impl<'a> Record<'a> {
             })
         };
         match self {
+            Record::Publish(p) if p.schedule.is_some() => validate_schedule(p)?,
             Record::Publish(p) => {
                 if p.count() == 0 {
                     return Err(crate::Error::invalid(
@@ -619,6 +743,9 @@ impl<'a> Record<'a> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         match self {
+            Record::Publish(p @ Publish {
+                schedule: Some(d), ..
+            }) => encode_schedule(p, d, out),
             Record::Publish(Publish {
                 published_ms,
                 entries: Entries::One(e),
@@ -784,9 +911,11 @@ impl<'a> Record<'a> {
                     published_ms: get_i64(p, 8),
                     entries: Entries::Decoded { count, bytes },
                     options: None,
+                    schedule: None,
                 }))
             }
             RecordKind::PublishWith => decode_publish_with(p),
+            RecordKind::Schedule => decode_schedule(p),
             RecordKind::Pause => {
                 if p.len() < PAUSE_FIXED_LEN {
                     return Err(err(
@@ -1057,6 +1186,146 @@ fn decode_publish_with(p: &[u8]) -> Result<Record<'_>, RecordError> {
         published_ms: get_i64(p, 0),
         entries: Entries::One(entry),
         options: Some(options),
+        schedule: None,
+    }))
+}
+
+/// What is wrong with a kind-9 record's fields, as the decoder enforces it.
+fn schedule_problem(d: &ScheduleDef<'_>, event: Option<EventId>, replaces: Option<EventId>) -> Option<&'static str> {
+    if d.id.is_empty() || d.id.len() > MAX_SCHEDULE_ID_LEN {
+        Some("schedule id length outside 1..=255")
+    } else if d.cron.len() > MAX_SCHEDULE_ID_LEN {
+        Some("cron expression over 255 bytes")
+    } else if d.catch_up > CATCH_UP_ALL {
+        Some("unknown catch-up policy")
+    } else if replaces.is_some_and(|r| r.0 == 0 || Some(r) == event) {
+        Some("an occurrence cannot replace itself or event 0")
+    } else if d.removed {
+        (event.is_some() || !d.cron.is_empty() || d.every_ms != 0)
+            .then_some("a removal publishes nothing and has no rule")
+    } else if event.is_none() {
+        Some("a schedule record publishes its occurrence")
+    } else if d.cron.is_empty() == (d.every_ms == 0) {
+        Some("a schedule has a cron expression or an interval, not both")
+    } else {
+        None
+    }
+}
+
+fn validate_schedule(p: &Publish<'_>) -> crate::Result<()> {
+    let d = p.schedule.as_ref().expect("a schedule record");
+    let event = p.events().next();
+    if let Some(e) = event {
+        validate_name(e.name)?;
+    }
+    if p.count() > 1 || p.job.is_some() {
+        return Err(crate::Error::invalid(
+            "a schedule record publishes at most one event, of no job",
+        ));
+    }
+    let replaces = p.options.and_then(|o| o.replaces);
+    match schedule_problem(d, event.map(|e| e.id), replaces) {
+        Some(problem) => Err(crate::Error::invalid(problem)),
+        None => Ok(()),
+    }
+}
+
+fn encode_schedule(p: &Publish<'_>, d: &ScheduleDef<'_>, out: &mut Vec<u8>) {
+    let event = p.events().next();
+    let (id, due_ms, name, body) = event.map_or((0, 0, "", &[][..]), |e| (e.id.0, e.due_ms, e.name, e.body));
+    out.extend_from_slice(&p.published_ms.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&due_ms.to_le_bytes());
+    let replaces = p.options.and_then(|o| o.replaces);
+    out.extend_from_slice(&replaces.map_or(0, |r| r.0).to_le_bytes());
+    out.extend_from_slice(&d.anchor_ms.to_le_bytes());
+    out.extend_from_slice(&d.every_ms.to_le_bytes());
+    out.push((d.catch_up & CATCH_UP_MASK) | if d.removed { SCHEDULE_REMOVED } else { 0 });
+    out.push(d.id.len() as u8);
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.push(d.cron.len() as u8);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(d.id.as_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(d.cron.as_bytes());
+    out.extend_from_slice(body);
+}
+
+fn decode_schedule(p: &[u8]) -> Result<Record<'_>, RecordError> {
+    let kind = RecordKind::Schedule;
+    if p.len() < SCHEDULE_FIXED_LEN {
+        return Err(err(
+            kind,
+            0,
+            format!("payload is {} bytes, below {SCHEDULE_FIXED_LEN}", p.len()),
+        ));
+    }
+    let flags = p[48];
+    if flags & !(CATCH_UP_MASK | SCHEDULE_REMOVED) != 0 {
+        return Err(err(kind, 48, format!("unknown flags {flags:#04x}")));
+    }
+    let (id_len, name_len, cron_len) = (p[49] as usize, get_u16(p, 50) as usize, p[52] as usize);
+    let body_len = get_u32(p, 53) as usize;
+    let want = SCHEDULE_FIXED_LEN + id_len + name_len + cron_len + body_len;
+    if p.len() != want {
+        return Err(err(
+            kind,
+            0,
+            format!("payload is {} bytes, expected {want}", p.len()),
+        ));
+    }
+    let text = |at: usize, len: usize, what: &'static str| {
+        std::str::from_utf8(&p[at..at + len]).map_err(|_| err(kind, at, what))
+    };
+    let id = text(SCHEDULE_FIXED_LEN, id_len, "schedule id is not UTF-8")?;
+    let name_at = SCHEDULE_FIXED_LEN + id_len;
+    let name = text(name_at, name_len, "name is not UTF-8")?;
+    let cron = text(name_at + name_len, cron_len, "cron expression is not UTF-8")?;
+    let body = &p[name_at + name_len + cron_len..];
+    let event = match get_u64(p, 8) {
+        0 => None,
+        e => Some(EventId(e)),
+    };
+    let replaces = match get_u64(p, 24) {
+        0 => None,
+        r => Some(EventId(r)),
+    };
+    let def = ScheduleDef {
+        id,
+        cron,
+        every_ms: get_u64(p, 40),
+        anchor_ms: get_i64(p, 32),
+        catch_up: flags & CATCH_UP_MASK,
+        removed: flags & SCHEDULE_REMOVED != 0,
+    };
+    if let Some(problem) = schedule_problem(&def, event, replaces) {
+        return Err(err(kind, 48, problem));
+    }
+    if event.is_some() && (name_len == 0 || name_len > MAX_NAME_LEN) {
+        return Err(err(kind, 50, format!("name length {name_len} outside 1..=255")));
+    }
+    if event.is_none() && (name_len != 0 || body_len != 0 || get_i64(p, 16) != 0) {
+        return Err(err(kind, 50, "a removal has no name, body or due time"));
+    }
+    let published_ms = get_i64(p, 0);
+    let options = Some(EventOptions {
+        replaces,
+        ..EventOptions::default()
+    });
+    Ok(Record::Publish(Publish {
+        job: None,
+        published_ms,
+        entries: match event {
+            Some(id) => Entries::One(PublishEntry {
+                id,
+                due_ms: get_i64(p, 16),
+                name,
+                body,
+            }),
+            None => Entries::Given(&[]),
+        },
+        options,
+        schedule: Some(def),
     }))
 }
 
@@ -1143,6 +1412,7 @@ mod tests {
             );
             assert_eq!((a.job, a.published_ms), (b.job, b.published_ms));
             assert_eq!(a.options(), b.options());
+            assert_eq!(a.schedule(), b.schedule());
         } else {
             assert_eq!(r, &back);
         }
@@ -1236,6 +1506,28 @@ mod tests {
         }
 
         #[test]
+        fn schedule_round_trips(parts in entry_parts(), published_ms in any::<i64>(),
+                                schedule in "[a-z-]{1,40}", replaces in 0u64..4,
+                                every_ms in 0u64..100_000, anchor_ms in any::<i64>(),
+                                catch_up in 0u8..=2) {
+            let (id, due_ms, name, body) = parts;
+            prop_assume!(replaces != id);
+            let cron = if every_ms == 0 { "*/5 * * * *" } else { "" };
+            let def = ScheduleDef { id: &schedule, cron, every_ms, anchor_ms, catch_up, removed: false };
+            let entry = PublishEntry { id: EventId(id), due_ms, name: &name, body: &body };
+            let replaces = (replaces > 0).then_some(EventId(replaces));
+            round_trip(&Record::Publish(Publish::scheduled(published_ms, entry, replaces, def)));
+        }
+
+        #[test]
+        fn unschedule_round_trips(schedule in "[a-z-]{1,40}", replaces in 0u64..4, at_ms in any::<i64>()) {
+            let replaces = (replaces > 0).then_some(EventId(replaces));
+            let record = Record::Publish(Publish::unscheduled(at_ms, &schedule, replaces));
+            prop_assert_eq!(record.kind(), RecordKind::Schedule);
+            round_trip(&record);
+        }
+
+        #[test]
         fn purge_dead_round_trips(at_ms in any::<i64>()) {
             round_trip(&Record::PurgeDead(PurgeDead { at_ms }));
         }
@@ -1246,7 +1538,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics(kind in prop_oneof![1u8..=8, Just(10u8)], bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn decode_never_panics(kind in 1u8..=10, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let kind = RecordKind::from_u8(kind).unwrap();
             if let Ok(r) = Record::decode(kind, &bytes) {
                 let mut again = Vec::new();

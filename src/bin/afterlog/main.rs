@@ -208,6 +208,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the recurring schedules: id, event name, rule, catch-up and next due time
+    /// (read-only, no lock)
+    #[command(
+        after_help = "Examples:\n  afterlog schedules data\n  afterlog schedules data --json"
+    )]
+    Schedules {
+        /// The data directory
+        dir: PathBuf,
+        /// Print one JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
     /// Publish a dead letter again as a new event, due now, and forget it (takes the lock)
     #[command(after_help = "Example:\n  afterlog redrive data ev-42")]
     Redrive {
@@ -327,6 +339,7 @@ fn main() -> ExitCode {
             json,
         } => dead(&dir, name.as_deref(), limit, json),
         Command::Redrive { dir, id, json } => redrive(&dir, &id, json),
+        Command::Schedules { dir, json } => schedules(&dir, json),
         Command::PurgeDead { dir, json } => purge_dead(&dir, json),
     };
     match result {
@@ -495,6 +508,7 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
             "limits": manifest.as_ref().and_then(|m| m.limits.as_ref()),
             "keys": summary.keys,
             "dead_letters": summary.dead_letters,
+            "schedules": summary.schedules,
         }));
     }
     let mut o = out();
@@ -554,6 +568,7 @@ fn inspect(dir: &Path, json: bool) -> CliResult {
     };
     writeln!(o, "paused      {}", escape(&paused))?;
     writeln!(o, "dead        {} letter(s)", summary.dead_letters)?;
+    writeln!(o, "schedules   {}", summary.schedules)?;
     writeln!(o, "limits      {}", escape(&limits_line(manifest.as_ref())))?;
     let keys: Vec<String> = summary
         .keys
@@ -1294,6 +1309,40 @@ fn dead(dir: &Path, name: Option<&str>, limit: usize, json: bool) -> CliResult {
     }
     write!(o, "{}", t.render())?;
     writeln!(o, "{} dead letter(s)", letters.len())?;
+    o.flush()?;
+    Ok(0)
+}
+
+fn schedules(dir: &Path, json: bool) -> CliResult {
+    let list = Reader::open(dir)?.schedules()?;
+    let mut o = out();
+    if json {
+        for s in &list {
+            let mut v = serde_json::to_value(s).map_err(|e| Failure::new(1, e.to_string()))?;
+            v["next_due"] = json!(s.next_due_ms.map(time));
+            writeln!(o, "{v}")?;
+        }
+        o.flush()?;
+        return Ok(0);
+    }
+    let mut t = Table::new(&[
+        ("ID", false),
+        ("NAME", false),
+        ("RULE", false),
+        ("CATCH-UP", false),
+        ("NEXT DUE", false),
+    ]);
+    for s in &list {
+        t.row(vec![
+            escape(&s.id),
+            escape(&s.name),
+            escape(&s.rule),
+            format!("{:?}", s.catch_up).to_lowercase(),
+            s.next_due_ms.map_or_else(|| "-".to_string(), time),
+        ]);
+    }
+    write!(o, "{}", t.render())?;
+    writeln!(o, "{} schedule(s)", list.len())?;
     o.flush()?;
     Ok(0)
 }
