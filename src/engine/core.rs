@@ -368,6 +368,14 @@ impl Core {
         self.index.take_idle_schedules()
     }
 
+    /// Puts schedules whose next occurrence could not be written back on the idle list.
+    pub fn requeue_idle_schedules(&mut self, ids: Vec<Box<str>>) {
+        if !ids.is_empty() {
+            self.index.requeue_idle_schedules(ids);
+            self.schedules_wake.notify();
+        }
+    }
+
     /// Keeps dead letters `ms` after they died (0: none); call before replay.
     pub fn set_dead_retention(&mut self, ms: i64) {
         self.index.set_dead_retention(ms);

@@ -231,6 +231,42 @@ struct Next {
     replaces: Option<EventId>,
 }
 
+/// A schedule's next occurrence, ready to be written.
+struct Planned {
+    id: Box<str>,
+    state: ScheduleState,
+    body: Vec<u8>,
+    next: Next,
+    event: EventId,
+}
+
+impl Planned {
+    fn record(&self, now_ms: i64) -> Record<'_> {
+        let (cron, every_ms, anchor_ms) = match &self.state.rule {
+            Rule::Cron(c) => (c.text(), 0, 0),
+            Rule::Every {
+                anchor_ms,
+                every_ms,
+            } => ("", *every_ms, *anchor_ms),
+        };
+        let def = ScheduleDef {
+            id: &self.id,
+            cron,
+            every_ms,
+            anchor_ms,
+            catch_up: self.state.catch_up,
+            removed: false,
+        };
+        let entry = PublishEntry {
+            id: self.event,
+            due_ms: self.next.due_ms,
+            name: &self.state.name,
+            body: &self.body,
+        };
+        Record::Publish(Publish::scheduled(now_ms, entry, self.next.replaces, def))
+    }
+}
+
 impl Inner {
     fn schedule(&self, id: &str, name: &str, body: &[u8], recurring: &Recurring) -> Result<()> {
         self.check_open()?;
@@ -328,14 +364,14 @@ impl Inner {
         Ok(event)
     }
 
-    /// Publishes the next occurrence of schedule `id` (if it still exists and has none
-    /// pending, or — `at_start` — if the pending one was missed and the policy replaces it).
-    /// The caller holds `schedule_lock`.
-    fn publish_next(&self, id: &str, now_ms: i64, at_start: bool) -> Result<()> {
+    /// What schedule `id` publishes next (if it still exists and has none pending, or —
+    /// `at_start` — if the pending one was missed and the policy replaces it), with the
+    /// body of its last occurrence. The caller holds `schedule_lock`.
+    fn plan_next(&self, id: &str, now_ms: i64, at_start: bool) -> Result<Option<Planned>> {
         let (state, body) = {
             let core = self.core.lock();
             let Some(state) = core.index().schedule(id).cloned() else {
-                return Ok(());
+                return Ok(None);
             };
             let at = core.event(state.event).map(|e| {
                 (
@@ -346,7 +382,7 @@ impl Inner {
             (state, at)
         };
         let Some(next) = self.next_occurrence(id, &state, now_ms, at_start) else {
-            return Ok(());
+            return Ok(None);
         };
         let read = body.and_then(|at| super::delivery::read_publish(state.event, at));
         let Some((bytes, range, _, _)) = read else {
@@ -355,24 +391,54 @@ impl Inner {
                 state.event
             )));
         };
-        let (cron, every_ms, anchor_ms) = match &state.rule {
-            Rule::Cron(c) => (c.text(), 0, 0),
-            Rule::Every {
-                anchor_ms,
-                every_ms,
-            } => ("", *every_ms, *anchor_ms),
-        };
-        let def = ScheduleDef {
-            id,
-            cron,
-            every_ms,
-            anchor_ms,
-            catch_up: state.catch_up,
-            removed: false,
-        };
-        let body = &bytes.payload()[range];
-        self.write_occurrence(def, &state.name, body, next.due_ms, next.replaces, now_ms)?;
+        let (event, _) = self.new_id()?;
+        Ok(Some(Planned {
+            id: id.into(),
+            body: bytes.payload()[range].to_vec(),
+            state,
+            next,
+            event,
+        }))
+    }
+
+    /// Writes the planned occurrences in one group of records (one sync) and applies them.
+    fn write_planned(&self, planned: &[Planned], now_ms: i64) -> Result<()> {
+        let records: Vec<Record<'_>> = planned.iter().map(|p| p.record(now_ms)).collect();
+        for record in &records {
+            super::check_publish_len(record)?;
+        }
+        let positions = self.log.append_all(&records)?;
+        for (record, pos) in records.iter().zip(positions) {
+            let _ = self.apply(pos, record);
+        }
+        self.metrics
+            .published
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Plans and writes the next occurrence of each of `ids`; the ids whose next one could
+    /// not be written. The caller holds `schedule_lock`.
+    fn publish_next(&self, ids: Vec<Box<str>>, now_ms: i64, at_start: bool) -> Vec<Box<str>> {
+        let mut failed = Vec::new();
+        let mut planned = Vec::new();
+        for id in ids {
+            match self.plan_next(&id, now_ms, at_start) {
+                Ok(Some(p)) => planned.push(p),
+                Ok(None) => {}
+                Err(_) => failed.push(id),
+            }
+        }
+        // Bounded groups, so that one append's records stay a few megabytes at most.
+        for group in planned.chunks(1024) {
+            if self.write_planned(group, now_ms).is_err() {
+                failed.extend(group.iter().map(|p| p.id.clone()));
+            }
+        }
+        self.metrics
+            .schedule_failures
+            .fetch_add(failed.len() as u64, Ordering::Relaxed);
+        failed
     }
 
     /// The occurrence to publish for a schedule now, by the rules in the module docs.
@@ -461,13 +527,9 @@ impl Inner {
             core.take_idle_schedules();
             core.index().schedules().map(|(id, _)| id.into()).collect()
         };
-        for id in ids {
-            if self.publish_next(&id, now_ms, true).is_err() {
-                self.metrics
-                    .schedule_failures
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        // A schedule whose catch-up failed is left idle for the schedules thread.
+        let failed = self.publish_next(ids, now_ms, true);
+        self.core.lock().requeue_idle_schedules(failed);
     }
 
     /// The schedules thread: publishes the next occurrence of each schedule whose pending
@@ -487,21 +549,12 @@ impl Inner {
                 wake.wait_timeout(Duration::from_millis(100));
                 continue;
             }
-            let retry = std::mem::take(&mut failed);
+            let mut ids = std::mem::take(&mut failed);
+            ids.extend(idle);
             {
                 let _one = self.schedule_lock.lock();
                 let now_ms = self.clock.now_ms();
-                for id in idle.into_iter().chain(retry) {
-                    if self.closing.load(Ordering::Acquire) {
-                        break;
-                    }
-                    if self.publish_next(&id, now_ms, false).is_err() {
-                        self.metrics
-                            .schedule_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        failed.push(id);
-                    }
-                }
+                failed = self.publish_next(ids, now_ms, false);
             }
             self.schedules_in_flight.store(0, Ordering::Release);
             self.idle.notify_all();

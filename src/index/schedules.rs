@@ -184,6 +184,11 @@ impl Index {
         std::mem::take(&mut self.schedules.idle)
     }
 
+    /// Puts schedules back on the idle list (their next occurrence could not be written).
+    pub fn requeue_idle_schedules(&mut self, ids: Vec<Box<str>>) {
+        self.schedules.idle.extend(ids);
+    }
+
     /// Whether a schedule waits for its next occurrence.
     pub fn has_idle_schedules(&self) -> bool {
         !self.schedules.idle.is_empty()
