@@ -55,6 +55,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
         ])
         .args(["--async-tasks", "8,32", "--async-sleep-events", "200"])
         .args(["--keys-events", "2000", "--keys-memory-events", "3000"])
+        .args(["--schedules", "200"])
         .arg("--dir")
         .arg(base.join("data"))
         .arg("--json")
@@ -82,7 +83,16 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     }
     assert!(v["machine"]["file_system"].is_string());
     assert_eq!(v["parameters"]["quick"], Value::Bool(true));
-    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 11);
+    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 12);
+    assert_eq!(number(&v, "schedules.schedules"), 200.0);
+    for key in [
+        "deliveries",
+        "delivered_share",
+        "lateness_p50_ms",
+        "lateness_p99_ms",
+    ] {
+        assert!(number(&v, &format!("schedules.{key}")) > 0.0 || key.starts_with("lateness"));
+    }
 
     let publish = v["publish"].as_array().expect("publish");
     assert_eq!(publish.len(), 3);
@@ -214,9 +224,10 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     // lateness, 2 recovery, 2 memory, compaction; 2 workers, lateness of timer32, 2 idle
     // pass and the publish latency ratio; the disk after compaction; 2 async publish, async
     // end to end and the async sleep; keyed publish, priorities, the concurrency limit's
-    // cost and its bound, memory per keyed event.
+    // cost and its bound, memory per keyed event; the schedules' lateness and their share
+    // delivered.
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 31, "{targets:?}");
+    assert_eq!(targets.len(), 33, "{targets:?}");
     for t in targets {
         assert!(t["name"].is_string() && t["met"].is_boolean());
         assert!(t["measured"].is_number() && t["target"].is_number(), "{t}");
