@@ -893,13 +893,7 @@ impl Reader {
     /// the next one.
     pub fn schedules(&self) -> Result<Vec<crate::ScheduleInfo>> {
         let snap = self.snapshot()?;
-        let mut index = Index::new();
-        let mut effects = Vec::new();
-        snap.scan(|pos, record| {
-            let _ = index.apply(crate::engine::location(pos), record, &mut effects);
-            effects.clear();
-            Ok(())
-        })?;
+        let index = snap.replayed_index()?;
         Ok(crate::ScheduleInfo::list(&index))
     }
 
@@ -920,13 +914,7 @@ impl Reader {
         limit: usize,
     ) -> Result<Vec<crate::DeadLetter>> {
         let snap = self.snapshot()?;
-        let mut index = Index::new();
-        let mut effects = Vec::new();
-        snap.scan(|pos, record| {
-            let _ = index.apply(crate::engine::location(pos), record, &mut effects);
-            effects.clear();
-            Ok(())
-        })?;
+        let index = snap.replayed_index()?;
         // Per letter: its entry's facts, then the body and death the second scan finds.
         struct Wanted {
             name: String,
@@ -1412,6 +1400,19 @@ struct Snapshot {
 const SNAPSHOT_RETRIES: usize = 100;
 
 impl Snapshot {
+    /// The index a replay of the whole snapshot builds (records it refuses are skipped, as
+    /// an engine's recovery skips them).
+    fn replayed_index(&self) -> Result<Index> {
+        let mut index = Index::new();
+        let mut effects = Vec::new();
+        self.scan(|pos, record| {
+            let _ = index.apply(crate::engine::location(pos), record, &mut effects);
+            effects.clear();
+            Ok(())
+        })?;
+        Ok(index)
+    }
+
     fn take(storage: &dyn Storage) -> Result<Snapshot> {
         let mut tries = 0;
         loop {
