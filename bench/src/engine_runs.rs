@@ -57,7 +57,20 @@ pub fn end_to_end_run(
     register: impl FnOnce(&Engine, Arc<AtomicU64>),
 ) -> EndToEnd {
     let dir = fresh_dir(base, "end-to-end");
-    let engine = Engine::open_with(&dir, options).expect("open");
+    let run = end_to_end_in(&dir, events, publishers, options, register);
+    let _ = std::fs::remove_dir_all(&dir);
+    run
+}
+
+/// [`end_to_end_run`] in the data directory `dir`, as it is (fresh or not); it is left there.
+pub fn end_to_end_in(
+    dir: &Path,
+    events: u64,
+    publishers: u64,
+    options: Options,
+    register: impl FnOnce(&Engine, Arc<AtomicU64>),
+) -> EndToEnd {
+    let engine = Engine::open_with(dir, options).expect("open");
     let acked = Arc::new(AtomicU64::new(0));
     register(&engine, acked.clone());
     engine.start();
@@ -81,7 +94,6 @@ pub fn end_to_end_run(
     let elapsed = started.elapsed();
     let m = engine.metrics();
     engine.close().expect("close");
-    let _ = std::fs::remove_dir_all(&dir);
     EndToEnd {
         events: total,
         publishers,

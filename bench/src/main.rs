@@ -5,6 +5,7 @@
 
 mod async_runs;
 mod core_runs;
+mod dead_runs;
 mod engine_runs;
 mod keys_runs;
 mod machine;
@@ -51,9 +52,12 @@ enum Scenario {
     /// 13: recurring schedules: 10,000 schedules each every second, lateness of their
     /// occurrences.
     Schedules,
+    /// 14: dead letters: memory per dead letter of a directory holding 1,000,000, and the
+    /// end to end rate of live events beside them vs a fresh directory.
+    Dead,
 }
 
-const ALL: [Scenario; 12] = [
+const ALL: [Scenario; 13] = [
     Scenario::Publish,
     Scenario::EndToEnd,
     Scenario::Timer,
@@ -66,6 +70,7 @@ const ALL: [Scenario; 12] = [
     Scenario::Async,
     Scenario::Keys,
     Scenario::Schedules,
+    Scenario::Dead,
 ];
 
 /// afterlog's benchmark harness: durable publish against raw pwrite+fdatasync, SQLite and
@@ -163,6 +168,9 @@ struct Args {
     /// Schedules of the schedules scenario (default 10,000; 1,000 with --quick).
     #[arg(long)]
     schedules: Option<u64>,
+    /// Dead letters of the dead-letters scenario (default 1,000,000; 100,000 with --quick).
+    #[arg(long)]
+    dead_letters: Option<u64>,
     /// Pending keyed events of the keys scenario's memory run (default 1,000,000).
     #[arg(long)]
     keys_memory_events: Option<u64>,
@@ -201,6 +209,7 @@ struct Params {
     keys_events: u64,
     keys_memory_events: u64,
     schedules: u64,
+    dead_letters: u64,
 }
 
 impl Params {
@@ -267,6 +276,10 @@ impl Params {
                 .schedules
                 .unwrap_or(if q { 1_000 } else { 10_000 })
                 .max(1),
+            dead_letters: args
+                .dead_letters
+                .unwrap_or(if q { 100_000 } else { 1_000_000 })
+                .max(1),
         }
     }
 
@@ -297,7 +310,18 @@ impl Params {
             n += self.keys_params().steps();
         }
         n += self.runs(Scenario::Schedules) as u64;
+        if self.runs(Scenario::Dead) {
+            n += self.dead_params().steps();
+        }
         n
+    }
+
+    fn dead_params(&self) -> dead_runs::Params {
+        dead_runs::Params {
+            dead: self.dead_letters,
+            e2e_events: self.e2e_events,
+            rounds: self.publish_rounds,
+        }
     }
 
     fn schedule_params(&self) -> schedule_runs::Params {
@@ -377,6 +401,7 @@ struct Report {
     async_api: Option<async_runs::Async>,
     keys: Option<keys_runs::Keys>,
     schedules: Option<schedule_runs::Schedules>,
+    dead: Option<dead_runs::Dead>,
     targets: Vec<Target>,
 }
 
@@ -555,6 +580,9 @@ fn main() {
     let schedules = params
         .runs(Scenario::Schedules)
         .then(|| schedule_runs::run(&dir, &params.schedule_params(), &progress));
+    let dead = params
+        .runs(Scenario::Dead)
+        .then(|| dead_runs::run(&dir, &params.dead_params(), &progress));
     progress.finish();
     let _ = std::fs::remove_dir_all(&dir);
     machine.load_average_end = machine::load_average();
@@ -579,6 +607,7 @@ fn main() {
         async_api,
         keys,
         schedules,
+        dead,
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -716,6 +745,9 @@ fn targets(r: &Report) -> Vec<Target> {
     }
     if let Some(s) = &r.schedules {
         schedule_runs::targets(s, &mut t);
+    }
+    if let Some(d) = &r.dead {
+        dead_runs::targets(d, &mut t);
     }
     t
 }
@@ -949,6 +981,9 @@ fn print_table(r: &Report) {
     }
     if let Some(s) = &r.schedules {
         schedule_runs::print(s);
+    }
+    if let Some(d) = &r.dead {
+        dead_runs::print(d);
     }
     println!();
     println!(

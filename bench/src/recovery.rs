@@ -48,6 +48,8 @@ pub struct OpenReport {
     pub rss_file_after: u64,
     /// The engine's own estimate of its index's heap bytes (`metrics().index_bytes`).
     pub index_bytes_estimate: u64,
+    /// Dead letters kept (`metrics().dead_letters`).
+    pub dead_letters: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -103,6 +105,7 @@ pub fn child_open(dir: &Path) {
         rss_anon_after,
         rss_file_after,
         index_bytes_estimate: m.index_bytes,
+        dead_letters: m.dead_letters,
     };
     println!("{}", serde_json::to_string(&report).expect("report"));
     engine.close().expect("close");

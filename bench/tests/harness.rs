@@ -55,7 +55,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
         ])
         .args(["--async-tasks", "8,32", "--async-sleep-events", "200"])
         .args(["--keys-events", "2000", "--keys-memory-events", "3000"])
-        .args(["--schedules", "200"])
+        .args(["--schedules", "200", "--dead-letters", "3000"])
         .arg("--dir")
         .arg(base.join("data"))
         .arg("--json")
@@ -83,7 +83,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     }
     assert!(v["machine"]["file_system"].is_string());
     assert_eq!(v["parameters"]["quick"], Value::Bool(true));
-    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 12);
+    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 13);
     assert_eq!(number(&v, "schedules.schedules"), 200.0);
     for key in [
         "deliveries",
@@ -92,6 +92,16 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
         "lateness_p99_ms",
     ] {
         assert!(number(&v, &format!("schedules.{key}")) > 0.0 || key.starts_with("lateness"));
+    }
+    assert_eq!(number(&v, "dead.dead_letters"), 3000.0);
+    for key in [
+        "bytes_per_dead_letter",
+        "index_estimate_bytes_per_dead_letter",
+        "fresh_events_per_s",
+        "beside_dead_events_per_s",
+        "ratio",
+    ] {
+        assert!(number(&v, &format!("dead.{key}")) > 0.0, "dead.{key}");
     }
 
     let publish = v["publish"].as_array().expect("publish");
@@ -225,9 +235,9 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     // pass and the publish latency ratio; the disk after compaction; 2 async publish, async
     // end to end and the async sleep; keyed publish, priorities, the concurrency limit's
     // cost and its bound, memory per keyed event; the schedules' lateness and their share
-    // delivered.
+    // delivered; memory per dead letter and the end to end rate beside them.
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 33, "{targets:?}");
+    assert_eq!(targets.len(), 35, "{targets:?}");
     for t in targets {
         assert!(t["name"].is_string() && t["met"].is_boolean());
         assert!(t["measured"].is_number() && t["target"].is_number(), "{t}");
