@@ -413,6 +413,8 @@ struct Job {
     size: u32,
     released: u32,
     cancelled: bool,
+    /// Its job-done record is applied (`jobs.rs`).
+    summarized: bool,
 }
 
 impl Job {
@@ -463,6 +465,8 @@ pub struct Index {
     dead: dead::DeadList,
     /// Recurring schedules and their pending occurrences.
     schedules: schedules::Schedules,
+    /// Finished jobs' final counts.
+    summaries: jobs::JobSummaries,
     /// Held events by state code (1..=6).
     counts: [u64; 7],
     max_event: u64,
@@ -576,6 +580,7 @@ impl Index {
                 (None, None) => self.apply_publish(loc, p, effects),
             },
             Record::Pause(p) => Ok(self.apply_pause(p.name, p.paused)),
+            Record::JobDone(j) => Ok(self.apply_job_done(j)),
             Record::PurgeDead(_) => Ok(match self.purge_dead_before(loc) {
                 0 => Applied::Duplicate,
                 _ => Applied::Changed,
@@ -1095,6 +1100,9 @@ impl Index {
             let job = self.job_mut(slot);
             job.by_state[from as usize] -= 1;
             job.by_state[to as usize] += 1;
+            if from.is_pending() && !to.is_pending() {
+                self.job_event_finished(slot);
+            }
         }
     }
 
@@ -1365,6 +1373,7 @@ impl Index {
             size: 0,
             released: 0,
             cancelled: false,
+            summarized: false,
         };
         let slot = match self.free_jobs.pop() {
             Some(s) => {
@@ -1674,6 +1683,7 @@ impl Index {
         chunks + freed + retries + jobs + names + keys
             + self.dead_memory_bytes()
             + self.schedule_memory_bytes()
+            + self.job_summary_bytes()
     }
 
     /// Recomputes every counter from the entries and panics, naming the values, if one
@@ -1792,6 +1802,7 @@ impl Index {
 }
 
 mod dead;
+mod jobs;
 mod schedules;
 pub use schedules::{Rule, ScheduleState};
 #[cfg(test)]

@@ -107,8 +107,9 @@ pub use storage::{CrashMode, FsStorage, LockGuard, Mapped, MemStorage, Storage, 
 /// `docs/FORMAT.md` gives each one's bytes.
 pub mod record {
     pub use crate::format::{
-        Ack, AckOutcome, Attempt, Cancel, CancelTarget, Drop, EventIter, EventOptions, KEY_KEEP,
-        KEY_NONE, KEY_REPLACE, KEY_REPLACE_BODY, MAX_KEY_LEN, Pause, Publish, PublishEntry,
-        PurgeDead, Record, RecordError, RecordKind, Retry, validate_key,
+        Ack, AckOutcome, Attempt, CATCH_UP_ALL, CATCH_UP_LATEST, CATCH_UP_SKIP, Cancel,
+        CancelTarget, Drop, EventIter, EventOptions, JobDone, KEY_KEEP, KEY_NONE, KEY_REPLACE,
+        KEY_REPLACE_BODY, MAX_KEY_LEN, Pause, Publish, PublishEntry, PurgeDead, Record,
+        RecordError, RecordKind, Retry, ScheduleDef, validate_key,
     };
 }

@@ -278,6 +278,7 @@ pub fn record_time_ms(record: &Record<'_>) -> i64 {
         Record::Drop(d) => d.dropped_ms,
         Record::Pause(p) => p.at_ms,
         Record::PurgeDead(p) => p.at_ms,
+        Record::JobDone(j) => j.finished_ms,
     }
 }
 
@@ -386,6 +387,12 @@ impl<'f> Matcher<'f> {
                 Record::Pause(p) => {
                     let f = self.filter;
                     f.job.is_none() && f.event.is_none() && f.name.as_deref() == Some(p.name)
+                }
+                // About its job, whose events compaction may have removed already.
+                Record::JobDone(j) => {
+                    let f = self.filter;
+                    let named = f.job == Some(j.job) && f.name.is_none() && f.event.is_none();
+                    named || self.jobs.contains(&j.job.0)
                 }
                 // A purge is about every dead letter, not any one event, job or name.
                 Record::PurgeDead(_) => {
@@ -684,10 +691,14 @@ impl Reader {
             if let Record::PurgeDead(_) = record {
                 purge = Some(pos.seq);
             }
-            if let Record::Publish(p) = record
-                && let Some(j) = p.job
-            {
-                jobs.insert(j.0);
+            match record {
+                Record::Publish(p) => jobs.extend(p.job.map(|j| j.0)),
+                // A finished job whose events compaction removed is still named by its
+                // job-done record.
+                Record::JobDone(j) => {
+                    jobs.insert(j.job.0);
+                }
+                _ => {}
             }
             if index
                 .apply(crate::engine::location(pos), record, &mut effects)
@@ -741,6 +752,9 @@ impl Reader {
                 Record::Publish(p) => p.events().any(|e| pending(e.id)),
                 Record::Pause(p) => pauses.get(p.name) == Some(&pos.seq),
                 Record::PurgeDead(_) => purge == Some(pos.seq),
+                // Kept while its summary is (the reader keeps every one: it does not know
+                // the engine's retention).
+                Record::JobDone(j) => index.keeps_job_done(j.job, i64::MIN),
                 Record::Cancel(Cancel {
                     target: CancelTarget::Job(j),
                     ..

@@ -1146,4 +1146,58 @@ fn schedules_are_listed_offline_and_counted_by_inspect() {
     assert_eq!(inspect["schedules"], 2);
     assert_eq!(inspect["events_by_state"]["scheduled"], 2, "{inspect}");
     assert_eq!(inspect["records_by_kind"]["schedule"], 2, "{inspect}");
+    // An occurrence's history shows its schedule; `replay` does too.
+    let replayed = ok(&["replay", dir, "--kind", "schedule"]);
+    let records: Vec<Value> = replayed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{replayed}");
+    let heartbeat = &records[0];
+    assert_eq!(heartbeat["schedule"]["id"], "heartbeat", "{heartbeat}");
+    assert_eq!(heartbeat["schedule"]["rule"], "every 60000ms");
+    assert_eq!(heartbeat["schedule"]["every_ms"], 60000);
+    assert_eq!(heartbeat["schedule"]["catch_up"], "latest");
+    assert_eq!(heartbeat["schedule"]["removed"], false);
+    assert_eq!(records[1]["schedule"]["cron"], "0 9 * * MON-FRI");
+    let id = heartbeat["events"][0]["id"].as_u64().unwrap();
+    let event = ok(&["event", dir, &format!("ev-{id}")]);
+    assert!(
+        event.contains("occurrence of schedule \"heartbeat\" (every 60000ms, catch-up latest)"),
+        "{event}"
+    );
+}
+
+#[test]
+fn a_finished_jobs_counts_are_shown_after_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let clock = ManualClock::new(now_ms());
+    let engine = Engine::open_with(tmp.path(), options(&clock)).unwrap();
+    engine.on("ok", |_, _| Ok(()));
+    let job = engine.push("ok", ["a", "b"], Duration::ZERO).unwrap();
+    engine.start();
+    assert!(engine.wait_idle(Duration::from_secs(20)));
+    engine.compact_now().unwrap();
+    assert_eq!(engine.job_stats(job).unwrap().success, 2);
+    engine.close().unwrap();
+    let replayed = ok(&[
+        "replay",
+        dir,
+        "--kind",
+        "job-done",
+        "--job",
+        &job.0.to_string(),
+    ]);
+    let record: Value = serde_json::from_str(replayed.trim()).unwrap();
+    assert_eq!(record["kind"], "job-done");
+    assert_eq!(record["job"], job.0);
+    assert_eq!(
+        (&record["success"], &record["failed"], &record["cancelled"]),
+        (&2.into(), &0.into(), &0.into())
+    );
+    let inspect = json(&["inspect", dir, "--json"]);
+    assert_eq!(inspect["jobs"], 1, "{inspect}");
+    assert_eq!(inspect["records_by_kind"]["job-done"], 1, "{inspect}");
+    assert_eq!(inspect["records_by_kind"]["publish"], 0, "{inspect}");
 }

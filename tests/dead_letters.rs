@@ -356,3 +356,101 @@ fn a_zero_dead_retention_keeps_none_but_still_calls_the_hook() {
     assert_eq!(engine.compact_now().unwrap().events_released, 1);
     engine.close().unwrap();
 }
+
+#[test]
+fn a_finished_jobs_stats_stay_readable_for_the_dead_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let opts = || options(&clock).dead_retention(DAY * 30);
+    let engine = Engine::open_with(dir.path(), opts()).unwrap();
+    engine.on("ok", |_, _| Ok(()));
+    engine.on("flaky", |_, _| Err(HandlerError::msg("refused")));
+    let done = engine.push("ok", ["a", "b", "c"], Duration::ZERO).unwrap();
+    let failing = engine.push("flaky", ["d", "e"], Duration::ZERO).unwrap();
+    let cancelled = engine
+        .push("ok", ["f", "g"], Duration::from_secs(3600))
+        .unwrap();
+    assert_eq!(engine.cancel_job(cancelled).unwrap(), 2);
+    run(&engine, &clock, 3);
+    let want = |job| engine.job_stats(job).unwrap();
+    let (done_stats, failing_stats, cancelled_stats) = (want(done), want(failing), want(cancelled));
+    assert_eq!((done_stats.success, done_stats.in_progress), (3, 0));
+    assert_eq!((failing_stats.failed, failing_stats.in_progress), (2, 0));
+    assert_eq!(
+        (cancelled_stats.cancelled, cancelled_stats.in_progress),
+        (2, 0)
+    );
+    // Compaction removes the successful and cancelled events (the failed ones are dead
+    // letters); each job's counts are still there, across a restart too.
+    let stats = engine.compact_now().unwrap();
+    assert_eq!(stats.events_released, 5, "{stats:?}");
+    for (job, stats) in [
+        (done, done_stats),
+        (failing, failing_stats),
+        (cancelled, cancelled_stats),
+    ] {
+        assert_eq!(
+            engine.job_stats(job).unwrap(),
+            stats,
+            "{job} after compaction"
+        );
+    }
+    // Cancelling a job that finished cancels nothing and writes nothing.
+    let records = engine.metrics().records;
+    assert_eq!(engine.cancel_job(done).unwrap(), 0);
+    assert_eq!(engine.metrics().records, records);
+    engine.close().unwrap();
+    let engine = Engine::open_with(dir.path(), opts()).unwrap();
+    engine.compact_now().unwrap();
+    for (job, stats) in [
+        (done, done_stats),
+        (failing, failing_stats),
+        (cancelled, cancelled_stats),
+    ] {
+        assert_eq!(
+            engine.job_stats(job).unwrap(),
+            stats,
+            "{job} after a restart"
+        );
+    }
+    engine.close().unwrap();
+    // Past the retention, the counts go with the dead letters.
+    clock.advance(DAY * 31);
+    let engine = Engine::open_with(dir.path(), opts()).unwrap();
+    engine.compact_now().unwrap();
+    for job in [done, failing, cancelled] {
+        assert!(engine.job_stats(job).is_err(), "{job} past the retention");
+    }
+    engine.close().unwrap();
+    let engine = Engine::open_with(dir.path(), opts()).unwrap();
+    assert!(
+        engine.job_stats(done).is_err(),
+        "the job-done records are compacted away"
+    );
+    assert_eq!(engine.metrics().records, 0, "nothing is left in the log");
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_job_finished_before_a_crash_gets_its_counts_at_the_next_start() {
+    use afterlog::{CrashMode, MemStorage};
+    let clock = ManualClock::new(START_MS);
+    let disk = Arc::new(MemStorage::new());
+    let engine = Engine::open_storage(disk.clone(), options(&clock)).unwrap();
+    let job = engine.push("ok", ["a", "b"], Duration::ZERO).unwrap();
+    // Not started: the job finishes by its cancel, and no job-done record is written yet.
+    assert_eq!(engine.cancel_job(job).unwrap(), 2);
+    // Compaction keeps the job's events until its counts are in a job-done record.
+    engine.compact_now().unwrap();
+    assert_eq!(engine.job_stats(job).unwrap().cancelled, 2);
+    drop(engine);
+    let disk = Arc::new(disk.after_crash(CrashMode::DropUnsynced));
+    let engine = Engine::open_storage(disk, options(&clock)).unwrap();
+    engine.on("ok", |_, _| Ok(()));
+    engine.start();
+    assert!(engine.wait_idle(IDLE));
+    let stats = engine.compact_now().unwrap();
+    assert_eq!(stats.events_released, 2, "{stats:?}");
+    assert_eq!(engine.job_stats(job).unwrap().cancelled, 2);
+    engine.close().unwrap();
+}

@@ -486,8 +486,8 @@ fn scan(dir: &Path) -> Scanned {
                     s.cancelled_jobs.insert(job.0);
                 }
             },
-            // These workloads neither pause nor publish with keys.
-            Record::Pause(_) | Record::PurgeDead(_) => {}
+            // These workloads neither pause nor publish with keys; a job's counts need no check here.
+            Record::Pause(_) | Record::PurgeDead(_) | Record::JobDone(_) => {}
         }
         Ok(())
     })

@@ -548,8 +548,9 @@ impl Scanned {
                         s.cancelled_jobs.insert(job);
                     }
                 },
-                // These workloads neither pause nor publish with keys.
-                Record::Pause(_) | Record::PurgeDead(_) => {}
+                // These workloads neither pause nor publish with keys; a job's counts are
+                // checked through `job_stats`.
+                Record::Pause(_) | Record::PurgeDead(_) | Record::JobDone(_) => {}
             }
             Ok(())
         })

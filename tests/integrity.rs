@@ -269,6 +269,50 @@ fn new_segments_carry_the_directory_id_and_old_ones_stay_format_1() {
     assert_eq!(manifest.retention_ms, Some(14 * 86_400_000));
 }
 
+/// A directory written by format 1 goes on appending to its format-1 segment, until a
+/// record of a later kind comes (here a pause, first thing after the open): that one starts
+/// a format-2 segment, so no format-1 segment ever holds a kind it does not know.
+#[test]
+fn a_record_of_a_later_kind_starts_a_format_2_segment_in_a_format_1_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("v1"), dir.path());
+    let clock = ManualClock::new(START_MS);
+    let engine = Engine::open_with(
+        dir.path(),
+        Options::default()
+            .clock(clock.clone())
+            .compaction_interval(None),
+    )
+    .unwrap();
+    engine
+        .publish("ok", b"plain, format 1", After::NOW)
+        .unwrap();
+    engine.pause("ok").unwrap();
+    let keyed = afterlog::PublishOptions::default().key(b"k", afterlog::KeyMode::Keep);
+    engine
+        .publish_with("ok", b"keyed", After::NOW, keyed)
+        .unwrap();
+    engine.close().unwrap();
+    let reader = Reader::open(dir.path()).unwrap();
+    let problems = reader.verify(&mut |_| {}).unwrap().problems;
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(reader.summary().unwrap().paused, ["ok"]);
+    let manifest = reader.manifest().unwrap().unwrap();
+    let versions: Vec<u32> = manifest
+        .segments
+        .iter()
+        .map(|id| {
+            let bytes = std::fs::read(dir.path().join(segment_name(*id))).unwrap();
+            decode_header(&bytes).unwrap().format_version
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [1, 1, 1, 2],
+        "the pause started a format-2 segment"
+    );
+}
+
 #[test]
 fn the_format_1_fixture_is_read_and_delivered() {
     let fixture = fixture("v1");
@@ -334,7 +378,8 @@ fn the_format_1_fixture_is_read_and_delivered() {
         reopened.manifest().unwrap().is_some(),
         "upgraded to format 2"
     );
-    assert!(reopened.verify(&mut |_| {}).unwrap().problems.is_empty());
+    let problems = reopened.verify(&mut |_| {}).unwrap().problems;
+    assert!(problems.is_empty(), "{problems:?}");
 }
 
 #[test]
@@ -365,6 +410,121 @@ fn copy_dir(from: &Path, to: &Path) {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
+}
+
+/// The format-2 fixture (`tests/fixtures/make_v2.rs`) holds every record kind of format 2:
+/// read in place by the reader, and opened, replayed and delivered by an engine.
+#[test]
+fn the_format_2_fixture_is_read_and_delivered() {
+    let fixture = fixture("v2");
+    let reader = Reader::open(&fixture).unwrap();
+    let summary = reader.summary().unwrap();
+    for (kind, n) in &summary.records_by_kind {
+        assert!(
+            *n > 0,
+            "no {kind} record in the fixture: {:?}",
+            summary.records_by_kind
+        );
+    }
+    assert_eq!(
+        summary.records_by_kind.len(),
+        11,
+        "{:?}",
+        summary.records_by_kind
+    );
+    assert_eq!(summary.paused, ["held", "nobody", "ok"]);
+    assert_eq!(
+        (summary.dead_letters, summary.schedules, summary.jobs),
+        (2, 2, 3)
+    );
+    let dead: Vec<(u64, String)> = reader
+        .dead_letters(10)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id.0, d.message))
+        .collect();
+    assert_eq!(
+        dead,
+        [
+            (46, "always fails".to_owned()),
+            (47, "no handler for \"nobody\" when it fell due".to_owned())
+        ]
+    );
+    let schedules: Vec<String> = reader
+        .schedules()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(schedules, ["every-minute", "hourly"]);
+    let verified = reader.verify(&mut |_| {}).unwrap();
+    assert!(verified.problems.is_empty(), "{:?}", verified.problems);
+
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture, dir.path());
+    let clock = ManualClock::new(START_MS + 93_000);
+    let engine = Engine::open_with(
+        dir.path(),
+        Options::default()
+            .clock(clock.clone())
+            .compaction_interval(None),
+    )
+    .unwrap();
+    assert_eq!(engine.metrics().pending, 11);
+    assert_eq!(engine.paused(), ["held", "nobody", "ok"]);
+    // The finished job's events were compacted away: its counts come from its job-done
+    // record; the cancelled job's from its events.
+    let done = engine.job_stats(afterlog::JobId(1)).unwrap();
+    assert_eq!((done.success, done.in_progress), (3, 0));
+    assert_eq!(engine.job_stats(afterlog::JobId(2)).unwrap().cancelled, 2);
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    for name in ["ok", "nobody", "held", "queue", "tick"] {
+        let seen = seen.clone();
+        engine.on(name, move |event, _| {
+            let schedule = event.schedule().map(str::to_owned);
+            seen.lock()
+                .push((event.id().0, event.body().to_vec(), schedule));
+            Ok(())
+        });
+    }
+    for name in ["held", "nobody", "ok"] {
+        engine.resume(name).unwrap();
+    }
+    engine.start();
+    clock.advance(Duration::from_secs(2 * 86_400));
+    assert!(engine.wait_idle(Duration::from_secs(10)));
+    let mut seen = seen.lock().clone();
+    seen.sort();
+    let plain: Vec<(u64, &[u8])> = seen
+        .iter()
+        .filter(|(_, _, schedule)| schedule.is_none())
+        .map(|(id, body, _)| (*id, body.as_slice()))
+        .collect();
+    assert_eq!(
+        plain,
+        [
+            (53, &b"redriven"[..]),
+            (54, b"new body"),
+            (56, b"replaced"),
+            (57, b"low"),
+            (58, b"waits for resume"),
+            (62, b"a"),
+            (63, b"b"),
+            (64, b"c"),
+            (65, b"due in a day"),
+        ]
+    );
+    // Both schedules' pending occurrences fire, and they go on.
+    for (id, body) in [(50u64, &b"hourly"[..]), (52, b"{\"tick\":true}")] {
+        assert!(
+            seen.iter()
+                .any(|(e, b, s)| *e == id && b == body && s.is_some()),
+            "occurrence {id}: {seen:?}"
+        );
+    }
+    assert_eq!(engine.schedules().len(), 2);
+    assert_eq!(engine.dead_letters(10).unwrap().len(), 2);
+    engine.close().unwrap();
 }
 
 /// A last segment of 2 GiB (sparse: a file grown by hand, or by a bug) is scanned in chunks:

@@ -92,7 +92,8 @@ pub(crate) fn pass(
     let sealed = inner.log.sealed_segments();
     let mut candidates = {
         let mut core = inner.core.lock();
-        // Dead letters past the dead retention become finished events like any other.
+        // Dead letters past the dead retention become finished events like any other, and
+        // finished jobs' summaries past it are forgotten.
         core.expire_dead(inner.clock.now_ms());
         core.candidates(&sealed, min_dead, full)
     };
@@ -219,6 +220,8 @@ struct Decisions {
     pauses: HashSet<u64>,
     /// The purge of dead letters to keep (its sequence number): the latest.
     purge: Option<u64>,
+    /// Jobs whose job-done record is kept: their summary is within the retention.
+    jobs_done: HashSet<JobId>,
 }
 
 impl Decisions {
@@ -227,6 +230,7 @@ impl Decisions {
             Record::Publish(_) => self.publishes.contains(&pos.offset),
             Record::Pause(_) => self.pauses.contains(&pos.seq),
             Record::PurgeDead(_) => self.purge == Some(pos.seq),
+            Record::JobDone(j) => self.jobs_done.contains(&j.job),
             Record::Cancel(c) => match c.target {
                 CancelTarget::Event(e) => self.events.contains_key(&e),
                 CancelTarget::Job(j) => self.jobs.contains(&j),
@@ -247,6 +251,7 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
     let (mut events, mut published, mut jobs) = (HashSet::new(), Vec::new(), HashSet::new());
     // Replace records (at offset, the new event) and the event each cancelled; pause records.
     let (mut replaces, mut pauses, mut purges) = (Vec::new(), Vec::new(), Vec::new());
+    let mut jobs_done = Vec::new();
     // Schedule records: the schedule, the sequence number and the offset of each.
     let mut schedules = Vec::new();
     inner
@@ -267,6 +272,7 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
             }
             Record::Pause(p) => pauses.push((p.name.to_string(), pos.seq)),
             Record::PurgeDead(_) => purges.push(pos.seq),
+            Record::JobDone(j) => jobs_done.push(j.job),
             Record::Cancel(c) => match c.target {
                 CancelTarget::Event(e) => {
                     events.insert(e);
@@ -285,11 +291,16 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
         let index = core.index();
         // A pending event's publish, and the record holding its body if it was restated; a
         // dead letter's, the same; a finished event's publish while its key's window is open
-        // (so the key stays taken across a restart).
+        // (so the key stays taken across a restart), or while its job's counts are not yet
+        // in a job-done record (so they are never lost).
         let mut publishes: HashSet<u64> = HashSet::new();
         for e in events.iter().filter_map(|e| core.event(*e)) {
             let dead = index.is_dead(e.id);
-            if e.state.is_pending() || dead || index.window_open(e.id, now_ms) {
+            if e.state.is_pending()
+                || dead
+                || index.window_open(e.id, now_ms)
+                || index.awaits_summary(e.id)
+            {
                 if e.location.segment == segment {
                     publishes.insert(u64::from(e.location.offset));
                 }
@@ -330,12 +341,17 @@ fn compact_one(inner: &Arc<Inner>, id: u64, stats: &mut CompactionStats) -> Resu
             .filter(|j| core.job_stats(*j).is_some())
             .collect();
         let purge = purges.into_iter().find(|&seq| core.latest_purge(seq));
+        let jobs_done = jobs_done
+            .into_iter()
+            .filter(|&j| core.index().keeps_job_done(j, now_ms))
+            .collect();
         Decisions {
             publishes,
             events: kept_events,
             jobs: kept_jobs,
             pauses,
             purge,
+            jobs_done,
         }
     };
     // Phase 3, no lock: rewrite and swap on disk.

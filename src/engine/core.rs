@@ -336,7 +336,7 @@ impl Core {
         if let Record::Pause(p) = record {
             wake |= self.flow.set_paused(p.name, p.paused, self.now_ms);
         }
-        if self.index.has_idle_schedules() {
+        if self.index.has_idle_schedules() || self.index.has_done_jobs() {
             self.schedules_wake.notify();
         }
         (result, wake)
@@ -368,6 +368,11 @@ impl Core {
         self.index.take_idle_schedules()
     }
 
+    /// The job-done records of the jobs whose last event finished since the last call.
+    pub fn take_done_jobs(&mut self, now_ms: i64) -> Vec<crate::format::JobDone> {
+        self.index.take_done_jobs(now_ms)
+    }
+
     /// Puts schedules whose next occurrence could not be written back on the idle list.
     pub fn requeue_idle_schedules(&mut self, ids: Vec<Box<str>>) {
         if !ids.is_empty() {
@@ -386,8 +391,10 @@ impl Core {
         self.purge_seq == Some(seq)
     }
 
-    /// Forgets the dead letters past the dead retention at `now_ms`; how many.
+    /// Forgets the dead letters (and finished jobs' summaries) past the dead retention at
+    /// `now_ms`; how many dead letters.
     pub fn expire_dead(&mut self, now_ms: i64) -> u64 {
+        self.index.expire_job_summaries(now_ms);
         self.index.expire_dead(now_ms)
     }
 
@@ -665,9 +672,17 @@ impl Core {
         self.index.get(id)
     }
 
-    /// Progress of a job.
+    /// Progress of a job the index holds (not a finished job's summary).
     pub fn job_stats(&self, job: JobId) -> Option<JobStats> {
         self.index.job_stats(job)
+    }
+
+    /// Progress of a job: held, or finished and summarized within the dead retention at
+    /// `now_ms`.
+    pub fn job_stats_or_summary(&self, job: JobId, now_ms: i64) -> Option<JobStats> {
+        self.index
+            .job_stats(job)
+            .or_else(|| self.index.finished_job(job, now_ms))
     }
 
     /// Whether `cancel(id)` would stop an event whose job's cancel already counted it: it

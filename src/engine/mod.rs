@@ -546,10 +546,14 @@ impl Engine {
         self.inner().cancel_job(job)
     }
 
-    /// Progress of a job.
+    /// Progress of a job. A finished job's final counts stay readable after compaction has
+    /// removed its events, for [`Options::dead_retention`] after it finished (a job-done
+    /// record keeps them); after that, and for an id never given out, it is an error
+    /// ("unknown job").
     pub fn job_stats(&self, job: JobId) -> Result<JobStats> {
+        let now_ms = self.inner().clock.now_ms();
         let core = self.inner().core.lock();
-        core.job_stats(job)
+        core.job_stats_or_summary(job, now_ms)
             .ok_or_else(|| Error::invalid(format!("unknown job {job}")))
     }
 
@@ -887,6 +891,7 @@ impl Inner {
     fn is_idle(&self, core: &Core) -> bool {
         let schedules_busy = self.started.load(Ordering::Acquire)
             && (core.index().has_idle_schedules()
+                || core.index().has_done_jobs()
                 || self.schedules_in_flight.load(Ordering::Acquire) > 0);
         !schedules_busy && core.is_idle(self.clock.now_ms())
     }

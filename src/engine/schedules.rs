@@ -533,35 +533,60 @@ impl Inner {
     }
 
     /// The schedules thread: publishes the next occurrence of each schedule whose pending
-    /// one finished, until the engine closes.
+    /// one finished, and writes the job-done record (`index/jobs.rs`) of each job whose last
+    /// event finished, until the engine closes. Both are records that follow from applied
+    /// ones, written in groups (one sync each) off the delivery path.
     pub(super) fn run_schedules(self: Arc<Inner>) {
         let wake = self.core.lock().schedules_wake.clone();
         let mut failed: Vec<Box<str>> = Vec::new();
+        // Job-done records whose write failed, tried again with the next round.
+        let mut unwritten: Vec<crate::format::JobDone> = Vec::new();
         while !self.closing.load(Ordering::Acquire) {
-            let idle = {
+            let (idle, mut done) = {
                 let mut core = self.core.lock();
                 let idle = core.take_idle_schedules();
+                let done = core.take_done_jobs(self.clock.now_ms());
                 self.schedules_in_flight
-                    .store(idle.len() + failed.len(), Ordering::Release);
-                idle
+                    .store(idle.len() + failed.len() + done.len(), Ordering::Release);
+                (idle, done)
             };
-            if idle.is_empty() && failed.is_empty() {
+            if idle.is_empty() && failed.is_empty() && done.is_empty() && unwritten.is_empty() {
                 wake.wait_timeout(Duration::from_millis(100));
                 continue;
             }
+            done.append(&mut unwritten);
+            unwritten = self.write_jobs_done(done);
+            let jobs_failed = !unwritten.is_empty();
             let mut ids = std::mem::take(&mut failed);
             ids.extend(idle);
-            {
+            if !ids.is_empty() {
                 let _one = self.schedule_lock.lock();
                 let now_ms = self.clock.now_ms();
                 failed = self.publish_next(ids, now_ms, false);
             }
             self.schedules_in_flight.store(0, Ordering::Release);
             self.idle.notify_all();
-            if !failed.is_empty() {
+            if !failed.is_empty() || jobs_failed {
                 // A failed write (a full disk, say) is tried again a while later.
                 wake.wait_timeout(Duration::from_secs(1));
             }
         }
+    }
+
+    /// Writes job-done records in groups of at most 1,024 (one sync each) and applies them;
+    /// the records that could not be written. Like a schedule whose next occurrence failed,
+    /// they are kept by this thread, not in the core, so that `wait_idle` does not wait for
+    /// a disk that refuses writes.
+    fn write_jobs_done(&self, done: Vec<crate::format::JobDone>) -> Vec<crate::format::JobDone> {
+        for (i, group) in done.chunks(1024).enumerate() {
+            let records: Vec<Record<'_>> = group.iter().copied().map(Record::JobDone).collect();
+            let Ok(positions) = self.log.append_all(&records) else {
+                return done[i * 1024..].to_vec();
+            };
+            for (record, pos) in records.iter().zip(positions) {
+                let _ = self.apply(pos, record);
+            }
+        }
+        Vec::new()
     }
 }

@@ -29,7 +29,7 @@ pub use record::{
     Ack, AckOutcome, Attempt, Cancel, CancelTarget, Drop, DropReason, EventEntry, EventIter,
     EventOptions, KEY_KEEP, KEY_NONE, KEY_REPLACE, KEY_REPLACE_BODY, MAX_KEY_LEN,
     MAX_MESSAGE_LEN, MAX_NAME_LEN, PUBLISH_ENTRY_FIXED_LEN, PUBLISH_FIXED_LEN,
-    PUBLISH_WITH_FIXED_LEN, Pause, Publish, PublishEntry, PurgeDead, Record, RecordError, RecordKind, Retry,
+    JobDone, PUBLISH_WITH_FIXED_LEN, Pause, Publish, PublishEntry, PurgeDead, Record, RecordError, RecordKind, Retry,
     CATCH_UP_ALL, CATCH_UP_LATEST, CATCH_UP_SKIP, MAX_SCHEDULE_ID_LEN, SCHEDULE_FIXED_LEN, ScheduleDef,
     clip_message, validate_key, validate_name,
 };

@@ -40,6 +40,8 @@ pub enum RecordKind {
     Schedule = 9,
     /// Every dead letter written before it is forgotten (format 2).
     PurgeDead = 10,
+    /// The final counts of a job whose every event finished (format 2).
+    JobDone = 11,
     /// Not a record: the last frame of a sealed format-2 segment, which proves where the
     /// segment ends (see `seal.rs`). The log checks it and hands it to no one.
     Seal = 16,
@@ -47,7 +49,7 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind of record, in code order (not the seal, which is no record).
-    pub const ALL: [RecordKind; 10] = [
+    pub const ALL: [RecordKind; 11] = [
         RecordKind::Publish,
         RecordKind::Attempt,
         RecordKind::Retry,
@@ -58,10 +60,11 @@ impl RecordKind {
         RecordKind::Pause,
         RecordKind::Schedule,
         RecordKind::PurgeDead,
+        RecordKind::JobDone,
     ];
 
     /// Whether a segment of format `version` may hold this kind: format 1 knows kinds 1 to
-    /// 6; format 2 adds the seal and kinds 7 to 10.
+    /// 6; format 2 adds the seal and kinds 7 to 11.
     pub fn in_version(self, version: u32) -> bool {
         version >= 2 || (self as u8) <= RecordKind::Drop as u8
     }
@@ -87,6 +90,7 @@ impl RecordKind {
             RecordKind::Pause => "pause",
             RecordKind::Schedule => "schedule",
             RecordKind::PurgeDead => "purge-dead",
+            RecordKind::JobDone => "job-done",
             RecordKind::Seal => "seal",
         }
     }
@@ -111,6 +115,8 @@ pub enum Record<'a> {
     Pause(Pause<'a>),
     /// See [`PurgeDead`].
     PurgeDead(PurgeDead),
+    /// See [`JobDone`].
+    JobDone(JobDone),
 }
 
 /// Publish: one or more events, written atomically in one frame.
@@ -279,6 +285,32 @@ pub struct PurgeDead {
     pub at_ms: i64,
 }
 const PURGE_DEAD_LEN: usize = 8;
+
+/// Job done (kind 11): every event of the job finished, with these counts. Written once per
+/// job, after the last of its events finished, so that the job's stats stay readable after
+/// compaction has removed its events (for the dead-letter retention).
+///
+/// ```text
+///  0  job          u64
+///  8  finished_ms  i64  when the counts were written
+/// 16  success      u32  events acknowledged
+/// 20  failed       u32  events dropped or expired
+/// 24  cancelled    u32
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobDone {
+    /// The job.
+    pub job: JobId,
+    /// When, Unix epoch ms.
+    pub finished_ms: i64,
+    /// Events acknowledged.
+    pub success: u32,
+    /// Events dropped: retries exhausted, maximum age, or past retention.
+    pub failed: u32,
+    /// Events cancelled.
+    pub cancelled: u32,
+}
+const JOB_DONE_LEN: usize = 28;
 
 /// Fixed bytes of a publish payload before its entries.
 pub const PUBLISH_FIXED_LEN: usize = 20;
@@ -632,6 +664,7 @@ impl<'a> Record<'a> {
             Record::Publish(_) => RecordKind::Publish,
             Record::Pause(_) => RecordKind::Pause,
             Record::PurgeDead(_) => RecordKind::PurgeDead,
+            Record::JobDone(_) => RecordKind::JobDone,
             Record::Attempt(_) => RecordKind::Attempt,
             Record::Retry(_) => RecordKind::Retry,
             Record::Ack(_) => RecordKind::Ack,
@@ -643,7 +676,9 @@ impl<'a> Record<'a> {
     /// The event this record concerns, if it concerns exactly one.
     pub fn event(&self) -> Option<EventId> {
         match self {
-            Record::Publish(_) | Record::Pause(_) | Record::PurgeDead(_) => None,
+            Record::Publish(_) | Record::Pause(_) | Record::PurgeDead(_) | Record::JobDone(_) => {
+                None
+            }
             Record::Attempt(r) => Some(r.event),
             Record::Retry(r) => Some(r.event),
             Record::Ack(r) => Some(r.event),
@@ -680,6 +715,7 @@ impl<'a> Record<'a> {
             },
             Record::Pause(p) => PAUSE_FIXED_LEN + p.name.len(),
             Record::PurgeDead(_) => PURGE_DEAD_LEN,
+            Record::JobDone(_) => JOB_DONE_LEN,
             Record::Attempt(_) => ATTEMPT_LEN,
             Record::Retry(r) => RETRY_FIXED_LEN + r.message.len() + r.data.len(),
             Record::Ack(_) => ACK_LEN,
@@ -777,6 +813,13 @@ impl<'a> Record<'a> {
                 out.extend_from_slice(p.name.as_bytes());
             }
             Record::PurgeDead(p) => out.extend_from_slice(&p.at_ms.to_le_bytes()),
+            Record::JobDone(j) => {
+                out.extend_from_slice(&j.job.0.to_le_bytes());
+                out.extend_from_slice(&j.finished_ms.to_le_bytes());
+                out.extend_from_slice(&j.success.to_le_bytes());
+                out.extend_from_slice(&j.failed.to_le_bytes());
+                out.extend_from_slice(&j.cancelled.to_le_bytes());
+            }
             Record::Publish(p) => {
                 out.extend_from_slice(&p.job.map_or(0, |j| j.0).to_le_bytes());
                 out.extend_from_slice(&p.published_ms.to_le_bytes());
@@ -946,6 +989,20 @@ impl<'a> Record<'a> {
                 exact(PURGE_DEAD_LEN)?;
                 Ok(Record::PurgeDead(PurgeDead {
                     at_ms: get_i64(p, 0),
+                }))
+            }
+            RecordKind::JobDone => {
+                exact(JOB_DONE_LEN)?;
+                let job = get_u64(p, 0);
+                if job == 0 {
+                    return Err(err(kind, 0, "job id 0 is reserved"));
+                }
+                Ok(Record::JobDone(JobDone {
+                    job: JobId(job),
+                    finished_ms: get_i64(p, 8),
+                    success: get_u32(p, 16),
+                    failed: get_u32(p, 20),
+                    cancelled: get_u32(p, 24),
                 }))
             }
             RecordKind::Attempt => {
@@ -1533,12 +1590,21 @@ mod tests {
         }
 
         #[test]
+        fn job_done_round_trips(
+            job in 1u64..,
+            finished_ms in any::<i64>(),
+            (success, failed, cancelled) in (any::<u32>(), any::<u32>(), any::<u32>()),
+        ) {
+            round_trip(&Record::JobDone(JobDone { job: JobId(job), finished_ms, success, failed, cancelled }));
+        }
+
+        #[test]
         fn pause_round_trips(name in "[a-z.]{1,40}", paused in any::<bool>(), at_ms in any::<i64>()) {
             round_trip(&Record::Pause(Pause { name: &name, paused, at_ms }));
         }
 
         #[test]
-        fn decode_never_panics(kind in 1u8..=10, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn decode_never_panics(kind in 1u8..=11, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let kind = RecordKind::from_u8(kind).unwrap();
             if let Ok(r) = Record::decode(kind, &bytes) {
                 let mut again = Vec::new();

@@ -42,6 +42,12 @@ impl Index {
         self.dead.retention_ms = Some(ms.max(0));
     }
 
+    /// How long dead letters (and finished jobs' summaries) are kept, ms; `None`: until
+    /// purged.
+    pub(super) fn dead_retention_ms(&self) -> Option<i64> {
+        self.dead.retention_ms
+    }
+
     /// `id` died by the record at `at`, at `dropped_ms`.
     pub(super) fn add_dead(&mut self, id: EventId, at: Location, dropped_ms: i64) {
         if self.dead.retention_ms == Some(0) {

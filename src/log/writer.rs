@@ -575,7 +575,12 @@ impl Writer {
                 payload_start += payload_len;
                 let seq = request.first_seq + j as u64;
                 let frame_len = (FRAME_HEADER_LEN + payload.len()) as u64;
-                if self.active.offset + frame_len + self.active.reserved() > self.active.capacity {
+                let full =
+                    self.active.offset + frame_len + self.active.reserved() > self.active.capacity;
+                // A directory written by format 1 keeps appending to its format-1 segment
+                // until a record of a later kind comes: that one starts a format-2 segment.
+                let newer_kind = !self.active.seals && !kind.in_version(1);
+                if full || newer_kind {
                     // Seal the full segment: what is buffered is written and synced first, so
                     // a sealed segment is always entirely durable.
                     self.write_buf(buf, buf_start)?;

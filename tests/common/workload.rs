@@ -939,7 +939,8 @@ impl Scanned {
                     self.paused.remove(p.name);
                 }
             }
-            Record::PurgeDead(_) => {}
+            // A finished job's counts: nothing the model predicts.
+            Record::PurgeDead(_) | Record::JobDone(_) => {}
             Record::Attempt(a) => attempt(self, a.event, a.attempt),
             Record::Retry(r) => {
                 attempt(self, r.event, r.attempt);

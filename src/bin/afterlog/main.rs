@@ -102,7 +102,7 @@ enum Command {
         /// Only records about events with this name
         #[arg(long)]
         name: Option<String>,
-        /// Only records of these kinds (publish, attempt, retry, ack, cancel, drop, publish-with, pause; repeat or comma-separate)
+        /// Only records of these kinds (publish, attempt, retry, ack, cancel, drop, publish-with, pause, schedule, purge-dead, job-done; repeat or comma-separate)
         #[arg(long, value_delimiter = ',')]
         kind: Vec<String>,
         /// Only records about events of this job (`job-3` or `3`)

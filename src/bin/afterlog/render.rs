@@ -132,6 +132,26 @@ pub fn record_json(pos: Position, record: &Record<'_>) -> Value {
                 o.insert("restates".into(), json!(opts.restates));
                 o.insert("redrives".into(), json!(opts.redrives));
             }
+            if let Some(d) = p.schedule() {
+                o.insert(
+                    "schedule".into(),
+                    json!({
+                        "id": d.id,
+                        "rule": schedule_rule(d.cron, d.every_ms),
+                        "cron": (!d.cron.is_empty()).then_some(d.cron),
+                        "every_ms": (d.every_ms > 0).then_some(d.every_ms),
+                        "anchor_ms": (d.every_ms > 0).then_some(d.anchor_ms),
+                        "catch_up": catch_up_name(d.catch_up),
+                        "removed": d.removed,
+                    }),
+                );
+            }
+        }
+        Record::JobDone(j) => {
+            o.insert("job".into(), json!(j.job.0));
+            o.insert("success".into(), json!(j.success));
+            o.insert("failed".into(), json!(j.failed));
+            o.insert("cancelled".into(), json!(j.cancelled));
         }
         Record::Pause(p) => {
             o.insert("name".into(), json!(p.name));
@@ -188,6 +208,26 @@ pub fn data_text(data: &[u8]) -> String {
     }
 }
 
+/// A schedule record's rule in words, as `afterlog schedules` shows it: its cron expression,
+/// or its interval.
+pub fn schedule_rule(cron: &str, every_ms: u64) -> String {
+    if cron.is_empty() {
+        format!("every {every_ms}ms")
+    } else {
+        format!("cron {cron}")
+    }
+}
+
+/// The name of a schedule record's catch-up code.
+pub fn catch_up_name(code: u8) -> &'static str {
+    match code {
+        afterlog::record::CATCH_UP_SKIP => "skip",
+        afterlog::record::CATCH_UP_LATEST => "latest",
+        afterlog::record::CATCH_UP_ALL => "all",
+        _ => "unknown",
+    }
+}
+
 /// The name of a key mode stored in a record.
 pub fn key_mode_name(mode: u8) -> &'static str {
     match mode {
@@ -201,10 +241,25 @@ pub fn key_mode_name(mode: u8) -> &'static str {
 /// One record in words, for the history table.
 pub fn record_details(record: &Record<'_>) -> String {
     match record {
+        Record::Publish(p) if p.schedule().is_some_and(|d| d.removed) => {
+            let id = p.schedule().map_or("", |d| d.id);
+            match p.options().and_then(|o| o.replaces) {
+                Some(r) => format!("schedule {id:?} removed, its occurrence {r} cancelled"),
+                None => format!("schedule {id:?} removed"),
+            }
+        }
         Record::Publish(p) => {
             let n = p.count();
             let job = p.job.map_or(String::new(), |j| format!(" in {j}"));
             let mut text = format!("{n} event(s){job}");
+            if let Some(d) = p.schedule() {
+                text.push_str(&format!(
+                    ", occurrence of schedule {:?} ({}, catch-up {})",
+                    d.id,
+                    schedule_rule(d.cron, d.every_ms),
+                    catch_up_name(d.catch_up)
+                ));
+            }
             if let Some(o) = p.options() {
                 if o.priority != 0 {
                     text.push_str(&format!(", priority {}", o.priority));
@@ -230,6 +285,10 @@ pub fn record_details(record: &Record<'_>) -> String {
         Record::Pause(p) if p.paused => format!("{:?} paused", p.name),
         Record::Pause(p) => format!("{:?} resumed", p.name),
         Record::PurgeDead(_) => "every dead letter before this purged".into(),
+        Record::JobDone(j) => format!(
+            "{} done: {} succeeded, {} failed, {} cancelled",
+            j.job, j.success, j.failed, j.cancelled
+        ),
         Record::Attempt(a) => format!("attempt {} started", a.attempt),
         Record::Retry(r) => {
             let mut text = format!(
