@@ -384,17 +384,17 @@ fn a_finished_jobs_stats_stay_readable_for_the_dead_retention() {
     // letters); each job's counts are still there, across a restart too.
     let stats = engine.compact_now().unwrap();
     assert_eq!(stats.events_released, 5, "{stats:?}");
-    for (job, stats) in [
+    let all = [
         (done, done_stats),
         (failing, failing_stats),
         (cancelled, cancelled_stats),
-    ] {
-        assert_eq!(
-            engine.job_stats(job).unwrap(),
-            stats,
-            "{job} after compaction"
-        );
-    }
+    ];
+    let same = |engine: &Engine, when: &str| {
+        for (job, stats) in all {
+            assert_eq!(engine.job_stats(job).unwrap(), stats, "{job} {when}");
+        }
+    };
+    same(&engine, "after compaction");
     // Cancelling a job that finished cancels nothing and writes nothing.
     let records = engine.metrics().records;
     assert_eq!(engine.cancel_job(done).unwrap(), 0);
@@ -402,17 +402,7 @@ fn a_finished_jobs_stats_stay_readable_for_the_dead_retention() {
     engine.close().unwrap();
     let engine = Engine::open_with(dir.path(), opts()).unwrap();
     engine.compact_now().unwrap();
-    for (job, stats) in [
-        (done, done_stats),
-        (failing, failing_stats),
-        (cancelled, cancelled_stats),
-    ] {
-        assert_eq!(
-            engine.job_stats(job).unwrap(),
-            stats,
-            "{job} after a restart"
-        );
-    }
+    same(&engine, "after a restart");
     engine.close().unwrap();
     // Past the retention, the counts go with the dead letters.
     clock.advance(DAY * 31);

@@ -229,17 +229,7 @@ fn compaction_removing_segments_is_never_reported() {
 
 #[test]
 fn new_segments_carry_the_directory_id_and_old_ones_stay_format_1() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("v1"), dir.path());
-    let clock = ManualClock::new(START_MS);
-    let engine = Engine::open_with(
-        dir.path(),
-        Options::default()
-            .clock(clock.clone())
-            .segment_bytes(4096)
-            .compaction_interval(None),
-    )
-    .unwrap();
+    let (dir, _clock, engine) = open_fixture("v1", START_MS, Some(4096));
     for i in 0..40 {
         engine
             .publish(
@@ -274,16 +264,7 @@ fn new_segments_carry_the_directory_id_and_old_ones_stay_format_1() {
 /// a format-2 segment, so no format-1 segment ever holds a kind it does not know.
 #[test]
 fn a_record_of_a_later_kind_starts_a_format_2_segment_in_a_format_1_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("v1"), dir.path());
-    let clock = ManualClock::new(START_MS);
-    let engine = Engine::open_with(
-        dir.path(),
-        Options::default()
-            .clock(clock.clone())
-            .compaction_interval(None),
-    )
-    .unwrap();
+    let (dir, _clock, engine) = open_fixture("v1", START_MS, None);
     engine
         .publish("ok", b"plain, format 1", After::NOW)
         .unwrap();
@@ -327,16 +308,7 @@ fn the_format_1_fixture_is_read_and_delivered() {
     assert!(verified.problems.is_empty(), "{:?}", verified.problems);
 
     // Opened by an engine (in a copy), every pending event is delivered.
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture, dir.path());
-    let clock = ManualClock::new(START_MS);
-    let engine = Engine::open_with(
-        dir.path(),
-        Options::default()
-            .clock(clock.clone())
-            .compaction_interval(None),
-    )
-    .unwrap();
+    let (dir, clock, engine) = open_fixture("v1", START_MS, None);
     assert_eq!(engine.metrics().pending, 6);
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     for name in ["ok", "fail", "queue"] {
@@ -405,6 +377,26 @@ fn fixture(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
+/// An engine on a copy of fixture `name` (the checked-in files are never written), on a
+/// manual clock at `now_ms`, compaction off; with the directory it runs in.
+fn open_fixture(
+    name: &str,
+    now_ms: i64,
+    segment_bytes: Option<u64>,
+) -> (tempfile::TempDir, ManualClock, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture(name), dir.path());
+    let clock = ManualClock::new(now_ms);
+    let mut options = Options::default()
+        .clock(clock.clone())
+        .compaction_interval(None);
+    if let Some(n) = segment_bytes {
+        options = options.segment_bytes(n);
+    }
+    let engine = Engine::open_with(dir.path(), options).unwrap();
+    (dir, clock, engine)
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -460,16 +452,7 @@ fn the_format_2_fixture_is_read_and_delivered() {
     let verified = reader.verify(&mut |_| {}).unwrap();
     assert!(verified.problems.is_empty(), "{:?}", verified.problems);
 
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture, dir.path());
-    let clock = ManualClock::new(START_MS + 93_000);
-    let engine = Engine::open_with(
-        dir.path(),
-        Options::default()
-            .clock(clock.clone())
-            .compaction_interval(None),
-    )
-    .unwrap();
+    let (_dir, clock, engine) = open_fixture("v2", START_MS + 93_000, None);
     assert_eq!(engine.metrics().pending, 11);
     assert_eq!(engine.paused(), ["held", "nobody", "ok"]);
     // The finished job's events were compacted away: its counts come from its job-done

@@ -223,6 +223,9 @@ pub(crate) struct Core {
     schedule_seq: HashMap<Box<str>, u64>,
     /// Notified when a schedule's pending occurrence finished (the schedules thread waits).
     pub schedules_wake: crate::clock::Wake,
+    /// The schedules thread was woken for idle schedules or done jobs it has not taken yet:
+    /// one wake-up per round, not one per applied record.
+    follow_ups_woken: bool,
     /// The latest time `take_due` was given.
     now_ms: i64,
     /// The deadline the scheduler sleeps until (`i64::MAX`: none; `i64::MIN`: awake), so
@@ -265,6 +268,7 @@ impl Core {
             purge_seq: None,
             schedule_seq: HashMap::new(),
             schedules_wake: crate::clock::Wake::new(),
+            follow_ups_woken: false,
             now_ms: 0,
             sleeping_until_ms: i64::MAX,
             segments: BTreeMap::new(),
@@ -336,7 +340,9 @@ impl Core {
         if let Record::Pause(p) = record {
             wake |= self.flow.set_paused(p.name, p.paused, self.now_ms);
         }
-        if self.index.has_idle_schedules() || self.index.has_done_jobs() {
+        if !self.follow_ups_woken && (self.index.has_idle_schedules() || self.index.has_done_jobs())
+        {
+            self.follow_ups_woken = true;
             self.schedules_wake.notify();
         }
         (result, wake)
@@ -365,11 +371,13 @@ impl Core {
 
     /// The schedules whose pending occurrence finished since the last call.
     pub fn take_idle_schedules(&mut self) -> Vec<Box<str>> {
+        self.follow_ups_woken = false;
         self.index.take_idle_schedules()
     }
 
     /// The job-done records of the jobs whose last event finished since the last call.
     pub fn take_done_jobs(&mut self, now_ms: i64) -> Vec<crate::format::JobDone> {
+        self.follow_ups_woken = false;
         self.index.take_done_jobs(now_ms)
     }
 
