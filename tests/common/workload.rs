@@ -489,7 +489,7 @@ pub struct PauseCall {
 
 /// A schedule's definition, as a `schedule` call gave it and as each of its kind-9 records
 /// holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ScheduleRule {
     pub name: String,
     pub body: Vec<u8>,
@@ -498,6 +498,21 @@ pub struct ScheduleRule {
     pub anchor_ms: i64,
     /// A `format::CATCH_UP_*` code.
     pub catch_up: u8,
+}
+
+impl std::fmt::Debug for ScheduleRule {
+    /// `a "ack:1:3:s0" every 30000ms from 1700000030000 (catch-up 1)`: the body as text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:?} every {}ms from {} (catch-up {})",
+            self.name,
+            String::from_utf8_lossy(&self.body),
+            self.every_ms,
+            self.anchor_ms,
+            self.catch_up
+        )
+    }
 }
 
 impl ScheduleRule {
