@@ -2,28 +2,49 @@
 //! returned, and the checks of a recovered disk against that model.
 //!
 //! A workload is a list of [`Step`]s derived from a seed: publishes (due now or later, with
-//! handlers that acknowledge, fail once, fail always or ask for a retry), keyed publishes
-//! (`publish_with` on three keys, so that keeps, replaces and restatements happen, with
-//! priorities and key windows), pushes, cancels of events and jobs, pauses and resumes, clock
-//! advances (which deliver, retry and expire), `compact_now`, and `start`. It runs on a
-//! `ManualClock` with background compaction off, synchronous segment preparation, one worker
-//! and 4 KiB segments, and waits for the engine to be idle after every step, so the storage
-//! operations follow from the seed (their number and order still vary a little from run to
-//! run).
+//! handlers that acknowledge, fail once, fail always or ask for a retry), publishes of
+//! [`NO_HANDLER`] (a name with no handler: each dies, acknowledged as ignored, when it falls
+//! due), keyed publishes (`publish_with` on three keys, so that keeps, replaces and
+//! restatements happen, with priorities and key windows), pushes, cancels of events and jobs,
+//! pauses and resumes, schedules (`schedule` of `s0` or `s1`, created or redefined, of name
+//! `a` or `q`, every 30 or 60 s, with each catch-up policy; `unschedule`), redrives of a
+//! listed dead letter and purges of them, clock advances (which deliver, retry, expire and
+//! fire schedules), `compact_now`, close and reopen (sometimes 90 s later, so schedules catch
+//! up), and `start`. It runs on a `ManualClock` with background compaction off, synchronous
+//! segment preparation, one worker and 4 KiB segments, and waits for the engine to be idle
+//! after every step (the schedules thread included), so the storage operations follow from
+//! the seed (their number and order still vary a little from run to run).
 //!
 //! The [`Model`] records each call's outcome: `Ok` (the promise applies), or an error (the
 //! call may or may not have reached the disk: unknown). Handlers check in the first life
-//! that nothing is delivered before its due time, that no attempt starts after a cancel (or
-//! a replace of the event) returned, and that nothing of a paused name is delivered.
-//! [`check_log`] compares what recovery reads from a crashed disk with the model;
-//! [`check_reopen`] opens an engine on it and checks what it delivers.
+//! that nothing is delivered before its due time (an occurrence's: its time), that no
+//! attempt starts after a cancel (or a replace of the event) returned, and that nothing of a
+//! paused name is delivered; they record each occurrence delivered (schedule, time, event),
+//! and the life fails if one occurrence was delivered by two events. After each schedule,
+//! unschedule, redrive and purge that returned `Ok`, `schedules()` and `dead_letters()` say
+//! what it did.
+//!
+//! [`check_log`] compares what recovery reads from a crashed disk with the model, including
+//! kind-9 (schedule) and kind-10 (purge) records and the redrive flag: every schedule record
+//! was asked for and leaves its schedule as the last `Ok` call did (or a later failed one
+//! would); no schedule has two pending occurrences; every `Ok` redrive is a publish flagged
+//! as the redrive of its dead letter, which is dead no more; no `Ok` purge leaves a letter it
+//! counted. [`check_reopen`] opens an engine on the disk and checks what it holds (index,
+//! pauses, dead letters, schedules, also through a `Reader`) and delivers: across both lives
+//! each occurrence is delivered by one event; every schedule has one pending occurrence after
+//! start, which fires; dead letters are those the records leave, and the two it redrives are
+//! delivered.
 
-use afterlog::format::{CancelTarget, Record};
+use afterlog::format::{
+    AckOutcome, CATCH_UP_ALL, CATCH_UP_LATEST, CATCH_UP_SKIP, CancelTarget, Publish, Record,
+    ScheduleDef,
+};
 use afterlog::log::{Log, LogOptions};
 use afterlog::storage::{MemStorage, Storage};
 use afterlog::{
-    After, Engine, EventId, HandlerError, JobId, KeyMode, KeyOutcome, ManualClock, Options,
-    PublishOptions, Published, Reader, RetryOptions, RetryPolicy, RetryReason,
+    After, CatchUp, DeadLetter, DeadReason, Engine, EventId, HandlerError, JobId, KeyMode,
+    KeyOutcome, ManualClock, Options, PublishOptions, Published, Reader, Recurring, RetryOptions,
+    RetryPolicy, RetryReason, ScheduleInfo,
 };
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -44,6 +65,14 @@ pub const SEGMENT_BYTES: u64 = 4096;
 /// engine hangs.
 pub const IDLE: Duration = Duration::from_secs(20);
 const NAMES: [&str; 2] = ["a", "q"];
+/// The name of events no handler is registered for in the workload: each dies (acknowledged
+/// as ignored, kept as a dead letter) when it falls due after `start`. The reopened engines
+/// of [`check_reopen`] register one, late, so what is left of the name is delivered.
+pub const NO_HANDLER: &str = "nohandler";
+/// The schedules of a workload: `s0` and `s1`.
+pub const SCHEDULES: u8 = 2;
+/// Enough for every dead letter of a workload.
+const ALL_DEAD: usize = 10_000;
 /// The keys of keyed publishes (of name `a`): few, so that publishes find them taken.
 pub const KEYS: u8 = 3;
 /// The key window of a `Keep` publish that has one.
@@ -124,7 +153,9 @@ impl Behaviour {
 #[derive(Clone, Debug)]
 pub enum Step {
     Start,
+    /// A publish of `name` (`a`, or [`NO_HANDLER`]).
     Publish {
+        name: &'static str,
         behaviour: Behaviour,
         delay_ms: i64,
         pad: usize,
@@ -161,8 +192,28 @@ pub enum Step {
         ms: i64,
     },
     Compact,
-    /// `close`, then open the same disk again (a crash may hit the recovery).
-    Restart,
+    /// `close`, then open the same disk again (a crash may hit the recovery) `down_ms`
+    /// later, so that schedules catch up on what they missed meanwhile.
+    Restart {
+        down_ms: i64,
+    },
+    /// Redrives the `pick`-th (modulo) dead letter `dead_letters` lists, if there is one.
+    Redrive {
+        pick: usize,
+    },
+    PurgeDead,
+    /// Creates or redefines schedule `s{id}` (`id` below [`SCHEDULES`]): every `every_ms`,
+    /// of `name`, with a body that `behaviour` handles.
+    Schedule {
+        id: u8,
+        name: &'static str,
+        every_ms: u64,
+        catch_up: CatchUp,
+        behaviour: Behaviour,
+    },
+    Unschedule {
+        id: u8,
+    },
 }
 
 fn pick_delay(rng: &mut u64) -> i64 {
@@ -172,6 +223,34 @@ fn pick_delay(rng: &mut u64) -> i64 {
         3 => 30_000,
         4 => 90_000,
         _ => MAX_DELAY_MS,
+    }
+}
+
+fn pick_schedule(rng: &mut u64, id: u8) -> Step {
+    Step::Schedule {
+        id,
+        name: NAMES[(splitmix(rng) % 2) as usize],
+        every_ms: if splitmix(rng).is_multiple_of(3) {
+            60_000
+        } else {
+            30_000
+        },
+        catch_up: [CatchUp::Skip, CatchUp::Latest, CatchUp::All][(splitmix(rng) % 3) as usize],
+        behaviour: if splitmix(rng).is_multiple_of(3) {
+            Behaviour::FailOnce
+        } else {
+            Behaviour::Ack
+        },
+    }
+}
+
+/// A publish of [`NO_HANDLER`]: a dead letter once it falls due after `start`.
+fn orphan(delay_ms: i64) -> Step {
+    Step::Publish {
+        name: NO_HANDLER,
+        behaviour: Behaviour::Ack,
+        delay_ms,
+        pad: 0,
     }
 }
 
@@ -191,87 +270,142 @@ fn pick_keyed(rng: &mut u64) -> Step {
     }
 }
 
-/// The steps of workload `seed`: 30 to 49 steps; `start` comes first, or after a few steps
+/// The steps of workload `seed`: 28 to 39 steps and a tail (39 to 55 in all); `start` comes
+/// first, or after a few steps
 /// (so some events wait for it), and the clock moves far enough for retries and expiry; the
 /// engine is reopened after the last compaction and publishes once more. In the middle, `a`
 /// is paused while events of it fall due (and, in a third of the workloads, the engine is
-/// reopened while it is paused), then resumed.
+/// reopened while it is paused), then resumed. Three workloads in four schedule `s0` at
+/// their second step (so it fires at most clock advances after), and three in four publish
+/// an event of [`NO_HANDLER`] at their third (so a dead letter waits for the redrives and
+/// purges); the tail redrives a dead letter (most by then: events that failed always have
+/// expired) and purges in half the workloads, before the last compaction.
 pub fn steps(seed: u64) -> Vec<Step> {
     let mut rng = seed ^ 0xA5A5_0000_C0FF_EE00;
-    let n = 30 + (splitmix(&mut rng) % 20) as usize;
+    let n = 28 + (splitmix(&mut rng) % 12) as usize;
     let start_at = (splitmix(&mut rng) % 6) as usize;
     let pause_at = n / 3 + (splitmix(&mut rng) % (n as u64 / 3)) as usize;
     let restart_paused = splitmix(&mut rng).is_multiple_of(3);
-    let mut steps = Vec::with_capacity(n + 8);
+    let early_schedule = !splitmix(&mut rng).is_multiple_of(4);
+    let early_orphan = !splitmix(&mut rng).is_multiple_of(4);
+    let mut steps = Vec::with_capacity(n + 12);
     for i in 0..n {
         if i == start_at {
             steps.push(Step::Start);
+        }
+        if i == 1 && early_schedule {
+            steps.push(pick_schedule(&mut rng, 0));
+        }
+        if i == 2 && early_orphan {
+            steps.push(orphan(0));
         }
         if i == pause_at {
             steps.push(Step::Pause { name: "a" });
             steps.push(pick_keyed(&mut rng));
             steps.push(Step::Publish {
+                name: "a",
                 behaviour: Behaviour::pick(&mut rng),
                 delay_ms: 0,
                 pad: 0,
             });
             steps.push(Step::Advance { ms: 30_000 });
             if restart_paused {
-                steps.push(Step::Restart);
+                steps.push(Step::Restart { down_ms: 0 });
             }
             steps.push(Step::Resume { name: "a" });
             continue;
         }
-        let step = match splitmix(&mut rng) % 23 {
-            0..=4 => Step::Publish {
-                behaviour: Behaviour::pick(&mut rng),
-                delay_ms: pick_delay(&mut rng),
-                pad: (splitmix(&mut rng) % 200) as usize,
-            },
-            5..=7 => pick_keyed(&mut rng),
-            8 | 9 => Step::Push {
-                behaviours: (0..1 + splitmix(&mut rng) % 3)
-                    .map(|_| Behaviour::pick(&mut rng))
-                    .collect(),
-                delay_ms: pick_delay(&mut rng),
-            },
-            10 | 11 => Step::Cancel {
-                pick: splitmix(&mut rng) as usize,
-            },
-            12 => Step::CancelJob {
-                pick: splitmix(&mut rng) as usize,
-            },
-            13..=17 => Step::Advance {
-                ms: match splitmix(&mut rng) % 4 {
-                    0 => 1_000,
-                    1 => 30_000,
-                    2 => RETRY_MS,
-                    _ => 7 * 60_000,
-                },
-            },
-            18 | 19 => Step::Compact,
-            20 => Step::Restart,
-            21 => Step::Pause {
-                name: NAMES[(splitmix(&mut rng) % 2) as usize],
-            },
-            _ => Step::Resume {
-                name: NAMES[(splitmix(&mut rng) % 2) as usize],
-            },
-        };
-        steps.push(step);
+        steps.push(pick_step(&mut rng));
     }
-    // A tail that lets retries run out into expiry, then compacts what finished.
+    // A tail that lets retries run out into expiry, redrives and purges some of what died,
+    // then compacts what finished.
     steps.push(Step::Advance { ms: RETENTION_MS });
     steps.push(Step::Advance { ms: RETRY_MS });
+    steps.push(Step::Redrive {
+        pick: splitmix(&mut rng) as usize,
+    });
+    if splitmix(&mut rng).is_multiple_of(2) {
+        steps.push(Step::PurgeDead);
+    }
     steps.push(Step::Compact);
-    // Reopen after the compaction and write again.
-    steps.push(Step::Restart);
+    // Reopen after the compaction (a while later, in a third of the workloads) and write
+    // again; half the workloads leave a fresh dead letter.
+    steps.push(Step::Restart {
+        down_ms: if splitmix(&mut rng).is_multiple_of(3) {
+            90_000
+        } else {
+            0
+        },
+    });
     steps.push(Step::Publish {
+        name: "a",
         behaviour: Behaviour::Ack,
         delay_ms: 0,
         pad: 0,
     });
+    if splitmix(&mut rng).is_multiple_of(2) {
+        steps.push(orphan(0));
+    }
     steps
+}
+
+/// One step of the middle of a workload.
+fn pick_step(rng: &mut u64) -> Step {
+    match splitmix(rng) % 29 {
+        0..=4 => Step::Publish {
+            name: "a",
+            behaviour: Behaviour::pick(rng),
+            delay_ms: pick_delay(rng),
+            pad: (splitmix(rng) % 200) as usize,
+        },
+        5..=7 => pick_keyed(rng),
+        8 | 9 => Step::Push {
+            behaviours: (0..1 + splitmix(rng) % 3)
+                .map(|_| Behaviour::pick(rng))
+                .collect(),
+            delay_ms: pick_delay(rng),
+        },
+        10 | 11 => Step::Cancel {
+            pick: splitmix(rng) as usize,
+        },
+        12 => Step::CancelJob {
+            pick: splitmix(rng) as usize,
+        },
+        13..=17 => Step::Advance {
+            ms: match splitmix(rng) % 4 {
+                0 => 1_000,
+                1 => 30_000,
+                2 => RETRY_MS,
+                _ => 7 * 60_000,
+            },
+        },
+        18 | 19 => Step::Compact,
+        20 => Step::Restart {
+            down_ms: if splitmix(rng).is_multiple_of(3) {
+                90_000
+            } else {
+                0
+            },
+        },
+        21 => Step::Pause {
+            name: NAMES[(splitmix(rng) % 2) as usize],
+        },
+        22 => Step::Resume {
+            name: NAMES[(splitmix(rng) % 2) as usize],
+        },
+        23 => Step::Redrive {
+            pick: splitmix(rng) as usize,
+        },
+        24 => Step::PurgeDead,
+        25 | 26 => {
+            let id = (splitmix(rng) % u64::from(SCHEDULES)) as u8;
+            pick_schedule(rng, id)
+        }
+        27 => Step::Unschedule {
+            id: (splitmix(rng) % u64::from(SCHEDULES)) as u8,
+        },
+        _ => orphan(pick_delay(rng)),
+    }
 }
 
 /// How a call ended.
@@ -353,6 +487,96 @@ pub struct PauseCall {
     pub outcome: Outcome<()>,
 }
 
+/// A schedule's definition, as a `schedule` call gave it and as each of its kind-9 records
+/// holds it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScheduleRule {
+    pub name: String,
+    pub body: Vec<u8>,
+    pub every_ms: u64,
+    /// When it was scheduled: its occurrences fall at `anchor_ms + k × every_ms`, `k ≥ 1`.
+    pub anchor_ms: i64,
+    /// A `format::CATCH_UP_*` code.
+    pub catch_up: u8,
+}
+
+impl std::fmt::Debug for ScheduleRule {
+    /// `a "ack:1:3:s0" every 30000ms from 1700000030000 (catch-up 1)`: the body as text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:?} every {}ms from {} (catch-up {})",
+            self.name,
+            String::from_utf8_lossy(&self.body),
+            self.every_ms,
+            self.anchor_ms,
+            self.catch_up
+        )
+    }
+}
+
+impl ScheduleRule {
+    /// The first occurrence strictly after `after_ms`.
+    pub fn next_after(&self, after_ms: i64) -> i64 {
+        let every = self.every_ms as i64;
+        if after_ms < self.anchor_ms {
+            return self.anchor_ms + every;
+        }
+        self.anchor_ms + ((after_ms - self.anchor_ms) / every + 1) * every
+    }
+
+    /// Whether `due_ms` is one of the rule's occurrences.
+    fn has(&self, due_ms: i64) -> bool {
+        let k = due_ms - self.anchor_ms;
+        k > 0 && k % self.every_ms as i64 == 0
+    }
+}
+
+/// The `format::CATCH_UP_*` code of a policy.
+pub fn catch_up_code(c: CatchUp) -> u8 {
+    match c {
+        CatchUp::Skip => CATCH_UP_SKIP,
+        CatchUp::Latest => CATCH_UP_LATEST,
+        _ => CATCH_UP_ALL,
+    }
+}
+
+/// A `schedule` (with the definition it asked for) or `unschedule` (`def: None`) call.
+#[derive(Clone, Debug)]
+pub struct ScheduleCall {
+    /// `s0` or `s1`.
+    pub id: String,
+    pub def: Option<ScheduleRule>,
+    pub at_ms: i64,
+    /// Whether it had something to write: `unschedule` of an id the engine does not hold
+    /// answers `Ok(false)` from memory, which does not know whether a failed call reached
+    /// the disk.
+    pub writes: bool,
+    pub outcome: Outcome<bool>,
+}
+
+/// A `redrive` or `purge_dead` call, in call order.
+#[derive(Clone, Debug)]
+pub enum DeadCall {
+    /// `redrive(dead)`, of the dead letter listed with this name and body.
+    Redrive {
+        dead: EventId,
+        name: String,
+        body: Vec<u8>,
+        at_ms: i64,
+        outcome: Outcome<EventId>,
+    },
+    /// `purge_dead()`, with the dead letters `dead_letters` listed just before it.
+    Purge {
+        listed: Vec<EventId>,
+        outcome: Outcome<u64>,
+    },
+}
+
+/// One delivery of a schedule's occurrence: the schedule, the occurrence's time (the
+/// event's time plus its delay) and the event.
+pub type Occurrence = (String, i64, EventId);
+
 /// One handler call in the first life.
 #[derive(Clone, Debug)]
 pub struct Call {
@@ -376,6 +600,8 @@ pub struct Live {
     failed: HashMap<EventId, (i64, i64)>,
     pub calls: Vec<Call>,
     pub bodies: HashMap<EventId, Vec<u8>>,
+    /// Every delivery of an occurrence, attempts again included.
+    pub occurrences: Vec<Occurrence>,
     pub violations: Vec<String>,
 }
 
@@ -388,13 +614,17 @@ pub struct Model {
     pub cancels: Vec<(EventId, Outcome<bool>)>,
     pub job_cancels: Vec<(JobId, Outcome<u64>)>,
     pub pauses: Vec<PauseCall>,
+    pub schedule_calls: Vec<ScheduleCall>,
+    /// Every redrive and purge, with the length of `tried` when it was called.
+    pub dead_calls: Vec<(usize, DeadCall)>,
     /// Event id → index in `tried`, for publishes that returned `Ok`.
     pub by_id: HashMap<EventId, usize>,
     pub compaction_tried: bool,
     /// The latest clock time of the life.
     pub last_ms: i64,
-    /// Every publish, push and cancel that writes: the number of storage operations done
-    /// before the call, and what it returned (`None`: `Ok`).
+    /// Every call that writes (publishes, pushes, cancels, pauses, schedules, redrives,
+    /// purges): the number of storage operations done before the call, and what it
+    /// returned (`None`: `Ok`).
     pub returns: Vec<(u64, Option<String>)>,
     /// Errors of a `Restart`'s open on a disk that had not crashed.
     pub reopen_errors: Vec<String>,
@@ -423,6 +653,38 @@ impl Model {
             // Expired at an attempt, or dropped at a failure whose retry would fall due
             // past the retention.
             || self.last_ms + RETRY_MS > tried.due_ms + RETENTION_MS
+            // Ignored, and no longer a dead letter (redriven or purged) once a later call
+            // may have redriven or purged it.
+            || (tried.name == NO_HANDLER && self.dead_calls.iter().any(|(at, _)| *at > t))
+    }
+
+    /// The definitions schedule `id` may recover with (`None`: no schedule): that of its
+    /// last call that wrote and returned `Ok` (none if none did), and that of every failed
+    /// call after it.
+    pub fn schedule_states(&self, id: &str) -> Vec<Option<&ScheduleRule>> {
+        let calls: Vec<&ScheduleCall> = self
+            .schedule_calls
+            .iter()
+            .filter(|c| c.id == id && c.writes)
+            .collect();
+        let last_ok = calls
+            .iter()
+            .rposition(|c| matches!(c.outcome, Outcome::Ok(_)));
+        let mut states = vec![last_ok.and_then(|i| calls[i].def.as_ref())];
+        states.extend(
+            calls[last_ok.map_or(0, |i| i + 1)..]
+                .iter()
+                .map(|c| c.def.as_ref()),
+        );
+        states
+    }
+
+    /// Whether the event that redrive `r` (of `dead_calls`) returned as `new` may have
+    /// finished, so that compaction may have removed its record: handled, expired, or dead
+    /// and redriven or purged by a later call.
+    fn redriven_may_be_finished(&self, r: usize, new: EventId, at_ms: i64) -> bool {
+        let handled = self.live.lock().calls.iter().any(|c| c.ok && c.id == new);
+        handled || self.last_ms + RETRY_MS > at_ms + RETENTION_MS || self.dead_calls.len() > r + 1
     }
 
     /// Whether a keyed publish after `tried[t]` (event `id`), on the same key, may have
@@ -473,8 +735,18 @@ fn register(engine: &Engine, live: &Arc<Mutex<Live>>, clock: &ManualClock) {
                     event.attempt()
                 ));
             }
-            match l.due_of.get(body) {
-                Some(&due) if now_ms < due => l.violations.push(format!(
+            // An occurrence is due at its time; a publish (or its redrive, which has its
+            // body and is due later) at the due time its publish asked for.
+            let due = match event.schedule() {
+                Some(schedule) => {
+                    let due = event.time_ms() + event.delay_ms();
+                    l.occurrences.push((schedule.to_owned(), due, id));
+                    Some(due)
+                }
+                None => l.due_of.get(body).copied(),
+            };
+            match due {
+                Some(due) if now_ms < due => l.violations.push(format!(
                     "{id} attempt {} delivered at {now_ms}, before its due time {due}",
                     event.attempt()
                 )),
@@ -551,6 +823,7 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
                 started = true;
             }
             Step::Publish {
+                name,
                 behaviour,
                 delay_ms,
                 pad,
@@ -567,9 +840,9 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
                 let ops = disk.ops();
                 // Every other step goes through the async call: its future, polled to the end.
                 let outcome = Outcome::of(if i % 2 == 0 {
-                    engine.publish("a", &body, after)
+                    engine.publish(name, &body, after)
                 } else {
-                    super::block_on(engine.publish_async("a", &body, after))
+                    super::block_on(engine.publish_async(name, &body, after))
                 });
                 model.returns.push((ops, outcome.error()));
                 if let Outcome::Ok(id) = outcome {
@@ -578,7 +851,7 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
                 }
                 model.by_body.insert(body.clone(), model.tried.len());
                 model.tried.push(Tried {
-                    name: "a",
+                    name,
                     bodies: vec![body],
                     due_ms,
                     publish: Some(outcome),
@@ -778,8 +1051,29 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
                 model.compaction_tried = true;
                 let _ = engine.compact_now();
             }
-            Step::Restart => {
+            Step::Redrive { pick } => redrive(&engine, &mut model, disk, *pick),
+            Step::PurgeDead => purge(&engine, &mut model, disk),
+            Step::Schedule {
+                id,
+                name,
+                every_ms,
+                catch_up,
+                behaviour,
+            } => {
+                let rule = ScheduleRule {
+                    name: (*name).to_owned(),
+                    body: format!("{}:{tag}:{i}:s{id}", behaviour.prefix()).into_bytes(),
+                    every_ms: *every_ms,
+                    anchor_ms: now_ms,
+                    catch_up: catch_up_code(*catch_up),
+                };
+                schedule(&engine, &mut model, disk, format!("s{id}"), rule, *catch_up);
+            }
+            Step::Unschedule { id } => unschedule(&engine, &mut model, disk, format!("s{id}")),
+            Step::Restart { down_ms } => {
                 stopped(engine.close(), &model.live);
+                clock.advance_ms(*down_ms);
+                model.last_ms = clock.now_ms();
                 model.reopened_at.push(disk.ops());
                 match Engine::open_storage(Arc::new(disk.clone()), options(&clock)) {
                     Ok(reopened) => engine = reopened,
@@ -819,7 +1113,160 @@ pub fn run(disk: &MemStorage, steps: &[Step], tag: u64) -> Model {
         }
     }
     stopped(engine.close(), &model.live);
+    let twice = published_twice(&model.live.lock().occurrences);
+    if let Some(twice) = twice {
+        model.live.lock().violations.push(twice);
+    }
     model
+}
+
+/// An occurrence delivered by two different events (published twice), among `occurrences`.
+fn published_twice<'a>(occurrences: impl IntoIterator<Item = &'a Occurrence>) -> Option<String> {
+    let mut by: BTreeMap<(&str, i64), BTreeSet<EventId>> = BTreeMap::new();
+    for (schedule, due_ms, id) in occurrences {
+        by.entry((schedule, *due_ms)).or_default().insert(*id);
+    }
+    by.into_iter()
+        .find(|(_, ids)| ids.len() > 1)
+        .map(|((s, due), ids)| {
+            format!(
+                "the occurrence of schedule {s} due at {} was published as {ids:?}: twice",
+                due - START_MS
+            )
+        })
+}
+
+/// `schedule(id, rule)`; then `schedules()` lists it as defined, its first occurrence
+/// pending.
+fn schedule(
+    engine: &Engine,
+    model: &mut Model,
+    disk: &MemStorage,
+    id: String,
+    rule: ScheduleRule,
+    catch_up: CatchUp,
+) {
+    let recurring = Recurring::every(Duration::from_millis(rule.every_ms)).catch_up(catch_up);
+    let ops = disk.ops();
+    let outcome = Outcome::of(engine.schedule(&id, &rule.name, &rule.body, recurring));
+    model.returns.push((ops, outcome.error()));
+    if outcome == Outcome::Ok(()) {
+        let listed = engine.schedules().into_iter().find(|s| s.id == id);
+        let want = Some(rule.next_after(rule.anchor_ms));
+        if listed
+            .as_ref()
+            .is_none_or(|s| s.name != rule.name || s.next_due_ms != want || s.catch_up != catch_up)
+        {
+            model.live.lock().violations.push(format!(
+                "schedule {id} {rule:?} returned Ok, schedules() lists {listed:?}"
+            ));
+        }
+    }
+    model.schedule_calls.push(ScheduleCall {
+        id,
+        at_ms: rule.anchor_ms,
+        def: Some(rule),
+        writes: true,
+        outcome: match outcome {
+            Outcome::Ok(()) => Outcome::Ok(true),
+            Outcome::Unknown(e) => Outcome::Unknown(e),
+        },
+    });
+}
+
+/// `unschedule(id)`: `Ok(true)` iff `schedules()` listed it, and it is gone after.
+fn unschedule(engine: &Engine, model: &mut Model, disk: &MemStorage, id: String) {
+    let listed = engine.schedules().iter().any(|s| s.id == id);
+    let at_ms = model.last_ms;
+    let ops = disk.ops();
+    let outcome = Outcome::of(engine.unschedule(&id));
+    let writes = outcome != Outcome::Ok(false);
+    if writes {
+        model.returns.push((ops, outcome.error()));
+    }
+    if let Outcome::Ok(removed) = outcome
+        && (removed != listed || engine.schedules().iter().any(|s| s.id == id))
+    {
+        model.live.lock().violations.push(format!(
+            "unschedule {id} returned {removed} (listed before: {listed}), schedules() lists {:?}",
+            engine.schedules()
+        ));
+    }
+    model.schedule_calls.push(ScheduleCall {
+        id,
+        def: None,
+        at_ms,
+        writes,
+        outcome,
+    });
+}
+
+/// Redrives the `pick`-th dead letter listed, if any: a new event, and the dead letter is no
+/// longer listed.
+fn redrive(engine: &Engine, model: &mut Model, disk: &MemStorage, pick: usize) {
+    let Ok(list) = engine.dead_letters(ALL_DEAD) else {
+        return;
+    };
+    let Some(dead) = list.get(pick % list.len().max(1)) else {
+        return;
+    };
+    // Due now; a publish of the body was due earlier, an occurrence's body has none.
+    model
+        .live
+        .lock()
+        .due_of
+        .entry(dead.body.clone())
+        .or_insert(model.last_ms);
+    let ops = disk.ops();
+    let outcome = Outcome::of(engine.redrive(dead.id));
+    model.returns.push((ops, outcome.error()));
+    if let Outcome::Ok(new) = outcome {
+        let still = engine
+            .dead_letters(ALL_DEAD)
+            .is_ok_and(|l| l.iter().any(|d| d.id == dead.id));
+        if still || new == dead.id {
+            model.live.lock().violations.push(format!(
+                "redrive of {} returned {new}; still a dead letter: {still}",
+                dead.id
+            ));
+        }
+    }
+    model.dead_calls.push((
+        model.tried.len(),
+        DeadCall::Redrive {
+            dead: dead.id,
+            name: dead.name.clone(),
+            body: dead.body.clone(),
+            at_ms: model.last_ms,
+            outcome,
+        },
+    ));
+}
+
+/// `purge_dead()`: it counts the dead letters listed before it, and none is listed after.
+fn purge(engine: &Engine, model: &mut Model, disk: &MemStorage) {
+    let Ok(listed) = engine.dead_letters(ALL_DEAD) else {
+        return;
+    };
+    let listed: Vec<EventId> = listed.iter().map(|d| d.id).collect();
+    let ops = disk.ops();
+    let outcome = Outcome::of(engine.purge_dead());
+    // Nothing to purge is an answer from memory, not a write.
+    if outcome != Outcome::Ok(0) {
+        model.returns.push((ops, outcome.error()));
+    }
+    if let Outcome::Ok(n) = outcome {
+        let after = engine.dead_letters(ALL_DEAD).map(|l| l.len());
+        if n != listed.len() as u64 || after.as_ref().is_ok_and(|&a| a > 0) {
+            model.live.lock().violations.push(format!(
+                "purge_dead returned {n} with {} listed; {after:?} listed after",
+                listed.len()
+            ));
+        }
+    }
+    model
+        .dead_calls
+        .push((model.tried.len(), DeadCall::Purge { listed, outcome }));
 }
 
 /// Notes a violation if `close` says a thread of the engine panicked.
@@ -856,6 +1303,42 @@ pub struct Scanned {
     pub restated: BTreeMap<EventId, Vec<u8>>,
     /// Every body any publish record holds (restated ones too).
     pub bodies: BTreeSet<Vec<u8>>,
+    /// Events acknowledged as ignored (no handler).
+    pub ignored: BTreeSet<EventId>,
+    /// The dead letters the records leave, in log order: each event a drop or an ignored
+    /// ack finished, less those a later redrive names or a later purge forgets.
+    pub dead: BTreeSet<EventId>,
+    /// Redriven events: the new event → its redrive.
+    pub redrives: BTreeMap<EventId, RedriveRecord>,
+    /// How many purge records there are.
+    pub purges: usize,
+    /// Every kind-9 record, in log order.
+    pub schedule_records: Vec<ScheduleRecord>,
+    /// Each occurrence → the schedule whose record published it.
+    pub occurrence: BTreeMap<EventId, String>,
+    /// Occurrences a schedule's removal cancelled (pending when it applied).
+    pub unscheduled: BTreeSet<EventId>,
+}
+
+/// A kind-7 record with the redrive flag.
+#[derive(Clone, Debug)]
+pub struct RedriveRecord {
+    /// The dead letter it names.
+    pub dead: EventId,
+    /// Whether that event was a dead letter when the record applied, as the records before
+    /// it say (`None`: its publish is not in the log, compacted away).
+    pub was_dead: Option<bool>,
+}
+
+/// A kind-9 record: a definition with the occurrence it publishes, or a removal.
+#[derive(Clone, Debug)]
+pub struct ScheduleRecord {
+    pub id: String,
+    /// `None`: the schedule is removed.
+    pub def: Option<ScheduleRule>,
+    pub event: Option<EventId>,
+    pub due_ms: i64,
+    pub published_ms: i64,
 }
 
 /// The key options a kind-7 record gave a new event.
@@ -887,6 +1370,7 @@ impl Scanned {
             *a = (*a).max(n);
         };
         match record {
+            Record::Publish(p) if p.schedule().is_some() => self.add_schedule(p),
             Record::Publish(p) => {
                 let options = p.options();
                 for e in p.events() {
@@ -913,6 +1397,16 @@ impl Scanned {
                     self.published
                         .insert(e.id, (e.name.to_owned(), e.body.to_vec(), e.due_ms, p.job));
                     let Some(o) = options else { continue };
+                    if o.redrives {
+                        // The dead letter `replaces` is forgotten, not cancelled.
+                        let dead = o.replaces.unwrap_or(EventId(0));
+                        let was_dead = self
+                            .published
+                            .contains_key(&dead)
+                            .then(|| self.dead.remove(&dead));
+                        self.redrives.insert(e.id, RedriveRecord { dead, was_dead });
+                        continue;
+                    }
                     if let Some(holder) = o.replaces
                         && self.published.contains_key(&holder)
                         && !self.is_finished(holder)
@@ -939,8 +1433,12 @@ impl Scanned {
                     self.paused.remove(p.name);
                 }
             }
+            Record::PurgeDead(_) => {
+                self.purges += 1;
+                self.dead.clear();
+            }
             // A finished job's counts: nothing the model predicts.
-            Record::PurgeDead(_) | Record::JobDone(_) => {}
+            Record::JobDone(_) => {}
             Record::Attempt(a) => attempt(self, a.event, a.attempt),
             Record::Retry(r) => {
                 attempt(self, r.event, r.attempt);
@@ -950,11 +1448,17 @@ impl Scanned {
             }
             Record::Ack(a) => {
                 attempt(self, a.event, a.attempt);
-                self.outcomes.push((a.event, a.attempt, true));
+                if a.outcome == AckOutcome::Ignored {
+                    self.ignored.insert(a.event);
+                    self.dies(a.event);
+                } else {
+                    self.outcomes.push((a.event, a.attempt, true));
+                }
                 self.acked.insert(a.event);
             }
             Record::Drop(d) => {
                 attempt(self, d.event, d.attempt);
+                self.dies(d.event);
                 self.dropped.insert(d.event);
             }
             Record::Cancel(c) => match c.target {
@@ -968,12 +1472,84 @@ impl Scanned {
         }
     }
 
+    /// A drop or an ignored ack of `id`, before it applies: a pending event dies.
+    fn dies(&mut self, id: EventId) {
+        if self.published.contains_key(&id) && !self.is_finished(id) {
+            self.dead.insert(id);
+        }
+    }
+
+    /// A kind-9 record: a definition publishes its occurrence (cancelling the pending one
+    /// it replaces), a removal cancels the pending one.
+    fn add_schedule(&mut self, p: &Publish<'_>) {
+        let def: &ScheduleDef<'_> = p.schedule().expect("a kind-9 record");
+        let replaces = p
+            .options()
+            .and_then(|o| o.replaces)
+            .filter(|&r| self.published.contains_key(&r) && !self.is_finished(r));
+        let Some(e) = p.events().next() else {
+            self.unscheduled.extend(replaces);
+            self.schedule_records.push(ScheduleRecord {
+                id: def.id.to_owned(),
+                def: None,
+                event: None,
+                due_ms: 0,
+                published_ms: p.published_ms,
+            });
+            return;
+        };
+        if self.published.contains_key(&e.id) {
+            return;
+        }
+        if let Some(r) = replaces {
+            self.replaced.insert(r, e.id);
+        }
+        self.bodies.insert(e.body.to_vec());
+        self.published
+            .insert(e.id, (e.name.to_owned(), e.body.to_vec(), e.due_ms, None));
+        self.occurrence.insert(e.id, def.id.to_owned());
+        self.schedule_records.push(ScheduleRecord {
+            id: def.id.to_owned(),
+            def: Some(ScheduleRule {
+                name: e.name.to_owned(),
+                body: e.body.to_vec(),
+                every_ms: def.every_ms,
+                anchor_ms: def.anchor_ms,
+                catch_up: def.catch_up,
+            }),
+            event: Some(e.id),
+            due_ms: e.due_ms,
+            published_ms: p.published_ms,
+        });
+    }
+
+    /// The latest kind-9 record of schedule `id`: what replay makes of it.
+    pub fn latest_schedule(&self, id: &str) -> Option<&ScheduleRecord> {
+        self.schedule_records.iter().rev().find(|r| r.id == id)
+    }
+
+    /// The schedules the records leave defined, with their latest record.
+    pub fn schedules(&self) -> BTreeMap<&str, (&ScheduleRule, &ScheduleRecord)> {
+        let ids: BTreeSet<&str> = self
+            .schedule_records
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| {
+                let r = self.latest_schedule(id)?;
+                Some((id, (r.def.as_ref()?, r)))
+            })
+            .collect()
+    }
+
     /// Acknowledged, dropped or cancelled, alone or with its job.
     pub fn is_finished(&self, id: EventId) -> bool {
         self.acked.contains(&id)
             || self.dropped.contains(&id)
             || self.cancelled.contains(&id)
             || self.replaced.contains_key(&id)
+            || self.unscheduled.contains(&id)
             || self
                 .published
                 .get(&id)
@@ -989,10 +1565,12 @@ impl Scanned {
             .map(Vec::as_slice)
     }
 
+    /// The event a publish or push wrote with `body` (not a redrive of it, which has its
+    /// body too).
     fn has_body(&self, body: &[u8]) -> Option<(EventId, Option<JobId>)> {
         self.published
             .iter()
-            .find(|(_, p)| p.1 == body)
+            .find(|(id, p)| p.1 == body && !self.redrives.contains_key(id))
             .map(|(id, p)| (*id, p.3))
     }
 }
@@ -1018,8 +1596,12 @@ pub fn recover(disk: &MemStorage) -> Result<Scanned, String> {
 /// later failed one), no two pending events of a name hold one key, and each name is paused
 /// as its last `Ok` pause or resume left it (or as a later failed one would).
 pub fn check_log(model: &Model, s: &Scanned) -> Result<(), String> {
-    // Nothing invented: every publish matches one tried, with the id and job it returned.
+    // Nothing invented: every publish matches one tried, with the id and job it returned
+    // (redrives and occurrences are checked by `check_dead` and `check_schedules`).
     for (id, (name, body, due_ms, job)) in &s.published {
+        if s.redrives.contains_key(id) || s.occurrence.contains_key(id) {
+            continue;
+        }
         let Some(&t) = model.by_body.get(body) else {
             return Err(format!(
                 "recovered {id} with a body nobody published: {body:?}"
@@ -1178,6 +1760,207 @@ pub fn check_log(model: &Model, s: &Scanned) -> Result<(), String> {
     }
     if let Some(name) = s.paused.iter().find(|n| !NAMES.contains(&n.as_str())) {
         return Err(format!("recovered a pause of {name} nobody asked for"));
+    }
+    check_schedules(model, s)?;
+    check_dead(model, s)
+}
+
+/// Schedules: every kind-9 record was asked for by a call (with its definition; a removal
+/// by an `unschedule` that wrote) and publishes an occurrence of its rule; each schedule's
+/// latest record leaves it as its last `Ok` call did (or a later failed one would); the
+/// record of every `Ok` call is there, or a later call's is (compaction keeps each
+/// schedule's latest record only); and no schedule has two pending occurrences.
+fn check_schedules(model: &Model, s: &Scanned) -> Result<(), String> {
+    for r in &s.schedule_records {
+        let mut calls = model.schedule_calls.iter().filter(|c| c.id == r.id);
+        let asked = match &r.def {
+            Some(def) => calls.any(|c| c.def.as_ref() == Some(def)),
+            None => calls.any(|c| c.def.is_none() && c.writes),
+        };
+        if !asked {
+            return Err(format!(
+                "recovered a schedule record no call asked for: {r:?}; calls {:?}",
+                model.schedule_calls
+            ));
+        }
+        if let (Some(def), Some(e)) = (&r.def, r.event)
+            && !def.has(r.due_ms)
+        {
+            return Err(format!(
+                "occurrence {e} of schedule {} is due at {}, not an occurrence of {def:?}",
+                r.id, r.due_ms
+            ));
+        }
+    }
+    let ids: BTreeSet<&str> = model
+        .schedule_calls
+        .iter()
+        .map(|c| c.id.as_str())
+        .chain(s.schedule_records.iter().map(|r| r.id.as_str()))
+        .collect();
+    for id in ids {
+        let state = s.latest_schedule(id).and_then(|r| r.def.as_ref());
+        let states = model.schedule_states(id);
+        if !states.contains(&state) {
+            return Err(format!(
+                "schedule {id} recovered as {state:?}, but its calls allow {states:?}: {:?}",
+                model.schedule_calls
+            ));
+        }
+    }
+    let has_record = |c: &ScheduleCall| {
+        s.schedule_records.iter().any(|r| {
+            r.id == c.id
+                && match (&c.def, &r.def) {
+                    (Some(a), Some(b)) => a == b,
+                    (None, None) => r.published_ms == c.at_ms,
+                    _ => false,
+                }
+        })
+    };
+    for (ci, c) in model.schedule_calls.iter().enumerate() {
+        if !c.writes || !matches!(c.outcome, Outcome::Ok(_)) || has_record(c) {
+            continue;
+        }
+        let superseded = model.compaction_tried
+            && model.schedule_calls[ci + 1..]
+                .iter()
+                .any(|later| later.id == c.id && has_record(later));
+        if !superseded {
+            return Err(format!(
+                "lost the record of a schedule call that returned Ok: {c:?}"
+            ));
+        }
+    }
+    check_one_pending(s)
+}
+
+/// Every pending occurrence is the one its schedule's latest record published: so no
+/// schedule has two, and a removed schedule none.
+pub fn check_one_pending(s: &Scanned) -> Result<(), String> {
+    for (&e, schedule) in &s.occurrence {
+        if s.is_finished(e) {
+            continue;
+        }
+        let latest = s.latest_schedule(schedule);
+        if latest.and_then(|r| r.event) != Some(e) {
+            return Err(format!(
+                "occurrence {e} of schedule {schedule} is pending, but the schedule's latest \
+                 record is {latest:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Dead letters: every redrive record was asked for (by a call that returned its event, or
+/// failed) with the listed letter's name and body, due at the call, and names a dead letter;
+/// no letter is redriven twice; a redrive that returned `Ok` is in the log as a publish with
+/// the redrive flag naming its dead letter (or its event finished and was compacted away),
+/// and that letter is dead no more; a purge that returned `Ok` leaves none of the letters
+/// listed before it, and its record (or a later one) is there; only [`NO_HANDLER`]'s events
+/// are acknowledged as ignored.
+fn check_dead(model: &Model, s: &Scanned) -> Result<(), String> {
+    let mut redriven = BTreeSet::new();
+    for (new, r) in &s.redrives {
+        let call = model.dead_calls.iter().find_map(|(_, c)| match c {
+            DeadCall::Redrive {
+                dead,
+                name,
+                body,
+                at_ms,
+                outcome,
+            } if *dead == r.dead
+                && (matches!(outcome, Outcome::Ok(id) if id == new)
+                    || matches!(outcome, Outcome::Unknown(_))) =>
+            {
+                Some((name, body, *at_ms))
+            }
+            _ => None,
+        });
+        let Some((name, body, at_ms)) = call else {
+            return Err(format!(
+                "recovered {new}, a redrive of {} no redrive call returned or left in doubt",
+                r.dead
+            ));
+        };
+        let p = &s.published[new];
+        if (&p.0, &p.1, p.2, p.3) != (name, body, at_ms, None) {
+            return Err(format!(
+                "redrive {new} of {} recovered as {p:?}; the dead letter was {name} {:?}, \
+                 redriven at {at_ms}",
+                r.dead,
+                String::from_utf8_lossy(body)
+            ));
+        }
+        if r.was_dead == Some(false) {
+            return Err(format!(
+                "{new} redrives {}, which was no dead letter by the records before it",
+                r.dead
+            ));
+        }
+        if !redriven.insert(r.dead) {
+            return Err(format!("{} redriven twice: {:?}", r.dead, s.redrives));
+        }
+    }
+    for (ri, (_, call)) in model.dead_calls.iter().enumerate() {
+        match call {
+            DeadCall::Redrive {
+                dead,
+                at_ms,
+                outcome: Outcome::Ok(new),
+                ..
+            } => {
+                match s.redrives.get(new) {
+                    Some(r) if r.dead == *dead => {}
+                    _ if s.published.contains_key(new) => {
+                        return Err(format!(
+                            "redrive of {dead} returned {new}, whose record is {:?}",
+                            s.redrives.get(new)
+                        ));
+                    }
+                    _ if model.compaction_tried
+                        && model.redriven_may_be_finished(ri, *new, *at_ms) => {}
+                    _ => return Err(format!("lost {new}, the returned redrive of {dead}")),
+                }
+                if s.dead.contains(dead) {
+                    return Err(format!(
+                        "{dead} is a dead letter, though its redrive returned {new}"
+                    ));
+                }
+            }
+            DeadCall::Purge {
+                listed,
+                outcome: Outcome::Ok(n),
+            } => {
+                if let Some(id) = listed.iter().find(|id| s.dead.contains(id)) {
+                    return Err(format!(
+                        "{id} is a dead letter, though a purge returned {n} after listing it"
+                    ));
+                }
+                if *n > 0 && s.purges == 0 {
+                    return Err(format!("lost the record of a purge that returned {n}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    let purged = model
+        .dead_calls
+        .iter()
+        .any(|(_, c)| matches!(c, DeadCall::Purge { outcome, .. } if *outcome != Outcome::Ok(0)));
+    if s.purges > 0 && !purged {
+        return Err("recovered a purge no call wrote".into());
+    }
+    if let Some(id) = s
+        .ignored
+        .iter()
+        .find(|id| s.published.get(id).is_some_and(|p| p.0 != NO_HANDLER))
+    {
+        return Err(format!(
+            "{id} of {} was acknowledged as ignored, but its name has a handler",
+            s.published[id].0
+        ));
     }
     Ok(())
 }
@@ -1355,14 +2138,93 @@ fn check_keyed_calls(model: &Model, s: &Scanned) -> Result<(), String> {
     Ok(())
 }
 
+/// One delivery by a reopened engine.
+struct Seen {
+    id: EventId,
+    attempt: u32,
+    now_ms: i64,
+    body: Vec<u8>,
+    name: &'static str,
+    /// The schedule that published it, and the occurrence's time.
+    schedule: Option<(String, i64)>,
+}
+
+/// What a reopened engine did, for the checks after it closed.
+struct Reopened {
+    seen: Vec<Seen>,
+    /// The schedules' pending occurrences right after `start`.
+    next: BTreeMap<String, i64>,
+    /// Dead letters redriven by the reopened engine: the new event and the letter.
+    redriven: Vec<(EventId, DeadLetter)>,
+    /// The clock at the end.
+    end_ms: i64,
+    expired: u64,
+    dead: Vec<DeadLetter>,
+    schedules: Vec<ScheduleInfo>,
+}
+
 /// Opens an engine on the recovered disk and delivers: first at the crash's time, then, once
 /// the names the log leaves paused are resumed, past every due time. The engine's index
-/// agrees with the records (`check_index`) and its paused names with the pause records; nothing
-/// of a paused name is delivered before the resume, and every event with its latest body. Every event the log holds unfinished is delivered once, with the next
-/// attempt number, and never before its due time, unless it expired; nothing finished is
-/// delivered (Promises 2 and 3); the engine opens and closes without error (Promise 4), and
-/// a second reopen delivers nothing.
+/// agrees with the records (`check_index`), and so do its paused names, dead letters and
+/// schedules (`check_open_state`); nothing of a paused name is delivered before the resume,
+/// and every event with its latest body. Every event the log holds unfinished is delivered
+/// once, with the next attempt number, and never before its due time, unless it expired or
+/// is an occurrence that its schedule's catch-up replaces at start; nothing finished is
+/// delivered (Promises 2 and 3). Handlers are registered for [`NO_HANDLER`] too (late), and
+/// the newest and the oldest dead letter are redriven: each new event is delivered once and
+/// its letter is gone. After `start` every schedule has one pending occurrence, which fires;
+/// across both lives no occurrence is published as two events (`check_occurrences`). The
+/// engine opens and closes without error (Promise 4), and a second reopen delivers nothing
+/// and lists the same dead letters and schedules (`reopen_again`).
 pub fn check_reopen(disk: &MemStorage, model: &Model, s: &Scanned) -> Result<(), String> {
+    let r = deliver_reopened(disk, model, s)?;
+    let dead_end: BTreeSet<EventId> = r.dead.iter().map(|d| d.id).collect();
+    let last = reopen_again(disk, r.end_ms, &dead_end, &r.schedules)?;
+    let delivered = check_deliveries(&r, s)?;
+    let mut expired = Vec::new();
+    for (&id, p) in &s.published {
+        if s.is_finished(id) {
+            continue;
+        }
+        let next = s.attempts.get(&id).copied().unwrap_or(0) + 1;
+        if replaced_at_start(s, id, model.last_ms) {
+            if let Some(attempts) = delivered.get(&id) {
+                return Err(format!(
+                    "occurrence {id} of {:?}, which its catch-up replaces at start, was \
+                     delivered as {attempts:?}",
+                    s.occurrence.get(&id)
+                ));
+            }
+            continue;
+        }
+        match delivered.get(&id) {
+            Some(attempts) if attempts == &vec![next] => {}
+            None if r.end_ms > p.2 + RETENTION_MS => expired.push(id),
+            other => {
+                return Err(format!(
+                    "{id} after attempt {} was delivered as {other:?}, expected [{next}] once",
+                    next - 1
+                ));
+            }
+        }
+    }
+    for (new, dead) in &r.redriven {
+        if delivered.get(new) != Some(&vec![1]) {
+            return Err(format!(
+                "{new}, the reopened engine's redrive of {}, was delivered as {:?}",
+                dead.id,
+                delivered.get(new)
+            ));
+        }
+    }
+    check_dead_after(s, &r, &expired)?;
+    check_occurrences(model, s, &r, &last)
+}
+
+/// Opens the engine on the recovered disk, checks what it holds, registers handlers (that
+/// acknowledge everything) for every name, starts, redrives two dead letters, resumes the
+/// paused names and delivers past every due time.
+fn deliver_reopened(disk: &MemStorage, model: &Model, s: &Scanned) -> Result<Reopened, String> {
     let clock = ManualClock::new(model.last_ms);
     let engine = Engine::open_storage(Arc::new(disk.clone()), options(&clock))
         .map_err(|e| format!("the engine does not reopen: {e}"))?;
@@ -1373,31 +2235,43 @@ pub fn check_reopen(disk: &MemStorage, model: &Model, s: &Scanned) -> Result<(),
             engine.paused()
         ));
     }
-    check_index(disk, s)?;
-    type Seen = (EventId, u32, i64, Vec<u8>, String);
+    let reader = Reader::open_storage(Arc::new(disk.clone()))
+        .map_err(|e| format!("a reader beside the reopened engine fails: {e}"))?;
+    check_index(&reader, s)?;
+    check_open_state(&engine, &reader, s)?;
+    drop(reader);
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    for name in NAMES {
+    for name in NAMES.into_iter().chain([NO_HANDLER]) {
         let seen = seen.clone();
         let clock = clock.clone();
         engine.on(name, move |event, _| {
-            seen.lock().push((
-                event.id(),
-                event.attempt(),
-                clock.now_ms(),
-                event.body().to_vec(),
-                name.to_owned(),
-            ));
+            seen.lock().push(Seen {
+                id: event.id(),
+                attempt: event.attempt(),
+                now_ms: clock.now_ms(),
+                body: event.body().to_vec(),
+                name,
+                schedule: event
+                    .schedule()
+                    .map(|s| (s.to_owned(), event.time_ms() + event.delay_ms())),
+            });
             Ok(())
         });
     }
     engine.start();
     let mut idle = engine.wait_idle(IDLE);
-    if let Some(e) = seen.lock().iter().find(|e| paused.contains(&e.4)) {
+    if let Some(e) = seen
+        .lock()
+        .iter()
+        .find(|e| paused.iter().any(|p| p == e.name))
+    {
         return Err(format!(
             "delivered {} of paused {} after the reopen",
-            e.0, e.4
+            e.id, e.name
         ));
     }
+    let next = pending_after_start(&engine, s)?;
+    let redriven = redrive_some(&engine)?;
     for name in &paused {
         engine
             .resume(name)
@@ -1410,11 +2284,357 @@ pub fn check_reopen(disk: &MemStorage, model: &Model, s: &Scanned) -> Result<(),
     if !idle {
         return Err("the reopened engine never became idle".into());
     }
-    let expired = engine.metrics().expired;
+    let r = Reopened {
+        expired: engine.metrics().expired,
+        dead: engine
+            .dead_letters(ALL_DEAD)
+            .map_err(|e| format!("the reopened engine lists no dead letters: {e}"))?,
+        schedules: engine.schedules(),
+        seen: std::mem::take(&mut *seen.lock()),
+        next,
+        redriven,
+        end_ms,
+    };
     engine
         .close()
         .map_err(|e| format!("the reopened engine does not close: {e}"))?;
-    // Once more: everything was delivered or expired, so nothing is delivered again.
+    Ok(r)
+}
+
+/// The dead letters, schedules and paused names of the engine just opened on the recovered
+/// disk, and of a reader beside it, against the records: the dead letters the records leave
+/// (none redriven or purged), counted by the metrics; each schedule the records leave
+/// defined, with its latest record's name, rule and catch-up, and the time of its pending
+/// occurrence if that one is pending.
+fn check_open_state(engine: &Engine, reader: &Reader, s: &Scanned) -> Result<(), String> {
+    let ids = |l: Vec<DeadLetter>| l.into_iter().map(|d| d.id).collect::<BTreeSet<_>>();
+    let dead = engine
+        .dead_letters(ALL_DEAD)
+        .map(ids)
+        .map_err(|e| format!("the reopened engine lists no dead letters: {e}"))?;
+    if dead != s.dead {
+        return Err(format!(
+            "the reopened engine lists the dead letters {dead:?}, the records leave {:?}",
+            s.dead
+        ));
+    }
+    let counted = engine.metrics().dead_letters;
+    if counted != dead.len() as u64 {
+        return Err(format!(
+            "the metrics count {counted} dead letters, the engine lists {dead:?}"
+        ));
+    }
+    let read = reader
+        .dead_letters(ALL_DEAD)
+        .map(ids)
+        .map_err(|e| format!("a reader lists no dead letters: {e}"))?;
+    if read != dead {
+        return Err(format!(
+            "a reader lists the dead letters {read:?}, the engine {dead:?}"
+        ));
+    }
+    let listed = engine.schedules();
+    let got: Vec<_> = listed
+        .iter()
+        .map(|i| {
+            let rule = i.rule.clone();
+            (
+                i.id.clone(),
+                i.name.clone(),
+                rule,
+                catch_up_code(i.catch_up),
+                i.next_due_ms,
+            )
+        })
+        .collect();
+    let want: Vec<_> = s
+        .schedules()
+        .into_iter()
+        .map(|(id, (def, r))| {
+            let pending = r.event.filter(|&e| !s.is_finished(e)).map(|_| r.due_ms);
+            let rule = format!("every {}ms", def.every_ms);
+            (id.to_owned(), def.name.clone(), rule, def.catch_up, pending)
+        })
+        .collect();
+    if got != want {
+        return Err(format!(
+            "the reopened engine lists the schedules {got:?}, the records leave {want:?}"
+        ));
+    }
+    let read = reader
+        .schedules()
+        .map_err(|e| format!("a reader lists no schedules: {e}"))?;
+    if read != listed {
+        return Err(format!(
+            "a reader lists the schedules {read:?}, the engine {listed:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// After `start`, every schedule the records define has one pending occurrence (an idle one
+/// got its next at start, a missed one its catch-up): its time, by schedule.
+fn pending_after_start(engine: &Engine, s: &Scanned) -> Result<BTreeMap<String, i64>, String> {
+    let listed = engine.schedules();
+    let ids: Vec<&str> = listed.iter().map(|i| i.id.as_str()).collect();
+    let defined: Vec<&str> = s.schedules().into_keys().collect();
+    if ids != defined {
+        return Err(format!(
+            "after start the engine lists the schedules {ids:?}, the records define {defined:?}"
+        ));
+    }
+    listed
+        .into_iter()
+        .map(|i| match i.next_due_ms {
+            Some(due) => Ok((i.id, due)),
+            None => Err(format!(
+                "schedule {} has no pending occurrence after start: {i:?}",
+                i.id
+            )),
+        })
+        .collect()
+}
+
+/// Redrives the newest and the oldest dead letter: each returns a new event, and the letter
+/// is no longer listed (nor redriven again).
+fn redrive_some(engine: &Engine) -> Result<Vec<(EventId, DeadLetter)>, String> {
+    let list = engine
+        .dead_letters(ALL_DEAD)
+        .map_err(|e| format!("the reopened engine lists no dead letters: {e}"))?;
+    let picks = list
+        .first()
+        .into_iter()
+        .chain(list.last().filter(|_| list.len() > 1));
+    let mut redriven = Vec::new();
+    for dead in picks {
+        let new = engine
+            .redrive(dead.id)
+            .map_err(|e| format!("the reopened engine does not redrive {}: {e}", dead.id))?;
+        if engine.redrive(dead.id).is_ok() {
+            return Err(format!("{} redriven twice by the reopened engine", dead.id));
+        }
+        redriven.push((new, dead.clone()));
+    }
+    let after = engine
+        .dead_letters(ALL_DEAD)
+        .map_err(|e| format!("the reopened engine lists no dead letters: {e}"))?;
+    if let Some((_, d)) = redriven
+        .iter()
+        .find(|(_, d)| after.iter().any(|a| a.id == d.id))
+    {
+        return Err(format!("{} is still a dead letter after its redrive", d.id));
+    }
+    Ok(redriven)
+}
+
+/// Each delivery of the reopened engine: an event the records hold unfinished, with its
+/// latest body, at or after its due time (or at once, after a crash during its attempt), of
+/// its schedule if it is an occurrence; a redrive of the reopened engine's, with its dead
+/// letter's name and body; or a new occurrence of a schedule the records define, with its
+/// name and body, at one of its rule's times. The attempts delivered, by event.
+fn check_deliveries(r: &Reopened, s: &Scanned) -> Result<BTreeMap<EventId, Vec<u32>>, String> {
+    let schedules = s.schedules();
+    let mut delivered: BTreeMap<EventId, Vec<u32>> = BTreeMap::new();
+    for e in &r.seen {
+        let id = e.id;
+        if let Some(p) = s.published.get(&id) {
+            if s.body(id) != Some(e.body.as_slice()) {
+                return Err(format!(
+                    "delivered {id} with body {:?}, the log holds {:?}",
+                    String::from_utf8_lossy(&e.body),
+                    s.body(id).map(String::from_utf8_lossy)
+                ));
+            }
+            if s.is_finished(id) {
+                return Err(format!("delivered finished {id} again"));
+            }
+            let due_ms = s.retry_due.get(&id).copied().unwrap_or(p.2);
+            // A crash during an attempt makes the event due at once; otherwise its due time
+            // holds.
+            let running = s
+                .attempts
+                .get(&id)
+                .is_some_and(|&a| !s.outcomes.iter().any(|&(o, n, _)| o == id && n == a));
+            if e.now_ms < due_ms && !running {
+                return Err(format!(
+                    "delivered {id} at {}, before its due time {due_ms}",
+                    e.now_ms
+                ));
+            }
+            let schedule = e.schedule.as_ref().map(|(sch, _)| sch);
+            if schedule != s.occurrence.get(&id) {
+                return Err(format!(
+                    "delivered {id} as an occurrence of {schedule:?}, the log says {:?}",
+                    s.occurrence.get(&id)
+                ));
+            }
+        } else if let Some((_, d)) = r.redriven.iter().find(|(n, _)| *n == id) {
+            if (e.name, &e.body) != (d.name.as_str(), &d.body) {
+                return Err(format!(
+                    "delivered {id}, the redrive of {}, as {} {:?}",
+                    d.id,
+                    e.name,
+                    String::from_utf8_lossy(&e.body)
+                ));
+            }
+        } else if let Some((schedule, due_ms)) = &e.schedule {
+            let def = schedules.get(schedule.as_str()).map(|(def, _)| *def);
+            if def.is_none_or(|d| d.name != e.name || d.body != e.body || !d.has(*due_ms))
+                || e.now_ms < *due_ms
+            {
+                return Err(format!(
+                    "delivered {id} at {} as the occurrence of {schedule} due at {due_ms}; \
+                     the records define {def:?}",
+                    e.now_ms
+                ));
+            }
+        } else {
+            return Err(format!("delivered {id}, which the log does not hold"));
+        }
+        delivered.entry(id).or_default().push(e.attempt);
+    }
+    Ok(delivered)
+}
+
+/// Whether the pending occurrence `id` (if it is one) is replaced by its schedule's catch-up
+/// when an engine starts at `now_ms`: it was due before then (missed), and the policy is
+/// `Skip` (the next one from now instead), or `Latest` with a later occurrence due by now.
+fn replaced_at_start(s: &Scanned, id: EventId, now_ms: i64) -> bool {
+    let Some(schedule) = s.occurrence.get(&id) else {
+        return false;
+    };
+    let Some(r) = s.latest_schedule(schedule).filter(|r| r.event == Some(id)) else {
+        return false;
+    };
+    let Some(def) = &r.def else { return false };
+    r.due_ms < now_ms
+        && match def.catch_up {
+            CATCH_UP_SKIP => true,
+            CATCH_UP_LATEST => def.next_after(r.due_ms) <= now_ms,
+            _ => false,
+        }
+}
+
+/// The dead letters at the end of the reopened engine's life: those the records left, less
+/// the two it redrove, and the events that expired (past retention) in it, counted by the
+/// metrics; new occurrences that expired are the only others.
+fn check_dead_after(s: &Scanned, r: &Reopened, expired: &[EventId]) -> Result<(), String> {
+    // Those that expired at start may be the ones redriven.
+    let mut want: BTreeSet<EventId> = s.dead.clone();
+    want.extend(expired);
+    for (_, d) in &r.redriven {
+        want.remove(&d.id);
+    }
+    let got: BTreeSet<EventId> = r.dead.iter().map(|d| d.id).collect();
+    if let Some(id) = want.difference(&got).next() {
+        return Err(format!(
+            "{id} is not a dead letter at the end of the reopened engine; it lists {got:?}, \
+             expected {want:?} ({} expired; {:?})",
+            r.expired,
+            s.published.get(id)
+        ));
+    }
+    // Others: new occurrences that expired, listed at the end or redriven.
+    let redriven_others = r
+        .redriven
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| !s.dead.contains(&d.id) && !expired.contains(&d.id));
+    let others: Vec<&DeadLetter> = r
+        .dead
+        .iter()
+        .filter(|d| !want.contains(&d.id))
+        .chain(redriven_others)
+        .collect();
+    if let Some(d) = others.iter().find(|d| {
+        d.reason != DeadReason::PastRetention
+            || s.published.contains_key(&d.id)
+            || r.redriven.iter().any(|(n, _)| *n == d.id)
+    }) {
+        return Err(format!(
+            "the reopened engine made {} a dead letter ({}): {d:?}",
+            d.id, d.reason
+        ));
+    }
+    let counted = expired.len() + others.len();
+    if r.expired != counted as u64 {
+        return Err(format!(
+            "{} expired on reopen, {counted} could have",
+            r.expired
+        ));
+    }
+    Ok(())
+}
+
+/// Across both lives, each occurrence of a schedule (its time) was delivered by one event:
+/// none was published twice. The occurrence each schedule had pending after start fired (or
+/// expired), and the log the reopened engine left holds one pending occurrence of each
+/// schedule, due after the end, as the engine listed it.
+fn check_occurrences(
+    model: &Model,
+    s: &Scanned,
+    r: &Reopened,
+    last: &Scanned,
+) -> Result<(), String> {
+    let mut all: Vec<Occurrence> = model.live.lock().occurrences.clone();
+    all.extend(r.seen.iter().filter_map(|e| {
+        let (schedule, due_ms) = e.schedule.clone()?;
+        Some((schedule, due_ms, e.id))
+    }));
+    if let Some(twice) = published_twice(&all) {
+        return Err(twice);
+    }
+    for (schedule, &due_ms) in &r.next {
+        // The latest record of that time: a redefinition at the same instant with the
+        // same interval replaces an occurrence with one of the same time.
+        let event = last
+            .schedule_records
+            .iter()
+            .rfind(|x| x.id == *schedule && x.due_ms == due_ms)
+            .and_then(|x| x.event);
+        let fired =
+            event.is_some_and(|e| r.seen.iter().any(|x| x.id == e) || last.dropped.contains(&e));
+        if !fired {
+            let e = event.unwrap_or(EventId(0));
+            return Err(format!(
+                "the occurrence of {schedule} due at {due_ms}, pending after start, never \
+                 fired (event {event:?}: acknowledged {}, replaced by {:?}, attempts {:?}; \
+                 delivered {:?})",
+                last.acked.contains(&e),
+                last.replaced.get(&e),
+                last.attempts.get(&e),
+                r.seen.iter().map(|x| (x.id, x.attempt)).collect::<Vec<_>>()
+            ));
+        }
+    }
+    check_one_pending(last)?;
+    for (id, (def, latest)) in s.schedules() {
+        let listed = r.schedules.iter().find(|i| i.id == id);
+        let pending = last
+            .latest_schedule(id)
+            .filter(|x| x.def.as_ref() == Some(def))
+            .and_then(|x| x.event.filter(|&e| !last.is_finished(e)).map(|_| x.due_ms));
+        if pending.is_none_or(|due| due <= r.end_ms)
+            || listed.and_then(|i| i.next_due_ms) != pending
+        {
+            return Err(format!(
+                "schedule {id} (latest record {latest:?}) ends the reopened engine with \
+                 {listed:?}, its log's pending occurrence due at {pending:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A second reopen, after the reopened engine closed: nothing is paused or delivered, the
+/// dead letters and schedules are those the first one left. The log it leaves, read again.
+fn reopen_again(
+    disk: &MemStorage,
+    end_ms: i64,
+    dead: &BTreeSet<EventId>,
+    schedules: &[ScheduleInfo],
+) -> Result<Scanned, String> {
+    let clock = ManualClock::new(end_ms);
     let engine = Engine::open_storage(Arc::new(disk.clone()), options(&clock))
         .map_err(|e| format!("the engine does not reopen a second time: {e}"))?;
     if !engine.paused().is_empty() {
@@ -1423,8 +2643,25 @@ pub fn check_reopen(disk: &MemStorage, model: &Model, s: &Scanned) -> Result<(),
             engine.paused()
         ));
     }
+    let listed: BTreeSet<EventId> = engine
+        .dead_letters(ALL_DEAD)
+        .map_err(|e| format!("the engine reopened a second time lists no dead letters: {e}"))?
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    if listed != *dead {
+        return Err(format!(
+            "reopened a second time with the dead letters {listed:?}, closed with {dead:?}"
+        ));
+    }
+    if engine.schedules() != schedules {
+        return Err(format!(
+            "reopened a second time with the schedules {:?}, closed with {schedules:?}",
+            engine.schedules()
+        ));
+    }
     let again: Arc<Mutex<Vec<EventId>>> = Arc::default();
-    for name in NAMES {
+    for name in NAMES.into_iter().chain([NO_HANDLER]) {
         let again = again.clone();
         engine.on(name, move |event, _| {
             again.lock().push(event.id());
@@ -1444,68 +2681,16 @@ pub fn check_reopen(disk: &MemStorage, model: &Model, s: &Scanned) -> Result<(),
             again.lock()
         ));
     }
-    let seen = seen.lock();
-    let mut delivered: BTreeMap<EventId, Vec<u32>> = BTreeMap::new();
-    for (id, attempt, now_ms, body, _) in seen.iter() {
-        let (id, attempt, now_ms) = (*id, *attempt, *now_ms);
-        let Some(p) = s.published.get(&id) else {
-            return Err(format!("delivered {id}, which the log does not hold"));
-        };
-        if s.body(id) != Some(body.as_slice()) {
-            return Err(format!(
-                "delivered {id} with body {:?}, the log holds {:?}",
-                String::from_utf8_lossy(body),
-                s.body(id).map(String::from_utf8_lossy)
-            ));
-        }
-        if s.is_finished(id) {
-            return Err(format!("delivered finished {id} again"));
-        }
-        let due_ms = s.retry_due.get(&id).copied().unwrap_or(p.2);
-        // A crash during an attempt makes the event due at once; otherwise its due time holds.
-        let running = s
-            .attempts
-            .get(&id)
-            .is_some_and(|&a| !s.outcomes.iter().any(|&(e, n, _)| e == id && n == a));
-        if now_ms < due_ms && !running {
-            return Err(format!(
-                "delivered {id} at {now_ms}, before its due time {due_ms}"
-            ));
-        }
-        delivered.entry(id).or_default().push(attempt);
-    }
-    let mut expired_here = 0;
-    for (&id, p) in &s.published {
-        if s.is_finished(id) {
-            continue;
-        }
-        let next = s.attempts.get(&id).copied().unwrap_or(0) + 1;
-        match delivered.get(&id) {
-            Some(attempts) if attempts == &vec![next] => {}
-            None if end_ms > p.2 + RETENTION_MS => expired_here += 1,
-            other => {
-                return Err(format!(
-                    "{id} after attempt {} was delivered as {other:?}, expected [{next}] once",
-                    next - 1
-                ));
-            }
-        }
-    }
-    if expired != expired_here {
-        return Err(format!(
-            "{expired} expired on reopen, {expired_here} could have"
-        ));
-    }
-    Ok(())
+    recover(disk).map_err(|e| format!("after the reopened engines: {e}"))
 }
 
 /// The index of the engine open on `disk` (read by a `Reader` beside it) against the records
 /// recovered: the same events, each pending iff no record finished it (a replaced holder is
 /// cancelled iff the record of the event that replaced it was recovered), with the length of
 /// its latest body.
-fn check_index(disk: &MemStorage, s: &Scanned) -> Result<(), String> {
-    let rows = Reader::open_storage(Arc::new(disk.clone()))
-        .and_then(|r| r.events())
+fn check_index(reader: &Reader, s: &Scanned) -> Result<(), String> {
+    let rows = reader
+        .events()
         .map_err(|e| format!("a reader beside the reopened engine fails: {e}"))?;
     let rows: BTreeMap<EventId, _> = rows.into_iter().map(|r| (r.id, r)).collect();
     for (&id, p) in &s.published {
