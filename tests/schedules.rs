@@ -13,6 +13,11 @@ const START_MS: i64 = 1_704_067_200_000;
 const IDLE: Duration = Duration::from_secs(20);
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// The time `k` minutes after the start.
+fn minute(k: i64) -> i64 {
+    START_MS + k * 60_000
+}
+
 fn options(clock: &ManualClock) -> Options {
     Options::default()
         .clock(clock.clone())
@@ -67,20 +72,17 @@ fn an_every_schedule_publishes_each_occurrence_once_with_its_schedule() {
         (list[0].id.as_str(), list[0].name.as_str()),
         ("heartbeat", "ping")
     );
-    assert_eq!(list[0].next_due_ms, Some(START_MS + 60_000));
+    assert_eq!(list[0].next_due_ms, Some(minute(1)));
     engine.start();
     run(&engine, &clock, MINUTE, 5);
-    let want: Vec<i64> = (1..=5).map(|k| START_MS + k * 60_000).collect();
+    let want: Vec<i64> = (1..=5).map(minute).collect();
     assert_eq!(times(&seen), want);
     assert!(
         seen.lock()
             .iter()
             .all(|(_, s)| s.as_deref() == Some("heartbeat"))
     );
-    assert_eq!(
-        engine.schedules()[0].next_due_ms,
-        Some(START_MS + 6 * 60_000)
-    );
+    assert_eq!(engine.schedules()[0].next_due_ms, Some(minute(6)));
     assert_eq!(engine.metrics().schedules, 1);
     engine.close().unwrap();
 }
@@ -156,10 +158,7 @@ fn a_slow_occurrence_makes_the_schedule_skip_the_ones_due_meanwhile() {
     // and the next is the first after now, not the nine that fell due while it was pending.
     run(&engine, &clock, 10 * MINUTE + Duration::from_secs(30), 1);
     run(&engine, &clock, MINUTE, 1);
-    assert_eq!(
-        times(&seen),
-        vec![START_MS + 60_000, START_MS + 11 * 60_000]
-    );
+    assert_eq!(times(&seen), vec![minute(1), minute(11)]);
     engine.close().unwrap();
 }
 
@@ -180,7 +179,7 @@ fn scheduling_an_id_again_replaces_it_and_unschedule_removes_it() {
         .unwrap();
     assert_eq!(engine.schedules().len(), 1);
     run(&engine, &clock, MINUTE, 4);
-    assert_eq!(times(&seen), vec![START_MS + 60_000]);
+    assert_eq!(times(&seen), vec![minute(1)]);
     assert_eq!(times(&seen_b), vec![START_MS + 180_000, START_MS + 300_000]);
     assert!(engine.unschedule("s").unwrap());
     assert!(!engine.unschedule("s").unwrap());
@@ -223,26 +222,23 @@ fn after_ten_minutes_closed(policy: CatchUp) -> Vec<i64> {
 
 #[test]
 fn catch_up_skip_publishes_none_of_the_missed_occurrences() {
-    let m = |k: i64| START_MS + k * 60_000;
     assert_eq!(
         after_ten_minutes_closed(CatchUp::Skip),
-        vec![m(10), m(11), m(12)]
+        vec![minute(10), minute(11), minute(12)]
     );
 }
 
 #[test]
 fn catch_up_latest_publishes_the_latest_missed_occurrence_only() {
-    let m = |k: i64| START_MS + k * 60_000;
     // Minute 10 is now: the latest occurrence at or before the start.
     assert_eq!(
         after_ten_minutes_closed(CatchUp::Latest),
-        vec![m(10), m(11), m(12)]
+        vec![minute(10), minute(11), minute(12)]
     );
 }
 
 #[test]
 fn catch_up_latest_replaces_a_missed_pending_occurrence_with_the_latest() {
-    let m = |k: i64| START_MS + k * 60_000;
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START_MS);
     let engine = Engine::open_with(dir.path(), options(&clock)).unwrap();
@@ -256,15 +252,14 @@ fn catch_up_latest_replaces_a_missed_pending_occurrence_with_the_latest() {
     let seen = record(&engine, "ping");
     engine.start();
     run(&engine, &clock, MINUTE, 1);
-    assert_eq!(times(&seen), vec![m(5), m(6)]);
+    assert_eq!(times(&seen), vec![minute(5), minute(6)]);
     engine.close().unwrap();
 }
 
 #[test]
 fn catch_up_all_publishes_each_missed_occurrence() {
-    let m = |k: i64| START_MS + k * 60_000;
-    let mut want: Vec<i64> = (3..=10).map(m).collect();
-    want.extend([m(11), m(12)]);
+    let mut want: Vec<i64> = (3..=10).map(minute).collect();
+    want.extend([minute(11), minute(12)]);
     assert_eq!(after_ten_minutes_closed(CatchUp::All), want);
 }
 
@@ -315,7 +310,7 @@ fn a_schedule_survives_restarts_and_compaction_without_firing_twice() {
             "{stats:?}"
         );
     }
-    let want: Vec<i64> = (1..=40).map(|k| START_MS + k * 60_000).collect();
+    let want: Vec<i64> = (1..=40).map(minute).collect();
     assert_eq!(all, want);
 }
 
@@ -361,7 +356,7 @@ fn a_crash_at_any_storage_operation_neither_loses_nor_repeats_an_occurrence() {
         let engine = Engine::open_storage(after, options(&clock)).unwrap();
         handler(&engine);
         engine.start();
-        while clock.now_ms() < START_MS + minutes * 60_000 {
+        while clock.now_ms() < minute(minutes) {
             assert!(engine.wait_idle(IDLE));
             clock.advance(MINUTE);
         }
@@ -372,7 +367,7 @@ fn a_crash_at_any_storage_operation_neither_loses_nor_repeats_an_occurrence() {
         for &(t, id) in seen.lock().iter() {
             by_time.entry(t).or_default().insert(id.0);
         }
-        let want: Vec<i64> = (1..=minutes).map(|k| START_MS + k * 60_000).collect();
+        let want: Vec<i64> = (1..=minutes).map(minute).collect();
         assert_eq!(
             by_time.keys().copied().collect::<Vec<_>>(),
             want,

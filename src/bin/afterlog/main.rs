@@ -451,6 +451,21 @@ fn print_json(value: &serde_json::Value) -> CliResult {
     Ok(0)
 }
 
+/// Each item as one JSON object per line, with the fields `extend` adds or changes.
+fn print_json_lines<T: serde::Serialize>(
+    items: &[T],
+    extend: impl Fn(&T, &mut serde_json::Value),
+) -> CliResult {
+    let mut o = out();
+    for item in items {
+        let mut v = serde_json::to_value(item).map_err(|e| Failure::new(1, e.to_string()))?;
+        extend(item, &mut v);
+        writeln!(o, "{v}")?;
+    }
+    o.flush()?;
+    Ok(0)
+}
+
 fn recovery_line(reader: &Reader, r: &Recovery) -> String {
     match r.torn_at {
         None => "clean (no torn tail)".into(),
@@ -1277,18 +1292,14 @@ fn set_paused(dir: &Path, name: &str, paused: bool, json: bool) -> CliResult {
 fn dead(dir: &Path, name: Option<&str>, limit: usize, json: bool) -> CliResult {
     // The name filter applies before the limit: the newest `limit` of that name.
     let letters = Reader::open(dir)?.dead_letters_named(name, limit)?;
-    let mut o = out();
     if json {
-        for d in &letters {
-            let mut v = serde_json::to_value(d).map_err(|e| Failure::new(1, e.to_string()))?;
+        return print_json_lines(&letters, |d, v| {
             v["id"] = json!(d.id.to_string());
             v["body"] = json!(String::from_utf8_lossy(&d.body));
             v["dropped"] = json!(time(d.dropped_ms));
-            writeln!(o, "{v}")?;
-        }
-        o.flush()?;
-        return Ok(0);
+        });
     }
+    let mut o = out();
     let mut t = Table::new(&[
         ("ID", false),
         ("NAME", false),
@@ -1315,16 +1326,10 @@ fn dead(dir: &Path, name: Option<&str>, limit: usize, json: bool) -> CliResult {
 
 fn schedules(dir: &Path, json: bool) -> CliResult {
     let list = Reader::open(dir)?.schedules()?;
-    let mut o = out();
     if json {
-        for s in &list {
-            let mut v = serde_json::to_value(s).map_err(|e| Failure::new(1, e.to_string()))?;
-            v["next_due"] = json!(s.next_due_ms.map(time));
-            writeln!(o, "{v}")?;
-        }
-        o.flush()?;
-        return Ok(0);
+        return print_json_lines(&list, |s, v| v["next_due"] = json!(s.next_due_ms.map(time)));
     }
+    let mut o = out();
     let mut t = Table::new(&[
         ("ID", false),
         ("NAME", false),
