@@ -24,6 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// Most records the schedules thread writes in one group (one sync), so that one append's
+/// records stay a few megabytes at most.
+const GROUP: usize = 1024;
+
 /// How many occurrences missed while the engine was closed [`CatchUp::All`] publishes, per
 /// schedule and start; the rest are skipped.
 pub const CATCH_UP_ALL_CAP: u32 = 1_000;
@@ -407,10 +411,7 @@ impl Inner {
         for record in &records {
             super::check_publish_len(record)?;
         }
-        let positions = self.log.append_all(&records)?;
-        for (record, pos) in records.iter().zip(positions) {
-            let _ = self.apply(pos, record);
-        }
+        self.append_applied(&records)?;
         self.metrics
             .published
             .fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -429,8 +430,7 @@ impl Inner {
                 Err(_) => failed.push(id),
             }
         }
-        // Bounded groups, so that one append's records stay a few megabytes at most.
-        for group in planned.chunks(1024) {
+        for group in planned.chunks(GROUP) {
             if self.write_planned(group, now_ms).is_err() {
                 failed.extend(group.iter().map(|p| p.id.clone()));
             }
@@ -573,20 +573,26 @@ impl Inner {
         }
     }
 
-    /// Writes job-done records in groups of at most 1,024 (one sync each) and applies them;
+    /// Writes job-done records in groups of at most `GROUP` (one sync each) and applies them;
     /// the records that could not be written. Like a schedule whose next occurrence failed,
     /// they are kept by this thread, not in the core, so that `wait_idle` does not wait for
     /// a disk that refuses writes.
     fn write_jobs_done(&self, done: Vec<crate::format::JobDone>) -> Vec<crate::format::JobDone> {
-        for (i, group) in done.chunks(1024).enumerate() {
+        for (i, group) in done.chunks(GROUP).enumerate() {
             let records: Vec<Record<'_>> = group.iter().copied().map(Record::JobDone).collect();
-            let Ok(positions) = self.log.append_all(&records) else {
-                return done[i * 1024..].to_vec();
-            };
-            for (record, pos) in records.iter().zip(positions) {
-                let _ = self.apply(pos, record);
+            if self.append_applied(&records).is_err() {
+                return done[i * GROUP..].to_vec();
             }
         }
         Vec::new()
+    }
+
+    /// Appends `records` as one group (one sync) and applies each once it is durable.
+    fn append_applied(&self, records: &[Record<'_>]) -> Result<()> {
+        let positions = self.log.append_all(records)?;
+        for (record, pos) in records.iter().zip(positions) {
+            let _ = self.apply(pos, record);
+        }
+        Ok(())
     }
 }

@@ -31,6 +31,12 @@ pub(super) struct DeadList {
     retention_ms: Option<i64>,
 }
 
+/// Whether something that died (or finished) at `at_ms` is still kept at `now_ms` under
+/// `retention_ms` (`None`: until purged).
+pub(super) fn kept(retention_ms: Option<i64>, at_ms: i64, now_ms: i64) -> bool {
+    retention_ms.is_none_or(|r| at_ms.saturating_add(r) > now_ms)
+}
+
 fn key(l: Location) -> (u32, u32) {
     (l.segment, l.offset)
 }
@@ -124,9 +130,7 @@ impl Index {
 
     /// Whether a dead letter that died at `dropped_ms` is still kept at `now_ms`.
     pub fn dead_kept(&self, dropped_ms: i64, now_ms: i64) -> bool {
-        self.dead
-            .retention_ms
-            .is_none_or(|r| dropped_ms.saturating_add(r) > now_ms)
+        kept(self.dead.retention_ms, dropped_ms, now_ms)
     }
 
     /// The dead letters still kept at `now_ms`, newest (latest record) first.

@@ -45,12 +45,11 @@ impl Index {
     /// Applies a job-done record: the job's final counts are kept from now on.
     pub(super) fn apply_job_done(&mut self, j: &JobDone) -> Applied {
         self.summaries.done.remove(&j.job);
-        let held = self.job_slots.get(&j.job).copied();
-        let first = held.is_some_and(|slot| !self.job_ref(slot).summarized);
-        if let Some(slot) = held {
-            self.job_mut(slot).summarized = true;
-        }
-        if self.summaries.table.contains_key(&j.job) || (held.is_some() && !first) {
+        let summarized = match self.job_slots.get(&j.job).copied() {
+            Some(slot) => std::mem::replace(&mut self.job_mut(slot).summarized, true),
+            None => false,
+        };
+        if summarized || self.summaries.table.contains_key(&j.job) {
             return Applied::Duplicate;
         }
         self.summaries.table.insert(
@@ -119,19 +118,12 @@ impl Index {
             .is_some_and(|s| self.dead_kept(s.finished_ms, now_ms))
     }
 
-    /// Forgets the summaries past the retention at `now_ms`; how many.
-    pub fn expire_job_summaries(&mut self, now_ms: i64) -> usize {
-        let before = self.summaries.table.len();
+    /// Forgets the summaries past the retention at `now_ms`.
+    pub fn expire_job_summaries(&mut self, now_ms: i64) {
         let retention = self.dead_retention_ms();
-        self.summaries.table.retain(|_, s| {
-            retention.is_none_or(|r| s.finished_ms.saturating_add(r) > now_ms)
-        });
-        before - self.summaries.table.len()
-    }
-
-    /// Summaries of finished jobs kept.
-    pub fn job_summary_count(&self) -> usize {
-        self.summaries.table.len()
+        self.summaries
+            .table
+            .retain(|_, s| super::dead::kept(retention, s.finished_ms, now_ms));
     }
 
     /// Heap bytes of the summaries and the done set (an estimate).
