@@ -40,6 +40,16 @@ mod reader;
 mod retry;
 mod sync;
 
+// How the `afterlog` command and the dashboard show records, times and bodies: not API.
+#[cfg(any(feature = "cli", feature = "web"))]
+#[doc(hidden)]
+pub mod render;
+
+/// The web dashboard (feature `web`): `afterlog serve` and a router to mount in an axum
+/// application.
+#[cfg(feature = "web")]
+pub mod web;
+
 // The internals: private to the crate, or `#[doc(hidden)]` public under the `internals`
 // feature for afterlog's own tests, fuzz targets and benchmarks. Nothing in them is API.
 macro_rules! internal_modules {

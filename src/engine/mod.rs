@@ -597,6 +597,12 @@ impl Engine {
         Ok(stats)
     }
 
+    /// The storage of the engine's data directory, for readers beside it (the dashboard).
+    #[cfg_attr(not(feature = "web"), allow(dead_code))]
+    pub(crate) fn storage(&self) -> Arc<dyn Storage> {
+        self.handle.inner.log.storage()
+    }
+
     /// Counters of the engine's work.
     pub fn metrics(&self) -> Metrics {
         self.inner().metrics()

@@ -518,6 +518,11 @@ impl Log {
         recovery::scan_alone(storage, id, sealed, &mut visit)
     }
 
+    /// The storage the log lives in (what a reader beside it opens).
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.shared.storage.clone()
+    }
+
     /// The manifest of the directory in `storage`, if it has one (format 2).
     pub fn manifest(storage: &dyn Storage) -> Result<Option<Manifest>> {
         directory::read_manifest(storage)

@@ -7,15 +7,13 @@
 //! directory's lock: while another engine holds it they refuse with exit code 4.
 //! Exit codes are listed in `EXIT_CODES` and in docs/CLI.md.
 
-mod render;
-
+use afterlog::render::{self, Table, bytes, escape, record_json, time};
 use afterlog::{
     After, Engine, Error, EventId, EventState, JobId, KeyMode, KeyOutcome, Manifest, Options,
     Position, PublishOptions, Published, Reader, Record, RecordFilter, RecordKind, Recovery,
 };
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use render::{Table, bytes, escape, record_json, time};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -243,6 +241,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A web dashboard of the directory: read-only, takes no lock, works beside a running
+    /// engine and follows what it writes (pages, a JSON API under /api/, /metrics)
+    #[command(
+        after_help = "Example:\n  afterlog serve data\n  afterlog serve data --addr 0.0.0.0:7878 --token \"$(openssl rand -hex 16)\""
+    )]
+    Serve {
+        /// The data directory
+        dir: PathBuf,
+        /// Where to listen; anything but a loopback address needs --token
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        addr: std::net::SocketAddr,
+        /// Require this token on every request (`Authorization: Bearer <token>`, or open
+        /// /login?token=<token> once in a browser)
+        #[arg(long, env = "AFTERLOG_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 /// A failure: the exit code and one line for stderr.
@@ -341,6 +355,7 @@ fn main() -> ExitCode {
         Command::Redrive { dir, id, json } => redrive(&dir, &id, json),
         Command::Schedules { dir, json } => schedules(&dir, json),
         Command::PurgeDead { dir, json } => purge_dead(&dir, json),
+        Command::Serve { dir, addr, token } => serve(&dir, addr, token),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -1385,4 +1400,42 @@ fn purge_dead(dir: &Path, json: bool) -> CliResult {
     }
     o.flush()?;
     Ok(0)
+}
+
+fn serve(dir: &Path, addr: std::net::SocketAddr, token: Option<String>) -> CliResult {
+    let token = token.filter(|t| !t.is_empty());
+    if afterlog::web::needs_token(&addr) && token.is_none() {
+        return Err(Failure::usage(format!(
+            "refusing to serve {addr} without --token: only a loopback address may go without one"
+        )));
+    }
+    let mut dashboard = afterlog::web::Dashboard::open(dir)?;
+    if let Some(token) = token {
+        dashboard = dashboard.token(token);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(1, format!("starting the server: {e}")))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Failure::new(1, format!("listening on {addr}: {e}")))?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        {
+            let mut o = out();
+            writeln!(
+                o,
+                "afterlog serve: http://{bound}/ ({}, read-only)",
+                shown(dir)
+            )?;
+            o.flush()?;
+        }
+        afterlog::web::serve(dashboard, listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        Ok(0)
+    })
 }

@@ -1,7 +1,8 @@
-//! How the CLI shows things: aligned tables for people, JSON for scripts, times, bodies.
+//! How the CLI and the dashboard show things: aligned tables for people, JSON for scripts,
+//! times, bodies. Not API: public (hidden) for the `afterlog` command.
 
-use afterlog::record::{AckOutcome, CancelTarget, Record};
-use afterlog::{Position, drop_reason_name, record_time_ms, retry_reason_name};
+use crate::record::{AckOutcome, CancelTarget, Record};
+use crate::{Position, drop_reason_name, record_time_ms, retry_reason_name};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -221,9 +222,9 @@ pub fn schedule_rule(cron: &str, every_ms: u64) -> String {
 /// The name of a schedule record's catch-up code.
 pub fn catch_up_name(code: u8) -> &'static str {
     match code {
-        afterlog::record::CATCH_UP_SKIP => "skip",
-        afterlog::record::CATCH_UP_LATEST => "latest",
-        afterlog::record::CATCH_UP_ALL => "all",
+        crate::record::CATCH_UP_SKIP => "skip",
+        crate::record::CATCH_UP_LATEST => "latest",
+        crate::record::CATCH_UP_ALL => "all",
         _ => "unknown",
     }
 }
@@ -231,9 +232,9 @@ pub fn catch_up_name(code: u8) -> &'static str {
 /// The name of a key mode stored in a record.
 pub fn key_mode_name(mode: u8) -> &'static str {
     match mode {
-        afterlog::record::KEY_KEEP => "keep",
-        afterlog::record::KEY_REPLACE => "replace",
-        afterlog::record::KEY_REPLACE_BODY => "replace-body",
+        crate::record::KEY_KEEP => "keep",
+        crate::record::KEY_REPLACE => "replace",
+        crate::record::KEY_REPLACE_BODY => "replace-body",
         _ => "none",
     }
 }

@@ -1,0 +1,1180 @@
+//! The dashboard's picture of a data directory, kept small enough for ten million events and
+//! brought up to date by reading only what was appended since the last look.
+//!
+//! The reader ([`crate::Reader`]) answers each question with a fresh scan and an index of
+//! about 40 bytes per event: right for the CLI, too slow and too big for a page that must
+//! render in well under a second beside a directory of ten million events. A `View` is
+//! built by one scan and then follows the log:
+//!
+//! - per event, 14 bytes in chunks of 4,096 ids (state and flags, attempts, name, next due
+//!   time in seconds, and where its publish record lies), so a page of events, a count by
+//!   state or a chart of what falls due is a walk over compact arrays, and a row's body,
+//!   key and times are read from its publish record (one `pread`);
+//! - counts by state, per name and per job, kept as records arrive;
+//! - per segment, the range of event ids its records name, so one event's history is read
+//!   from the segments that can hold it, not from the whole log;
+//! - attempts and failures per minute for the last week.
+//!
+//! [`View::refresh`] reads what the segments gained since the last look. When a segment it
+//! has read changed otherwise (compaction rewrote or removed it), it reports that the view
+//! must be rebuilt: [`View::build`] from scratch, which the server does beside the old view
+//! and swaps in.
+//!
+//! The view applies records by the index's rules (`crate::index`) for what it keeps: the
+//! property test `web_view` in the tests replays random workloads and compares every event's
+//! state, attempts and due time with the reader's.
+//!
+//! Architecture Invariant: like the reader, a view never writes and never takes the lock.
+
+use crate::error::{Error, Result};
+use crate::format::{
+    AckOutcome, CancelTarget, DropReason, FRAME_HEADER_LEN, Record, RecordKind, decode_frame,
+};
+use crate::ids::{EventId, JobId};
+use crate::index::EventState;
+use crate::log::{Log, Position, parse_segment_name, read_header, segment_name};
+use crate::storage::{Storage, StorageFile, read_exact_at};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+const CHUNK: usize = 4096;
+const STATE_BITS: u8 = 0b111;
+const DEAD: u8 = 0b1000;
+const KEYED: u8 = 0b1_0000;
+/// Attempts and failures are counted per minute for this many minutes back.
+pub const ACTIVITY_MINUTES: i64 = 7 * 24 * 60;
+/// Names beyond this many share the last name slot, shown as `OTHER_NAME`.
+const NAMES_MAX: usize = u16::MAX as usize;
+/// What events of the names beyond `NAMES_MAX` are shown as.
+pub const OTHER_NAME: &str = "(other names)";
+
+/// Events `id >> 12` of one chunk: columns, so a walk over one of them stays in cache.
+struct Chunk {
+    flags: [u8; CHUNK],
+    attempts: [u8; CHUNK],
+    name: [u16; CHUNK],
+    due_s: [u32; CHUNK],
+    segment: [u16; CHUNK],
+    offset: [u32; CHUNK],
+}
+
+impl Chunk {
+    fn new() -> Box<Chunk> {
+        Box::new(Chunk {
+            flags: [0; CHUNK],
+            attempts: [0; CHUNK],
+            name: [0; CHUNK],
+            due_s: [0; CHUNK],
+            segment: [0; CHUNK],
+            offset: [0; CHUNK],
+        })
+    }
+}
+
+/// Per name: its events by state and its dead letters.
+#[derive(Clone, Debug, Default)]
+pub struct NameCounts {
+    /// The name.
+    pub name: String,
+    /// Events by state code (index `EventState as usize`; 0 unused).
+    pub by_state: [u64; 7],
+    /// Dead letters.
+    pub dead: u64,
+}
+
+/// One job as the log tells it.
+#[derive(Clone, Debug, Default)]
+pub struct JobRow {
+    /// Its id.
+    pub id: u64,
+    /// Its events by state code, while the log holds them.
+    pub by_state: [u64; 7],
+    /// Whether a cancel of the job was written.
+    pub cancelled: bool,
+    /// Its final counts (success, failed, cancelled) and when it finished, once a job-done
+    /// record says so.
+    pub done: Option<(u64, u64, u64, i64)>,
+    /// When it was pushed, Unix epoch ms.
+    pub published_ms: i64,
+    /// Its first and last event ids.
+    pub first: u64,
+    /// See `first`.
+    pub last: u64,
+}
+
+impl JobRow {
+    /// Its counts as `job_stats` gives them: success, in progress, failed, cancelled.
+    pub fn stats(&self) -> (u64, u64, u64, u64) {
+        let s = |st: EventState| self.by_state[st as usize];
+        let live = (
+            s(EventState::Succeeded),
+            s(EventState::Scheduled) + s(EventState::Running),
+            s(EventState::Failed) + s(EventState::Expired),
+            s(EventState::Cancelled),
+        );
+        match self.done {
+            Some((success, failed, cancelled, _)) if live.1 == 0 => (success, 0, failed, cancelled),
+            _ => live,
+        }
+    }
+}
+
+/// One schedule as its latest record defines it.
+#[derive(Clone, Debug)]
+pub struct ScheduleRow {
+    /// The event name of its occurrences.
+    pub name: String,
+    /// `cron …` or `every …ms`.
+    pub rule: String,
+    /// Its catch-up policy's name.
+    pub catch_up: &'static str,
+    /// The occurrence its latest record published.
+    pub occurrence: Option<EventId>,
+}
+
+/// Attempts started, failures and publishes in one minute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Events published.
+    pub published: u64,
+    /// Attempts started.
+    pub attempts: u64,
+    /// Attempts that failed (retried or dropped).
+    pub failures: u64,
+}
+
+/// A segment as the view read it.
+#[derive(Clone, Debug, Default)]
+pub struct SegmentRow {
+    /// Its id.
+    pub id: u64,
+    /// The file's length when it was last read.
+    pub file_bytes: u64,
+    /// Where reading stopped: the end of its last valid record.
+    pub end: u64,
+    /// Records read.
+    pub records: u64,
+    /// Its format version.
+    pub version: u32,
+    /// Whether compaction wrote it.
+    pub compacted: bool,
+    /// The smallest and largest event ids its records name (`u64::MAX, 0` for none).
+    pub min_id: u64,
+    /// See `min_id`.
+    pub max_id: u64,
+    /// Whether it holds a cancel of a job (which names no event).
+    pub job_cancels: bool,
+}
+
+/// One event as a page shows it: the view's columns and what its publish record adds.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EventLine {
+    /// Its id (a number in JSON).
+    pub id: EventId,
+    /// Its name.
+    pub name: String,
+    /// Its state's name.
+    pub state: &'static str,
+    /// Attempts started (saturates at 255 in the view).
+    pub attempts: u32,
+    /// Next due time while scheduled, else the last one, Unix epoch ms (second precision).
+    pub due_ms: i64,
+    /// Whether it is a dead letter.
+    pub dead: bool,
+    /// From the publish record: when it was published, Unix epoch ms.
+    pub published_ms: i64,
+    /// Its job.
+    pub job: Option<JobId>,
+    /// Its key, if any (lossy UTF-8).
+    pub key: Option<String>,
+    /// Its priority.
+    pub priority: i8,
+    /// Its body's length.
+    pub body_bytes: u64,
+}
+
+/// Which events a page lists: every set field must match.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// Only this name.
+    pub name: Option<String>,
+    /// Only this state.
+    pub state: Option<EventState>,
+    /// Only events published with this key.
+    pub key: Option<Vec<u8>>,
+    /// Only events of this job.
+    pub job: Option<JobId>,
+    /// Only dead letters.
+    pub dead: bool,
+    /// Ids above this one (the page's cursor).
+    pub after: u64,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// What [`View::refresh`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Nothing new.
+    Same,
+    /// Records were appended and applied.
+    Grew,
+    /// A segment the view read changed otherwise: build the view again.
+    Rebuild,
+}
+
+/// See the module documentation.
+pub struct View {
+    storage: Arc<dyn Storage>,
+    chunks: BTreeMap<u64, Box<Chunk>>,
+    names: Vec<NameCounts>,
+    name_ids: HashMap<Box<str>, u16>,
+    /// Segment ids by the slot the chunks store.
+    segment_ids: Vec<u64>,
+    segment_slots: HashMap<u64, u16>,
+    segments: BTreeMap<u64, SegmentRow>,
+    files: HashMap<u64, Arc<dyn StorageFile>>,
+    jobs: BTreeMap<u64, JobRow>,
+    /// Runs of consecutive ids pushed as one job: first id → (last id, job).
+    job_runs: BTreeMap<u64, (u64, u64)>,
+    /// Keyed events by a hash of their key.
+    keys: HashMap<u64, Vec<u64>>,
+    /// Dead letters in the order they died (a redriven one stays here, its flag cleared).
+    dead: Vec<(u64, Position)>,
+    dead_count: u64,
+    paused: BTreeSet<String>,
+    schedules: BTreeMap<String, ScheduleRow>,
+    activity: BTreeMap<i64, Activity>,
+    by_state: [u64; 7],
+    kinds: [u64; 16],
+    records: u64,
+    max_event: u64,
+    last_record_ms: i64,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View")
+            .field("dir", &self.storage.path())
+            .field("records", &self.records)
+            .field("events", &self.events())
+            .finish_non_exhaustive()
+    }
+}
+
+fn hash_key(key: &[u8]) -> u64 {
+    // FNV-1a: stable, and the view never meets keys chosen to collide with each other's
+    // hashes in a way that matters (a match is checked against the publish record).
+    key.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn due_seconds(ms: i64) -> u32 {
+    ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+fn state_of(flags: u8) -> Option<EventState> {
+    match flags & STATE_BITS {
+        1 => Some(EventState::Scheduled),
+        2 => Some(EventState::Running),
+        3 => Some(EventState::Succeeded),
+        4 => Some(EventState::Failed),
+        5 => Some(EventState::Cancelled),
+        6 => Some(EventState::Expired),
+        _ => None,
+    }
+}
+
+/// The segments a read should see, in id order: those the manifest lists and any above its
+/// last (a roll the manifest does not show yet), never what an interrupted compaction left.
+fn listed(storage: &dyn Storage) -> Result<Vec<u64>> {
+    let names = storage
+        .list()
+        .map_err(|e| Error::io("list data directory", storage.path(), e))?;
+    let mut ids: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+    ids.sort_unstable();
+    if let Some(m) = Log::manifest(storage)?
+        && let Some(&last) = m.segments.last()
+    {
+        ids.retain(|id| *id > last || m.segments.binary_search(id).is_ok());
+    }
+    Ok(ids)
+}
+
+impl View {
+    /// Reads the whole directory in `storage`.
+    pub fn build(storage: Arc<dyn Storage>) -> Result<View> {
+        let mut view = View {
+            storage,
+            chunks: BTreeMap::new(),
+            names: Vec::new(),
+            name_ids: HashMap::new(),
+            segment_ids: Vec::new(),
+            segment_slots: HashMap::new(),
+            segments: BTreeMap::new(),
+            files: HashMap::new(),
+            jobs: BTreeMap::new(),
+            job_runs: BTreeMap::new(),
+            keys: HashMap::new(),
+            dead: Vec::new(),
+            dead_count: 0,
+            paused: BTreeSet::new(),
+            schedules: BTreeMap::new(),
+            activity: BTreeMap::new(),
+            by_state: [0; 7],
+            kinds: [0; 16],
+            records: 0,
+            max_event: 0,
+            last_record_ms: i64::MIN,
+        };
+        view.refresh()?;
+        Ok(view)
+    }
+
+    /// Reads what was appended since the last read (see [`Refreshed`]).
+    pub fn refresh(&mut self) -> Result<Refreshed> {
+        let ids = listed(&*self.storage)?;
+        let last_read = self.segments.keys().next_back().copied();
+        // Every segment read before the last one must be as it was: same file length (a
+        // compaction rewrites a segment shorter, or removes it).
+        for (&id, seg) in &self.segments {
+            if Some(id) == last_read {
+                continue;
+            }
+            if ids.binary_search(&id).is_err() || self.file_len(id)? != Some(seg.file_bytes) {
+                return Ok(Refreshed::Rebuild);
+            }
+        }
+        if let Some(last) = last_read
+            && (ids.binary_search(&last).is_err()
+                || ids
+                    .iter()
+                    .any(|&id| id < last && !self.segments.contains_key(&id)))
+        {
+            return Ok(Refreshed::Rebuild);
+        }
+        let before = self.records;
+        for id in ids {
+            if last_read.is_some_and(|l| id < l) {
+                continue;
+            }
+            let Some(len) = self.file_len(id)? else {
+                continue;
+            };
+            let seen = self.segments.get(&id).map(|s| (s.file_bytes, s.end));
+            if let Some((file_bytes, _)) = seen
+                && Some(id) == last_read
+                && file_bytes > len
+            {
+                return Ok(Refreshed::Rebuild);
+            }
+            self.read_segment(id, len)?;
+        }
+        Ok(if self.records == before {
+            Refreshed::Same
+        } else {
+            Refreshed::Grew
+        })
+    }
+
+    fn file(&mut self, id: u64) -> Result<Option<Arc<dyn StorageFile>>> {
+        if let Some(f) = self.files.get(&id) {
+            return Ok(Some(f.clone()));
+        }
+        match self.storage.open(&segment_name(id)) {
+            Ok(f) => {
+                let f: Arc<dyn StorageFile> = Arc::from(f);
+                self.files.insert(id, f.clone());
+                Ok(Some(f))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(
+                "open segment",
+                self.storage.path().join(segment_name(id)),
+                e,
+            )),
+        }
+    }
+
+    /// The length of segment `id`'s file as the directory has it now (a file held open
+    /// may have been replaced by compaction's rename).
+    fn file_len(&self, id: u64) -> Result<Option<u64>> {
+        let path = self.storage.path().join(segment_name(id));
+        let file = match self.storage.open(&segment_name(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open segment", &path, e)),
+        };
+        file.len()
+            .map(Some)
+            .map_err(|e| Error::io("stat segment", &path, e))
+    }
+
+    /// Applies the records of segment `id` past where the view stopped in it.
+    fn read_segment(&mut self, id: u64, len: u64) -> Result<()> {
+        let Some(file) = self.file(id)? else {
+            return Ok(());
+        };
+        let path = self.storage.path().join(segment_name(id));
+        let header = read_header(&*file, &path)?;
+        let from = self.segments.get(&id).map_or(0, |s| s.end);
+        let mut row = self.segments.remove(&id).unwrap_or(SegmentRow {
+            id,
+            min_id: u64::MAX,
+            version: header.format_version,
+            compacted: header.flags & crate::format::FLAG_COMPACTED != 0,
+            end: header.len() as u64,
+            ..SegmentRow::default()
+        });
+        row.file_bytes = len;
+        // Read as the last segment is (no seal required): one read before the last may
+        // have been rolled just now, its seal not yet written.
+        let storage = self.storage.clone();
+        Log::scan_alone(&*storage, id, false, |pos, record| {
+            if pos.offset >= from {
+                self.apply(pos, record, &mut row);
+                row.end = pos.offset + (FRAME_HEADER_LEN + record.encoded_len()) as u64;
+            }
+            Ok(())
+        })?;
+        self.segments.insert(id, row);
+        Ok(())
+    }
+
+    fn segment_slot(&mut self, id: u64) -> u16 {
+        if let Some(&s) = self.segment_slots.get(&id) {
+            return s;
+        }
+        let slot = self.segment_ids.len().min(u16::MAX as usize) as u16;
+        if (slot as usize) == self.segment_ids.len() {
+            self.segment_ids.push(id);
+        }
+        self.segment_slots.insert(id, slot);
+        slot
+    }
+
+    fn name_slot(&mut self, name: &str) -> u16 {
+        if let Some(&n) = self.name_ids.get(name) {
+            return n;
+        }
+        if self.names.len() >= NAMES_MAX {
+            if self.names.len() == NAMES_MAX {
+                self.names.push(NameCounts {
+                    name: OTHER_NAME.into(),
+                    ..NameCounts::default()
+                });
+            }
+            return NAMES_MAX as u16;
+        }
+        let n = self.names.len() as u16;
+        self.names.push(NameCounts {
+            name: name.to_owned(),
+            ..NameCounts::default()
+        });
+        self.name_ids.insert(name.into(), n);
+        n
+    }
+
+    fn slot(&self, id: u64) -> Option<(&Chunk, usize)> {
+        let c = self.chunks.get(&(id / CHUNK as u64))?;
+        let s = (id % CHUNK as u64) as usize;
+        (c.flags[s] & STATE_BITS != 0).then_some((c, s))
+    }
+
+    fn slot_mut(&mut self, id: u64) -> Option<(&mut Chunk, usize)> {
+        let c = self.chunks.get_mut(&(id / CHUNK as u64))?;
+        let s = (id % CHUNK as u64) as usize;
+        (c.flags[s] & STATE_BITS != 0).then_some((c, s))
+    }
+
+    /// The state of event `id`, if the view holds it.
+    pub fn state(&self, id: EventId) -> Option<EventState> {
+        self.slot(id.0).and_then(|(c, s)| state_of(c.flags[s]))
+    }
+
+    fn job_of(&self, id: u64) -> Option<u64> {
+        let (_, &(last, job)) = self.job_runs.range(..=id).next_back()?;
+        (id <= last).then_some(job)
+    }
+
+    /// Moves event `id` to state `to`, keeping every count.
+    fn set_state(&mut self, id: u64, to: EventState) {
+        let job = self.job_of(id);
+        let Some((c, s)) = self.slot_mut(id) else {
+            return;
+        };
+        let from = (c.flags[s] & STATE_BITS) as usize;
+        c.flags[s] = (c.flags[s] & !STATE_BITS) | to as u8;
+        let name = c.name[s] as usize;
+        self.by_state[from] -= 1;
+        self.by_state[to as usize] += 1;
+        self.names[name].by_state[from] -= 1;
+        self.names[name].by_state[to as usize] += 1;
+        if let Some(j) = job.and_then(|j| self.jobs.get_mut(&j)) {
+            j.by_state[from] -= 1;
+            j.by_state[to as usize] += 1;
+        }
+    }
+
+    fn pending(&self, id: u64) -> bool {
+        self.state(EventId(id)).is_some_and(EventState::is_pending)
+    }
+
+    fn set_dead(&mut self, id: u64, dead: bool) {
+        let Some((c, s)) = self.slot_mut(id) else {
+            return;
+        };
+        if (c.flags[s] & DEAD != 0) == dead {
+            return;
+        }
+        c.flags[s] ^= DEAD;
+        let name = c.name[s] as usize;
+        if dead {
+            self.dead_count += 1;
+            self.names[name].dead += 1;
+        } else {
+            self.dead_count -= 1;
+            self.names[name].dead -= 1;
+        }
+    }
+
+    fn activity_at(&mut self, ms: i64) -> &mut Activity {
+        let minute = ms.div_euclid(60_000);
+        // Forget minutes older than the window behind the newest one.
+        let newest = self
+            .activity
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(minute)
+            .max(minute);
+        while let Some(&oldest) = self.activity.keys().next()
+            && oldest < newest - ACTIVITY_MINUTES
+        {
+            self.activity.remove(&oldest);
+        }
+        self.activity.entry(minute).or_default()
+    }
+
+    fn note_ids(row: &mut SegmentRow, id: u64) {
+        row.min_id = row.min_id.min(id);
+        row.max_id = row.max_id.max(id);
+    }
+
+    fn apply(&mut self, pos: Position, record: &Record<'_>, row: &mut SegmentRow) {
+        self.records += 1;
+        row.records += 1;
+        self.kinds[(record.kind() as usize).min(15)] += 1;
+        let at = crate::reader::record_time_ms(record);
+        self.last_record_ms = self.last_record_ms.max(at);
+        match record {
+            Record::Publish(p) => self.apply_publish(pos, p, row),
+            Record::Attempt(a) => {
+                Self::note_ids(row, a.event.0);
+                self.activity_at(a.started_ms).attempts += 1;
+                let job_cancelled = self
+                    .job_of(a.event.0)
+                    .and_then(|j| self.jobs.get(&j))
+                    .is_some_and(|j| j.cancelled);
+                let state = self.state(a.event);
+                if let Some((c, s)) = self.slot_mut(a.event.0) {
+                    let attempts = u32::from(c.attempts[s]);
+                    let fresh = a.attempt > attempts || attempts == u8::MAX as u32;
+                    if fresh
+                        && state.is_some_and(EventState::is_pending)
+                        && !(job_cancelled && state == Some(EventState::Scheduled))
+                    {
+                        c.attempts[s] = a.attempt.min(u8::MAX as u32) as u8;
+                        self.set_state(a.event.0, EventState::Running);
+                    }
+                }
+            }
+            Record::Retry(r) => {
+                Self::note_ids(row, r.event.0);
+                self.activity_at(r.failed_ms).failures += 1;
+                let state = self.state(r.event);
+                if let Some((c, s)) = self.slot_mut(r.event.0) {
+                    let attempts = u32::from(c.attempts[s]);
+                    let ok = match state {
+                        Some(EventState::Running) => r.attempt >= attempts.min(255),
+                        Some(EventState::Scheduled) => r.attempt > attempts,
+                        _ => false,
+                    };
+                    if ok {
+                        c.attempts[s] = r.attempt.max(attempts).min(255) as u8;
+                        c.due_s[s] = due_seconds(r.next_due_ms);
+                        self.set_state(r.event.0, EventState::Scheduled);
+                    }
+                }
+            }
+            Record::Ack(a) => {
+                Self::note_ids(row, a.event.0);
+                if self.finish(a.event.0, a.attempt, EventState::Succeeded)
+                    && a.outcome == AckOutcome::Ignored
+                {
+                    self.kill(a.event.0, pos);
+                }
+            }
+            Record::Drop(d) => {
+                Self::note_ids(row, d.event.0);
+                self.activity_at(d.dropped_ms).failures += 1;
+                let to = match d.reason {
+                    DropReason::Exhausted | DropReason::MaxAge => EventState::Failed,
+                    DropReason::Expired => EventState::Expired,
+                };
+                if self.finish(d.event.0, d.attempt, to) {
+                    self.kill(d.event.0, pos);
+                }
+            }
+            Record::Cancel(c) => match c.target {
+                CancelTarget::Event(e) => {
+                    Self::note_ids(row, e.0);
+                    if self.pending(e.0) {
+                        self.set_state(e.0, EventState::Cancelled);
+                    }
+                }
+                CancelTarget::Job(j) => {
+                    row.job_cancels = true;
+                    self.cancel_job(j.0);
+                }
+            },
+            Record::Pause(p) => {
+                if p.paused {
+                    self.paused.insert(p.name.to_owned());
+                } else {
+                    self.paused.remove(p.name);
+                }
+            }
+            Record::PurgeDead(_) => {
+                for (id, _) in std::mem::take(&mut self.dead) {
+                    self.set_dead(id, false);
+                }
+            }
+            Record::JobDone(d) => {
+                let job = self.jobs.entry(d.job.0).or_insert_with(|| JobRow {
+                    id: d.job.0,
+                    ..JobRow::default()
+                });
+                job.done = Some((
+                    u64::from(d.success),
+                    u64::from(d.failed),
+                    u64::from(d.cancelled),
+                    d.finished_ms,
+                ));
+            }
+        }
+    }
+
+    /// Ends pending event `id` in state `to`; whether it was pending.
+    fn finish(&mut self, id: u64, attempt: u32, to: EventState) -> bool {
+        if !self.pending(id) {
+            return false;
+        }
+        if let Some((c, s)) = self.slot_mut(id) {
+            c.attempts[s] = c.attempts[s].max(attempt.min(255) as u8);
+        }
+        self.set_state(id, to);
+        true
+    }
+
+    fn kill(&mut self, id: u64, pos: Position) {
+        self.set_dead(id, true);
+        self.dead.push((id, pos));
+    }
+
+    fn cancel_job(&mut self, job: u64) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        j.cancelled = true;
+        let runs: Vec<(u64, u64)> = self
+            .job_runs
+            .range(j.first..=j.last)
+            .filter(|(_, (_, owner))| *owner == job)
+            .map(|(&first, &(last, _))| (first, last))
+            .collect();
+        for (first, last) in runs {
+            for id in first..=last {
+                if self.state(EventId(id)) == Some(EventState::Scheduled) {
+                    self.set_state(id, EventState::Cancelled);
+                }
+            }
+        }
+    }
+
+    fn apply_publish(
+        &mut self,
+        pos: Position,
+        p: &crate::format::Publish<'_>,
+        row: &mut SegmentRow,
+    ) {
+        let options = p.options().copied();
+        if let Some(o) = options {
+            if o.restates {
+                return;
+            }
+            if let Some(replaced) = o.replaces {
+                Self::note_ids(row, replaced.0);
+                if o.redrives {
+                    // The new event is written below; the dead letter is forgotten.
+                    self.set_dead(replaced.0, false);
+                } else if self.pending(replaced.0) {
+                    self.set_state(replaced.0, EventState::Cancelled);
+                }
+            }
+        }
+        if let Some(def) = p.schedule() {
+            if def.removed {
+                if let Some(old) = self.schedules.remove(def.id)
+                    && let Some(occ) = old.occurrence
+                    && self.pending(occ.0)
+                {
+                    self.set_state(occ.0, EventState::Cancelled);
+                }
+                return;
+            }
+            let first = p.events().next();
+            self.schedules.insert(
+                def.id.to_owned(),
+                ScheduleRow {
+                    name: first.map(|e| e.name.to_owned()).unwrap_or_default(),
+                    rule: crate::render::schedule_rule(def.cron, def.every_ms),
+                    catch_up: crate::render::catch_up_name(def.catch_up),
+                    occurrence: first.map(|e| e.id),
+                },
+            );
+        }
+        let segment = self.segment_slot(pos.segment);
+        let keyed = options.is_some_and(|o| !o.key.is_empty());
+        let mut run: Option<(u64, u64)> = None;
+        for e in p.events() {
+            let id = e.id.0;
+            if id == 0 || self.slot(id).is_some() {
+                continue;
+            }
+            Self::note_ids(row, id);
+            self.max_event = self.max_event.max(id);
+            let name = self.name_slot(e.name);
+            let c = self
+                .chunks
+                .entry(id / CHUNK as u64)
+                .or_insert_with(Chunk::new);
+            let s = (id % CHUNK as u64) as usize;
+            c.flags[s] = EventState::Scheduled as u8 | if keyed { KEYED } else { 0 };
+            c.attempts[s] = 0;
+            c.name[s] = name;
+            c.due_s[s] = due_seconds(e.due_ms);
+            c.segment[s] = segment;
+            c.offset[s] = pos.offset.min(u64::from(u32::MAX)) as u32;
+            self.by_state[EventState::Scheduled as usize] += 1;
+            self.names[name as usize].by_state[EventState::Scheduled as usize] += 1;
+            if let Some(o) = options.filter(|o| !o.key.is_empty()) {
+                self.keys.entry(hash_key(o.key)).or_default().push(id);
+            }
+            if let Some(job) = p.job {
+                let j = self.jobs.entry(job.0).or_insert_with(|| JobRow {
+                    id: job.0,
+                    first: id,
+                    last: id,
+                    published_ms: p.published_ms,
+                    ..JobRow::default()
+                });
+                j.first = j.first.min(id);
+                j.last = j.last.max(id);
+                j.by_state[EventState::Scheduled as usize] += 1;
+                run = match run {
+                    Some((first, last)) if last + 1 == id => Some((first, id)),
+                    Some((first, last)) => {
+                        self.job_runs.insert(first, (last, job.0));
+                        Some((id, id))
+                    }
+                    None => Some((id, id)),
+                };
+            }
+        }
+        if let (Some((first, last)), Some(job)) = (run, p.job) {
+            self.job_runs.insert(first, (last, job.0));
+        }
+        let n = p.events().count() as u64;
+        self.activity_at(p.published_ms).published += n;
+    }
+
+    // ---- what pages ask ----
+
+    /// The directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.storage.path()
+    }
+
+    /// Events the view holds.
+    pub fn events(&self) -> u64 {
+        self.by_state.iter().sum()
+    }
+
+    /// Events by state code.
+    pub fn by_state(&self) -> [u64; 7] {
+        self.by_state
+    }
+
+    /// Per name, sorted by name.
+    pub fn names(&self) -> Vec<&NameCounts> {
+        let mut v: Vec<&NameCounts> = self.names.iter().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Dead letters held.
+    pub fn dead_count(&self) -> u64 {
+        self.dead_count
+    }
+
+    /// Paused names.
+    pub fn paused(&self) -> impl Iterator<Item = &str> {
+        self.paused.iter().map(String::as_str)
+    }
+
+    /// Schedules by id.
+    pub fn schedules(&self) -> impl Iterator<Item = (&str, &ScheduleRow)> {
+        self.schedules.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The next due time of a schedule's pending occurrence, Unix epoch ms (seconds).
+    pub fn schedule_next_due_ms(&self, s: &ScheduleRow) -> Option<i64> {
+        let id = s.occurrence?;
+        let (c, slot) = self.slot(id.0)?;
+        (state_of(c.flags[slot]).is_some_and(EventState::is_pending))
+            .then(|| i64::from(c.due_s[slot]) * 1000)
+    }
+
+    /// Jobs, newest first, after (below) job `before` when given, at most `limit`.
+    pub fn jobs(&self, before: Option<u64>, limit: usize) -> Vec<&JobRow> {
+        self.jobs
+            .range(..before.unwrap_or(u64::MAX))
+            .rev()
+            .take(limit)
+            .map(|(_, j)| j)
+            .collect()
+    }
+
+    /// Jobs the view knows.
+    pub fn job_count(&self) -> u64 {
+        self.jobs.len() as u64
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Option<&JobRow> {
+        self.jobs.get(&id.0)
+    }
+
+    /// The segments, in id order.
+    pub fn segments(&self) -> impl Iterator<Item = &SegmentRow> {
+        self.segments.values()
+    }
+
+    /// Records read, and by kind.
+    pub fn records(&self) -> (u64, Vec<(&'static str, u64)>) {
+        (
+            self.records,
+            RecordKind::ALL
+                .iter()
+                .map(|k| (k.name(), self.kinds[(*k as usize).min(15)]))
+                .collect(),
+        )
+    }
+
+    /// The latest time any record carries, Unix epoch ms (`None` for an empty log).
+    pub fn last_record_ms(&self) -> Option<i64> {
+        (self.last_record_ms != i64::MIN).then_some(self.last_record_ms)
+    }
+
+    /// Per minute (Unix epoch minutes) from `from_minute` on.
+    pub fn activity(&self, from_minute: i64) -> impl Iterator<Item = (i64, Activity)> + '_ {
+        self.activity.range(from_minute..).map(|(&m, &a)| (m, a))
+    }
+
+    /// Scheduled events due in `[from_ms, from_ms + buckets * width_ms)`, counted per
+    /// bucket of `width_ms`, and those due before `from_ms` (overdue: the engine is
+    /// behind, stopped, or the name is paused).
+    pub fn due_histogram(&self, from_ms: i64, width_ms: i64, buckets: usize) -> (u64, Vec<u64>) {
+        let mut counts = vec![0u64; buckets];
+        let mut overdue = 0;
+        let from_s = from_ms.div_euclid(1000);
+        let width_s = (width_ms / 1000).max(1);
+        let end_s = from_s + width_s * buckets as i64;
+        for c in self.chunks.values() {
+            for s in 0..CHUNK {
+                if c.flags[s] & STATE_BITS != EventState::Scheduled as u8 {
+                    continue;
+                }
+                let due = i64::from(c.due_s[s]);
+                if due < from_s {
+                    overdue += 1;
+                } else if due < end_s {
+                    counts[((due - from_s) / width_s) as usize] += 1;
+                }
+            }
+        }
+        (overdue, counts)
+    }
+
+    /// The events `q` selects, lowest ids first, with what their publish records add.
+    pub fn query(&self, q: &Query) -> Result<Vec<EventLine>> {
+        let name = match &q.name {
+            Some(n) => match self.name_ids.get(n.as_str()) {
+                Some(&slot) => Some(slot),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        let mut range = (q.after.saturating_add(1), u64::MAX);
+        if let Some(job) = q.job {
+            match self.jobs.get(&job.0) {
+                Some(j) => range = (range.0.max(j.first), j.last),
+                None => return Ok(Vec::new()),
+            }
+        }
+        let keyed: Option<Vec<u64>> = q.key.as_ref().map(|k| {
+            let mut ids = self.keys.get(&hash_key(k)).cloned().unwrap_or_default();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        });
+        let matches = |c: &Chunk, s: usize| {
+            let flags = c.flags[s];
+            flags & STATE_BITS != 0
+                && q.state.is_none_or(|st| flags & STATE_BITS == st as u8)
+                && name.is_none_or(|n| c.name[s] == n)
+                && (!q.dead || flags & DEAD != 0)
+                && (q.key.is_none() || flags & KEYED != 0)
+        };
+        let mut ids = Vec::new();
+        let want = q.limit.max(1);
+        // Candidates, checked against the key by their publish records below.
+        let consider = |id: u64, ids: &mut Vec<u64>| -> bool {
+            if let Some((c, s)) = self.slot(id)
+                && matches(c, s)
+                && q.job.is_none_or(|j| self.job_of(id) == Some(j.0))
+            {
+                ids.push(id);
+            }
+            ids.len() >= want
+        };
+        match &keyed {
+            Some(list) => {
+                for &id in list.iter().filter(|&&id| id >= range.0 && id <= range.1) {
+                    if consider(id, &mut ids) {
+                        break;
+                    }
+                }
+            }
+            None => {
+                'chunks: for (&no, c) in self.chunks.range(range.0 / CHUNK as u64..) {
+                    let base = no * CHUNK as u64;
+                    for s in 0..CHUNK {
+                        let id = base + s as u64;
+                        if id < range.0 {
+                            continue;
+                        }
+                        if id > range.1 {
+                            break 'chunks;
+                        }
+                        if matches(c, s) && q.job.is_none_or(|j| self.job_of(id) == Some(j.0)) {
+                            ids.push(id);
+                            if ids.len() >= want {
+                                break 'chunks;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut lines = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(line) = self.line(EventId(id))? else {
+                continue;
+            };
+            if let Some(k) = &q.key
+                && line.key.as_deref().map(str::as_bytes) != Some(k.as_slice())
+                && !self.key_bytes_match(EventId(id), k)?
+            {
+                continue;
+            }
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+
+    fn key_bytes_match(&self, id: EventId, key: &[u8]) -> Result<bool> {
+        let mut found = false;
+        self.with_publish(id, |p| {
+            found = p.options().is_some_and(|o| o.key == key);
+        })?;
+        Ok(found)
+    }
+
+    /// Reads the publish record of event `id` and hands it to `f`.
+    fn with_publish(
+        &self,
+        id: EventId,
+        f: impl FnOnce(&crate::format::Publish<'_>),
+    ) -> Result<bool> {
+        let Some((c, s)) = self.slot(id.0) else {
+            return Ok(false);
+        };
+        let segment = self.segment_ids[c.segment[s] as usize];
+        let offset = u64::from(c.offset[s]);
+        let mut found = false;
+        self.read_at(segment, offset, |record| {
+            if let Record::Publish(p) = record {
+                found = true;
+                f(p);
+            }
+        })?;
+        Ok(found)
+    }
+
+    /// Reads the record whose frame starts at `offset` of segment `segment`.
+    pub fn read_at(&self, segment: u64, offset: u64, f: impl FnOnce(&Record<'_>)) -> Result<()> {
+        let path = self.storage.path().join(segment_name(segment));
+        let file: Arc<dyn StorageFile> = match self.files.get(&segment) {
+            Some(f) => f.clone(),
+            None => match self.storage.open(&segment_name(segment)) {
+                Ok(f) => Arc::from(f),
+                // Compacted away since the view read it: the next refresh rebuilds.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io("open segment", &path, e)),
+            },
+        };
+        let version = self
+            .segments
+            .get(&segment)
+            .map_or(crate::format::FORMAT_VERSION, |s| s.version);
+        let mut head = [0u8; FRAME_HEADER_LEN];
+        read_exact_at(&*file, &mut head, offset)
+            .map_err(|e| Error::io("read segment", &path, e))?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > crate::format::MAX_FRAME_LEN {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; FRAME_HEADER_LEN + len];
+        read_exact_at(&*file, &mut buf, offset).map_err(|e| Error::io("read segment", &path, e))?;
+        if let Ok(Some(frame)) = decode_frame(&buf, segment)
+            && let Ok(record) = Record::decode_in(version, frame.kind, frame.payload)
+        {
+            f(&record);
+        }
+        Ok(())
+    }
+
+    /// One event's line.
+    pub fn line(&self, id: EventId) -> Result<Option<EventLine>> {
+        let Some((c, s)) = self.slot(id.0) else {
+            return Ok(None);
+        };
+        let flags = c.flags[s];
+        let mut line = EventLine {
+            id,
+            name: self.names[c.name[s] as usize].name.clone(),
+            state: state_of(flags).map_or("?", EventState::name),
+            attempts: u32::from(c.attempts[s]),
+            due_ms: i64::from(c.due_s[s]) * 1000,
+            dead: flags & DEAD != 0,
+            published_ms: 0,
+            job: None,
+            key: None,
+            priority: 0,
+            body_bytes: 0,
+        };
+        self.with_publish(id, |p| {
+            line.published_ms = p.published_ms;
+            line.job = p.job;
+            if let Some(e) = p.events().find(|e| e.id == id) {
+                line.body_bytes = e.body.len() as u64;
+                line.name = e.name.to_owned();
+            }
+            if let Some(o) = p.options() {
+                line.priority = o.priority;
+                if !o.key.is_empty() {
+                    line.key = Some(String::from_utf8_lossy(o.key).into_owned());
+                }
+            }
+        })?;
+        Ok(Some(line))
+    }
+
+    /// The dead letters, newest first: id, and where the record that killed it lies.
+    pub fn dead_letters(&self) -> impl Iterator<Item = (EventId, Position)> + '_ {
+        self.dead
+            .iter()
+            .rev()
+            .filter(|(id, _)| self.slot(*id).is_some_and(|(c, s)| c.flags[s] & DEAD != 0))
+            .map(|&(id, pos)| (EventId(id), pos))
+    }
+
+    /// Every record about event `id` in log order (its publish, attempts, retries, outcome,
+    /// a cancel of it or of its job), read from the segments whose records can name it.
+    pub fn history(&self, id: EventId) -> Result<Vec<(Position, Vec<u8>, RecordKind)>> {
+        let job = self.job_of(id.0).map(JobId);
+        let mut out = Vec::new();
+        for seg in self.segments.values() {
+            let names_it = seg.min_id <= id.0 && id.0 <= seg.max_id;
+            if !names_it && !(job.is_some() && seg.job_cancels) {
+                continue;
+            }
+            Log::scan_alone(&*self.storage, seg.id, false, |pos, record| {
+                let about = match record {
+                    Record::Publish(p) => {
+                        p.events().any(|e| e.id == id)
+                            || p.options().is_some_and(|o| o.replaces == Some(id))
+                    }
+                    Record::Cancel(c) => match c.target {
+                        CancelTarget::Event(e) => e == id,
+                        CancelTarget::Job(j) => Some(j) == job,
+                    },
+                    Record::JobDone(d) => Some(d.job) == job,
+                    other => other.event() == Some(id),
+                };
+                if about && pos.offset < seg.end {
+                    let mut payload = Vec::with_capacity(record.encoded_len());
+                    record.encode(&mut payload);
+                    out.push((pos, payload, record.kind()));
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// The body of event `id`: its publish's, or that of the latest record that restated it.
+    pub fn body(&self, id: EventId) -> Result<Option<Vec<u8>>> {
+        let mut body = None;
+        for (pos, payload, kind) in self.history(id)? {
+            let version = self
+                .segments
+                .get(&pos.segment)
+                .map_or(crate::format::FORMAT_VERSION, |s| s.version);
+            if let Ok(Record::Publish(p)) = Record::decode_in(version, kind, &payload)
+                && let Some(e) = p.events().find(|e| e.id == id)
+                && (body.is_none() || p.options().is_some_and(|o| o.restates))
+            {
+                body = Some(e.body.to_vec());
+            }
+        }
+        Ok(body)
+    }
+
+    /// The format version of segment `id`, as read.
+    pub fn version_of(&self, id: u64) -> u32 {
+        self.segments
+            .get(&id)
+            .map_or(crate::format::FORMAT_VERSION, |s| s.version)
+    }
+
+    /// Bytes of memory the view holds, estimated from its tables.
+    pub fn memory_bytes(&self) -> u64 {
+        let chunks = self.chunks.len() * std::mem::size_of::<Chunk>();
+        let keys: usize = self.keys.values().map(|v| v.capacity() * 8 + 32).sum();
+        (chunks + keys + self.dead.capacity() * 32 + self.jobs.len() * 128) as u64
+    }
+}
