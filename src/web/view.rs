@@ -130,6 +130,8 @@ pub struct ScheduleRow {
     pub catch_up: &'static str,
     /// The occurrence its latest record published.
     pub occurrence: Option<EventId>,
+    /// That occurrence's time, Unix epoch ms (a retry of it moves its due time, not this).
+    pub occurrence_ms: i64,
 }
 
 /// Attempts started, failures and publishes in one minute.
@@ -742,6 +744,7 @@ impl View {
                     rule: crate::render::schedule_rule(def.cron, def.every_ms),
                     catch_up: crate::render::catch_up_name(def.catch_up),
                     occurrence: first.map(|e| e.id),
+                    occurrence_ms: first.map_or(0, |e| e.due_ms),
                 },
             );
         }
@@ -839,12 +842,11 @@ impl View {
         self.schedules.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    /// The next due time of a schedule's pending occurrence, Unix epoch ms (seconds).
+    /// The time of a schedule's pending occurrence, Unix epoch ms; `None` once it
+    /// finished (until an engine publishes the next one).
     pub fn schedule_next_due_ms(&self, s: &ScheduleRow) -> Option<i64> {
         let id = s.occurrence?;
-        let (c, slot) = self.slot(id.0)?;
-        (state_of(c.flags[slot]).is_some_and(EventState::is_pending))
-            .then(|| i64::from(c.due_s[slot]) * 1000)
+        self.pending(id.0).then_some(s.occurrence_ms)
     }
 
     /// Jobs, newest first, after (below) job `before` when given, at most `limit`.

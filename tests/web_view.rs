@@ -1,0 +1,197 @@
+//! The dashboard's view of a directory (`afterlog::web::view::View`) against the reader: for
+//! the crash sweep's seeded workloads (publishes, keys, pushes, cancels, retries, drops,
+//! dead letters, redrives, purges, pauses, schedules, compaction, reopens), every event's
+//! state, attempts and due time, the counts by state and name, the dead letters, paused
+//! names, schedules and job stats agree — for a view built at the end, and for a view built
+//! halfway and brought up to date by `refresh` (or rebuilt when it says so).
+
+mod common;
+
+use afterlog::web::view::{Query, Refreshed, View};
+use afterlog::{EventState, MemStorage, Reader};
+use common::workload;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What the reader says, in the view's terms.
+fn reader_picture(disk: &MemStorage) -> Picture {
+    let reader = Reader::open_storage(Arc::new(disk.clone())).expect("reader");
+    let events = reader
+        .events()
+        .expect("events")
+        .into_iter()
+        .map(|r| {
+            (
+                r.id.0,
+                (
+                    r.state.name(),
+                    r.attempts.min(255),
+                    r.next_due_ms.div_euclid(1000) * 1000,
+                ),
+            )
+        })
+        .collect();
+    let summary = reader.summary().expect("summary");
+    let mut dead: Vec<u64> = reader
+        .dead_letters(usize::MAX)
+        .expect("dead letters")
+        .into_iter()
+        .map(|d| d.id.0)
+        .collect();
+    dead.sort_unstable();
+    let schedules = reader
+        .schedules()
+        .expect("schedules")
+        .into_iter()
+        .map(|s| (s.id, (s.name, s.rule, s.next_due_ms)))
+        .collect();
+    Picture {
+        events,
+        dead,
+        paused: summary.paused,
+        schedules,
+    }
+}
+
+fn view_picture(view: &View) -> Picture {
+    let lines = view
+        .query(&Query {
+            limit: usize::MAX,
+            ..Query::default()
+        })
+        .expect("query");
+    let events = lines
+        .iter()
+        .map(|l| (l.id.0, (l.state, l.attempts, l.due_ms)))
+        .collect();
+    let mut dead: Vec<u64> = view.dead_letters().map(|(id, _)| id.0).collect();
+    dead.sort_unstable();
+    let schedules = view
+        .schedules()
+        .map(|(id, s)| {
+            (
+                id.to_owned(),
+                (s.name.clone(), s.rule.clone(), view.schedule_next_due_ms(s)),
+            )
+        })
+        .collect();
+    Picture {
+        events,
+        dead,
+        paused: view.paused().map(str::to_owned).collect(),
+        schedules,
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Picture {
+    events: BTreeMap<u64, (&'static str, u32, i64)>,
+    dead: Vec<u64>,
+    paused: Vec<String>,
+    schedules: BTreeMap<String, (String, String, Option<i64>)>,
+}
+
+/// The view's own counts agree with its events.
+fn check_counts(view: &View, seed: u64) {
+    let lines = view
+        .query(&Query {
+            limit: usize::MAX,
+            ..Query::default()
+        })
+        .expect("query");
+    let by_state = view.by_state();
+    for s in EventState::ALL {
+        let n = lines.iter().filter(|l| l.state == s.name()).count() as u64;
+        assert_eq!(by_state[s as usize], n, "seed {seed}: count of {}", s.name());
+        for name in view.names() {
+            let n = lines
+                .iter()
+                .filter(|l| l.state == s.name() && l.name == name.name)
+                .count() as u64;
+            assert_eq!(
+                name.by_state[s as usize],
+                n,
+                "seed {seed}: count of {} {}",
+                name.name,
+                s.name()
+            );
+        }
+    }
+    assert_eq!(view.dead_count(), view.dead_letters().count() as u64, "seed {seed}");
+    // Filtered pages are the matching part of the whole list, page by page.
+    for s in EventState::ALL {
+        let mut after = 0;
+        let mut paged = Vec::new();
+        loop {
+            let page = view
+                .query(&Query {
+                    state: Some(s),
+                    after,
+                    limit: 7,
+                    ..Query::default()
+                })
+                .expect("page");
+            paged.extend(page.iter().map(|l| l.id.0));
+            match page.last() {
+                Some(l) if page.len() == 7 => after = l.id.0,
+                _ => break,
+            }
+        }
+        let all: Vec<u64> = lines
+            .iter()
+            .filter(|l| l.state == s.name())
+            .map(|l| l.id.0)
+            .collect();
+        assert_eq!(paged, all, "seed {seed}: pages of {}", s.name());
+    }
+}
+
+fn seeds() -> u64 {
+    std::env::var("AFTERLOG_VIEW_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120)
+}
+
+#[test]
+fn a_view_built_from_a_directory_agrees_with_the_reader() {
+    for seed in 0..seeds() {
+        let disk = MemStorage::new();
+        workload::run(&disk, &workload::steps(seed), seed);
+        let view = View::build(Arc::new(disk.clone())).expect("view");
+        assert_eq!(view_picture(&view), reader_picture(&disk), "seed {seed}");
+        check_counts(&view, seed);
+    }
+}
+
+#[test]
+fn a_view_that_follows_a_directory_agrees_with_the_reader() {
+    let mut rebuilt = 0;
+    let mut grew = 0;
+    for seed in 0..seeds() {
+        let disk = MemStorage::new();
+        let steps = workload::steps(seed);
+        let half = steps.len() / 2;
+        workload::run(&disk, &steps[..half], seed);
+        let mut view = View::build(Arc::new(disk.clone())).expect("view");
+        // Half the workloads go on without compaction, so the view follows their appends.
+        let rest: Vec<workload::Step> = steps[half..]
+            .iter()
+            .filter(|s| seed % 2 == 0 || !matches!(s, workload::Step::Compact))
+            .cloned()
+            .collect();
+        workload::run(&disk, &rest, seed);
+        match view.refresh().expect("refresh") {
+            Refreshed::Rebuild => {
+                rebuilt += 1;
+                view = View::build(Arc::new(disk.clone())).expect("view");
+            }
+            Refreshed::Grew => grew += 1,
+            Refreshed::Same => {}
+        }
+        assert_eq!(view_picture(&view), reader_picture(&disk), "seed {seed}");
+        check_counts(&view, seed);
+    }
+    // Both paths were taken (compaction in some workloads, appends alone in others).
+    assert!(rebuilt > 0 && grew > 0, "rebuilt {rebuilt}, grew {grew}");
+}
