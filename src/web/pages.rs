@@ -431,7 +431,11 @@ fn view_query(q: &EventsQuery) -> std::result::Result<ViewQuery, String> {
     };
     let after = match q.after.trim() {
         "" => 0,
-        a => a.parse::<EventId>().map_err(|e| e.to_string())?.0,
+        a => a
+            .strip_prefix("ev-")
+            .unwrap_or(a)
+            .parse::<u64>()
+            .map_err(|_| format!("after {a:?} is not an event id"))?,
     };
     let limit = match q.limit.trim() {
         "" => PAGE_ROWS,
