@@ -4,8 +4,7 @@
 //! token, CSRF and origin checks, POST-only actions, and nothing written by `serve`.
 
 use afterlog::{
-    After, Engine, HandlerError, KeyMode, ManualClock, Options, PublishOptions, Reader,
-    RetryPolicy,
+    After, Engine, HandlerError, KeyMode, ManualClock, Options, PublishOptions, Reader, RetryPolicy,
 };
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -29,7 +28,9 @@ fn make_dir(dir: &Path) -> (afterlog::EventId, afterlog::EventId) {
     )
     .expect("open");
     engine.on("ok", |_e, _c| Ok(()));
-    engine.on("fails", |_e, _c| Err(HandlerError::msg(format!("failed: {XSS}"))));
+    engine.on("fails", |_e, _c| {
+        Err(HandlerError::msg(format!("failed: {XSS}")))
+    });
     engine.on(XSS, |_e, _c| Ok(()));
     engine.start();
     for _ in 0..3 {
@@ -200,7 +201,10 @@ async fn serve_shows_what_the_reader_reads_and_writes_nothing() {
     assert_eq!(overview["dead_letters"], 1);
     let api_dead = json(&format!("{base}/api/dead")).await;
     assert_eq!(api_dead["dead_letters"][0]["id"], dead[0].id.0);
-    assert_eq!(api_dead["dead_letters"][0]["message"], dead[0].message.as_str());
+    assert_eq!(
+        api_dead["dead_letters"][0]["message"],
+        dead[0].message.as_str()
+    );
     assert_eq!(overview["paused"], serde_json::json!(["paused.name"]));
     let schedules = json(&format!("{base}/api/schedules")).await;
     let listed = reader.schedules().expect("schedules");
@@ -247,7 +251,11 @@ async fn serve_shows_what_the_reader_reads_and_writes_nothing() {
         assert!(!html.contains("<script"), "{page} holds a script tag");
     }
     assert!(overview_html.contains(escaped));
-    assert_eq!(event_html.matches(escaped).count(), 4, "name, key, body, title: {event_html}");
+    assert_eq!(
+        event_html.matches(escaped).count(),
+        4,
+        "name, key, body, title: {event_html}"
+    );
     assert!(dead_event_html.contains(&format!("failed: {escaped}")));
 
     // A long body is cut, with a download of the whole of it.
@@ -261,7 +269,9 @@ async fn serve_shows_what_the_reader_reads_and_writes_nothing() {
         .await
         .expect("download");
     assert_eq!(
-        r.headers().get("content-disposition").and_then(|v| v.to_str().ok()),
+        r.headers()
+            .get("content-disposition")
+            .and_then(|v| v.to_str().ok()),
         Some(format!("attachment; filename=\"ev-{}.body\"", big.id.0).as_str())
     );
     assert_eq!(r.bytes().await.expect("bytes").len(), 10_000);
@@ -390,10 +400,14 @@ async fn the_mounted_router_acts_on_the_live_engine() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     let (later, _) = make_dir(&dir);
-    let engine = Engine::open_with(&dir, Options::default().compaction_interval(None)).expect("open");
+    let engine =
+        Engine::open_with(&dir, Options::default().compaction_interval(None)).expect("open");
     engine.on("ok", |_e, _c| Ok(()));
-    let app = axum::Router::new().nest("/afterlog", afterlog::web::router(&engine).expect("router"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app =
+        axum::Router::new().nest("/afterlog", afterlog::web::router(&engine).expect("router"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let base = format!("http://{addr}/afterlog");
@@ -414,16 +428,32 @@ async fn the_mounted_router_acts_on_the_live_engine() {
     // GET is not an action; no token, a wrong one, another origin: refused.
     let (status, _, _) = get(&action).await;
     assert_eq!(status, 405);
-    for (token, origin) in [("", None), ("wrong", None), (csrf.as_str(), Some("http://evil.example"))] {
-        let mut req = client().post(&action).form(&[("csrf", token), ("id", id.as_str())]);
+    for (token, origin) in [
+        ("", None),
+        ("wrong", None),
+        (csrf.as_str(), Some("http://evil.example")),
+    ] {
+        let mut req = client()
+            .post(&action)
+            .form(&[("csrf", token), ("id", id.as_str())]);
         if let Some(o) = origin {
             req = req.header("origin", o);
         }
         let r = req.send().await.expect("post");
-        assert_eq!(r.status().as_u16(), 403, "token {token:?} origin {origin:?}");
+        assert_eq!(
+            r.status().as_u16(),
+            403,
+            "token {token:?} origin {origin:?}"
+        );
     }
     assert_eq!(
-        Reader::open(&dir).unwrap().event_history(later).unwrap().unwrap().row.state,
+        Reader::open(&dir)
+            .unwrap()
+            .event_history(later)
+            .unwrap()
+            .unwrap()
+            .row
+            .state,
         afterlog::EventState::Scheduled
     );
     // The right token from the same origin cancels, and the page says so at once.
@@ -458,7 +488,10 @@ async fn the_mounted_router_acts_on_the_live_engine() {
         }
     };
     assert_eq!(post("pause", ("name", "ok".into())).await, 303);
-    assert_eq!(engine.paused(), vec!["ok".to_string(), "paused.name".to_string()]);
+    assert_eq!(
+        engine.paused(),
+        vec!["ok".to_string(), "paused.name".to_string()]
+    );
     assert_eq!(post("resume", ("name", "paused.name".into())).await, 303);
     assert_eq!(engine.paused(), vec!["ok".to_string()]);
     let dead = engine.dead_letters(10).expect("dead");

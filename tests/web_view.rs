@@ -102,7 +102,12 @@ fn check_counts(view: &View, seed: u64) {
     let by_state = view.by_state();
     for s in EventState::ALL {
         let n = lines.iter().filter(|l| l.state == s.name()).count() as u64;
-        assert_eq!(by_state[s as usize], n, "seed {seed}: count of {}", s.name());
+        assert_eq!(
+            by_state[s as usize],
+            n,
+            "seed {seed}: count of {}",
+            s.name()
+        );
         for name in view.names() {
             let n = lines
                 .iter()
@@ -117,7 +122,11 @@ fn check_counts(view: &View, seed: u64) {
             );
         }
     }
-    assert_eq!(view.dead_count(), view.dead_letters().count() as u64, "seed {seed}");
+    assert_eq!(
+        view.dead_count(),
+        view.dead_letters().count() as u64,
+        "seed {seed}"
+    );
     // Filtered pages are the matching part of the whole list, page by page.
     for s in EventState::ALL {
         let mut after = 0;

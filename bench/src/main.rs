@@ -5,6 +5,7 @@
 
 mod async_runs;
 mod core_runs;
+mod dashboard_runs;
 mod dead_runs;
 mod engine_runs;
 mod keys_runs;
@@ -55,9 +56,12 @@ enum Scenario {
     /// 14: dead letters: memory per dead letter of a directory holding 1,000,000, and the
     /// end to end rate of live events beside them vs a fresh directory.
     Dead,
+    /// 15: the dashboard of a directory of 10,000,000 events: every page's time and the
+    /// serving process's peak memory.
+    Dashboard,
 }
 
-const ALL: [Scenario; 13] = [
+const ALL: [Scenario; 14] = [
     Scenario::Publish,
     Scenario::EndToEnd,
     Scenario::Timer,
@@ -71,6 +75,7 @@ const ALL: [Scenario; 13] = [
     Scenario::Keys,
     Scenario::Schedules,
     Scenario::Dead,
+    Scenario::Dashboard,
 ];
 
 /// afterlog's benchmark harness: durable publish against raw pwrite+fdatasync, SQLite and
@@ -171,6 +176,12 @@ struct Args {
     /// Dead letters of the dead-letters scenario (default 1,000,000; 100,000 with --quick).
     #[arg(long)]
     dead_letters: Option<u64>,
+    /// Pending events of the dashboard scenario (default 10,000,000; 100,000 with --quick).
+    #[arg(long)]
+    dashboard_events: Option<u64>,
+    /// Internal: serve the dashboard of this data directory on loopback until stdin ends.
+    #[arg(long, hide = true)]
+    child_serve: Option<PathBuf>,
     /// Pending keyed events of the keys scenario's memory run (default 1,000,000).
     #[arg(long)]
     keys_memory_events: Option<u64>,
@@ -210,6 +221,7 @@ struct Params {
     keys_memory_events: u64,
     schedules: u64,
     dead_letters: u64,
+    dashboard_events: u64,
 }
 
 impl Params {
@@ -280,6 +292,10 @@ impl Params {
                 .dead_letters
                 .unwrap_or(if q { 100_000 } else { 1_000_000 })
                 .max(1),
+            dashboard_events: args
+                .dashboard_events
+                .unwrap_or(if q { 100_000 } else { 10_000_000 })
+                .max(1),
         }
     }
 
@@ -313,7 +329,17 @@ impl Params {
         if self.runs(Scenario::Dead) {
             n += self.dead_params().steps();
         }
+        if self.runs(Scenario::Dashboard) {
+            n += self.dashboard_params().steps();
+        }
         n
+    }
+
+    fn dashboard_params(&self) -> dashboard_runs::Params {
+        dashboard_runs::Params {
+            events: self.dashboard_events,
+            rounds: self.publish_rounds,
+        }
     }
 
     fn dead_params(&self) -> dead_runs::Params {
@@ -402,6 +428,7 @@ struct Report {
     keys: Option<keys_runs::Keys>,
     schedules: Option<schedule_runs::Schedules>,
     dead: Option<dead_runs::Dead>,
+    dashboard: Option<dashboard_runs::Dashboard>,
     targets: Vec<Target>,
 }
 
@@ -491,6 +518,10 @@ fn main() {
     let args = Args::parse();
     if let Some(dir) = &args.child_open {
         recovery::child_open(dir);
+        return;
+    }
+    if let Some(dir) = &args.child_serve {
+        dashboard_runs::child_serve(dir);
         return;
     }
     let params = Params::from(&args);
@@ -583,6 +614,9 @@ fn main() {
     let dead = params
         .runs(Scenario::Dead)
         .then(|| dead_runs::run(&dir, &params.dead_params(), &progress));
+    let dashboard = params
+        .runs(Scenario::Dashboard)
+        .then(|| dashboard_runs::run(&dir, &params.dashboard_params(), &progress));
     progress.finish();
     let _ = std::fs::remove_dir_all(&dir);
     machine.load_average_end = machine::load_average();
@@ -608,6 +642,7 @@ fn main() {
         keys,
         schedules,
         dead,
+        dashboard,
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -748,6 +783,9 @@ fn targets(r: &Report) -> Vec<Target> {
     }
     if let Some(d) = &r.dead {
         dead_runs::targets(d, &mut t);
+    }
+    if let Some(d) = &r.dashboard {
+        dashboard_runs::targets(d, &mut t);
     }
     t
 }
@@ -984,6 +1022,9 @@ fn print_table(r: &Report) {
     }
     if let Some(d) = &r.dead {
         dead_runs::print(d);
+    }
+    if let Some(d) = &r.dashboard {
+        dashboard_runs::print(d);
     }
     println!();
     println!(

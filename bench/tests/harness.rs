@@ -56,6 +56,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
         .args(["--async-tasks", "8,32", "--async-sleep-events", "200"])
         .args(["--keys-events", "2000", "--keys-memory-events", "3000"])
         .args(["--schedules", "200", "--dead-letters", "3000"])
+        .args(["--dashboard-events", "3000"])
         .arg("--dir")
         .arg(base.join("data"))
         .arg("--json")
@@ -83,7 +84,7 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     }
     assert!(v["machine"]["file_system"].is_string());
     assert_eq!(v["parameters"]["quick"], Value::Bool(true));
-    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 13);
+    assert_eq!(v["parameters"]["scenarios"].as_array().unwrap().len(), 14);
     assert_eq!(number(&v, "schedules.schedules"), 200.0);
     for key in [
         "deliveries",
@@ -103,6 +104,13 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     ] {
         assert!(number(&v, &format!("dead.{key}")) > 0.0, "dead.{key}");
     }
+    assert_eq!(number(&v, "dashboard.events"), 3000.0);
+    let pages = v["dashboard"]["pages"].as_array().expect("dashboard pages");
+    assert!(pages.len() >= 10, "{pages:?}");
+    for page in pages {
+        assert!(page["bytes"].as_u64().unwrap() > 0, "{page}");
+    }
+    assert!(number(&v, "dashboard.vm_hwm_bytes") > 0.0);
 
     let publish = v["publish"].as_array().expect("publish");
     assert_eq!(publish.len(), 3);
@@ -235,9 +243,10 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     // pass and the publish latency ratio; the disk after compaction; 2 async publish, async
     // end to end and the async sleep; keyed publish, priorities, the concurrency limit's
     // cost and its bound, memory per keyed event; the schedules' lateness and their share
-    // delivered; memory per dead letter and the end to end rate beside them.
+    // delivered; memory per dead letter and the end to end rate beside them; the dashboard's
+    // slowest page and its peak memory.
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 35, "{targets:?}");
+    assert_eq!(targets.len(), 37, "{targets:?}");
     for t in targets {
         assert!(t["name"].is_string() && t["met"].is_boolean());
         assert!(t["measured"].is_number() && t["target"].is_number(), "{t}");
