@@ -204,3 +204,54 @@ fn a_view_that_follows_a_directory_agrees_with_the_reader() {
     // Both paths were taken (compaction in some workloads, appends alone in others).
     assert!(rebuilt > 0 && grew > 0, "rebuilt {rebuilt}, grew {grew}");
 }
+
+/// A segment read in many chunks: the view follows megabytes appended to the active segment
+/// after it was built, frame by frame across the chunk boundaries.
+#[test]
+fn a_view_follows_megabytes_appended_to_the_active_segment() {
+    use afterlog::{After, Engine, ManualClock, Options};
+    use std::time::Duration;
+    let disk = MemStorage::new();
+    let clock = ManualClock::new(1_800_000_000_000);
+    let engine = Engine::open_storage(
+        Arc::new(disk.clone()),
+        Options::default()
+            .clock(clock.clone())
+            .compaction_interval(None)
+            .log_options(afterlog::log::LogOptions {
+                segment_bytes: 16 << 20,
+                first_segment_bytes: 16 << 20,
+                ..afterlog::log::LogOptions::default()
+            }),
+    )
+    .expect("open");
+    engine.on("a", |_e, _c| Ok(()));
+    let body = vec![7u8; 3000];
+    for _ in 0..100 {
+        engine.publish("a", &body, After::NOW).expect("publish");
+    }
+    let mut view = View::build(Arc::new(disk.clone())).expect("view");
+    engine.start();
+    // About 6 MB more, in frames of odd sizes, while earlier ones are delivered.
+    for i in 0..2_000usize {
+        engine
+            .publish(
+                "a",
+                &body[..1000 + i % 2000],
+                After::delay(Duration::from_secs(1 + i as u64 % 7)),
+            )
+            .expect("publish");
+    }
+    clock.advance(Duration::from_secs(3));
+    assert!(engine.wait_idle(Duration::from_secs(30)));
+    assert_eq!(view.refresh().expect("refresh"), Refreshed::Grew);
+    // One segment, read past several chunks of 1 MiB.
+    assert_eq!(view.segments().count(), 1);
+    assert!(view.segments().all(|s| s.end > 4 << 20));
+    assert_eq!(view_picture(&view), reader_picture(&disk));
+    check_counts(&view, 0);
+    assert_eq!(view.events(), 2_100);
+    // Nothing new: the same.
+    assert_eq!(view.refresh().expect("refresh"), Refreshed::Same);
+    engine.close().expect("close");
+}

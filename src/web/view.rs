@@ -272,6 +272,20 @@ fn hash_key(key: &[u8]) -> u64 {
     })
 }
 
+/// Reads into `buf` from `offset` until it is full or the file ends; the bytes read.
+fn read_up_to(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 fn due_seconds(ms: i64) -> u32 {
     ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32
 }
@@ -430,18 +444,83 @@ impl View {
             ..SegmentRow::default()
         });
         row.file_bytes = len;
-        // Read as the last segment is (no seal required): one read before the last may
-        // have been rolled just now, its seal not yet written.
-        let storage = self.storage.clone();
-        Log::scan_alone(&*storage, id, false, |pos, record| {
-            if pos.offset >= from {
+        if from == 0 {
+            // The first read of a segment checks it as `verify` does, but as the last
+            // segment is (no seal required): one before the last may have been rolled just
+            // now, its seal not yet written.
+            let storage = self.storage.clone();
+            Log::scan_alone(&*storage, id, false, |pos, record| {
                 self.apply(pos, record, &mut row);
                 row.end = pos.offset + (FRAME_HEADER_LEN + record.encoded_len()) as u64;
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
+        } else {
+            self.read_frames_from(&*file, &path, &mut row, len)?;
+        }
         self.segments.insert(id, row);
         Ok(())
+    }
+
+    /// Applies the frames of the segment of `row` from `row.end` on, up to the first that
+    /// is not whole and valid (the end of what the writer has written so far, or its seal).
+    fn read_frames_from(
+        &mut self,
+        file: &dyn StorageFile,
+        path: &std::path::Path,
+        row: &mut SegmentRow,
+        len: u64,
+    ) -> Result<()> {
+        const CHUNK_BYTES: usize = 1 << 20;
+        let mut buf = Vec::new();
+        let mut need = CHUNK_BYTES;
+        loop {
+            let at = row.end;
+            if at >= len {
+                return Ok(());
+            }
+            let want = ((len - at) as usize).min(need.max(CHUNK_BYTES));
+            buf.resize(want, 0);
+            let n =
+                read_up_to(file, &mut buf, at).map_err(|e| Error::io("read segment", path, e))?;
+            let mut used = 0;
+            let more = loop {
+                if used == n {
+                    // This read ended at a frame boundary: the file may hold more.
+                    break (n == want && row.end < len).then_some(0);
+                }
+                match decode_frame(&buf[used..n], row.id) {
+                    Ok(Some(frame)) if frame.kind != RecordKind::Seal => {
+                        let pos = Position {
+                            segment: row.id,
+                            offset: at + used as u64,
+                            seq: frame.seq,
+                        };
+                        let frame_len = frame.len();
+                        let Ok(record) = Record::decode_in(row.version, frame.kind, frame.payload)
+                        else {
+                            break None;
+                        };
+                        self.apply(pos, &record, row);
+                        used += frame_len;
+                        row.end = at + used as u64;
+                    }
+                    // A frame cut by the end of this read, which the file holds whole: read
+                    // on from it, all of it at once.
+                    Err(crate::format::FrameError::Truncated { needed, .. })
+                        if n == want && at + (used + needed) as u64 <= len =>
+                    {
+                        break Some(needed);
+                    }
+                    // The end of data, a seal, a frame not yet whole, or one that fails its
+                    // check: what follows is not written yet.
+                    _ => break None,
+                }
+            };
+            match more {
+                Some(needed) if used > 0 || needed > n => need = needed,
+                _ => return Ok(()),
+            }
+        }
     }
 
     fn segment_slot(&mut self, id: u64) -> u16 {
