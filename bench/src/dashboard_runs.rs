@@ -62,12 +62,12 @@ fn add_variety(dir: &Path) {
     engine.start();
     for i in 0..5_000u32 {
         engine
-            .publish("dash.ok", &i.to_le_bytes(), After::NOW)
+            .publish("dash.ok", i.to_le_bytes(), After::NOW)
             .expect("publish");
     }
     for i in 0..1_000u32 {
         engine
-            .publish("dash.fail", &i.to_le_bytes(), After::NOW)
+            .publish("dash.fail", i.to_le_bytes(), After::NOW)
             .expect("publish");
     }
     for _ in 0..500 {

@@ -628,8 +628,8 @@ fn event_page(view: &View, id: EventId) -> Result<Option<EventPage>> {
     Ok(Some(page))
 }
 
-fn parse_event(id: &str) -> std::result::Result<EventId, Response> {
-    id.parse::<EventId>().map_err(|e| bad(e.to_string()))
+fn parse_event(id: &str) -> std::result::Result<EventId, String> {
+    id.parse::<EventId>().map_err(|e| e.to_string())
 }
 
 pub(super) async fn event(
@@ -641,7 +641,7 @@ pub(super) async fn event(
     let c = Ctx::new(d, &original, &uri);
     let id = match parse_event(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let page = {
         let view = c.d.view();
@@ -740,7 +740,7 @@ pub(super) async fn api_event(
 ) -> Response {
     let id = match parse_event(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let page = event_page(&d.view(), id);
     match page {
@@ -767,7 +767,7 @@ pub(super) async fn api_event(
 pub(super) async fn body(State(d): State<Dashboard>, UrlPath(id): UrlPath<String>) -> Response {
     let id = match parse_event(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let body = d.view().body(id);
     match body {
@@ -1089,7 +1089,7 @@ fn segments_json(view: &View) -> Vec<Value> {
         .map(|s| {
             json!({"id": s.id, "file_bytes": s.file_bytes, "data_bytes": s.end, "records": s.records,
                    "format_version": s.version, "compacted": s.compacted,
-                   "event_ids": (s.min_id <= s.max_id).then(|| [s.min_id, s.max_id])})
+                   "event_ids": (s.min_id <= s.max_id).then_some([s.min_id, s.max_id])})
         })
         .collect()
 }
