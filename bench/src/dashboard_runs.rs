@@ -5,6 +5,11 @@
 //! (`afterlog::web::Dashboard::open`) and serves it on loopback, as `afterlog serve` does;
 //! every page is fetched `rounds` times over HTTP and the slowest time of each kept; then the
 //! child's peak resident memory (`VmHWM` of `/proc/PID/status`) is read.
+//!
+//! Last, `/metrics` of a live engine: an engine delivering events published by a thread
+//! beside it (8 names), its dashboard's router (`afterlog::web::router`) served on loopback
+//! in this process; `/metrics` is fetched 200 times, 5 ms apart, and the 99th percentile
+//! and the slowest kept.
 
 use crate::{Progress, fresh_dir};
 use afterlog::{After, Engine, HandlerError, Options, Recurring, RetryPolicy};
@@ -21,7 +26,7 @@ pub struct Params {
 
 impl Params {
     pub fn steps(&self) -> u64 {
-        4
+        5
     }
 }
 
@@ -44,6 +49,11 @@ pub struct Dashboard {
     pub vm_hwm_bytes: u64,
     pub rss_anon_bytes: u64,
     pub rss_file_bytes: u64,
+    /// `/metrics` of a live engine under load: 99th percentile and slowest, ms.
+    pub live_metrics_p99_ms: f64,
+    pub live_metrics_max_ms: f64,
+    pub live_metrics_bytes: usize,
+    pub live_delivered_during: u64,
 }
 
 /// A few thousand events in every other state, a job and a schedule, beside the pending ones.
@@ -156,6 +166,61 @@ fn status_field(pid: u32, field: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// `/metrics` of a live engine's mounted router while the engine delivers.
+fn live_metrics(base: &Path) -> (f64, f64, usize, u64) {
+    let dir = fresh_dir(base, "dashboard-live");
+    let engine = Engine::open_with(&dir, Options::default()).expect("open");
+    const NAMES: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    for name in NAMES {
+        engine.on(name, |_e, _c| Ok(()));
+    }
+    engine.start();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = NAMES[i % NAMES.len()];
+                engine.push(name, ["x"; 50], Duration::ZERO).expect("push");
+                i += 1;
+            }
+        })
+    };
+    let router = afterlog::web::router(&engine).expect("router");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let server = runtime.spawn(async move { axum::serve(listener, router).await });
+    let before = engine.metrics().acked;
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..200 {
+        let t = Instant::now();
+        let (status, n) = fetch(&addr, "/metrics");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(status, 200);
+        bytes = n;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let delivered = engine.metrics().acked - before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.join().expect("publisher");
+    server.abort();
+    drop(runtime);
+    engine.close().expect("close");
+    let _ = std::fs::remove_dir_all(&dir);
+    times.sort_by(f64::total_cmp);
+    let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
+    (p99, *times.last().expect("times"), bytes, delivered)
+}
+
 pub fn run(base: &Path, p: &Params, progress: &Progress) -> Dashboard {
     progress.step(&format!(
         "dashboard: {} pending events to fill a directory",
@@ -230,7 +295,14 @@ pub fn run(base: &Path, p: &Params, progress: &Progress) -> Dashboard {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     let slowest_page_ms = pages.iter().map(|p| p.max_ms).fold(0.0, f64::max);
+    progress.step("dashboard: /metrics of a live engine");
+    let (live_metrics_p99_ms, live_metrics_max_ms, live_metrics_bytes, live_delivered_during) =
+        live_metrics(base);
     Dashboard {
+        live_metrics_p99_ms,
+        live_metrics_max_ms,
+        live_metrics_bytes,
+        live_delivered_during,
         events: p.events,
         fill_s,
         build_s,
@@ -256,6 +328,12 @@ pub fn targets(d: &Dashboard, t: &mut Vec<crate::Target>) {
         "<=",
         200.0,
     ));
+    t.push(target(
+        "/metrics of a live engine under load: p99, ms".to_string(),
+        d.live_metrics_p99_ms,
+        "<=",
+        10.0,
+    ));
 }
 
 pub fn print(d: &Dashboard) {
@@ -273,4 +351,9 @@ pub fn print(d: &Dashboard) {
     for p in &d.pages {
         println!("  {:<40} {:>9.1} ms {:>9} B", p.path, p.max_ms, p.bytes);
     }
+    println!(
+        "/metrics of a live engine ({} events delivered meanwhile): p99 {:.2} ms, slowest \
+         {:.2} ms, {} B",
+        d.live_delivered_during, d.live_metrics_p99_ms, d.live_metrics_max_ms, d.live_metrics_bytes
+    );
 }

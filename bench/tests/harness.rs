@@ -111,6 +111,8 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
         assert!(page["bytes"].as_u64().unwrap() > 0, "{page}");
     }
     assert!(number(&v, "dashboard.vm_hwm_bytes") > 0.0);
+    assert!(number(&v, "dashboard.live_metrics_bytes") > 0.0);
+    assert!(number(&v, "dashboard.live_metrics_p99_ms") > 0.0);
 
     let publish = v["publish"].as_array().expect("publish");
     assert_eq!(publish.len(), 3);
@@ -244,9 +246,9 @@ fn tiny_run_of_every_scenario_reports_every_figure() {
     // end to end and the async sleep; keyed publish, priorities, the concurrency limit's
     // cost and its bound, memory per keyed event; the schedules' lateness and their share
     // delivered; memory per dead letter and the end to end rate beside them; the dashboard's
-    // slowest page and its peak memory.
+    // slowest page, its peak memory and `/metrics` of a live engine.
     let targets = v["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 37, "{targets:?}");
+    assert_eq!(targets.len(), 38, "{targets:?}");
     for t in targets {
         assert!(t["name"].is_string() && t["met"].is_boolean());
         assert!(t["measured"].is_number() && t["target"].is_number(), "{t}");
