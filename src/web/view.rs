@@ -15,10 +15,13 @@
 //!   from the segments that can hold it, not from the whole log;
 //! - attempts and failures per minute for the last week.
 //!
-//! [`View::refresh`] reads what the segments gained since the last look. When a segment it
-//! has read changed otherwise (compaction rewrote or removed it), it reports that the view
-//! must be rebuilt: [`View::build`] from scratch, which the server does beside the old view
-//! and swaps in.
+//! [`View::refresh`] reads what the segments gained since the last look. A segment read
+//! before that compaction rewrote (shorter) or removed is followed too: compaction drops
+//! only what finished events no longer need, so the view forgets the events whose publish
+//! went, finds the new offsets of the records kept, and applies those appended after its
+//! last read (by sequence number, which compaction keeps). Only a segment missing below the
+//! ones read makes it report that it must be rebuilt ([`View::build`] from scratch, which the
+//! server does beside the old view and swaps in).
 //!
 //! The view applies records by the index's rules (`crate::index`) for what it keeps: the
 //! property test `web_view` in the tests replays random workloads and compares every event's
@@ -166,6 +169,10 @@ pub struct SegmentRow {
     pub max_id: u64,
     /// Whether it holds a cancel of a job (which names no event).
     pub job_cancels: bool,
+    /// Records read, by kind code.
+    kinds: [u64; 16],
+    /// The sequence number of the last record applied.
+    last_seq: u64,
 }
 
 /// One event as a page shows it: the view's columns and what its publish record adds.
@@ -252,6 +259,7 @@ pub struct View {
     records: u64,
     max_event: u64,
     last_record_ms: i64,
+    compactions_followed: u64,
 }
 
 impl std::fmt::Debug for View {
@@ -343,6 +351,7 @@ impl View {
             records: 0,
             max_event: 0,
             last_record_ms: i64::MIN,
+            compactions_followed: 0,
         };
         view.refresh()?;
         Ok(view)
@@ -352,24 +361,39 @@ impl View {
     pub fn refresh(&mut self) -> Result<Refreshed> {
         let ids = listed(&*self.storage)?;
         let last_read = self.segments.keys().next_back().copied();
-        // Every segment read before the last one must be as it was: same file length (a
-        // compaction rewrites a segment shorter, or removes it).
+        // A segment read before the last one changes only by compaction, which rewrites it
+        // shorter or removes it: what it drops is finished events (their publish among
+        // them, or the event stays as it was), so the view drops the events whose publish
+        // went and finds the new offsets of the records kept.
+        let mut removed = Vec::new();
+        let mut rewritten = Vec::new();
         for (&id, seg) in &self.segments {
-            if Some(id) == last_read {
-                continue;
-            }
-            if ids.binary_search(&id).is_err() || self.file_len(id)? != Some(seg.file_bytes) {
-                return Ok(Refreshed::Rebuild);
+            let len = self.file_len(id)?;
+            if ids.binary_search(&id).is_err() || len.is_none() {
+                removed.push(id);
+            } else if len.is_some_and(|len| {
+                // The last one read may have grown since (but was not compacted then).
+                if Some(id) == last_read {
+                    len < seg.file_bytes
+                } else {
+                    len != seg.file_bytes
+                }
+            }) {
+                rewritten.push(id);
             }
         }
+        let compacted = !removed.is_empty() || !rewritten.is_empty();
+        if compacted {
+            self.compacted(&removed, &rewritten)?;
+        }
         if let Some(last) = last_read
-            && (ids.binary_search(&last).is_err()
-                || ids
-                    .iter()
-                    .any(|&id| id < last && !self.segments.contains_key(&id)))
+            && ids
+                .iter()
+                .any(|&id| id < last && !self.segments.contains_key(&id))
         {
             return Ok(Refreshed::Rebuild);
         }
+        let last_read = self.segments.keys().next_back().copied();
         let before = self.records;
         for id in ids {
             if last_read.is_some_and(|l| id < l) {
@@ -378,20 +402,182 @@ impl View {
             let Some(len) = self.file_len(id)? else {
                 continue;
             };
-            let seen = self.segments.get(&id).map(|s| (s.file_bytes, s.end));
-            if let Some((file_bytes, _)) = seen
-                && Some(id) == last_read
-                && file_bytes > len
-            {
-                return Ok(Refreshed::Rebuild);
-            }
             self.read_segment(id, len)?;
         }
-        Ok(if self.records == before {
+        Ok(if self.records == before && !compacted {
             Refreshed::Same
         } else {
             Refreshed::Grew
         })
+    }
+
+    /// Follows a compaction that removed segments `removed` and rewrote `rewritten`.
+    fn compacted(&mut self, removed: &[u64], rewritten: &[u64]) -> Result<()> {
+        // Where each record the rewritten segments kept lies now: publishes by event, and
+        // the records that made dead letters.
+        let mut publishes: HashMap<u64, u32> = HashMap::new();
+        let mut deaths: HashMap<(u64, u64), Position> = HashMap::new();
+        let mut rows = Vec::new();
+        // Letters that died before; those records applied below push their own.
+        let dead_before = std::mem::take(&mut self.dead);
+        for &id in rewritten {
+            self.files.remove(&id);
+            let Some(len) = self.file_len(id)? else {
+                continue;
+            };
+            let old = self.segments.remove(&id).expect("a segment read");
+            for (k, n) in old.kinds.iter().enumerate() {
+                self.kinds[k] -= n;
+            }
+            self.records -= old.records;
+            let path = self.storage.path().join(segment_name(id));
+            let Some(file) = self.file(id)? else {
+                continue;
+            };
+            let header = read_header(&*file, &path)?;
+            let mut row = SegmentRow {
+                id,
+                min_id: u64::MAX,
+                version: header.format_version,
+                compacted: header.flags & crate::format::FLAG_COMPACTED != 0,
+                end: header.len() as u64,
+                file_bytes: len,
+                ..SegmentRow::default()
+            };
+            let storage = self.storage.clone();
+            Log::scan_alone(&*storage, id, false, |pos, record| {
+                row.end = pos.offset + (FRAME_HEADER_LEN + record.encoded_len()) as u64;
+                if pos.seq > old.last_seq {
+                    // Appended after the view's last read of it, before its seal: new.
+                    self.apply(pos, record, &mut row);
+                    if let Record::Publish(p) = record
+                        && !p.options().is_some_and(|o| o.restates)
+                    {
+                        for e in p.events() {
+                            publishes.insert(e.id.0, pos.offset as u32);
+                        }
+                    }
+                    return Ok(());
+                }
+                row.records += 1;
+                row.last_seq = pos.seq;
+                self.records += 1;
+                row.kinds[(record.kind() as usize).min(15)] += 1;
+                self.kinds[(record.kind() as usize).min(15)] += 1;
+                match record {
+                    Record::Publish(p) => {
+                        if let Some(o) = p.options()
+                            && let Some(r) = o.replaces
+                        {
+                            Self::note_ids(&mut row, r.0);
+                        }
+                        for e in p.events() {
+                            Self::note_ids(&mut row, e.id.0);
+                            if !p.options().is_some_and(|o| o.restates) {
+                                publishes.insert(e.id.0, pos.offset as u32);
+                            }
+                        }
+                    }
+                    Record::Cancel(c) => match c.target {
+                        CancelTarget::Event(e) => Self::note_ids(&mut row, e.0),
+                        CancelTarget::Job(_) => row.job_cancels = true,
+                    },
+                    Record::Ack(a) => {
+                        Self::note_ids(&mut row, a.event.0);
+                        deaths.insert((a.event.0, id), pos);
+                    }
+                    Record::Drop(d) => {
+                        Self::note_ids(&mut row, d.event.0);
+                        deaths.insert((d.event.0, id), pos);
+                    }
+                    other => {
+                        if let Some(e) = other.event() {
+                            Self::note_ids(&mut row, e.0);
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            rows.push(row);
+        }
+        for &id in removed {
+            self.files.remove(&id);
+            if let Some(old) = self.segments.remove(&id) {
+                for (k, n) in old.kinds.iter().enumerate() {
+                    self.kinds[k] -= n;
+                }
+                self.records -= old.records;
+            }
+        }
+        let slot_of = |id: &u64| self.segment_slots.get(id).copied();
+        let gone: Vec<u16> = removed.iter().filter_map(slot_of).collect();
+        let moved: Vec<u16> = rewritten.iter().filter_map(slot_of).collect();
+        let mut vanished = Vec::new();
+        for (&no, c) in self.chunks.iter_mut() {
+            for s in 0..CHUNK {
+                if c.flags[s] & STATE_BITS == 0 {
+                    continue;
+                }
+                let id = no * CHUNK as u64 + s as u64;
+                if gone.contains(&c.segment[s]) {
+                    vanished.push(id);
+                } else if moved.contains(&c.segment[s]) {
+                    match publishes.get(&id) {
+                        Some(&offset) => c.offset[s] = offset,
+                        None => vanished.push(id),
+                    }
+                }
+            }
+        }
+        for id in vanished {
+            self.forget_event(id);
+        }
+        // Dead letters whose record moved, or went (then the letter went with it).
+        let died_since = std::mem::take(&mut self.dead);
+        for (id, pos) in dead_before {
+            if removed.contains(&pos.segment) {
+                continue;
+            }
+            if rewritten.contains(&pos.segment) {
+                if let Some(&now) = deaths.get(&(id, pos.segment)) {
+                    self.dead.push((id, now));
+                }
+                continue;
+            }
+            self.dead.push((id, pos));
+        }
+        self.dead.extend(died_since);
+        for row in rows {
+            self.segments.insert(row.id, row);
+        }
+        self.chunks
+            .retain(|_, c| c.flags.iter().any(|f| f & STATE_BITS != 0));
+        // A job the log no longer names: its events went, and no job-done record holds it.
+        self.jobs
+            .retain(|_, j| j.done.is_some() || j.by_state.iter().any(|&n| n > 0));
+        self.compactions_followed += 1;
+        Ok(())
+    }
+
+    /// Removes event `id` from the view and its counts (its publish was compacted away).
+    fn forget_event(&mut self, id: u64) {
+        let job = self.job_of(id);
+        let Some((c, s)) = self.slot_mut(id) else {
+            return;
+        };
+        let state = (c.flags[s] & STATE_BITS) as usize;
+        let dead = c.flags[s] & DEAD != 0;
+        let name = c.name[s] as usize;
+        c.flags[s] = 0;
+        self.by_state[state] -= 1;
+        self.names[name].by_state[state] -= 1;
+        if dead {
+            self.dead_count -= 1;
+            self.names[name].dead -= 1;
+        }
+        if let Some(j) = job.and_then(|j| self.jobs.get_mut(&j)) {
+            j.by_state[state] -= 1;
+        }
     }
 
     fn file(&mut self, id: u64) -> Result<Option<Arc<dyn StorageFile>>> {
@@ -646,6 +832,8 @@ impl View {
     fn apply(&mut self, pos: Position, record: &Record<'_>, row: &mut SegmentRow) {
         self.records += 1;
         row.records += 1;
+        row.last_seq = pos.seq;
+        row.kinds[(record.kind() as usize).min(15)] += 1;
         self.kinds[(record.kind() as usize).min(15)] += 1;
         let at = crate::reader::record_time_ms(record);
         self.last_record_ms = self.last_record_ms.max(at);
@@ -883,6 +1071,11 @@ impl View {
     }
 
     // ---- what pages ask ----
+
+    /// How many times a refresh found segments compacted and followed.
+    pub fn compactions_followed(&self) -> u64 {
+        self.compactions_followed
+    }
 
     /// The directory.
     pub fn dir(&self) -> &std::path::Path {
