@@ -1092,9 +1092,13 @@ impl View {
         self.by_state
     }
 
-    /// Per name, sorted by name.
+    /// Per name that has events in the view, sorted by name.
     pub fn names(&self) -> Vec<&NameCounts> {
-        let mut v: Vec<&NameCounts> = self.names.iter().collect();
+        let mut v: Vec<&NameCounts> = self
+            .names
+            .iter()
+            .filter(|n| n.by_state.iter().any(|&c| c > 0))
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
