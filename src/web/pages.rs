@@ -2,7 +2,7 @@
 //! JSON API and `/metrics`.
 
 use super::view::{EventLine, OTHER_NAME, Query as ViewQuery, View};
-use super::{BODY_SHOWN, Dashboard, PAGE_ROWS, base_of};
+use super::{BODY_SHOWN, Dashboard, PAGE_ROWS, at, base_of};
 use crate::error::Result;
 use crate::format::Record;
 use crate::ids::{EventId, JobId};
@@ -60,7 +60,7 @@ impl Ctx {
     }
 
     fn href(&self, path: &str) -> String {
-        esc(&format!("{}{path}", self.base))
+        esc(&at(&self.base, path))
     }
 
     fn page(&self, title: &str, refresh: bool, body: &str) -> Response {
@@ -624,6 +624,10 @@ fn event_page(view: &View, id: EventId) -> Result<Option<EventPage>> {
     Ok(Some(page))
 }
 
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the response a handler returns at once"
+)]
 fn parse_event(id: &str) -> std::result::Result<EventId, Response> {
     id.parse::<EventId>().map_err(|e| bad(e.to_string()))
 }
@@ -1085,7 +1089,7 @@ fn segments_json(view: &View) -> Vec<Value> {
         .map(|s| {
             json!({"id": s.id, "file_bytes": s.file_bytes, "data_bytes": s.end, "records": s.records,
                    "format_version": s.version, "compacted": s.compacted,
-                   "event_ids": (s.min_id <= s.max_id).then(|| [s.min_id, s.max_id])})
+                   "event_ids": (s.min_id <= s.max_id).then_some([s.min_id, s.max_id])})
         })
         .collect()
 }

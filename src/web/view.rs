@@ -1119,7 +1119,7 @@ impl View {
         let mut out = Vec::new();
         for seg in self.segments.values() {
             let names_it = seg.min_id <= id.0 && id.0 <= seg.max_id;
-            if !names_it && !(job.is_some() && seg.job_cancels) {
+            if !(names_it || job.is_some() && seg.job_cancels) {
                 continue;
             }
             Log::scan_alone(&*self.storage, seg.id, false, |pos, record| {
