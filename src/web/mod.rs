@@ -239,10 +239,24 @@ fn follow(shared: Weak<Shared>) {
 pub(crate) fn base_of(original: &OriginalUri, uri: &axum::http::Uri) -> String {
     let full = original.path();
     let inner = uri.path();
+    // Nested at `/afterlog`, the overview is `/afterlog` itself, which the nested router
+    // sees as `/`.
     full.strip_suffix(inner)
+        .or((inner == "/").then_some(full))
         .unwrap_or("")
         .trim_end_matches('/')
         .to_owned()
+}
+
+/// The address of the dashboard's `path` mounted at `base`. Its overview is `base` itself:
+/// axum routes a router nested at `/afterlog` at `/afterlog`, and answers `/afterlog/` with
+/// a 404.
+pub(crate) fn at(base: &str, path: &str) -> String {
+    if path == "/" && !base.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}{path}")
+    }
 }
 
 fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
@@ -332,14 +346,14 @@ async fn login(
         Some(token) if equal_in_constant_time(q.token.as_bytes(), token.as_bytes()) => {
             let path = if base.is_empty() { "/" } else { &base };
             let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path={path}");
-            let mut r = Redirect::to(&format!("{base}/")).into_response();
+            let mut r = Redirect::to(&at(&base, "/")).into_response();
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
             }
             r
         }
         Some(_) => (StatusCode::UNAUTHORIZED, "wrong token\n").into_response(),
-        None => Redirect::to(&format!("{base}/")).into_response(),
+        None => Redirect::to(&at(&base, "/")).into_response(),
     }
 }
 
@@ -421,7 +435,7 @@ async fn action(
     match outcome {
         Ok(Ok(back)) => {
             let _ = d.refresh();
-            Redirect::to(&format!("{base}{back}")).into_response()
+            Redirect::to(&at(&base, &back)).into_response()
         }
         Ok(Err(e @ Error::InvalidInput { .. })) => {
             (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()

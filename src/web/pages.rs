@@ -2,7 +2,7 @@
 //! JSON API and `/metrics`.
 
 use super::view::{EventLine, OTHER_NAME, Query as ViewQuery, View};
-use super::{BODY_SHOWN, Dashboard, PAGE_ROWS, base_of};
+use super::{BODY_SHOWN, Dashboard, PAGE_ROWS, at, base_of};
 use crate::error::Result;
 use crate::format::Record;
 use crate::ids::{EventId, JobId};
@@ -60,7 +60,7 @@ impl Ctx {
     }
 
     fn href(&self, path: &str) -> String {
-        esc(&format!("{}{path}", self.base))
+        esc(&at(&self.base, path))
     }
 
     fn page(&self, title: &str, refresh: bool, body: &str) -> Response {
@@ -136,6 +136,7 @@ th{background:#eef0f3}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .cards{display:flex;flex-wrap:wrap;gap:.8em}.card{background:#fff;padding:.6em 1em;border:1px solid #e3e6ea;min-width:8em}\
 .card b{display:block;font-size:1.4em}.problem{background:#fde8e8;padding:.5em 1em;border:1px solid #f5b5b5}\
 pre{background:#fff;border:1px solid #e3e6ea;padding:.7em;white-space:pre-wrap;word-break:break-all;max-width:100em}\
+td pre{margin:0;padding:0;border:0;background:none}\
 form.inline{display:inline;margin:0}button{cursor:pointer}svg{background:#fff;border:1px solid #e3e6ea}\
 .filters input,.filters select{margin-right:.6em}.muted{color:#6b7280}\
 </style>";
