@@ -342,7 +342,12 @@ pub(super) async fn overview(
         if title.starts_with("next hour") {
             let _ = write!(
                 o,
-                "<p id=\"overdue\">{overdue} scheduled events are due already (the engine is behind, stopped, or their name is paused).</p>"
+                "<p id=\"overdue\">{overdue} scheduled {} due already (the engine is behind, stopped, or the name is paused).</p>",
+                if overdue == 1 {
+                    "event is"
+                } else {
+                    "events are"
+                }
             );
         }
     }
