@@ -1,7 +1,9 @@
-//! Counters of the engine's work and a histogram of delivery lateness.
+//! Counters of the engine's work and a histogram of delivery lateness; the gauges the
+//! `metrics` facade is given (see docs/OBSERVABILITY.md).
 
+use super::names::{NameMetrics, Names};
 use crate::log::LogCounters;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Lateness buckets: one per millisecond below `EXACT_MS`, then one per power of two.
 const EXACT_MS: u64 = 128;
@@ -39,7 +41,7 @@ pub(crate) struct DeliveryGauges {
 }
 
 /// What the core reports, for a snapshot.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CoreGauges {
     pub pending: u64,
     pub in_flight: u64,
@@ -47,6 +49,48 @@ pub(crate) struct CoreGauges {
     pub index_bytes: u64,
     pub dead_letters: u64,
     pub schedules: u64,
+    /// Bytes of the segment files (the log's, not the core's, but read with them).
+    pub disk_bytes: u64,
+}
+
+/// The facade's gauges, taken once when the engine opens, set by [`Gauges::set`].
+pub(crate) struct Gauges {
+    pending: metrics::Gauge,
+    in_flight: metrics::Gauge,
+    queued: metrics::Gauge,
+    dead_letters: metrics::Gauge,
+    disk_bytes: metrics::Gauge,
+    index_bytes: metrics::Gauge,
+}
+
+impl std::fmt::Debug for Gauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gauges")
+    }
+}
+
+impl Default for Gauges {
+    fn default() -> Self {
+        Gauges {
+            pending: metrics::gauge!("afterlog_pending_events"),
+            in_flight: metrics::gauge!("afterlog_in_flight_events"),
+            queued: metrics::gauge!("afterlog_queued_events"),
+            dead_letters: metrics::gauge!("afterlog_dead_letters_kept"),
+            disk_bytes: metrics::gauge!("afterlog_disk_bytes"),
+            index_bytes: metrics::gauge!("afterlog_index_bytes"),
+        }
+    }
+}
+
+impl Gauges {
+    pub fn set(&self, g: &CoreGauges) {
+        self.pending.set(g.pending as f64);
+        self.in_flight.set(g.in_flight as f64);
+        self.queued.set(g.queued as f64);
+        self.dead_letters.set(g.dead_letters as f64);
+        self.disk_bytes.set(g.disk_bytes as f64);
+        self.index_bytes.set(g.index_bytes as f64);
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +118,11 @@ pub(crate) struct Counters {
     pub schedule_failures: AtomicU64,
     lateness: [AtomicU64; BUCKETS],
     lateness_max_ms: AtomicU64,
+    /// Per event name: counts and histograms, with their facade handles.
+    pub names: Names,
+    pub gauges: Gauges,
+    /// When the gauges were last set from a background thread (monotonic ms of the clock).
+    pub gauges_set_ms: AtomicI64,
 }
 
 impl Default for Counters {
@@ -102,6 +151,9 @@ impl Default for Counters {
             compaction_written_bytes: AtomicU64::new(0),
             lateness: std::array::from_fn(|_| AtomicU64::new(0)),
             lateness_max_ms: AtomicU64::new(0),
+            names: Names::default(),
+            gauges: Gauges::default(),
+            gauges_set_ms: AtomicI64::new(i64::MIN),
         }
     }
 }
@@ -149,6 +201,7 @@ impl Counters {
             index_bytes,
             dead_letters,
             schedules,
+            disk_bytes,
         } = core;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Metrics {
@@ -183,6 +236,8 @@ impl Counters {
             in_flight,
             queued,
             index_bytes,
+            disk_bytes,
+            names: self.names.all().iter().map(|n| n.counts()).collect(),
             records: log.records,
             fsyncs: log.syncs,
             records_per_fsync: if log.syncs == 0 {
@@ -268,6 +323,11 @@ pub struct Metrics {
     pub queued: u64,
     /// Heap bytes of the event index (an estimate): follows the events not yet compacted away.
     pub index_bytes: u64,
+    /// Bytes of the segment files on disk (the active segment at its pre-sized length).
+    pub disk_bytes: u64,
+    /// Counts per event name, sorted by name: every name published, attempted or cancelled
+    /// since open (see [`NameMetrics`] for the bound on their number).
+    pub names: Vec<NameMetrics>,
     /// Log records written since open.
     pub records: u64,
     /// Data syncs since open.
