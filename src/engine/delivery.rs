@@ -38,8 +38,8 @@ mod attempts;
 
 use super::core::{Begin, Planned};
 use super::guard::guarded;
-use super::names::{NameStats, Outcome as Ended};
 use super::handler::{Context, Deadline, Event, HandlerError, HandlerErrorKind, HandlerFn};
+use super::names::{NameStats, Outcome as Ended};
 use super::options::EXPIRED_MESSAGE;
 use super::{Inner, Registered};
 use crate::clock::Wake;
@@ -879,6 +879,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
     let mut finished = Vec::new();
     let mut stalled = Vec::new();
     let mut publishes = Publishes::default();
+    let mut last_stats: Option<Arc<NameStats>> = None;
     for id in ids {
         let info = {
             let core = inner.core.lock();
@@ -917,7 +918,12 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
             continue;
         };
         let handlers = inner.handlers.read().get(&*name).cloned();
-        let stats = inner.metrics.names.get(&name);
+        // Events due together are often of one name: the previous event's entry, if so.
+        let stats = match last_stats.take() {
+            Some(last) if *last.name == *name => last,
+            _ => inner.metrics.names.get(&name),
+        };
+        last_stats = Some(stats.clone());
         let planned = super::core::plan(&super::core::PlanInput {
             attempts,
             past_retention: inner.options.past_retention(first_due_ms, now_ms),
@@ -1199,7 +1205,10 @@ fn write_outcome(inner: &Arc<Inner>, shared: &Shared, outcome: Outcome) {
         // Only a poisoned or closed log refuses a record that fits: the event then stays
         // Running on disk and is delivered again after a restart.
         let written = inner.log.append(&record).map(|pos| vec![pos]);
-        apply_durable(inner, &mut vec![(prepared, decided, now_ms, written, ended)]);
+        apply_durable(
+            inner,
+            &mut vec![(prepared, decided, now_ms, written, ended)],
+        );
         return;
     }
     match inner.log.submit_all(std::slice::from_ref(&record)) {

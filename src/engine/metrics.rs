@@ -69,8 +69,74 @@ impl std::fmt::Debug for Gauges {
     }
 }
 
+/// Describes every metric to the installed recorder (its help text and unit), once per
+/// process: the texts of docs/OBSERVABILITY.md's table.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        let c = Unit::Count;
+        describe_counter!("afterlog_published_total", c, "Events published.");
+        describe_counter!(
+            "afterlog_attempts_total",
+            c,
+            "Finished deliveries, by how they ended."
+        );
+        describe_counter!("afterlog_cancelled_total", c, "Events cancelled.");
+        describe_counter!(
+            "afterlog_dead_letters_total",
+            c,
+            "Events that became dead letters."
+        );
+        let s = Unit::Seconds;
+        describe_histogram!(
+            "afterlog_lateness_seconds",
+            s,
+            "From an attempt's due time to the start of its handlers."
+        );
+        describe_histogram!(
+            "afterlog_handler_duration_seconds",
+            s,
+            "One handler's call."
+        );
+        describe_histogram!(
+            "afterlog_fsync_duration_seconds",
+            s,
+            "One data sync of the log."
+        );
+        describe_histogram!(
+            "afterlog_records_per_sync",
+            c,
+            "Records one data sync made durable."
+        );
+        describe_gauge!("afterlog_pending_events", c, "Events scheduled or running.");
+        describe_gauge!(
+            "afterlog_in_flight_events",
+            c,
+            "Events taken for delivery whose attempt has not finished."
+        );
+        describe_gauge!(
+            "afterlog_queued_events",
+            c,
+            "Due events waiting in their names' queues."
+        );
+        describe_gauge!("afterlog_dead_letters_kept", c, "Dead letters kept.");
+        describe_gauge!(
+            "afterlog_disk_bytes",
+            Unit::Bytes,
+            "Bytes of the segment files."
+        );
+        describe_gauge!(
+            "afterlog_index_bytes",
+            Unit::Bytes,
+            "Heap bytes of the event index (an estimate)."
+        );
+    });
+}
+
 impl Default for Gauges {
     fn default() -> Self {
+        describe();
         Gauges {
             pending: metrics::gauge!("afterlog_pending_events"),
             in_flight: metrics::gauge!("afterlog_in_flight_events"),
