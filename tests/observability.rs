@@ -279,7 +279,9 @@ fn attempts_are_counted_by_outcome() {
         "obs.out.flaky",
         RetryPolicy::fixed(Duration::from_secs(1)).max_attempts(2),
     ));
-    engine.on("obs.out.flaky", |_, _| Err(HandlerError::msg("smtp refused")));
+    engine.on("obs.out.flaky", |_, _| {
+        Err(HandlerError::msg("smtp refused"))
+    });
     engine.on("obs.out.ok", |_, _| Ok(()));
     engine.publish("obs.out.flaky", "", After::NOW).unwrap();
     engine.publish("obs.out.ok", "", After::NOW).unwrap();
@@ -296,7 +298,11 @@ fn attempts_are_counted_by_outcome() {
     assert_eq!(attempts("obs.out.none", "ignored"), 1);
     let dead = |name| counter("afterlog_dead_letters_total", &[("name", name)]);
     assert_eq!(
-        (dead("obs.out.flaky"), dead("obs.out.ok"), dead("obs.out.none")),
+        (
+            dead("obs.out.flaky"),
+            dead("obs.out.ok"),
+            dead("obs.out.none")
+        ),
         (1, 0, 1)
     );
     // One lateness and one handler duration per attempt that ran its handlers.
@@ -322,7 +328,10 @@ fn attempts_are_counted_by_outcome() {
     // The engine's own counts agree.
     let m = engine.metrics();
     let flaky = m.names.iter().find(|n| n.name == "obs.out.flaky").unwrap();
-    assert_eq!((flaky.retried, flaky.dropped, flaky.dead_letters), (1, 1, 1));
+    assert_eq!(
+        (flaky.retried, flaky.dropped, flaky.dead_letters),
+        (1, 1, 1)
+    );
     let text = engine.metrics_text();
     for line in [
         "afterlog_attempts_total{name=\"obs.out.flaky\",outcome=\"retried\"} 1",
@@ -493,7 +502,9 @@ fn parse_sample(line: &str) -> (String, Vec<(String, String)>, f64) {
     let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("{line:?}"));
     let value: f64 = match value {
         "+Inf" => f64::INFINITY,
-        v => v.parse().unwrap_or_else(|_| panic!("value {v:?} in {line:?}")),
+        v => v
+            .parse()
+            .unwrap_or_else(|_| panic!("value {v:?} in {line:?}")),
     };
     (name.to_string(), labels, value)
 }
@@ -510,7 +521,9 @@ fn metrics_text_parses_back_with_odd_names_escaped() {
     let text = engine.metrics_text();
     assert!(text.ends_with('\n'));
     assert!(
-        text.contains(r#"afterlog_published_total{name="obs.text \"quoted\" back\\slash\nnewline"} 1"#),
+        text.contains(
+            r#"afterlog_published_total{name="obs.text \"quoted\" back\\slash\nnewline"} 1"#
+        ),
         "{text}"
     );
     let mut typed: HashMap<String, String> = HashMap::new();
@@ -521,10 +534,7 @@ fn metrics_text_parses_back_with_odd_names_escaped() {
             match (words.next(), words.next(), words.next()) {
                 (Some("HELP"), Some(_), Some(help)) => assert!(!help.is_empty()),
                 (Some("TYPE"), Some(name), Some(kind)) => {
-                    assert!(
-                        ["counter", "gauge", "histogram"].contains(&kind),
-                        "{line}"
-                    );
+                    assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
                     assert!(
                         typed.insert(name.to_string(), kind.to_string()).is_none(),
                         "{name} typed twice"
@@ -622,9 +632,7 @@ fn a_handler_runs_in_the_span_of_its_attempt() {
         tracing::info!(marker = "async handler", "sending");
         Ok(())
     });
-    let job = engine
-        .push("obs.span.sync", ["a"], Duration::ZERO)
-        .unwrap();
+    let job = engine.push("obs.span.sync", ["a"], Duration::ZERO).unwrap();
     let id = engine.publish("obs.span.async", "", After::NOW).unwrap();
     run(&engine, &clock, 0);
     assert!(in_span.load(Ordering::SeqCst));
