@@ -489,7 +489,8 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
     }
     let late_ms = inner.clock.now_ms() - p.due_ms;
     inner.metrics.record_lateness(late_ms);
-    p.stats.lateness_ms(late_ms);
+    let stats = inner.metrics.names.at(p.stats);
+    stats.lateness_ms(late_ms);
     // The handlers' futures are polled in the attempt's span (`Instrument`: no runtime's
     // support needed), and a sync handler runs in it on the blocking pool.
     let span = p.span();
@@ -579,7 +580,7 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
             }
             Err(payload) => Some(Err(payload)),
         };
-        p.stats.handler_duration.record_duration(called.elapsed());
+        stats.handler_duration.record_duration(called.elapsed());
         // `None`: the watchdog claimed the attempt and wrote its timeout; the handler's
         // future is dropped already. A sync handler's thread cannot be stopped: it is left
         // to finish on the blocking pool, counted with the abandoned threads of its name

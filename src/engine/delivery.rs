@@ -39,7 +39,7 @@ mod attempts;
 use super::core::{Begin, Planned};
 use super::guard::guarded;
 use super::handler::{Context, Deadline, Event, HandlerError, HandlerErrorKind, HandlerFn};
-use super::names::{NameStats, Outcome as Ended};
+use super::names::{NameSlot, Outcome as Ended};
 use super::options::EXPIRED_MESSAGE;
 use super::{Inner, Registered};
 use crate::clock::Wake;
@@ -277,7 +277,7 @@ struct Prepared {
     id: EventId,
     name: Arc<str>,
     /// The name's counts and histograms.
-    stats: Arc<NameStats>,
+    stats: NameSlot,
     record: Arc<RecordBytes>,
     body: Range<usize>,
     published_ms: i64,
@@ -707,7 +707,8 @@ fn run_handlers(
     // Lateness counts to the moment the handlers start: after the attempt record is durable.
     let late_ms = inner.clock.now_ms() - p.due_ms;
     inner.metrics.record_lateness(late_ms);
-    p.stats.lateness_ms(late_ms);
+    let stats = inner.metrics.names.at(p.stats);
+    stats.lateness_ms(late_ms);
     let span = p.span();
     let _entered = span.enter();
     let mut first_failure = None;
@@ -741,7 +742,7 @@ fn run_handlers(
         };
         let called = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| handler(&event, &mut ctx)));
-        p.stats.handler_duration.record_duration(called.elapsed());
+        stats.handler_duration.record_duration(called.elapsed());
         {
             let mut state = slot.state.lock();
             if state.abandoned {
@@ -861,12 +862,12 @@ enum Plan {
     Ignore {
         id: EventId,
         attempt: u32,
-        stats: Arc<NameStats>,
+        stats: NameSlot,
     },
     Expire {
         id: EventId,
         attempt: u32,
-        stats: Arc<NameStats>,
+        stats: NameSlot,
     },
 }
 
@@ -879,7 +880,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
     let mut finished = Vec::new();
     let mut stalled = Vec::new();
     let mut publishes = Publishes::default();
-    let mut last_stats: Option<Arc<NameStats>> = None;
+    let mut last: Option<NameSlot> = None;
     for id in ids {
         let info = {
             let core = inner.core.lock();
@@ -919,11 +920,11 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
         };
         let handlers = inner.handlers.read().get(&*name).cloned();
         // Events due together are often of one name: the previous event's entry, if so.
-        let stats = match last_stats.take() {
-            Some(last) if *last.name == *name => last,
-            _ => inner.metrics.names.get(&name),
+        let stats = match last {
+            Some(slot) if *inner.metrics.names.at(slot).name == *name => slot,
+            _ => inner.metrics.names.slot(&name),
         };
-        last_stats = Some(stats.clone());
+        last = Some(stats);
         let planned = super::core::plan(&super::core::PlanInput {
             attempts,
             past_retention: inner.options.past_retention(first_due_ms, now_ms),
@@ -1013,7 +1014,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
         let changed = matches!(applied, Ok(Applied::Changed));
         if changed && super::dead::kills(record) {
             deaths.push((plan.id(), pos));
-            plan.stats().dead_letter();
+            inner.metrics.names.at(plan.stats()).dead_letter();
         }
         match plan {
             Plan::Attempt(p) if changed => {
@@ -1023,14 +1024,14 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
             Plan::Attempt(p) => done.push(p.id),
             Plan::Ignore { id, stats, .. } => {
                 inner.metrics.ignored.fetch_add(1, Ordering::Relaxed);
-                stats.attempt(Ended::Ignored);
+                inner.metrics.names.at(stats).attempt(Ended::Ignored);
                 done.push(id);
             }
             Plan::Expire { id, stats, .. } => {
                 // Counted only by the drop that changed the event: one count per event.
                 if changed {
                     inner.metrics.expired.fetch_add(1, Ordering::Relaxed);
-                    stats.attempt(Ended::Expired);
+                    inner.metrics.names.at(stats).attempt(Ended::Expired);
                 }
                 done.push(id);
             }
@@ -1050,10 +1051,10 @@ impl Plan {
         }
     }
 
-    fn stats(&self) -> &NameStats {
+    fn stats(&self) -> NameSlot {
         match self {
-            Plan::Attempt(p) => &p.stats,
-            Plan::Ignore { stats, .. } | Plan::Expire { stats, .. } => stats,
+            Plan::Attempt(p) => p.stats,
+            Plan::Ignore { stats, .. } | Plan::Expire { stats, .. } => *stats,
         }
     }
 }
@@ -1292,7 +1293,8 @@ fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
                 _ => &inner.metrics.dropped,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            prepared.stats.attempt(*ended);
+            let stats = inner.metrics.names.at(prepared.stats);
+            stats.attempt(*ended);
             // The event leaves the ledger under the lock that may put it back in the wheel,
             // so the scheduler never finds it in both.
             let (applied, woken) = core.apply(pos, &record);
@@ -1300,7 +1302,7 @@ fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
             if applied == Ok(Applied::Changed) && super::dead::kills(&record) {
                 deaths.push((prepared.id, pos));
                 // Counted before the event stops being in flight, as the outcome is.
-                prepared.stats.dead_letter();
+                stats.dead_letter();
             }
             wake |= core.finish(prepared.id);
         }

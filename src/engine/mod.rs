@@ -854,13 +854,13 @@ impl Inner {
     /// Counts `n` events of `name` published.
     pub(crate) fn count_published(&self, name: &str, n: u64) {
         self.metrics.published.fetch_add(n, Ordering::Relaxed);
-        self.metrics.names.with(name, |stats| stats.published(n));
+        self.metrics.names.get(name).published(n);
     }
 
     /// Counts `n` events of `name` cancelled.
     pub(crate) fn count_cancelled(&self, name: &str, n: u64) {
         self.metrics.cancelled.fetch_add(n, Ordering::Relaxed);
-        self.metrics.names.with(name, |stats| stats.cancelled(n));
+        self.metrics.names.get(name).cancelled(n);
     }
 
     pub(crate) fn cancel_job(&self, job: JobId) -> Result<u64> {

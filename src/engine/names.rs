@@ -4,7 +4,9 @@
 //!
 //! A publish or an attempt therefore never builds a facade key (which allocates its labels
 //! and has the recorder hash them): it looks its name up here (a read lock and a hash of the
-//! name, no allocation) and adds to atomics, and the handles forward to the recorder. A
+//! name, no allocation) and adds to atomics, and the handles forward to the recorder. An
+//! attempt carries its entry's [`NameSlot`] from the batch that prepared it, so no thread
+//! bumps a reference count per event (entries never move nor leave). A
 //! recorder installed after a name was first seen never sees that name's handles (they are
 //! the no-op ones): install it before `Engine::open`.
 //!
@@ -19,8 +21,8 @@
 use crate::histogram::Histogram;
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Most names with an entry of their own; beyond, names share the entry of `""`.
 pub(crate) const MAX_NAMES: usize = 1_024;
@@ -72,6 +74,10 @@ impl Outcome {
     }
 }
 
+/// The attempt counts of a name, by outcome, on cache lines of their own.
+#[repr(align(128))]
+struct Attempts([Count; Outcome::ALL.len()]);
+
 /// A counter kept in the engine and forwarded to the facade.
 struct Count {
     value: AtomicU64,
@@ -96,11 +102,13 @@ impl Count {
     }
 }
 
-/// One name's counts and histograms.
+/// One name's counts and histograms. What different threads write lies on different cache
+/// lines: the reference count and the rare counts (publishers, cancels, deaths), the attempt
+/// counts (the applier), each histogram (the workers).
 pub(crate) struct NameStats {
     pub name: Arc<str>,
     published: Count,
-    attempts: [Count; Outcome::ALL.len()],
+    attempts: Attempts,
     cancelled: Count,
     dead_letters: Count,
     /// Due time to the start of the attempt's handlers (`afterlog_lateness_seconds`).
@@ -112,13 +120,13 @@ pub(crate) struct NameStats {
 impl NameStats {
     fn new(name: Arc<str>) -> NameStats {
         let label = name.to_string();
-        let attempts = Outcome::ALL.map(|outcome| {
+        let attempts = Attempts(Outcome::ALL.map(|outcome| {
             Count::new(metrics::counter!(
                 "afterlog_attempts_total",
                 "name" => label.clone(),
                 "outcome" => outcome.label()
             ))
-        });
+        }));
         NameStats {
             published: Count::new(metrics::counter!(
                 "afterlog_published_total", "name" => label.clone()
@@ -145,7 +153,7 @@ impl NameStats {
     }
 
     pub fn attempt(&self, outcome: Outcome) {
-        self.attempts[outcome as usize].add(1);
+        self.attempts.0[outcome as usize].add(1);
     }
 
     pub fn cancelled(&self, n: u64) {
@@ -164,7 +172,7 @@ impl NameStats {
 
     /// The counts now.
     pub fn counts(&self) -> NameMetrics {
-        let attempts = |o: Outcome| self.attempts[o as usize].get();
+        let attempts = |o: Outcome| self.attempts.0[o as usize].get();
         NameMetrics {
             name: self.name.to_string(),
             published: self.published.get(),
@@ -213,60 +221,107 @@ pub struct NameMetrics {
     pub dead_letters: u64,
 }
 
-/// The table of names (see the module doc).
-#[derive(Default)]
+/// Where a name's entry lies in the table: what an attempt carries instead of a reference
+/// count, so that no thread bumps one per event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NameSlot(u16);
+
+const _: () = assert!(MAX_NAMES <= u16::MAX as usize);
+
+/// The table of names (see the module doc): an entry never moves nor leaves once made, so a
+/// slot reaches it without a lock.
 pub(crate) struct Names {
-    table: RwLock<HashMap<Arc<str>, Arc<NameStats>>>,
+    slots: RwLock<Slots>,
+    entries: Box<[OnceLock<Box<NameStats>>]>,
+}
+
+/// Names and their slots: every name with an entry, and up to [`MAX_ALIASES`] later names
+/// that share the entry of `""`.
+#[derive(Default)]
+struct Slots {
+    by_name: HashMap<Arc<str>, NameSlot>,
+    /// Entries made.
+    used: usize,
+}
+
+/// Most names beyond the bound remembered as sharing the entry of `""`, so that their
+/// lookups take no write lock; later ones find it under the write lock each time.
+const MAX_ALIASES: usize = 4 * MAX_NAMES;
+
+impl Default for Names {
+    fn default() -> Self {
+        Names {
+            slots: RwLock::new(Slots::default()),
+            entries: (0..MAX_NAMES).map(|_| OnceLock::new()).collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Names {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Names")
-            .field("len", &self.table.read().len())
+            .field("entries", &self.slots.read().used)
             .finish()
     }
 }
 
 impl Names {
-    /// The entry of `name`, made if it is new.
-    pub fn get(&self, name: &str) -> Arc<NameStats> {
-        if let Some(stats) = self.table.read().get(name) {
-            return stats.clone();
+    /// The slot of `name`'s entry, made if it is new.
+    pub fn slot(&self, name: &str) -> NameSlot {
+        if let Some(&slot) = self.slots.read().by_name.get(name) {
+            return slot;
         }
         self.insert(name)
     }
 
-    /// Calls `f` with the entry of `name`, without cloning it (a publish's count).
-    pub fn with<T>(&self, name: &str, f: impl FnOnce(&NameStats) -> T) -> T {
-        if let Some(stats) = self.table.read().get(name) {
-            return f(stats);
-        }
-        f(&self.insert(name))
+    /// The entry in `slot`.
+    pub fn at(&self, slot: NameSlot) -> &NameStats {
+        // A slot is handed out only after its entry is set (`insert`).
+        self.entries[usize::from(slot.0)]
+            .get()
+            .unwrap_or_else(|| panic!("name slot {} handed out unset", slot.0))
+    }
+
+    /// The entry of `name`, made if it is new.
+    pub fn get(&self, name: &str) -> &NameStats {
+        self.at(self.slot(name))
     }
 
     #[cold]
-    fn insert(&self, name: &str) -> Arc<NameStats> {
-        let mut table = self.table.write();
-        if let Some(stats) = table.get(name) {
-            return stats.clone();
+    fn insert(&self, name: &str) -> NameSlot {
+        let mut slots = self.slots.write();
+        if let Some(&slot) = slots.by_name.get(name) {
+            return slot;
         }
         // Past the bound, the name shares the entry of "" (kept as the bound's last one).
-        let key: Arc<str> = if table.len() + 1 >= MAX_NAMES && !name.is_empty() {
-            Arc::from("")
+        let key: &str = if slots.used + 1 >= MAX_NAMES && !name.is_empty() {
+            ""
         } else {
-            Arc::from(name)
+            name
         };
-        if let Some(stats) = table.get(&key) {
-            return stats.clone();
+        if let Some(&slot) = slots.by_name.get(key) {
+            if slots.by_name.len() < MAX_NAMES + MAX_ALIASES {
+                slots.by_name.insert(Arc::from(name), slot);
+            }
+            return slot;
         }
-        let stats = Arc::new(NameStats::new(key.clone()));
-        table.insert(key, stats.clone());
-        stats
+        let key: Arc<str> = Arc::from(key);
+        let slot = NameSlot(slots.used as u16);
+        let set = self.entries[slots.used].set(Box::new(NameStats::new(key.clone())));
+        debug_assert!(set.is_ok(), "name slot {} set twice", slot.0);
+        slots.used += 1;
+        slots.by_name.insert(key, slot);
+        slot
     }
 
     /// Every entry, by name.
-    pub fn all(&self) -> Vec<Arc<NameStats>> {
-        let mut all: Vec<Arc<NameStats>> = self.table.read().values().cloned().collect();
+    pub fn all(&self) -> Vec<&NameStats> {
+        let mut all: Vec<&NameStats> = self
+            .entries
+            .iter()
+            .map_while(|e| e.get())
+            .map(|b| &**b)
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -280,14 +335,14 @@ mod tests {
     fn names_past_the_bound_share_the_empty_name() {
         let names = Names::default();
         for i in 0..MAX_NAMES + 10 {
-            names.with(&format!("n{i}"), |s| s.published(1));
+            names.get(&format!("n{i}")).published(1);
         }
         let all = names.all();
         assert_eq!(all.len(), MAX_NAMES);
         let shared = all.iter().find(|s| s.name.is_empty()).map(|s| s.counts());
         assert_eq!(shared.map(|c| c.published), Some(11));
         // A name seen before the bound keeps its own entry.
-        names.with("n0", |s| s.published(1));
+        names.get("n0").published(1);
         assert_eq!(names.get("n0").counts().published, 2);
     }
 }

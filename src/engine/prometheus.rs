@@ -10,7 +10,6 @@ use super::Inner;
 use super::names::{NameStats, Outcome};
 use crate::histogram::HistogramSnapshot;
 use std::fmt::Write;
-use std::sync::Arc;
 
 /// Renders every family (see the module doc).
 pub(crate) fn render(inner: &Inner) -> String {
@@ -156,7 +155,7 @@ fn per_name_counter(
     out: &mut String,
     name: &str,
     help: &str,
-    names: &[Arc<NameStats>],
+    names: &[&NameStats],
     value: impl Fn(&super::NameMetrics) -> u64,
 ) {
     family(out, name, "counter", help);
