@@ -27,12 +27,15 @@ const IDLE: Duration = Duration::from_secs(20);
 
 // ---- The recorder ----
 
+/// A metric's name and its labels, sorted.
+type MetricId = (String, Vec<(String, String)>);
+
 /// Everything the recorder saw, summed over snapshots: counters added, histogram samples
 /// appended, gauges last set.
 #[derive(Default)]
 struct Recorded {
-    counters: HashMap<(String, Vec<(String, String)>), u64>,
-    histograms: HashMap<(String, Vec<(String, String)>), Vec<f64>>,
+    counters: HashMap<MetricId, u64>,
+    histograms: HashMap<MetricId, Vec<f64>>,
     gauges: HashMap<String, f64>,
 }
 
