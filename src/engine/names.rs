@@ -15,8 +15,8 @@
 //! which no event can have.
 //!
 //! The table's lock is a leaf: it may be taken under the core's lock, and nothing is locked
-//! or waited for while it is held. It is `parking_lot`'s even in a shuttle build, as
-//! `MemStorage`'s are (src/sync.rs): held for a lookup only.
+//! or waited for while it is held. It is a plain lock, not `crate::sync`'s, even in a
+//! shuttle build, as `MemStorage`'s are (src/sync.rs): held for a lookup only.
 
 use crate::histogram::Histogram;
 use parking_lot::RwLock;
