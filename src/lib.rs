@@ -35,6 +35,7 @@ mod after;
 mod clock;
 mod engine;
 mod error;
+mod histogram;
 mod ids;
 mod reader;
 mod retry;
@@ -91,8 +92,8 @@ pub use engine::{
     DEFAULT_ABANDONED_THREADS, DEFAULT_ASYNC_ATTEMPTS, DEFAULT_DEAD_RETENTION,
     DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_EVENTS, DEFAULT_RETENTION,
     DeadLetter, DeadReason, Engine, Event, FORGE_MAX_DELAY, Handler, HandlerError, HandlerOptions,
-    KeyMode, KeyOutcome, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Metrics, Options,
-    PublishOptions, Published, Recurring, ScheduleInfo,
+    KeyMode, KeyOutcome, MAX_HANDLER_TIMEOUT, MIN_COMPACTION_INTERVAL, Metrics, NameMetrics,
+    Options, PublishOptions, Published, Recurring, ScheduleInfo,
 };
 #[cfg(feature = "tokio")]
 pub use engine::{AsyncContext, AsyncHandler, HandlerFuture};

@@ -235,7 +235,7 @@ mod shuttle_api {
 #[cfg(test)]
 mod tests {
     /// The files of the log, the engine and the clocks: every hand-off between their threads.
-    const HAND_OFF_FILES: [(&str, &str); 17] = [
+    const HAND_OFF_FILES: [(&str, &str); 18] = [
         ("src/log/mod.rs", include_str!("log/mod.rs")),
         ("src/log/writer.rs", include_str!("log/writer.rs")),
         ("src/log/segment.rs", include_str!("log/segment.rs")),
@@ -254,6 +254,7 @@ mod tests {
             include_str!("engine/compaction.rs"),
         ),
         ("src/engine/metrics.rs", include_str!("engine/metrics.rs")),
+        ("src/engine/names.rs", include_str!("engine/names.rs")),
         ("src/engine/options.rs", include_str!("engine/options.rs")),
         ("src/clock.rs", include_str!("clock.rs")),
     ];
@@ -265,13 +266,21 @@ mod tests {
     ];
 
     /// Lines allowed a `std` primitive, and why.
-    const ALLOWED: [(&str, &str); 1] = [
+    const ALLOWED: [(&str, &str); 4] = [
         // `SystemClock`'s origin: a `static` (shuttle's cells are not `const`) set once with
         // an `Instant`; no hand-off waits on it.
         (
             "src/clock.rs",
             "static ORIGIN: std::sync::OnceLock<Instant>",
         ),
+        // The metrics' descriptions, given to the recorder once per process: a `static`; no
+        // hand-off waits on it.
+        ("src/engine/metrics.rs", "static DESCRIBED: std::sync::Once"),
+        // The table of names for metrics: a leaf lock held for a lookup, with nothing locked
+        // or waited for under it (as `MemStorage`'s locks), and entries set once under it
+        // and read without it; no thread waits on either for another.
+        ("src/engine/names.rs", "use parking_lot::RwLock;"),
+        ("src/engine/names.rs", "use std::sync::{Arc, OnceLock};"),
     ];
 
     /// The shuttle models explore the log and the engine only as far as they take their

@@ -500,6 +500,14 @@ async fn the_mounted_router_acts_on_the_live_engine() {
     assert!(engine.dead_letters(10).expect("dead").is_empty());
     let overview = json(&format!("{base}/api/overview")).await;
     assert_eq!(overview["dead_letters"], 0);
+    // `/metrics` of the live engine: its own counts, then the directory's gauges.
+    let (status, _, text) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("# TYPE afterlog_published_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("afterlog_dir_disk_bytes "), "{text}");
     assert_eq!(post("redrive", ("id", "ev-0".into())).await, 400);
     assert_eq!(post("nonsense", ("id", "1".into())).await, 400);
 

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::Instant;
+use tracing::Instrument;
 
 /// The running and waiting async attempts of one delivery.
 pub(crate) struct Attempts {
@@ -486,9 +487,13 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
         }
         return;
     }
-    inner
-        .metrics
-        .record_lateness(inner.clock.now_ms() - p.due_ms);
+    let late_ms = inner.clock.now_ms() - p.due_ms;
+    inner.metrics.record_lateness(late_ms);
+    let stats = inner.metrics.names.at(p.stats);
+    stats.lateness_ms(late_ms);
+    // The handlers' futures are polled in the attempt's span (`Instrument`: no runtime's
+    // support needed), and a sync handler runs in it on the blocking pool.
+    let span = p.span();
     let event = p.event();
     let mut first_failure: Option<Failed> = None;
     for registered in p.handlers.iter() {
@@ -520,6 +525,7 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
                 };
                 // Calling the handler may panic too, before its future exists.
                 catch_unwind(AssertUnwindSafe(|| {
+                    let _entered = span.enter();
                     with_attempt(address, serial, || handler(event.clone(), ctx))
                 }))
             }
@@ -535,7 +541,9 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
                 blocking = Some(left.clone());
                 let (thread_inner, thread_shared, name) =
                     (inner.clone(), shared.clone(), p.name.clone());
+                let thread_span = span.clone();
                 let join = handle.spawn_blocking(move || {
+                    let _entered = thread_span.enter();
                     let result = catch_unwind(AssertUnwindSafe(|| {
                         with_attempt(address, serial, || handler(&event, &mut ctx))
                     }));
@@ -558,6 +566,7 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
                 }))
             }
         };
+        let called = Instant::now();
         let result = match made {
             Ok(future) => {
                 Guarded {
@@ -566,10 +575,12 @@ async fn run(mut end: TaskEnd, handle: tokio::runtime::Handle) {
                     address,
                     serial,
                 }
+                .instrument(span.clone())
                 .await
             }
             Err(payload) => Some(Err(payload)),
         };
+        stats.handler_duration.record_duration(called.elapsed());
         // `None`: the watchdog claimed the attempt and wrote its timeout; the handler's
         // future is dropped already. A sync handler's thread cannot be stopped: it is left
         // to finish on the blocking pool, counted with the abandoned threads of its name

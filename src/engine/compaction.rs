@@ -197,9 +197,22 @@ fn expire(inner: &Arc<Inner>) -> Result<u64> {
     let mut n = 0;
     let mut deaths = Vec::new();
     for (record, pos) in records.iter().zip(positions) {
-        if let Ok(Applied::Changed) = inner.apply(pos, record) {
+        let mut stats = None;
+        let applied = inner.apply_then(pos, record, |core, applied| {
+            if matches!(applied, Ok(Applied::Changed)) {
+                stats = record
+                    .event()
+                    .and_then(|id| core.index().name_of(id))
+                    .map(|name| inner.metrics.names.get(name));
+            }
+        });
+        if let Ok(Applied::Changed) = applied {
             n += 1;
             deaths.extend(record.event().map(|id| (id, pos)));
+            if let Some(stats) = stats {
+                stats.attempt(super::names::Outcome::Expired);
+                stats.dead_letter();
+            }
         }
     }
     drop(order);

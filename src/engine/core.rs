@@ -59,7 +59,9 @@
 //!    worker's slot; the stall tables, `parked` before `abandoned`; the workers' queue; the
 //!    applier's queue, which is held while an outcome is submitted to the log's queue, and
 //!    under which the core is taken to mark the outcome submitted);
-//!    `Log::append` (which waits for a sync) is never called with the core held.
+//!    `Log::append` (which waits for a sync) is never called with the core held;
+//! 6. the table of names for metrics (`Counters::names`, `names.rs`) is a leaf: it may be
+//!    taken under any of the above, and nothing is locked while it is held.
 
 use super::flow::{Flow, FlowConfig, Queued};
 use crate::format::{FRAME_HEADER_LEN, Record};

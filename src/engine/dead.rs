@@ -212,7 +212,7 @@ impl Inner {
         };
         let record = Record::Publish(Publish::with_options(now_ms, entry, options));
         self.write_publish(record)?;
-        self.metrics.published.fetch_add(1, Ordering::Relaxed);
+        self.count_published(&dead.name, 1);
         Ok(new)
     }
 
@@ -233,17 +233,29 @@ impl Inner {
         Ok(before.saturating_sub(after))
     }
 
-    /// Calls the `on_dead` hook for each death: the event and where the record that killed
-    /// it lies, durable and applied. A panic in the hook is caught and counted.
+    /// Announces each death (the event, and where the record that killed it lies, durable
+    /// and applied; its name's count of dead letters was added where it was applied): when
+    /// the `on_dead` hook is set or a `tracing` subscriber listens at `error`, reads the dead
+    /// letter for an `error` event and the hook. A panic in the hook is caught and counted.
     pub(crate) fn announce_dead(&self, deaths: Vec<(EventId, Position)>) {
-        let Some(hook) = &self.options.on_dead else {
+        let hook = self.options.on_dead.as_ref();
+        if hook.is_none() && !tracing::enabled!(tracing::Level::ERROR) {
             return;
-        };
+        }
         for (id, pos) in deaths {
             // Finished and held, right after its death was applied (compaction keeps it).
             let Some(dead) = self.read_dead(id, super::location(pos)) else {
                 continue;
             };
+            tracing::error!(
+                name = %dead.name,
+                id = id.0,
+                reason = dead.reason.name(),
+                error = %dead.message,
+                attempts = dead.attempts,
+                "event died: kept as a dead letter"
+            );
+            let Some(hook) = hook else { continue };
             let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (hook.0)(&dead)));
             if call.is_err() {
                 self.metrics

@@ -39,6 +39,7 @@ mod attempts;
 use super::core::{Begin, Planned};
 use super::guard::guarded;
 use super::handler::{Context, Deadline, Event, HandlerError, HandlerErrorKind, HandlerFn};
+use super::names::{NameSlot, Outcome as Ended};
 use super::options::EXPIRED_MESSAGE;
 use super::{Inner, Registered};
 use crate::clock::Wake;
@@ -203,6 +204,7 @@ struct Submitted {
     prepared: Arc<Prepared>,
     decided: Option<Decided>,
     now_ms: i64,
+    ended: Ended,
 }
 
 /// What a worker takes from the queue.
@@ -274,6 +276,8 @@ impl Shared {
 struct Prepared {
     id: EventId,
     name: Arc<str>,
+    /// The name's counts and histograms.
+    stats: NameSlot,
     record: Arc<RecordBytes>,
     body: Range<usize>,
     published_ms: i64,
@@ -293,6 +297,17 @@ impl Prepared {
         self.handlers
             .iter()
             .any(|r| matches!(r.handler, HandlerFn::Async(_)))
+    }
+
+    /// The span its handlers run in: the attempt's name, id, number and job.
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "afterlog.attempt",
+            name = &*self.name,
+            id = self.id.0,
+            attempt = self.attempt,
+            job = self.job.map(|j| j.0),
+        )
     }
 
     /// The event as its handlers see it.
@@ -690,9 +705,12 @@ fn run_handlers(
 ) -> Option<Option<Failed>> {
     let event = p.event();
     // Lateness counts to the moment the handlers start: after the attempt record is durable.
-    inner
-        .metrics
-        .record_lateness(inner.clock.now_ms() - p.due_ms);
+    let late_ms = inner.clock.now_ms() - p.due_ms;
+    inner.metrics.record_lateness(late_ms);
+    let stats = inner.metrics.names.at(p.stats);
+    stats.lateness_ms(late_ms);
+    let span = p.span();
+    let _entered = span.enter();
     let mut first_failure = None;
     for registered in p.handlers.iter() {
         // Timeouts run on the monotonic clock: a step of the wall clock does not end them.
@@ -722,7 +740,9 @@ fn run_handlers(
             #[cfg(feature = "tokio")]
             HandlerFn::Async(_) => unreachable!("an event with async handlers runs as a task"),
         };
+        let called = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| handler(&event, &mut ctx)));
+        stats.handler_duration.record_duration(called.elapsed());
         {
             let mut state = slot.state.lock();
             if state.abandoned {
@@ -824,6 +844,8 @@ fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
         if let Some(deadline_ms) = attempts::watch(inner, shared, now_ms) {
             earliest = Some(earliest.map_or(deadline_ms, |e| e.min(deadline_ms)));
         }
+        // The facade's gauges, once a second at most (this loop runs at least that often).
+        inner.refresh_gauges();
         // At least once a second, so a deadline a handler shortened (`Context::set_timeout`)
         // is seen within a second of passing.
         let until = earliest
@@ -837,8 +859,16 @@ fn watch(inner: &Arc<Inner>, shared: &Arc<Shared>) {
 /// What the worker found for one due event.
 enum Plan {
     Attempt(Prepared),
-    Ignore { id: EventId, attempt: u32 },
-    Expire { id: EventId, attempt: u32 },
+    Ignore {
+        id: EventId,
+        attempt: u32,
+        stats: NameSlot,
+    },
+    Expire {
+        id: EventId,
+        attempt: u32,
+        stats: NameSlot,
+    },
 }
 
 /// Reads each due event and writes its attempt (or ignore/expire) record; returns the events
@@ -850,6 +880,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
     let mut finished = Vec::new();
     let mut stalled = Vec::new();
     let mut publishes = Publishes::default();
+    let mut last: Option<NameSlot> = None;
     for id in ids {
         let info = {
             let core = inner.core.lock();
@@ -888,6 +919,12 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
             continue;
         };
         let handlers = inner.handlers.read().get(&*name).cloned();
+        // Events due together are often of one name: the previous event's entry, if so.
+        let stats = match last {
+            Some(slot) if *inner.metrics.names.at(slot).name == *name => slot,
+            _ => inner.metrics.names.slot(&name),
+        };
+        last = Some(stats);
         let planned = super::core::plan(&super::core::PlanInput {
             attempts,
             past_retention: inner.options.past_retention(first_due_ms, now_ms),
@@ -900,6 +937,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
                 plans.push(Plan::Attempt(Prepared {
                     id,
                     name,
+                    stats,
                     record,
                     body,
                     published_ms,
@@ -911,8 +949,8 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
                     handlers,
                 }));
             }
-            (Planned::Expire { attempt }, _) => plans.push(Plan::Expire { id, attempt }),
-            (Planned::Ignore { attempt }, _) => plans.push(Plan::Ignore { id, attempt }),
+            (Planned::Expire { attempt }, _) => plans.push(Plan::Expire { id, attempt, stats }),
+            (Planned::Ignore { attempt }, _) => plans.push(Plan::Ignore { id, attempt, stats }),
             (Planned::Wait, _) => stalled.push(id),
             (Planned::Attempt { .. } | Planned::Leave, _) => finished.push(id),
         }
@@ -945,13 +983,13 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
                 attempt: p.attempt,
                 started_ms: now_ms,
             }),
-            Plan::Ignore { id, attempt } => Record::Ack(Ack {
+            Plan::Ignore { id, attempt, .. } => Record::Ack(Ack {
                 event: *id,
                 attempt: *attempt,
                 acked_ms: now_ms,
                 outcome: AckOutcome::Ignored,
             }),
-            Plan::Expire { id, attempt } => Record::Drop(crate::format::Drop {
+            Plan::Expire { id, attempt, .. } => Record::Drop(crate::format::Drop {
                 event: *id,
                 attempt: *attempt,
                 dropped_ms: now_ms,
@@ -976,6 +1014,7 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
         let changed = matches!(applied, Ok(Applied::Changed));
         if changed && super::dead::kills(record) {
             deaths.push((plan.id(), pos));
+            inner.metrics.names.at(plan.stats()).dead_letter();
         }
         match plan {
             Plan::Attempt(p) if changed => {
@@ -983,14 +1022,16 @@ fn prepare(inner: &Arc<Inner>, shared: &Shared, ids: Vec<EventId>) -> Vec<Arc<Pr
                 ready.push(Arc::new(p));
             }
             Plan::Attempt(p) => done.push(p.id),
-            Plan::Ignore { id, .. } => {
+            Plan::Ignore { id, stats, .. } => {
                 inner.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+                inner.metrics.names.at(stats).attempt(Ended::Ignored);
                 done.push(id);
             }
-            Plan::Expire { id, .. } => {
+            Plan::Expire { id, stats, .. } => {
                 // Counted only by the drop that changed the event: one count per event.
                 if changed {
                     inner.metrics.expired.fetch_add(1, Ordering::Relaxed);
+                    inner.metrics.names.at(stats).attempt(Ended::Expired);
                 }
                 done.push(id);
             }
@@ -1007,6 +1048,13 @@ impl Plan {
         match self {
             Plan::Attempt(p) => p.id,
             Plan::Ignore { id, .. } | Plan::Expire { id, .. } => *id,
+        }
+    }
+
+    fn stats(&self) -> NameSlot {
+        match self {
+            Plan::Attempt(p) => p.stats,
+            Plan::Ignore { stats, .. } | Plan::Expire { stats, .. } => *stats,
         }
     }
 }
@@ -1120,10 +1168,34 @@ type Decided = (Decision, String);
 fn write_outcome(inner: &Arc<Inner>, shared: &Shared, outcome: Outcome) {
     let now_ms = inner.clock.now_ms();
     let prepared = outcome.prepared;
+    let cause = outcome.failure.as_ref().and_then(|failed| {
+        tracing::warn!(
+            name = &*prepared.name,
+            id = prepared.id.0,
+            attempt = prepared.attempt,
+            error = %failed.message,
+            "attempt failed"
+        );
+        match failed.failure {
+            Failure::Platform {
+                reason: RetryReason::TimeOut,
+            } => Some(Ended::TimedOut),
+            Failure::Platform {
+                reason: RetryReason::PlatformUnknownError,
+            } => Some(Ended::Panicked),
+            _ => None,
+        }
+    });
     let decided = outcome
         .failure
         .map(|failed| decide_fitting(inner, &prepared, failed, now_ms));
     let record = outcome_record(&prepared, decided.as_ref(), now_ms);
+    let ended = match (&record, cause) {
+        (Record::Ack(_), _) => Ended::Acked,
+        (_, Some(cause)) => cause,
+        (Record::Retry(_), None) => Ended::Retried,
+        (_, None) => Ended::Dropped,
+    };
     // Submitted under `cancel_order`'s read lock and marked in the ledger, so that a cancel
     // of the event waits until this outcome is applied before it writes its own record: the
     // log's order of the two is then the order in which the core applied them.
@@ -1134,7 +1206,10 @@ fn write_outcome(inner: &Arc<Inner>, shared: &Shared, outcome: Outcome) {
         // Only a poisoned or closed log refuses a record that fits: the event then stays
         // Running on disk and is delivered again after a restart.
         let written = inner.log.append(&record).map(|pos| vec![pos]);
-        apply_durable(inner, &mut vec![(prepared, decided, now_ms, written)]);
+        apply_durable(
+            inner,
+            &mut vec![(prepared, decided, now_ms, written, ended)],
+        );
         return;
     }
     match inner.log.submit_all(std::slice::from_ref(&record)) {
@@ -1145,6 +1220,7 @@ fn write_outcome(inner: &Arc<Inner>, shared: &Shared, outcome: Outcome) {
                 prepared,
                 decided,
                 now_ms,
+                ended,
             });
             drop(outcomes);
             shared.submitted.notify_one();
@@ -1179,20 +1255,23 @@ fn apply_outcomes(inner: &Arc<Inner>, shared: &Shared) {
                 prepared,
                 decided,
                 now_ms,
+                ended,
             } = submitted;
             let written = pending.wait();
-            durable.push((prepared, decided, now_ms, written));
+            durable.push((prepared, decided, now_ms, written, ended));
         }
         apply_durable(inner, &mut durable);
     }
 }
 
-/// An outcome the log wrote (its position) or failed, with what rebuilds its record.
+/// An outcome the log wrote (its position) or failed, with what rebuilds its record and
+/// how its attempt ended.
 type Durable = (
     Arc<Prepared>,
     Option<Decided>,
     i64,
     crate::error::Result<Vec<crate::log::Position>>,
+    Ended,
 );
 
 /// Applies outcomes the log wrote (or failed), under one lock of the core.
@@ -1201,7 +1280,7 @@ fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
     let mut deaths = Vec::new();
     {
         let mut core = inner.core.lock();
-        for (prepared, decided, now_ms, written) in durable.iter() {
+        for (prepared, decided, now_ms, written, ended) in durable.iter() {
             let Some(&pos) = written.as_ref().ok().and_then(|p| p.first()) else {
                 wake |= core.finish(prepared.id);
                 continue;
@@ -1214,12 +1293,16 @@ fn apply_durable(inner: &Inner, durable: &mut Vec<Durable>) {
                 _ => &inner.metrics.dropped,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            let stats = inner.metrics.names.at(prepared.stats);
+            stats.attempt(*ended);
             // The event leaves the ledger under the lock that may put it back in the wheel,
             // so the scheduler never finds it in both.
             let (applied, woken) = core.apply(pos, &record);
             wake |= woken;
             if applied == Ok(Applied::Changed) && super::dead::kills(&record) {
                 deaths.push((prepared.id, pos));
+                // Counted before the event stops being in flight, as the outcome is.
+                stats.dead_letter();
             }
             wake |= core.finish(prepared.id);
         }

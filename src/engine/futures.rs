@@ -26,7 +26,6 @@ use crate::sync::Mutex;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -55,7 +54,7 @@ impl Engine {
         let record = Record::Publish(Publish::new(None, now_ms, &entries));
         check_publish_len(&record)?;
         ApplyWhenDurable::submit(inner, record)?.await?;
-        inner.metrics.published.fetch_add(1, Ordering::Relaxed);
+        inner.count_published(name, 1);
         Ok(id)
     }
 
@@ -85,10 +84,7 @@ impl Engine {
         let record = Record::Publish(Publish::new(Some(job), now_ms, &entries));
         check_publish_len(&record)?;
         ApplyWhenDurable::submit(inner, record)?.await?;
-        inner
-            .metrics
-            .published
-            .fetch_add(slices.len() as u64, Ordering::Relaxed);
+        inner.count_published(name, slices.len() as u64);
         Ok(job)
     }
 

@@ -49,15 +49,24 @@ impl Inner {
     /// `wait_idle` and `close` on the idle condition variable. Appenders waiting on the log
     /// are woken by its poison.
     pub(crate) fn stop_after_panic(&self, thread: &str, message: String) {
-        let error = {
+        let (error, first_panic) = {
             let mut first = self.panicked.first.lock();
+            let first_panic = first.is_none();
             let (thread, message) =
                 first.get_or_insert_with(|| (thread.to_owned(), message.clone()));
-            Error::Panicked {
+            let error = Error::Panicked {
                 thread: thread.clone(),
                 message: message.clone(),
-            }
+            };
+            (error, first_panic)
         };
+        if first_panic {
+            tracing::error!(
+                thread,
+                error = %message,
+                "engine stopped: a background thread panicked; every call fails until it is reopened"
+            );
+        }
         self.log.poison(error.to_string());
         self.wake.notify();
         self.compaction_wake.notify();

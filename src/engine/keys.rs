@@ -26,7 +26,6 @@ use crate::format::{
 use crate::ids::EventId;
 use crate::index::{Applied, EventState, Location};
 use crate::sync::{Condvar, Mutex};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// What a publish does when its key is taken (see [`PublishOptions::key`]).
@@ -367,7 +366,7 @@ impl Inner {
             ))
         };
         self.write_publish(record)?;
-        self.metrics.published.fetch_add(1, Ordering::Relaxed);
+        self.count_published(name, 1);
         Ok(id)
     }
 
@@ -412,9 +411,9 @@ impl Inner {
             before.is_some_and(EventState::is_pending) && after == Some(EventState::Cancelled)
         };
         self.idle.notify_all();
-        self.metrics.published.fetch_add(1, Ordering::Relaxed);
+        self.count_published(name, 1);
         if cancelled {
-            self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            self.count_cancelled(name, 1);
             Ok(Published {
                 id,
                 outcome: KeyOutcome::Replaced(held),

@@ -1,7 +1,9 @@
-//! Counters of the engine's work and a histogram of delivery lateness.
+//! Counters of the engine's work and a histogram of delivery lateness; the gauges the
+//! `metrics` facade is given (see docs/OBSERVABILITY.md).
 
+use super::names::{NameMetrics, Names};
 use crate::log::LogCounters;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Lateness buckets: one per millisecond below `EXACT_MS`, then one per power of two.
 const EXACT_MS: u64 = 128;
@@ -39,7 +41,7 @@ pub(crate) struct DeliveryGauges {
 }
 
 /// What the core reports, for a snapshot.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CoreGauges {
     pub pending: u64,
     pub in_flight: u64,
@@ -47,6 +49,114 @@ pub(crate) struct CoreGauges {
     pub index_bytes: u64,
     pub dead_letters: u64,
     pub schedules: u64,
+    /// Bytes of the segment files (the log's, not the core's, but read with them).
+    pub disk_bytes: u64,
+}
+
+/// The facade's gauges, taken once when the engine opens, set by [`Gauges::set`].
+pub(crate) struct Gauges {
+    pending: metrics::Gauge,
+    in_flight: metrics::Gauge,
+    queued: metrics::Gauge,
+    dead_letters: metrics::Gauge,
+    disk_bytes: metrics::Gauge,
+    index_bytes: metrics::Gauge,
+}
+
+impl std::fmt::Debug for Gauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gauges")
+    }
+}
+
+/// Describes every metric to the installed recorder (its help text and unit), once per
+/// process: the texts of docs/OBSERVABILITY.md's table.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        let c = Unit::Count;
+        describe_counter!("afterlog_published_total", c, "Events published.");
+        describe_counter!(
+            "afterlog_attempts_total",
+            c,
+            "Finished deliveries, by how they ended."
+        );
+        describe_counter!("afterlog_cancelled_total", c, "Events cancelled.");
+        describe_counter!(
+            "afterlog_dead_letters_total",
+            c,
+            "Events that became dead letters."
+        );
+        let s = Unit::Seconds;
+        describe_histogram!(
+            "afterlog_lateness_seconds",
+            s,
+            "From an attempt's due time to the start of its handlers."
+        );
+        describe_histogram!(
+            "afterlog_handler_duration_seconds",
+            s,
+            "One handler's call."
+        );
+        describe_histogram!(
+            "afterlog_fsync_duration_seconds",
+            s,
+            "One data sync of the log."
+        );
+        describe_histogram!(
+            "afterlog_records_per_sync",
+            c,
+            "Records one data sync made durable."
+        );
+        describe_gauge!("afterlog_pending_events", c, "Events scheduled or running.");
+        describe_gauge!(
+            "afterlog_in_flight_events",
+            c,
+            "Events taken for delivery whose attempt has not finished."
+        );
+        describe_gauge!(
+            "afterlog_queued_events",
+            c,
+            "Due events waiting in their names' queues."
+        );
+        describe_gauge!("afterlog_dead_letters_kept", c, "Dead letters kept.");
+        describe_gauge!(
+            "afterlog_disk_bytes",
+            Unit::Bytes,
+            "Bytes of the segment files."
+        );
+        describe_gauge!(
+            "afterlog_index_bytes",
+            Unit::Bytes,
+            "Heap bytes of the event index (an estimate)."
+        );
+    });
+}
+
+impl Default for Gauges {
+    fn default() -> Self {
+        describe();
+        Gauges {
+            pending: metrics::gauge!("afterlog_pending_events"),
+            in_flight: metrics::gauge!("afterlog_in_flight_events"),
+            queued: metrics::gauge!("afterlog_queued_events"),
+            dead_letters: metrics::gauge!("afterlog_dead_letters_kept"),
+            disk_bytes: metrics::gauge!("afterlog_disk_bytes"),
+            index_bytes: metrics::gauge!("afterlog_index_bytes"),
+        }
+    }
+}
+
+impl Gauges {
+    pub fn set(&self, g: &CoreGauges) {
+        self.pending.set(g.pending as f64);
+        self.in_flight.set(g.in_flight as f64);
+        self.queued.set(g.queued as f64);
+        self.dead_letters.set(g.dead_letters as f64);
+        self.disk_bytes.set(g.disk_bytes as f64);
+        self.index_bytes.set(g.index_bytes as f64);
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +184,11 @@ pub(crate) struct Counters {
     pub schedule_failures: AtomicU64,
     lateness: [AtomicU64; BUCKETS],
     lateness_max_ms: AtomicU64,
+    /// Per event name: counts and histograms, with their facade handles.
+    pub names: Names,
+    pub gauges: Gauges,
+    /// When the gauges were last set from a background thread (monotonic ms of the clock).
+    pub gauges_set_ms: AtomicI64,
 }
 
 impl Default for Counters {
@@ -102,6 +217,9 @@ impl Default for Counters {
             compaction_written_bytes: AtomicU64::new(0),
             lateness: std::array::from_fn(|_| AtomicU64::new(0)),
             lateness_max_ms: AtomicU64::new(0),
+            names: Names::default(),
+            gauges: Gauges::default(),
+            gauges_set_ms: AtomicI64::new(i64::MIN),
         }
     }
 }
@@ -149,6 +267,7 @@ impl Counters {
             index_bytes,
             dead_letters,
             schedules,
+            disk_bytes,
         } = core;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Metrics {
@@ -183,6 +302,8 @@ impl Counters {
             in_flight,
             queued,
             index_bytes,
+            disk_bytes,
+            names: self.names.all().iter().map(|n| n.counts()).collect(),
             records: log.records,
             fsyncs: log.syncs,
             records_per_fsync: if log.syncs == 0 {
@@ -268,6 +389,11 @@ pub struct Metrics {
     pub queued: u64,
     /// Heap bytes of the event index (an estimate): follows the events not yet compacted away.
     pub index_bytes: u64,
+    /// Bytes of the segment files on disk (the active segment at its pre-sized length).
+    pub disk_bytes: u64,
+    /// Counts per event name, sorted by name: every name published, attempted or cancelled
+    /// since open (see [`NameMetrics`] for the bound on their number).
+    pub names: Vec<NameMetrics>,
     /// Log records written since open.
     pub records: u64,
     /// Data syncs since open.

@@ -21,8 +21,10 @@ mod guard;
 mod handler;
 mod keys;
 mod metrics;
+mod names;
 mod options;
 mod order;
+mod prometheus;
 mod schedules;
 
 pub use compaction::CompactionStats;
@@ -32,6 +34,7 @@ pub use handler::{AsyncContext, AsyncHandler, HandlerFuture};
 pub use handler::{Context, Event, Handler, HandlerError, HandlerOptions};
 pub use keys::{KeyMode, KeyOutcome, PublishOptions, Published};
 pub use metrics::Metrics;
+pub use names::NameMetrics;
 pub use options::{
     ABANDONED_TOTAL_FACTOR, DEFAULT_ABANDONED_THREADS, DEFAULT_ASYNC_ATTEMPTS,
     DEFAULT_DEAD_RETENTION, DEFAULT_HANDLER_TIMEOUT, DEFAULT_MAX_PUSH_BYTES,
@@ -603,9 +606,18 @@ impl Engine {
         self.handle.inner.log.storage()
     }
 
-    /// Counters of the engine's work.
+    /// Counters of the engine's work, in all and per event name.
     pub fn metrics(&self) -> Metrics {
         self.inner().metrics()
+    }
+
+    /// The engine's metrics in the Prometheus text exposition format (version 0.0.4): the
+    /// counters per event name, the gauges and the histograms the `metrics` facade is given,
+    /// under the same names (docs/OBSERVABILITY.md), read from the engine itself, so a
+    /// `/metrics` endpoint needs no recorder. Histograms are Prometheus histograms
+    /// (`_bucket{le}`, `_sum`, `_count`) with fixed buckets.
+    pub fn metrics_text(&self) -> String {
+        prometheus::render(self.inner())
     }
 
     /// Stops delivery (running handlers finish, up to their timeouts), syncs the log and
@@ -664,7 +676,8 @@ impl Inner {
             body,
         }];
         self.write_publish(Record::Publish(Publish::new(None, now_ms, &entries)))?;
-        self.metrics.published.fetch_add(1, Ordering::Relaxed);
+        self.count_published(name, 1);
+        tracing::trace!(name, id = id.0, due_ms, "published");
         Ok(id)
     }
 
@@ -691,9 +704,8 @@ impl Inner {
         let (job, now_ms, due_ms, first) = self.new_job(name, bodies, delay)?;
         let entries = job_entries(name, bodies, due_ms, first);
         self.write_publish(Record::Publish(Publish::new(Some(job), now_ms, &entries)))?;
-        self.metrics
-            .published
-            .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        self.count_published(name, bodies.len() as u64);
+        tracing::trace!(name, job = job.0, events = bodies.len(), due_ms, "pushed");
         Ok(job)
     }
 
@@ -825,11 +837,36 @@ impl Inner {
 
     /// Applies a durable cancel of an event; whether it cancelled it.
     fn apply_cancel(&self, pos: Position, record: &Record<'_>) -> bool {
-        let changed = matches!(self.apply(pos, record), Ok(Applied::Changed));
+        let mut name = None;
+        let applied = self.apply_then(pos, record, |core, applied| {
+            if matches!(applied, Ok(Applied::Changed)) {
+                // The cancelled event stays indexed (until compaction): its name is there.
+                name = record
+                    .event()
+                    .and_then(|id| core.index().name_of(id))
+                    .map(|n| self.metrics.names.get(n));
+            }
+        });
+        let changed = matches!(applied, Ok(Applied::Changed));
         if changed {
             self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            if let Some(stats) = name {
+                stats.cancelled(1);
+            }
         }
         changed
+    }
+
+    /// Counts `n` events of `name` published.
+    pub(crate) fn count_published(&self, name: &str, n: u64) {
+        self.metrics.published.fetch_add(n, Ordering::Relaxed);
+        self.metrics.names.get(name).published(n);
+    }
+
+    /// Counts `n` events of `name` cancelled.
+    pub(crate) fn count_cancelled(&self, name: &str, n: u64) {
+        self.metrics.cancelled.fetch_add(n, Ordering::Relaxed);
+        self.metrics.names.get(name).cancelled(n);
     }
 
     pub(crate) fn cancel_job(&self, job: JobId) -> Result<u64> {
@@ -865,8 +902,15 @@ impl Inner {
         // Counted under the lock that applies the cancel: the Scheduled events it cancels,
         // and the events already handed to a worker whose handlers have not begun, which
         // their worker cancels instead of running (see `delivery::take_for_handlers`).
-        let n = {
+        let (n, name) = {
             let mut core = self.core.lock();
+            // A job's events share one name (a push has one).
+            let name = core
+                .index()
+                .job_events(job)
+                .next()
+                .and_then(|id| core.index().name_of(id))
+                .map(|n| self.metrics.names.get(n));
             let before = core.job_stats(job).map_or(0, |s| s.cancelled);
             let was_cancelled = core.index().job_cancelled(job).unwrap_or(true);
             let waiting = if was_cancelled {
@@ -877,9 +921,12 @@ impl Inner {
             // Cancelling only unschedules: the scheduler needs no wake-up.
             let _ = core.apply(pos, record);
             let after = core.job_stats(job).map_or(before, |s| s.cancelled);
-            after.saturating_sub(before) + waiting
+            (after.saturating_sub(before) + waiting, name)
         };
         self.metrics.cancelled.fetch_add(n, Ordering::Relaxed);
+        if let Some(stats) = name.filter(|_| n > 0) {
+            stats.cancelled(n);
+        }
         self.idle.notify_all();
         n
     }
@@ -926,8 +973,9 @@ impl Inner {
         }
     }
 
-    fn metrics(&self) -> Metrics {
-        let core_gauges = {
+    /// The gauges of the core and the log now, also handed to the facade's gauges.
+    pub(crate) fn core_gauges(&self) -> metrics::CoreGauges {
+        let mut gauges = {
             let core = self.core.lock();
             metrics::CoreGauges {
                 pending: core.index().pending_count(),
@@ -936,8 +984,28 @@ impl Inner {
                 index_bytes: core.memory_bytes() as u64,
                 dead_letters: core.index().dead_count(),
                 schedules: core.index().schedule_count() as u64,
+                disk_bytes: 0,
             }
         };
+        gauges.disk_bytes = self.log.disk_bytes();
+        self.metrics.gauges.set(&gauges);
+        gauges
+    }
+
+    /// Sets the facade's gauges if a second (on the engine's monotonic clock) passed since
+    /// they were last set here: called from the watchdog's loop, which runs at least once a
+    /// second while delivery runs.
+    pub(crate) fn refresh_gauges(&self) {
+        let now_ms = self.clock.monotonic_ms();
+        let last_ms = self.metrics.gauges_set_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last_ms) >= GAUGES_INTERVAL_MS {
+            self.metrics.gauges_set_ms.store(now_ms, Ordering::Relaxed);
+            let _ = self.core_gauges();
+        }
+    }
+
+    fn metrics(&self) -> Metrics {
+        let core_gauges = self.core_gauges();
         let gauges = match &*self.delivery.lock() {
             Some(d) => metrics::DeliveryGauges {
                 abandoned_threads: d.abandoned(),
@@ -1040,6 +1108,9 @@ impl Inner {
         }
     }
 }
+
+/// How often the watchdog sets the facade's gauges, at most (engine clock, monotonic).
+const GAUGES_INTERVAL_MS: i64 = 1_000;
 
 /// The entries of a push: consecutive ids from `first`, one due time.
 fn job_entries<'a>(

@@ -364,7 +364,7 @@ impl Inner {
         super::check_publish_len(&record)?;
         let pos = self.log.append(&record)?;
         let _ = self.apply(pos, &record);
-        self.metrics.published.fetch_add(1, Ordering::Relaxed);
+        self.count_published(name, 1);
         Ok(event)
     }
 
@@ -412,9 +412,9 @@ impl Inner {
             super::check_publish_len(record)?;
         }
         self.append_applied(&records)?;
-        self.metrics
-            .published
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        for p in planned {
+            self.count_published(&p.state.name, 1);
+        }
         Ok(())
     }
 

@@ -654,6 +654,7 @@ impl Writer {
     }
 
     fn sync(&mut self) -> Result<()> {
+        let started = Instant::now();
         self.active.slot.file.sync_data().map_err(|e| {
             Error::io(
                 "sync segment",
@@ -664,7 +665,7 @@ impl Writer {
                 e,
             )
         })?;
-        self.shared.stats.add_sync();
+        self.shared.stats.add_sync(started.elapsed());
         Ok(())
     }
 

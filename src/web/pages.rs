@@ -1145,9 +1145,14 @@ pub(crate) fn prom_label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// `/metrics`: what the directory holds, as gauges in the Prometheus text format.
+/// `/metrics`: on a live engine's dashboard, the engine's own counts
+/// ([`Engine::metrics_text`](crate::Engine::metrics_text)); then what the directory holds, as
+/// gauges, in the Prometheus text format.
 pub(super) async fn metrics(State(d): State<Dashboard>) -> Response {
-    let mut o = String::new();
+    let mut o = d
+        .engine()
+        .map(crate::Engine::metrics_text)
+        .unwrap_or_default();
     {
         let view = d.view();
         o.push_str("# HELP afterlog_dir_events Events the data directory holds, by name and state.\n# TYPE afterlog_dir_events gauge\n");
