@@ -199,8 +199,19 @@ impl Dashboard {
     }
 }
 
+/// Bytes of appended frames one hold of the view's write lock reads at most: pages wait
+/// for a step, never for a whole segment.
+const REFRESH_STEP: u64 = 256 << 10;
+
 fn refresh(shared: &Shared) -> Result<()> {
-    let outcome = shared.view.write().refresh();
+    let outcome = loop {
+        match shared.view.write().refresh_bounded(REFRESH_STEP) {
+            Ok((Refreshed::Rebuild, _)) => break Ok(Refreshed::Rebuild),
+            Ok((_, true)) => continue,
+            Ok((r, false)) => break Ok(r),
+            Err(e) => break Err(e),
+        }
+    };
     let result = match outcome {
         Ok(Refreshed::Rebuild) => View::build(shared.storage.clone()).map(|v| {
             *shared.view.write() = v;

@@ -260,6 +260,11 @@ pub struct View {
     max_event: u64,
     last_record_ms: i64,
     compactions_followed: u64,
+    /// While `build` reads: each segment's first read checks it whole.
+    building: bool,
+    /// Bytes of frames this refresh may still read, and whether it stopped for want of them.
+    budget: u64,
+    more: bool,
 }
 
 impl std::fmt::Debug for View {
@@ -352,13 +357,32 @@ impl View {
             max_event: 0,
             last_record_ms: i64::MIN,
             compactions_followed: 0,
+            building: true,
+            budget: u64::MAX,
+            more: false,
         };
         view.refresh()?;
+        view.building = false;
         Ok(view)
     }
 
     /// Reads what was appended since the last read (see [`Refreshed`]).
     pub fn refresh(&mut self) -> Result<Refreshed> {
+        self.refresh_bounded(u64::MAX).map(|(r, _)| r)
+    }
+
+    /// Like [`refresh`](View::refresh), but reads about `max_bytes` of appended frames at
+    /// most (at least one frame), so that a caller holding a lock for it can let readers in
+    /// between; `true` when there is more to read.
+    pub fn refresh_bounded(&mut self, max_bytes: u64) -> Result<(Refreshed, bool)> {
+        self.budget = max_bytes.max(1);
+        self.more = false;
+        let r = self.refresh_all();
+        self.budget = u64::MAX;
+        Ok((r?, self.more))
+    }
+
+    fn refresh_all(&mut self) -> Result<Refreshed> {
         let ids = listed(&*self.storage)?;
         let last_read = self.segments.keys().next_back().copied();
         // A segment read before the last one changes only by compaction, which rewrites it
@@ -630,7 +654,7 @@ impl View {
             ..SegmentRow::default()
         });
         row.file_bytes = len;
-        if from == 0 {
+        if from == 0 && self.building {
             // The first read of a segment checks it as `verify` does, but as the last
             // segment is (no seal required): one before the last may have been rolled just
             // now, its seal not yet written.
@@ -662,6 +686,10 @@ impl View {
         loop {
             let at = row.end;
             if at >= len {
+                return Ok(());
+            }
+            if self.budget == 0 {
+                self.more = true;
                 return Ok(());
             }
             let want = ((len - at) as usize).min(need.max(CHUNK_BYTES));
@@ -702,6 +730,7 @@ impl View {
                     _ => break None,
                 }
             };
+            self.budget = self.budget.saturating_sub(used as u64);
             match more {
                 Some(needed) if used > 0 || needed > n => need = needed,
                 _ => return Ok(()),
