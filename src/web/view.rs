@@ -682,7 +682,8 @@ impl View {
     ) -> Result<()> {
         const CHUNK_BYTES: usize = 1 << 20;
         let mut buf = Vec::new();
-        let mut need = CHUNK_BYTES;
+        // Bytes a frame cut by the previous read needs, read whole next.
+        let mut need = 0;
         loop {
             let at = row.end;
             if at >= len {
@@ -692,7 +693,8 @@ impl View {
                 self.more = true;
                 return Ok(());
             }
-            let want = ((len - at) as usize).min(need.max(CHUNK_BYTES));
+            let step = (self.budget.min(CHUNK_BYTES as u64) as usize).max(FRAME_HEADER_LEN);
+            let want = ((len - at) as usize).min(need.max(step));
             buf.resize(want, 0);
             let n =
                 read_up_to(file, &mut buf, at).map_err(|e| Error::io("read segment", path, e))?;
