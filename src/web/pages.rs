@@ -103,6 +103,16 @@ impl Ctx {
         Html(o).into_response()
     }
 
+    /// A link to job `job`'s page (nothing for no job).
+    fn job_link(&self, job: Option<JobId>) -> String {
+        job.map_or(String::new(), |j| {
+            format!(
+                "<a href=\"{}\">{j}</a>",
+                self.href(&format!("/jobs/{}", j.0))
+            )
+        })
+    }
+
     /// A POST form with one button, carrying the CSRF token.
     fn button(&self, action: &str, fields: &[(&str, &str)], label: &str) -> String {
         let mut o = format!(
@@ -473,10 +483,7 @@ fn line_cells(c: &Ctx, l: &EventLine) -> String {
         esc(&render::time(l.due_ms)),
         l.priority,
         esc(l.key.as_deref().unwrap_or("")),
-        l.job.map_or(String::new(), |j| format!(
-            "<a href=\"{}\">{j}</a>",
-            c.href(&format!("/jobs/{}", j.0))
-        )),
+        c.job_link(l.job),
         l.body_bytes,
         esc(&render::time(l.published_ms)),
     )
@@ -672,10 +679,7 @@ pub(super) async fn event(
         esc(&render::time(l.published_ms)),
         l.priority,
         esc(l.key.as_deref().unwrap_or("")),
-        l.job.map_or(String::new(), |j| format!(
-            "<a href=\"{}\">{j}</a>",
-            c.href(&format!("/jobs/{}", j.0))
-        )),
+        c.job_link(l.job),
     );
     if c.d.live() {
         let id_text = id.0.to_string();
