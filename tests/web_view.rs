@@ -275,3 +275,54 @@ fn a_view_follows_megabytes_appended_to_the_active_segment() {
     assert_eq!(view.refresh().expect("refresh"), Refreshed::Same);
     engine.close().expect("close");
 }
+
+/// A body restated (`KeyMode::ReplaceBody`) in a later segment than every other record of
+/// its event: the view reads the history from that segment too, and shows the new body.
+#[test]
+fn a_body_restated_in_a_later_segment_is_the_one_shown() {
+    use afterlog::{After, Engine, KeyMode, ManualClock, Options, PublishOptions};
+    use std::time::Duration;
+    let disk = MemStorage::new();
+    let clock = ManualClock::new(1_800_000_000_000);
+    let engine = Engine::open_storage(
+        Arc::new(disk.clone()),
+        Options::default()
+            .clock(clock.clone())
+            .compaction_interval(None)
+            .log_options(afterlog::log::LogOptions {
+                segment_bytes: 4096,
+                first_segment_bytes: 4096,
+                ..afterlog::log::LogOptions::default()
+            }),
+    )
+    .expect("open");
+    let keyed = |body: &[u8]| {
+        engine
+            .publish_with(
+                "k",
+                body,
+                After::delay(Duration::from_secs(3600)),
+                PublishOptions::default().key("one", KeyMode::ReplaceBody),
+            )
+            .expect("publish_with")
+            .id
+    };
+    let id = keyed(b"old");
+    for _ in 0..40 {
+        engine
+            .publish("filler", &[1u8; 300], After::delay(Duration::from_secs(60)))
+            .expect("publish");
+    }
+    assert_eq!(keyed(b"new"), id);
+    engine.close().expect("close");
+    let view = View::build(Arc::new(disk.clone())).expect("view");
+    assert!(view.segments().count() > 2);
+    let reader = Reader::open_storage(Arc::new(disk.clone())).expect("reader");
+    let history = reader.event_history(id).expect("history").expect("held");
+    assert_eq!(history.body, b"new");
+    assert_eq!(view.body(id).expect("body").as_deref(), Some(&b"new"[..]));
+    assert_eq!(
+        view.history(id).expect("history").len(),
+        history.records.len()
+    );
+}

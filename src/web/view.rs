@@ -167,12 +167,28 @@ pub struct SegmentRow {
     pub min_id: u64,
     /// See `min_id`.
     pub max_id: u64,
-    /// Whether it holds a cancel of a job (which names no event).
-    pub job_cancels: bool,
+    /// Whether it holds a record about a job as a whole (a cancel of a job, a job-done),
+    /// which names no event.
+    pub job_records: bool,
     /// Records read, by kind code.
     kinds: [u64; 16],
     /// The sequence number of the last record applied.
     last_seq: u64,
+}
+
+impl SegmentRow {
+    /// Segment `id` with header `header`, its file `len` bytes long, before any record.
+    fn new(id: u64, header: &crate::format::SegmentHeader, len: u64) -> SegmentRow {
+        SegmentRow {
+            id,
+            file_bytes: len,
+            end: header.len() as u64,
+            version: header.format_version,
+            compacted: header.flags & crate::format::FLAG_COMPACTED != 0,
+            min_id: u64::MAX,
+            ..SegmentRow::default()
+        }
+    }
 }
 
 /// One event as a page shows it: the view's columns and what its publish record adds.
@@ -297,6 +313,32 @@ fn read_up_to(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> std::io::R
         }
     }
     Ok(done)
+}
+
+/// Hands every event id `record` names to `f`: a publish's events and the event it
+/// replaces or redrives, or the one event of any other record.
+fn ids_named(record: &Record<'_>, mut f: impl FnMut(u64)) {
+    match record {
+        Record::Publish(p) => {
+            p.events().for_each(|e| f(e.id.0));
+            if let Some(r) = p.options().and_then(|o| o.replaces) {
+                f(r.0);
+            }
+        }
+        other => other.event().into_iter().for_each(|e| f(e.0)),
+    }
+}
+
+/// The job `record` is about as a whole: a cancel of the job, its job-done record.
+fn job_named(record: &Record<'_>) -> Option<JobId> {
+    match record {
+        Record::Cancel(c) => match c.target {
+            CancelTarget::Job(j) => Some(j),
+            CancelTarget::Event(_) => None,
+        },
+        Record::JobDone(d) => Some(d.job),
+        _ => None,
+    }
 }
 
 fn due_seconds(ms: i64) -> u32 {
@@ -450,75 +492,33 @@ impl View {
                 continue;
             };
             let old = self.segments.remove(&id).expect("a segment read");
-            for (k, n) in old.kinds.iter().enumerate() {
-                self.kinds[k] -= n;
-            }
-            self.records -= old.records;
+            self.uncount(&old);
             let path = self.storage.path().join(segment_name(id));
             let Some(file) = self.file(id)? else {
                 continue;
             };
-            let header = read_header(&*file, &path)?;
-            let mut row = SegmentRow {
-                id,
-                min_id: u64::MAX,
-                version: header.format_version,
-                compacted: header.flags & crate::format::FLAG_COMPACTED != 0,
-                end: header.len() as u64,
-                file_bytes: len,
-                ..SegmentRow::default()
-            };
+            let mut row = SegmentRow::new(id, &read_header(&*file, &path)?, len);
             let storage = self.storage.clone();
             Log::scan_alone(&*storage, id, false, |pos, record| {
                 row.end = pos.offset + (FRAME_HEADER_LEN + record.encoded_len()) as u64;
                 if pos.seq > old.last_seq {
                     // Appended after the view's last read of it, before its seal: new.
                     self.apply(pos, record, &mut row);
-                    if let Record::Publish(p) = record
-                        && !p.options().is_some_and(|o| o.restates)
-                    {
+                } else {
+                    self.note_record(pos, record, &mut row);
+                }
+                match record {
+                    Record::Publish(p) if !p.options().is_some_and(|o| o.restates) => {
                         for e in p.events() {
                             publishes.insert(e.id.0, pos.offset as u32);
                         }
                     }
-                    return Ok(());
-                }
-                row.records += 1;
-                row.last_seq = pos.seq;
-                self.records += 1;
-                row.kinds[(record.kind() as usize).min(15)] += 1;
-                self.kinds[(record.kind() as usize).min(15)] += 1;
-                match record {
-                    Record::Publish(p) => {
-                        if let Some(o) = p.options()
-                            && let Some(r) = o.replaces
-                        {
-                            Self::note_ids(&mut row, r.0);
-                        }
-                        for e in p.events() {
-                            Self::note_ids(&mut row, e.id.0);
-                            if !p.options().is_some_and(|o| o.restates) {
-                                publishes.insert(e.id.0, pos.offset as u32);
-                            }
+                    Record::Ack(_) | Record::Drop(_) => {
+                        if let Some(e) = record.event() {
+                            deaths.insert((e.0, id), pos);
                         }
                     }
-                    Record::Cancel(c) => match c.target {
-                        CancelTarget::Event(e) => Self::note_ids(&mut row, e.0),
-                        CancelTarget::Job(_) => row.job_cancels = true,
-                    },
-                    Record::Ack(a) => {
-                        Self::note_ids(&mut row, a.event.0);
-                        deaths.insert((a.event.0, id), pos);
-                    }
-                    Record::Drop(d) => {
-                        Self::note_ids(&mut row, d.event.0);
-                        deaths.insert((d.event.0, id), pos);
-                    }
-                    other => {
-                        if let Some(e) = other.event() {
-                            Self::note_ids(&mut row, e.0);
-                        }
-                    }
+                    _ => {}
                 }
                 Ok(())
             })?;
@@ -527,10 +527,7 @@ impl View {
         for &id in removed {
             self.files.remove(&id);
             if let Some(old) = self.segments.remove(&id) {
-                for (k, n) in old.kinds.iter().enumerate() {
-                    self.kinds[k] -= n;
-                }
-                self.records -= old.records;
+                self.uncount(&old);
             }
         }
         let slot_of = |id: &u64| self.segment_slots.get(id).copied();
@@ -581,6 +578,14 @@ impl View {
             .retain(|_, j| j.done.is_some() || j.by_state.iter().any(|&n| n > 0));
         self.compactions_followed += 1;
         Ok(())
+    }
+
+    /// Takes the records of segment row `row` out of the view's counts.
+    fn uncount(&mut self, row: &SegmentRow) {
+        for (k, n) in row.kinds.iter().enumerate() {
+            self.kinds[k] -= n;
+        }
+        self.records -= row.records;
     }
 
     /// Removes event `id` from the view and its counts (its publish was compacted away).
@@ -645,14 +650,10 @@ impl View {
         let path = self.storage.path().join(segment_name(id));
         let header = read_header(&*file, &path)?;
         let from = self.segments.get(&id).map_or(0, |s| s.end);
-        let mut row = self.segments.remove(&id).unwrap_or(SegmentRow {
-            id,
-            min_id: u64::MAX,
-            version: header.format_version,
-            compacted: header.flags & crate::format::FLAG_COMPACTED != 0,
-            end: header.len() as u64,
-            ..SegmentRow::default()
-        });
+        let mut row = self
+            .segments
+            .remove(&id)
+            .unwrap_or_else(|| SegmentRow::new(id, &header, len));
         row.file_bytes = len;
         if from == 0 && self.building {
             // The first read of a segment checks it as `verify` does, but as the last
@@ -855,23 +856,29 @@ impl View {
         self.activity.entry(minute).or_default()
     }
 
-    fn note_ids(row: &mut SegmentRow, id: u64) {
-        row.min_id = row.min_id.min(id);
-        row.max_id = row.max_id.max(id);
+    /// Counts `record` at `pos` in the view and in its segment's row, and notes what it
+    /// names: the ids and jobs [`history`](View::history) chooses segments by.
+    fn note_record(&mut self, pos: Position, record: &Record<'_>, row: &mut SegmentRow) {
+        let kind = (record.kind() as usize).min(15);
+        self.records += 1;
+        self.kinds[kind] += 1;
+        row.records += 1;
+        row.kinds[kind] += 1;
+        row.last_seq = pos.seq;
+        ids_named(record, |id| {
+            row.min_id = row.min_id.min(id);
+            row.max_id = row.max_id.max(id);
+        });
+        row.job_records |= job_named(record).is_some();
     }
 
     fn apply(&mut self, pos: Position, record: &Record<'_>, row: &mut SegmentRow) {
-        self.records += 1;
-        row.records += 1;
-        row.last_seq = pos.seq;
-        row.kinds[(record.kind() as usize).min(15)] += 1;
-        self.kinds[(record.kind() as usize).min(15)] += 1;
+        self.note_record(pos, record, row);
         let at = crate::reader::record_time_ms(record);
         self.last_record_ms = self.last_record_ms.max(at);
         match record {
-            Record::Publish(p) => self.apply_publish(pos, p, row),
+            Record::Publish(p) => self.apply_publish(pos, p),
             Record::Attempt(a) => {
-                Self::note_ids(row, a.event.0);
                 self.activity_at(a.started_ms).attempts += 1;
                 let job_cancelled = self
                     .job_of(a.event.0)
@@ -891,7 +898,6 @@ impl View {
                 }
             }
             Record::Retry(r) => {
-                Self::note_ids(row, r.event.0);
                 self.activity_at(r.failed_ms).failures += 1;
                 let state = self.state(r.event);
                 if let Some((c, s)) = self.slot_mut(r.event.0) {
@@ -909,7 +915,6 @@ impl View {
                 }
             }
             Record::Ack(a) => {
-                Self::note_ids(row, a.event.0);
                 if self.finish(a.event.0, a.attempt, EventState::Succeeded)
                     && a.outcome == AckOutcome::Ignored
                 {
@@ -917,7 +922,6 @@ impl View {
                 }
             }
             Record::Drop(d) => {
-                Self::note_ids(row, d.event.0);
                 self.activity_at(d.dropped_ms).failures += 1;
                 let to = match d.reason {
                     DropReason::Exhausted | DropReason::MaxAge => EventState::Failed,
@@ -929,13 +933,11 @@ impl View {
             }
             Record::Cancel(c) => match c.target {
                 CancelTarget::Event(e) => {
-                    Self::note_ids(row, e.0);
                     if self.pending(e.0) {
                         self.set_state(e.0, EventState::Cancelled);
                     }
                 }
                 CancelTarget::Job(j) => {
-                    row.job_cancels = true;
                     self.cancel_job(j.0);
                 }
             },
@@ -1003,19 +1005,13 @@ impl View {
         }
     }
 
-    fn apply_publish(
-        &mut self,
-        pos: Position,
-        p: &crate::format::Publish<'_>,
-        row: &mut SegmentRow,
-    ) {
+    fn apply_publish(&mut self, pos: Position, p: &crate::format::Publish<'_>) {
         let options = p.options().copied();
         if let Some(o) = options {
             if o.restates {
                 return;
             }
             if let Some(replaced) = o.replaces {
-                Self::note_ids(row, replaced.0);
                 if o.redrives {
                     // The new event is written below; the dead letter is forgotten.
                     self.set_dead(replaced.0, false);
@@ -1054,7 +1050,6 @@ impl View {
             if id == 0 || self.slot(id).is_some() {
                 continue;
             }
-            Self::note_ids(row, id);
             self.max_event = self.max_event.max(id);
             let name = self.name_slot(e.name);
             let c = self
@@ -1428,22 +1423,12 @@ impl View {
         let mut out = Vec::new();
         for seg in self.segments.values() {
             let names_it = seg.min_id <= id.0 && id.0 <= seg.max_id;
-            if !(names_it || job.is_some() && seg.job_cancels) {
+            if !(names_it || job.is_some() && seg.job_records) {
                 continue;
             }
             Log::scan_alone(&*self.storage, seg.id, false, |pos, record| {
-                let about = match record {
-                    Record::Publish(p) => {
-                        p.events().any(|e| e.id == id)
-                            || p.options().is_some_and(|o| o.replaces == Some(id))
-                    }
-                    Record::Cancel(c) => match c.target {
-                        CancelTarget::Event(e) => e == id,
-                        CancelTarget::Job(j) => Some(j) == job,
-                    },
-                    Record::JobDone(d) => Some(d.job) == job,
-                    other => other.event() == Some(id),
-                };
+                let mut about = job.is_some() && job_named(record) == job;
+                ids_named(record, |named| about |= named == id.0);
                 if about && pos.offset < seg.end {
                     let mut payload = Vec::with_capacity(record.encoded_len());
                     record.encode(&mut payload);
