@@ -310,7 +310,7 @@ fn a_body_restated_in_a_later_segment_is_the_one_shown() {
     let id = keyed(b"old");
     for _ in 0..40 {
         engine
-            .publish("filler", &[1u8; 300], After::delay(Duration::from_secs(60)))
+            .publish("filler", [1u8; 300], After::delay(Duration::from_secs(60)))
             .expect("publish");
     }
     assert_eq!(keyed(b"new"), id);
