@@ -24,7 +24,7 @@ mod metrics;
 mod names;
 mod options;
 mod order;
-mod prometheus;
+pub(crate) mod prometheus;
 mod schedules;
 
 pub use compaction::CompactionStats;

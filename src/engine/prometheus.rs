@@ -146,7 +146,8 @@ pub(crate) fn render(inner: &Inner) -> String {
     out
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+/// The `# HELP` and `# TYPE` lines of metric family `name`.
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
@@ -190,7 +191,7 @@ fn histogram(out: &mut String, family: &str, name: Option<&str>, h: &HistogramSn
 }
 
 /// A label value escaped for the text format: `\` as `\\`, `"` as `\"`, a line feed as `\n`.
-struct Escaped<'a>(&'a str);
+pub(crate) struct Escaped<'a>(pub(crate) &'a str);
 
 impl std::fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -3,6 +3,7 @@
 
 use super::view::{EventLine, OTHER_NAME, Query as ViewQuery, View};
 use super::{BODY_SHOWN, Dashboard, PAGE_ROWS, at, base_of};
+use crate::engine::prometheus::{Escaped, family};
 use crate::error::Result;
 use crate::format::Record;
 use crate::ids::{EventId, JobId};
@@ -196,8 +197,8 @@ fn chart(values: &[u64], tips: &[String], labels: &[(usize, String)], title: &st
     o
 }
 
-fn due_chart(view: &View, now: i64, width_ms: i64, buckets: usize, title: &str) -> (u64, String) {
-    let (overdue, counts) = view.due_histogram(now, width_ms, buckets);
+fn due_chart(counts: &[u64], now: i64, width_ms: i64, title: &str) -> String {
+    let buckets = counts.len();
     let tips: Vec<String> = counts
         .iter()
         .enumerate()
@@ -208,7 +209,7 @@ fn due_chart(view: &View, now: i64, width_ms: i64, buckets: usize, title: &str) 
         .step_by(step)
         .map(|i| (i, format!("+{}", human_ms(i as i64 * width_ms))))
         .collect();
-    (overdue, chart(&counts, &tips, &labels, title))
+    chart(counts, &tips, &labels, title)
 }
 
 fn human_ms(ms: i64) -> String {
@@ -238,7 +239,7 @@ fn overview_json(view: &View, d: &Dashboard) -> Value {
         })
         .collect();
     let (records, kinds) = view.records();
-    let disk: u64 = view.segments().map(|s| s.file_bytes).sum();
+    let disk = view.disk_bytes();
     json!({
         "dir": view.dir().display().to_string(),
         "live": d.live(),
@@ -284,7 +285,7 @@ pub(super) async fn overview(
             by_state[s as usize]
         );
     }
-    let disk: u64 = view.segments().map(|s| s.file_bytes).sum();
+    let disk = view.disk_bytes();
     let _ = write!(
         o,
         "<div class=\"card\" id=\"card-dead\"><a href=\"{}\">dead letters</a><b>{}</b></div>\
@@ -342,12 +343,14 @@ pub(super) async fn overview(
     }
 
     o.push_str("<h2>Falling due</h2>");
-    for (title, width, n) in [
+    const WINDOWS: [(&str, i64, usize); 3] = [
         ("next hour, per minute", 60_000, 60),
         ("next day, per hour", 3_600_000, 24),
         ("next 30 days, per day", 86_400_000, 30),
-    ] {
-        let (overdue, svg) = due_chart(&view, now, width, n, title);
+    ];
+    let (overdue, counts) = view.due_histograms(now, &WINDOWS.map(|(_, width, n)| (width, n)));
+    for ((title, width, _), counts) in WINDOWS.into_iter().zip(&counts) {
+        let svg = due_chart(counts, now, width, title);
         let _ = write!(o, "<h3>{title}</h3>{svg}");
         if title.starts_with("next hour") {
             let _ = write!(
@@ -604,20 +607,14 @@ fn event_page(view: &View, id: EventId) -> Result<Option<EventPage>> {
         retry: None,
         messages: Vec::new(),
     };
-    let mut have_body = false;
-    for (pos, payload, kind) in view.history(id)? {
-        let Ok(record) = Record::decode_in(view.version_of(pos.segment), kind, &payload) else {
+    let history = view.history(id)?;
+    page.body = view.body_in(id, &history).unwrap_or_default();
+    for (pos, payload, kind) in &history {
+        let (pos, kind) = (*pos, *kind);
+        let Ok(record) = Record::decode_in(view.version_of(pos.segment), kind, payload) else {
             continue;
         };
         match &record {
-            Record::Publish(p) => {
-                if let Some(e) = p.events().find(|e| e.id == id)
-                    && (!have_body || p.options().is_some_and(|o| o.restates))
-                {
-                    page.body = e.body.to_vec();
-                    have_body = true;
-                }
-            }
             Record::Retry(r) if r.event == id => {
                 page.retry = Some((
                     crate::reader::retry_reason_name(r.reason),
@@ -1140,15 +1137,6 @@ pub(super) async fn api_segments(State(d): State<Dashboard>) -> Response {
     Json(json!({"segments": segments_json(&d.view())})).into_response()
 }
 
-/// A label value in the Prometheus text format: backslash, double quote and newline
-/// escaped.
-pub(crate) fn prom_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// `/metrics`: on a live engine's dashboard, the engine's own counts
 /// ([`Engine::metrics_text`](crate::Engine::metrics_text)); then what the directory holds, as
 /// gauges, in the Prometheus text format.
@@ -1159,38 +1147,60 @@ pub(super) async fn metrics(State(d): State<Dashboard>) -> Response {
         .unwrap_or_default();
     {
         let view = d.view();
-        o.push_str("# HELP afterlog_dir_events Events the data directory holds, by name and state.\n# TYPE afterlog_dir_events gauge\n");
+        family(
+            &mut o,
+            "afterlog_dir_events",
+            "gauge",
+            "Events the data directory holds, by name and state.",
+        );
         for n in view.names() {
             for s in EventState::ALL {
                 let _ = writeln!(
                     o,
                     "afterlog_dir_events{{name=\"{}\",state=\"{}\"}} {}",
-                    prom_label(&n.name),
+                    Escaped(&n.name),
                     s.name(),
                     n.by_state[s as usize]
                 );
             }
         }
-        o.push_str("# HELP afterlog_dir_dead_letters Dead letters the data directory holds, by name.\n# TYPE afterlog_dir_dead_letters gauge\n");
+        family(
+            &mut o,
+            "afterlog_dir_dead_letters",
+            "gauge",
+            "Dead letters the data directory holds, by name.",
+        );
         for n in view.names() {
             let _ = writeln!(
                 o,
                 "afterlog_dir_dead_letters{{name=\"{}\"}} {}",
-                prom_label(&n.name),
+                Escaped(&n.name),
                 n.dead
             );
         }
-        let disk: u64 = view.segments().map(|s| s.file_bytes).sum();
+        let disk = view.disk_bytes();
         let (records, _) = view.records();
-        let _ = write!(
-            o,
-            "# HELP afterlog_dir_disk_bytes Bytes of the segment files.\n# TYPE afterlog_dir_disk_bytes gauge\nafterlog_dir_disk_bytes {disk}\n\
-             # HELP afterlog_dir_segments Segment files.\n# TYPE afterlog_dir_segments gauge\nafterlog_dir_segments {}\n\
-             # HELP afterlog_dir_records Records in the log.\n# TYPE afterlog_dir_records gauge\nafterlog_dir_records {records}\n\
-             # HELP afterlog_dir_schedules Recurring schedules.\n# TYPE afterlog_dir_schedules gauge\nafterlog_dir_schedules {}\n",
-            view.segments().count(),
-            view.schedules().count()
-        );
+        for (name, help, value) in [
+            (
+                "afterlog_dir_disk_bytes",
+                "Bytes of the segment files.",
+                disk,
+            ),
+            (
+                "afterlog_dir_segments",
+                "Segment files.",
+                view.segments().count() as u64,
+            ),
+            ("afterlog_dir_records", "Records in the log.", records),
+            (
+                "afterlog_dir_schedules",
+                "Recurring schedules.",
+                view.schedules().count() as u64,
+            ),
+        ] {
+            family(&mut o, name, "gauge", help);
+            let _ = writeln!(o, "{name} {value}");
+        }
     }
     (
         [(

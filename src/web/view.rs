@@ -1176,6 +1176,11 @@ impl View {
         self.segments.values()
     }
 
+    /// Bytes of the segment files, as last read.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.file_bytes).sum()
+    }
+
     /// Records read, and by kind.
     pub fn records(&self) -> (u64, Vec<(&'static str, u64)>) {
         (
@@ -1197,15 +1202,21 @@ impl View {
         self.activity.range(from_minute..).map(|(&m, &a)| (m, a))
     }
 
-    /// Scheduled events due in `[from_ms, from_ms + buckets * width_ms)`, counted per
-    /// bucket of `width_ms`, and those due before `from_ms` (overdue: the engine is
-    /// behind, stopped, or the name is paused).
-    pub fn due_histogram(&self, from_ms: i64, width_ms: i64, buckets: usize) -> (u64, Vec<u64>) {
-        let mut counts = vec![0u64; buckets];
-        let mut overdue = 0;
+    /// Scheduled events due from `from_ms` on, counted per bucket for each window
+    /// `(width_ms, buckets)` of `windows` (one walk over every event for all of them), and
+    /// those due before `from_ms` (overdue: the engine is behind, stopped, or the name is
+    /// paused).
+    pub fn due_histograms(&self, from_ms: i64, windows: &[(i64, usize)]) -> (u64, Vec<Vec<u64>>) {
         let from_s = from_ms.div_euclid(1000);
-        let width_s = (width_ms / 1000).max(1);
-        let end_s = from_s + width_s * buckets as i64;
+        let widths: Vec<(i64, i64)> = windows
+            .iter()
+            .map(|&(width_ms, buckets)| {
+                let width_s = (width_ms / 1000).max(1);
+                (width_s, from_s + width_s * buckets as i64)
+            })
+            .collect();
+        let mut counts: Vec<Vec<u64>> = windows.iter().map(|&(_, n)| vec![0; n]).collect();
+        let mut overdue = 0;
         for c in self.chunks.values() {
             for s in 0..CHUNK {
                 if c.flags[s] & STATE_BITS != EventState::Scheduled as u8 {
@@ -1214,8 +1225,12 @@ impl View {
                 let due = i64::from(c.due_s[s]);
                 if due < from_s {
                     overdue += 1;
-                } else if due < end_s {
-                    counts[((due - from_s) / width_s) as usize] += 1;
+                    continue;
+                }
+                for (k, &(width_s, end_s)) in widths.iter().enumerate() {
+                    if due < end_s {
+                        counts[k][((due - from_s) / width_s) as usize] += 1;
+                    }
                 }
             }
         }
@@ -1442,20 +1457,26 @@ impl View {
 
     /// The body of event `id`: its publish's, or that of the latest record that restated it.
     pub fn body(&self, id: EventId) -> Result<Option<Vec<u8>>> {
+        Ok(self.body_in(id, &self.history(id)?))
+    }
+
+    /// The body of event `id` as its `history` (from [`history`](View::history)) tells it.
+    pub fn body_in(
+        &self,
+        id: EventId,
+        history: &[(Position, Vec<u8>, RecordKind)],
+    ) -> Option<Vec<u8>> {
         let mut body = None;
-        for (pos, payload, kind) in self.history(id)? {
-            let version = self
-                .segments
-                .get(&pos.segment)
-                .map_or(crate::format::FORMAT_VERSION, |s| s.version);
-            if let Ok(Record::Publish(p)) = Record::decode_in(version, kind, &payload)
+        for (pos, payload, kind) in history {
+            if let Ok(Record::Publish(p)) =
+                Record::decode_in(self.version_of(pos.segment), *kind, payload)
                 && let Some(e) = p.events().find(|e| e.id == id)
                 && (body.is_none() || p.options().is_some_and(|o| o.restates))
             {
                 body = Some(e.body.to_vec());
             }
         }
-        Ok(body)
+        body
     }
 
     /// The format version of segment `id`, as read.
