@@ -301,6 +301,19 @@ fn hash_key(key: &[u8]) -> u64 {
     })
 }
 
+/// Opens segment `id`'s file; `None` when it is gone (compaction removed it).
+fn open_file(storage: &dyn Storage, id: u64) -> Result<Option<Arc<dyn StorageFile>>> {
+    match storage.open(&segment_name(id)) {
+        Ok(f) => Ok(Some(Arc::from(f))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(
+            "open segment",
+            storage.path().join(segment_name(id)),
+            e,
+        )),
+    }
+}
+
 /// Reads into `buf` from `offset` until it is full or the file ends; the bytes read.
 fn read_up_to(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;
@@ -613,33 +626,26 @@ impl View {
         if let Some(f) = self.files.get(&id) {
             return Ok(Some(f.clone()));
         }
-        match self.storage.open(&segment_name(id)) {
-            Ok(f) => {
-                let f: Arc<dyn StorageFile> = Arc::from(f);
-                self.files.insert(id, f.clone());
-                Ok(Some(f))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(
-                "open segment",
-                self.storage.path().join(segment_name(id)),
-                e,
-            )),
+        let file = open_file(&*self.storage, id)?;
+        if let Some(f) = &file {
+            self.files.insert(id, f.clone());
         }
+        Ok(file)
     }
 
     /// The length of segment `id`'s file as the directory has it now (a file held open
     /// may have been replaced by compaction's rename).
     fn file_len(&self, id: u64) -> Result<Option<u64>> {
-        let path = self.storage.path().join(segment_name(id));
-        let file = match self.storage.open(&segment_name(id)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("open segment", &path, e)),
+        let Some(file) = open_file(&*self.storage, id)? else {
+            return Ok(None);
         };
-        file.len()
-            .map(Some)
-            .map_err(|e| Error::io("stat segment", &path, e))
+        file.len().map(Some).map_err(|e| {
+            Error::io(
+                "stat segment",
+                self.storage.path().join(segment_name(id)),
+                e,
+            )
+        })
     }
 
     /// Applies the records of segment `id` past where the view stopped in it.
@@ -1356,13 +1362,12 @@ impl View {
     /// Reads the record whose frame starts at `offset` of segment `segment`.
     pub fn read_at(&self, segment: u64, offset: u64, f: impl FnOnce(&Record<'_>)) -> Result<()> {
         let path = self.storage.path().join(segment_name(segment));
-        let file: Arc<dyn StorageFile> = match self.files.get(&segment) {
+        let file = match self.files.get(&segment) {
             Some(f) => f.clone(),
-            None => match self.storage.open(&segment_name(segment)) {
-                Ok(f) => Arc::from(f),
-                // Compacted away since the view read it: the next refresh rebuilds.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(Error::io("open segment", &path, e)),
+            // Compacted away since the view read it: the next refresh follows.
+            None => match open_file(&*self.storage, segment)? {
+                Some(f) => f,
+                None => return Ok(()),
             },
         };
         let version = self
